@@ -1,0 +1,116 @@
+"""Array-namespace helpers: namespace lookup, builders, dtype policy and input checks.
+
+Everything here is written against the Python array API standard; no framework is
+imported. Value checks (finiteness, symmetry) run only on eager arrays: under
+``jax.jit`` (lazy arrays) they are skipped, since a traced value cannot be inspected.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import array_api_compat
+from array_api_compat import array_namespace, is_lazy_array
+
+Array = Any
+Namespace = Any
+
+__all__ = [
+    "Array",
+    "Namespace",
+    "array_namespace",
+    "check_finite",
+    "check_positive",
+    "check_same_namespace",
+    "check_shape",
+    "device",
+    "eps",
+    "eye",
+    "frobenius",
+    "is_lazy",
+    "mT",
+]
+
+
+def device(x: Array) -> Any:
+    """Device of ``x`` (array API ``device``)."""
+    return array_api_compat.device(x)
+
+
+def is_lazy(*arrays: Array) -> bool:
+    """True when any array is traced / lazy (e.g. inside ``jax.jit``): no value checks."""
+    return any(is_lazy_array(a) for a in arrays)
+
+
+def mT(x: Array) -> Array:
+    """Transpose of the last two axes."""
+    return x.mT
+
+
+def eye(xp: Namespace, n: int, like: Array) -> Array:
+    """Identity of size ``n`` with the dtype and device of ``like``."""
+    return xp.eye(n, dtype=like.dtype, device=device(like))
+
+
+def eps(xp: Namespace, dtype: Any) -> float:
+    """Machine epsilon of a real floating dtype."""
+    return float(xp.finfo(dtype).eps)
+
+
+def frobenius(xp: Namespace, x: Array) -> Array:
+    """Frobenius norm over the last two axes (a 0-d array for a matrix)."""
+    return xp.sqrt(xp.sum(x * x, axis=(-2, -1)))
+
+
+def check_same_namespace(xp: Namespace, **arrays: Array) -> None:
+    """Raise when arrays come from different backends or live on different devices."""
+    devs = {}
+    for name, a in arrays.items():
+        try:
+            ns = array_namespace(a)
+        except TypeError as e:
+            raise TypeError(f"`{name}` is not an array of a supported backend: {type(a)!r}") from e
+        if ns is not xp:
+            raise TypeError(
+                f"`{name}` belongs to {ns.__name__}, but the state is a {xp.__name__} array; "
+                "convert it first (mixing backends is not supported)"
+            )
+        devs[name] = device(a)
+    names = list(devs)
+    for n in names[1:]:
+        if devs[n] != devs[names[0]]:
+            raise ValueError(
+                f"`{n}` is on device {devs[n]}, but `{names[0]}` is on {devs[names[0]]}"
+            )
+
+
+def check_shape(name: str, x: Array, shape: tuple[int, ...]) -> None:
+    """Raise a ValueError naming ``name`` when ``x.shape != shape``."""
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"`{name}` must have shape {tuple(shape)}, got {tuple(x.shape)}")
+
+
+def check_finite(xp: Namespace, name: str, x: Array) -> None:
+    """Raise when an eager array holds NaN or inf (skipped for lazy/traced arrays)."""
+    if is_lazy(x):
+        return
+    if not bool(xp.all(xp.isfinite(x))):
+        raise ValueError(f"`{name}` contains non-finite values (NaN or inf)")
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    """Raise when a Python number is not positive (arrays are trusted: they may be traced)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        v = float(value)
+        ok = v >= 0 if allow_zero else v > 0
+        if not ok or not math.isfinite(v):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"`{name}` must be finite and {bound}, got {value!r}")
+
+
+def check_floating(xp: Namespace, name: str, x: Array) -> None:
+    """Raise for non real-floating arrays (integers, booleans, complex)."""
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"`{name}` must have a real floating dtype, got {x.dtype}")

@@ -1,0 +1,46 @@
+"""Torch fast paths: fused GEMM-accumulate for the Cayley products (SPEC §1).
+
+``torch.addmm``/``baddbmm`` compute ``P + P @ Y`` in one kernel without a temporary,
+and the exact Cayley uses one LU solve; results equal the generic route to round-off.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import register
+
+
+def _eye_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.eye(x.shape[-1], dtype=x.dtype, device=x.device).expand_as(x)
+
+
+def _addmm(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if p.ndim == 2:
+        return torch.addmm(p, a, b)
+    return torch.baddbmm(p.reshape(-1, *p.shape[-2:]), a.reshape(-1, *a.shape[-2:]),
+                         b.reshape(-1, *b.shape[-2:])).reshape(p.shape)
+
+
+@register("cayley_apply_neumann", "torch")
+def cayley_apply_neumann(b: torch.Tensor, x: torch.Tensor, terms: int) -> torch.Tensor:
+    """``B (I + X)² Π_{k=1..K}(I + X^{2^k})`` with fused multiply-adds."""
+    i = _eye_like(x)
+    y = x @ x
+    p = torch.add(i, x, alpha=2.0).add_(y)
+    for k in range(terms):
+        p = _addmm(p, p, y)
+        if k + 1 < terms:
+            y = y @ y
+    return b @ p
+
+
+@register("cayley_apply_exact", "torch")
+def cayley_apply_exact(b: torch.Tensor, x: torch.Tensor, terms: int) -> torch.Tensor:
+    """``B (I − X)⁻¹(I + X)``; low-precision inputs are solved in float32 and cast back."""
+    i = _eye_like(x)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        c = torch.linalg.solve((i - x).float(), (i + x).float()).to(x.dtype)
+    else:
+        c = torch.linalg.solve(i - x, i + x)
+    return b @ c

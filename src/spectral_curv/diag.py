@@ -1,0 +1,115 @@
+"""Diagonal spectral scheme: ``B = I`` fixed, ``S = Diag(d)`` (SPEC §3).
+
+``d ← d ⊙ exp(β₂ δ / d)`` (exact) or ``d ← d + β₂ δ`` (first order), where ``δ`` is the
+diagonal of the curvature change; for the GOP ``δ = g² + λ − γd``. The step is
+``d^{-1/p} ⊙ g``: p=2, γ=1 with the first-order map is RMSprop, γ=0 AdaGrad, p=4 the
+fractional diagonal method, p=1 the root-free variant. ``d`` may have any shape
+(one entry per parameter entry).
+
+Example::
+
+    >>> import numpy as np
+    >>> from spectral_curv import diag
+    >>> st = diag.init((2, 3), scale=1e-3)
+    >>> st = diag.update_gop(st, np.ones((2, 3)), beta2=0.01, exp="first_order")
+    >>> step = diag.precondition(st, np.ones((2, 3)), p=2)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from . import _array as A
+from . import maps
+from ._array import Array, Namespace, array_namespace
+
+__all__ = ["DiagState", "dense", "init", "logdet", "precondition", "update", "update_gop"]
+
+
+class DiagState(NamedTuple):
+    """Diagonal ``S = Diag(d)``, ``d > 0`` of any shape."""
+
+    d: Array
+
+
+def init(
+    shape: int | tuple[int, ...],
+    *,
+    scale: float = 1.0,
+    dtype: Any = None,
+    device: Any = None,
+    xp: Namespace | None = None,
+) -> DiagState:
+    """``d = scale`` everywhere (numpy float64 unless ``xp``/``dtype`` say)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if any((not isinstance(s, int)) or s < 0 for s in shape):
+        raise ValueError(f"`shape` must hold non-negative ints, got {shape!r}")
+    A.check_positive("scale", scale)
+    if xp is None:
+        import numpy as _np
+
+        xp = array_namespace(_np.empty(0))
+    dtype = xp.float64 if dtype is None else dtype
+    return DiagState(xp.full(shape, scale, dtype=dtype, device=device))
+
+
+def update(state: DiagState, delta: Array, *, beta2: Any, exp: str = "exact") -> DiagState:
+    """One step for a generic diagonal curvature change ``δ`` (may be negative; SPEC §3)."""
+    xp = array_namespace(state.d)
+    A.check_same_namespace(xp, d=state.d, delta=delta)
+    A.check_floating(xp, "delta", delta)
+    A.check_shape("delta", delta, tuple(state.d.shape))
+    A.check_finite(xp, "delta", delta)
+    A.check_positive("beta2", beta2)
+    maps.check_modes("exact", exp, 0)
+    return DiagState(maps.exp_scale(state.d, beta2 * delta, mode=exp))  # type: ignore[arg-type]
+
+
+def update_gop(
+    state: DiagState,
+    g: Array,
+    *,
+    beta2: Any,
+    gamma: Any = 1.0,
+    damping: Any = 0.0,
+    exp: str = "exact",
+) -> DiagState:
+    """GOP step ``δ = g² + λ − γd``; ``g`` has ``d``'s shape or a leading batch axis (mean)."""
+    xp = array_namespace(state.d)
+    A.check_same_namespace(xp, d=state.d, g=g)
+    A.check_floating(xp, "g", g)
+    shape = tuple(state.d.shape)
+    if tuple(g.shape) == shape:
+        gg = g * g
+    elif tuple(g.shape[1:]) == shape and g.ndim == len(shape) + 1:
+        gg = xp.mean(g * g, axis=0)
+    else:
+        raise ValueError(f"`g` must have shape {shape} or (batch, *{shape}), got {tuple(g.shape)}")
+    A.check_finite(xp, "g", g)
+    A.check_positive("gamma", gamma, allow_zero=True)
+    A.check_positive("damping", damping, allow_zero=True)
+    return update(state, gg + damping - gamma * state.d, beta2=beta2, exp=exp)
+
+
+def precondition(state: DiagState, v: Array, *, p: Any) -> Array:
+    """``d^{-1/p} ⊙ v`` (``v`` broadcastable against ``d``; SPEC §3)."""
+    xp = array_namespace(state.d)
+    A.check_same_namespace(xp, d=state.d, v=v)
+    A.check_positive("p", p)
+    if tuple(v.shape[v.ndim - state.d.ndim :]) != tuple(state.d.shape):
+        raise ValueError(f"`v` must end with shape {tuple(state.d.shape)}, got {tuple(v.shape)}")
+    return v * state.d ** (-1.0 / p)
+
+
+def dense(state: DiagState, power: Any = 1.0) -> Array:
+    """The explicit ``Diag(d)^power`` of the flattened ``d`` (for tests)."""
+    import array_api_extra as xpx
+
+    xp = array_namespace(state.d)
+    return xpx.create_diagonal(xp.reshape(state.d, (-1,)) ** power, xp=xp)
+
+
+def logdet(state: DiagState) -> Array:
+    """``Σ log d``."""
+    xp = array_namespace(state.d)
+    return xp.sum(xp.log(state.d))

@@ -1,0 +1,133 @@
+"""The maps of the spectral scheme: Skew(Tril(U)) with the tie mask, Cayley, and the exp map on d.
+
+SPEC §1 (notation, truncated Cayley) and §5 (ties, normalised factor step).
+All functions are pure and backend-agnostic; the Cayley products dispatch to a
+registered fast path when the namespace has one (``spectral_curv.backends``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from . import backends
+from ._array import Array, Namespace, array_namespace, eps, eye
+
+CayleyMode = Literal["exact", "neumann"]
+ExpMode = Literal["exact", "first_order"]
+
+CAYLEY_MODES = ("exact", "neumann")
+EXP_MODES = ("exact", "first_order")
+
+#: Default Frobenius cap on the Cayley argument in ``neumann`` mode (SPEC §5): the Neumann
+#: product then converges and a step's orthogonality error is at most ``0.25**(2**(K+1))``.
+DEFAULT_MAX_STEP_NORM = 0.25
+
+
+def check_modes(cayley: str, exp: str, cayley_terms: int) -> None:
+    """Validate the mode options shared by every update."""
+    if cayley not in CAYLEY_MODES:
+        raise ValueError(f"`cayley` must be one of {CAYLEY_MODES}, got {cayley!r}")
+    if exp not in EXP_MODES:
+        raise ValueError(f"`exp` must be one of {EXP_MODES}, got {exp!r}")
+    if not isinstance(cayley_terms, int) or isinstance(cayley_terms, bool) or cayley_terms < 0:
+        raise ValueError(f"`cayley_terms` must be an int >= 0, got {cayley_terms!r}")
+
+
+def default_tie_tol(xp: Namespace, dtype: object) -> float:
+    """Relative gap under which ``d_i ≈ d_j`` counts as a tie: ``sqrt(eps)`` of the dtype."""
+    return eps(xp, dtype) ** 0.5
+
+
+def skew(m: Array) -> Array:
+    """``Skew(M) = M − Mᵀ`` (SPEC §1; note: no factor 1/2, SPEC §5)."""
+    return m - m.mT
+
+
+def strict_lower_mask(xp: Namespace, n: int, like: Array) -> Array:
+    """Boolean ``(n, n)`` mask of the strictly lower triangle (``i > j``)."""
+    from ._array import device
+
+    idx = xp.arange(n, device=device(like))
+    return idx[:, None] > idx[None, :]
+
+
+def rotation_generator(
+    w: Array,
+    d: Array,
+    scale: Array | float,
+    *,
+    tie_tol: float | None = None,
+    max_step_norm: float | None = None,
+) -> Array:
+    """``X = scale · Skew(Tril(U))`` with ``U_ij = −W_ij / (d_i − d_j)`` (SPEC §2, §4).
+
+    ``U_ij`` is set to 0 where ``|d_i − d_j| ≤ tie_tol · max(|d_i|, |d_j|)`` (the paper's
+    "near 0" rule, made relative so that it is scale-free). Only the strict lower triangle
+    of ``W`` is read, so ``X`` is exactly skew-symmetric whatever round-off ``W`` carries.
+    With ``max_step_norm`` the result is rescaled to ``‖X‖_F ≤ max_step_norm`` (it only
+    ever shrinks; SPEC §5), which keeps the Neumann series convergent.
+    """
+    xp = array_namespace(w, d)
+    n = d.shape[-1]
+    tol = default_tie_tol(xp, d.dtype) if tie_tol is None else tie_tol
+    di = d[..., :, None]
+    dj = d[..., None, :]
+    diff = di - dj
+    gap_ok = xp.abs(diff) > tol * xp.maximum(xp.abs(di), xp.abs(dj))
+    mask = gap_ok & strict_lower_mask(xp, n, d)
+    lower = xp.where(mask, -w / xp.where(mask, diff, xp.ones_like(diff)), xp.zeros_like(w))
+    if max_step_norm is not None:
+        # ‖L − Lᵀ‖_F = √2 ‖L‖_F for strictly lower L.
+        norm = abs(scale) * xp.sqrt(2.0 * xp.sum(lower * lower, axis=(-2, -1)))
+        tiny = xp.finfo(lower.dtype).tiny
+        shrink = xp.minimum(xp.ones_like(norm), max_step_norm / xp.maximum(norm, tiny * xp.ones_like(norm)))
+        scale = scale * shrink[..., None, None]
+    return scale * skew(lower)
+
+
+def cayley(x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:
+    """The Cayley map ``(I + X)(I − X)⁻¹`` of a skew ``X`` (SPEC §1), exact or truncated.
+
+    ``mode="neumann"`` uses ``(I + X)² Π_{k=1..terms} (I + X^{2^k})`` — matmuls only, valid
+    while ``‖X‖ < 1``; its singular values deviate from 1 by about ``‖X‖^{2^{terms+1}}``.
+    """
+    xp = array_namespace(x)
+    i = eye(xp, x.shape[-1], x)
+    return cayley_apply(i, x, mode=mode, terms=terms)
+
+
+def cayley_apply(b: Array, x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:
+    """``B · Cayley(X)`` without forming an inverse in ``neumann`` mode (SPEC §1, §5)."""
+    xp = array_namespace(b, x)
+    impl = backends.lookup(f"cayley_apply_{mode}", xp)
+    if impl is not None:
+        return impl(b, x, terms)
+    if mode == "exact":
+        return cayley_apply_exact(xp, b, x)
+    return cayley_apply_neumann(xp, b, x, terms)
+
+
+def cayley_apply_exact(xp: Namespace, b: Array, x: Array) -> Array:
+    """Reference ``B (I − X)⁻¹ (I + X)`` by a linear solve (the two factors commute)."""
+    i = eye(xp, x.shape[-1], x)
+    return b @ xp.linalg.solve(i - x, i + x)
+
+
+def cayley_apply_neumann(xp: Namespace, b: Array, x: Array, terms: int) -> Array:
+    """Reference ``B (I + X)² Π_{k=1..K} (I + X^{2^k})`` with ``2K + 2`` matmuls."""
+    i = eye(xp, x.shape[-1], x)
+    y = x @ x
+    p = i + 2.0 * x + y
+    for k in range(terms):
+        p = p + p @ y
+        if k + 1 < terms:
+            y = y @ y
+    return b @ p
+
+
+def exp_scale(d: Array, rate: Array, *, mode: ExpMode = "exact") -> Array:
+    """``d ⊙ exp(rate / d)`` exactly, or its first-order truncation ``d + rate`` (SPEC §2)."""
+    xp = array_namespace(d)
+    if mode == "exact":
+        return d * xp.exp(rate / d)
+    return d + rate
