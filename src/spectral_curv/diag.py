@@ -42,7 +42,7 @@ def init(
 ) -> DiagState:
     """``d = scale`` everywhere (numpy float64 unless ``xp``/``dtype`` say)."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    if any((not isinstance(s, int)) or s < 0 for s in shape):
+    if any((not isinstance(s, int)) or isinstance(s, bool) or s < 0 for s in shape):
         raise ValueError(f"`shape` must hold non-negative ints, got {shape!r}")
     A.check_positive("scale", scale)
     if xp is None:

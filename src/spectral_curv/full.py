@@ -52,7 +52,7 @@ def init(
     xp: Namespace | None = None,
 ) -> SpectralState:
     """``S = scale · I`` (``B = I``, ``d = scale``); numpy float64 unless ``xp``/``dtype`` say."""
-    if not isinstance(n, int) or n < 1:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"`n` must be a positive int, got {n!r}")
     A.check_positive("scale", scale)
     if xp is None:

@@ -7,6 +7,7 @@ registered fast path when the namespace has one (``spectral_curv.backends``).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from . import backends
@@ -58,6 +59,7 @@ def rotation_generator(
     *,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
+    symmetric: bool = False,
 ) -> Array:
     """``X = scale · Skew(Tril(U))`` with ``U_ij = −W_ij / (d_i − d_j)`` (SPEC §2, §4).
 
@@ -66,23 +68,43 @@ def rotation_generator(
     of ``W`` is read, so ``X`` is exactly skew-symmetric whatever round-off ``W`` carries.
     With ``max_step_norm`` the result is rescaled to ``‖X‖_F ≤ max_step_norm`` (it only
     ever shrinks; SPEC §5), which keeps the Neumann series convergent.
+
+    ``symmetric=True`` is a fast path for a ``W`` known to be symmetric (the curvature
+    matrices of :mod:`spectral_curv.kron`): both triangles of ``W`` are read,
+    ``X_ij = −scale · W_ij / (d_i − d_j)`` for every untied ``i ≠ j``, which needs no
+    transposed pass over an n×n array. The result equals the default one to round-off; it
+    is exactly skew when ``W`` is exactly symmetric (numpy's ``A @ A.T``, a syrk, is), and
+    skew up to ``W``'s own asymmetry otherwise. ``W`` must then be finite (a tied pair is
+    zeroed by dividing by ``inf``).
     """
     xp = array_namespace(w, d)
     n = d.shape[-1]
     tol = default_tie_tol(xp, d.dtype) if tie_tol is None else tie_tol
-    di = d[..., :, None]
-    dj = d[..., None, :]
-    diff = di - dj
-    gap_ok = xp.abs(diff) > tol * xp.maximum(xp.abs(di), xp.abs(dj))
-    mask = gap_ok & strict_lower_mask(xp, n, d)
-    lower = xp.where(mask, -w / xp.where(mask, diff, xp.ones_like(diff)), xp.zeros_like(w))
+    # Few n×n passes (they, not flops, are this function's cost): tol·max(|d_i|, |d_j|)
+    # equals max(tol·|d_i|, tol·|d_j|) bitwise (rounding is monotone) and the latter is one
+    # broadcast pass; U = −q is kept as q, its sign folded into the scale at the end.
+    t = tol * xp.abs(d)
+    diff = d[..., :, None] - d[..., None, :]
+    gap_ok = xp.abs(diff) > xp.maximum(t[..., :, None], t[..., None, :])
+    if symmetric:
+        # Tied pairs and the diagonal divide a finite W_ij by inf: ±0, no second `where`.
+        q = w / xp.where(gap_ok, diff, math.inf)
+    else:
+        mask = gap_ok & strict_lower_mask(xp, n, d)
+        q = xp.where(mask, w / xp.where(mask, diff, 1.0), 0.0)
     if max_step_norm is not None:
-        # ‖L − Lᵀ‖_F = √2 ‖L‖_F for strictly lower L.
-        norm = abs(scale) * xp.sqrt(2.0 * xp.sum(lower * lower, axis=(-2, -1)))
-        tiny = xp.finfo(lower.dtype).tiny
-        shrink = xp.minimum(xp.ones_like(norm), max_step_norm / xp.maximum(norm, tiny * xp.ones_like(norm)))
+        if symmetric:
+            # ‖X‖_F² from one dot product (a BLAS dot in numpy): no n×n temporary.
+            flat = xp.reshape(q, (*q.shape[:-2], n * n))
+            norm = abs(scale) * xp.sqrt(xp.vecdot(flat, flat))
+        else:
+            # ‖L − Lᵀ‖_F = √2 ‖L‖_F for strictly lower L.
+            norm = abs(scale) * xp.sqrt(2.0 * xp.sum(q * q, axis=(-2, -1)))
+        tiny = xp.finfo(q.dtype).smallest_normal
+        floor = tiny * xp.ones_like(norm)
+        shrink = xp.minimum(xp.ones_like(norm), max_step_norm / xp.maximum(norm, floor))
         scale = scale * shrink[..., None, None]
-    return scale * skew(lower)
+    return (-scale) * (q if symmetric else skew(q))
 
 
 def cayley(x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:
@@ -114,15 +136,23 @@ def cayley_apply_exact(xp: Namespace, b: Array, x: Array) -> Array:
 
 
 def cayley_apply_neumann(xp: Namespace, b: Array, x: Array, terms: int) -> Array:
-    """Reference ``B (I + X)² Π_{k=1..K} (I + X^{2^k})`` with ``2K + 2`` matmuls."""
-    i = eye(xp, x.shape[-1], x)
-    y = x @ x
-    p = i + 2.0 * x + y
+    """Reference ``B (I + X)² Π_{k=1..K} (I + X^{2^k})`` with ``2K + 1`` matmuls (2 at K = 0).
+
+    The factors are applied to ``B`` one at a time, ``B ← B + B·N`` (SPEC §1), so no
+    identity matrix is formed. For skew ``X`` (all the Cayley map is defined for)
+    ``X² = −X Xᵀ``; it is formed as ``X @ X.mT`` and each later square as ``Y @ Y.mT`` of
+    the symmetric ``Y``: products of one operand with its own transpose, which numpy runs
+    as BLAS syrk (half the flops, an exactly symmetric result). Equal to the product form
+    ``B · [(I + X)² Π (I + X^{2^k})]`` to round-off.
+    """
+    y = x @ x.mT  # −X²
+    p = b + b @ (2.0 * x - y)  # B (I + X)² = B (I + 2X + X²)
     for k in range(terms):
-        p = p + p @ y
+        # k = 0: P(I + X²) = P − P·y; afterwards y = X^{2^{k+1}} itself.
+        p = p - p @ y if k == 0 else p + p @ y
         if k + 1 < terms:
-            y = y @ y
-    return b @ p
+            y = y @ y.mT
+    return p
 
 
 def exp_scale(d: Array, rate: Array, *, mode: ExpMode = "exact") -> Array:

@@ -1,0 +1,61 @@
+"""nox sessions: one test session per backend, plus lint and the benchmark.
+
+    nox -s tests-numpy tests-strict tests-torch tests-jax   # CPU backends
+    nox -s tests-cupy                                        # needs a GPU
+    nox -s lint
+    nox -s bench
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests-numpy", "tests-strict", "tests-torch", "tests-jax", "lint"]
+
+TORCH = "torch==2.13.0"  # the CPU build that lies on these machines' disk
+
+
+def _tests(session: nox.Session, backend: str, *extra: str) -> None:
+    session.install("-e", ".[test]", *extra)
+    session.run(
+        "python", "-m", "pytest", *session.posargs, env={"SPECTRAL_CURV_BACKENDS": backend}
+    )
+
+
+@nox.session(name="tests-numpy")
+def tests_numpy(session: nox.Session) -> None:
+    _tests(session, "numpy")
+
+
+@nox.session(name="tests-strict")
+def tests_strict(session: nox.Session) -> None:
+    _tests(session, "array_api_strict")
+
+
+@nox.session(name="tests-torch")
+def tests_torch(session: nox.Session) -> None:
+    _tests(session, "torch", TORCH)
+
+
+@nox.session(name="tests-jax")
+def tests_jax(session: nox.Session) -> None:
+    _tests(session, "jax", "jax")
+
+
+@nox.session(name="tests-cupy")
+def tests_cupy(session: nox.Session) -> None:
+    _tests(session, "cupy", "cupy-cuda12x")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    session.install("-e", ".[bench]", TORCH)
+    session.run("python", "-m", "spectral_curv.bench", "precond", *session.posargs)

@@ -1,0 +1,65 @@
+"""``python -m spectral_curv.bench precond [options]``: see :mod:`spectral_curv.bench.precond`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m spectral_curv.bench",
+        description="Microbenchmarks of spectral_curv.",
+    )
+    sub = parser.add_subparsers(dest="bench", required=True)
+    p = sub.add_parser(
+        "precond",
+        help="refresh + step cost in matmul-equivalents (spectral vs eigh vs Muon)",
+        description=(
+            "Time the Kronecker spectral refresh + step, an eigh refresh of both factors "
+            "(Shampoo/SOAP) and Muon's 5 Newton-Schulz steps, in fp32 on CPU, as multiples "
+            "of one n x n x n matmul measured in the same run."
+        ),
+    )
+    p.add_argument("--sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="square layer sizes (default 256 512 1024 2048; --quick: 128 256)")
+    p.add_argument("--backend", nargs="+", choices=("numpy", "torch"), default=None,
+                   help="backends to time (default: numpy, and torch when installed)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed rounds per size, median reported (default 5; --quick: 3)")
+    p.add_argument("--terms", type=int, default=1,
+                   help="Neumann Cayley depth K of the spectral route (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    p.add_argument("--quick", action="store_true",
+                   help="CI smoke run: n = 128 256, 3 rounds, writes nothing unless asked")
+    p.add_argument("--out", default=None, metavar="MD",
+                   help="markdown file whose benchmark section is (re)written "
+                        "(default docs/benchmarks.md; not with --quick)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="PNG plot path (default docs/img/precond_cost.png; not with --quick)")
+    p.add_argument("--no-write", action="store_true",
+                   help="print only: write neither the markdown nor the plot")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="also write the raw numbers as JSON to PATH ('-' for stdout)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.bench == "precond":
+        from . import precond
+
+        if args.no_write:
+            args.out = args.plot = None
+        else:
+            if args.out is None and not args.quick:
+                args.out = "docs/benchmarks.md"
+            if args.plot is None and not args.quick:
+                args.plot = "docs/img/precond_cost.png"
+        return precond.main(args)
+    return 2  # pragma: no cover - argparse rejects unknown subcommands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

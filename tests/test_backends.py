@@ -1,0 +1,169 @@
+"""Tests of the backend dispatch table ``spectral_curv.backends`` (fast paths vs generic route)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import array_api_compat
+import numpy as np
+import pytest
+
+from conftest import _load, asarray, backend, to_numpy
+from spectral_curv import backends, maps
+
+#: Every op a backend module registers, by backend; the test below checks TABLE has no others.
+EXPECTED = {
+    "cayley_apply_neumann": {"torch"},
+    "cayley_apply_exact": {"torch"},
+}
+
+
+def _load_all_fast_paths() -> None:
+    """Import every fast-path module whose framework is installed (fills TABLE)."""
+    for name in backends._MODULES:
+        try:
+            _load(name)
+        except pytest.skip.Exception:
+            continue
+        backends.lookup("cayley_apply_exact", _load(name))
+
+
+def _cases():
+    """(op, backend) pairs of TABLE (and of EXPECTED, so a missing entry is reported)."""
+    _load_all_fast_paths()
+    pairs = {(op, be) for op, impls in backends.TABLE.items() for be in impls}
+    pairs |= {(op, be) for op, bes in EXPECTED.items() for be in bes}
+    return sorted(pairs)
+
+
+def _rand_skew(rng, shape, fro):
+    a = rng.standard_normal(shape)
+    x = a - np.swapaxes(a, -1, -2)
+    return x * (fro / np.linalg.norm(x, axis=(-2, -1), keepdims=True))
+
+
+@pytest.mark.parametrize(("op", "be"), _cases())
+@pytest.mark.parametrize("batch", [(), (3,), (2, 2)])
+def test_fast_path_equals_generic_route(op, be, batch):
+    xp = _load(be)  # skips when the framework is absent
+    impl = backends.lookup(op, xp)
+    assert impl is not None, f"no fast path registered for {op} on {be}"
+    assert impl is backends.TABLE[op][be]
+    mode = op.removeprefix("cayley_apply_")
+    n = 6
+    eye = np.eye(n)
+    for terms in [0, 1, 3] if mode == "neumann" else [1]:
+        rng = np.random.default_rng(terms + 10 * len(batch))
+        x = asarray(xp, _rand_skew(rng, (*batch, n, n), 0.6))
+        b = asarray(xp, rng.standard_normal((*batch, n, n)))
+        fast = maps.cayley_apply(b, x, mode=mode, terms=terms)
+        direct = impl(b, x, terms)
+        with backends.generic_only():
+            assert backends.lookup(op, xp) is None
+            generic = maps.cayley_apply(b, x, mode=mode, terms=terms)
+        assert backends.lookup(op, xp) is impl  # the context manager restores dispatch
+        assert fast.dtype == generic.dtype == xp.float64
+        assert tuple(fast.shape) == tuple(generic.shape) == (*batch, n, n)
+        f, gen = to_numpy(fast), to_numpy(generic)
+        np.testing.assert_allclose(f, gen, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(to_numpy(direct), f)
+        # both are B·Cayley(X) (exact) or B·(I+X)²Π(I+X^{2^k}) (neumann), checked in numpy
+        xn, bn = to_numpy(x), to_numpy(b)
+        if mode == "exact":
+            ref = bn @ ((eye + xn) @ np.linalg.inv(eye - xn))
+        else:
+            prod = (eye + xn) @ (eye + xn)
+            y = xn @ xn
+            for _ in range(terms):
+                prod = prod @ (eye + y)
+                y = y @ y
+            ref = bn @ prod
+        np.testing.assert_allclose(f, ref, rtol=0, atol=1e-12)
+
+
+def test_table_has_the_expected_entries():
+    _load_all_fast_paths()
+    for op, impls in backends.TABLE.items():
+        assert op in EXPECTED, f"untested op {op} in TABLE"
+        assert set(impls) <= EXPECTED[op] | {"cupy", "jax"}, impls
+    if "torch" in sys.modules:
+        for op in EXPECTED:
+            assert "torch" in backends.TABLE.get(op, {}), op
+
+
+def test_torch_fast_path_low_precision():
+    """bfloat16 / float16: the exact map is solved in float32 and cast back."""
+    torch = pytest.importorskip("torch")
+    xp = _load("torch")
+    rng = np.random.default_rng(3)
+    x64 = _rand_skew(rng, (5, 5), 0.5)
+    b64 = np.linalg.qr(rng.standard_normal((5, 5)))[0]
+    ref = b64 @ ((np.eye(5) + x64) @ np.linalg.inv(np.eye(5) - x64))
+    for dt in (torch.bfloat16, torch.float16):
+        x, b = asarray(xp, x64, dt), asarray(xp, b64, dt)
+        for mode in ("exact", "neumann"):
+            out = maps.cayley_apply(b, x, mode=mode, terms=4)
+            assert out.dtype == dt
+            np.testing.assert_allclose(to_numpy(out.float()), ref, rtol=0, atol=5e-2)
+
+
+def _apply_exact(b, x):
+    return maps.cayley_apply(b, x, mode="exact")
+
+
+def _apply_neumann(b, x):
+    return maps.cayley_apply(b, x, mode="neumann", terms=3)
+
+
+def test_float32_fast_path_equals_generic(xp, jit):
+    """On every backend (fast path or not) float32 stays float32 and agrees with the generic
+    route (traced under jax.jit, where the dispatch happens at trace time)."""
+    rng = np.random.default_rng(4)
+    x = asarray(xp, _rand_skew(rng, (4, 4), 0.4), xp.float32)
+    b = asarray(xp, rng.standard_normal((4, 4)), xp.float32)
+    for fn in (_apply_exact, _apply_neumann):
+        out = jit(fn)(b, x)
+        with backends.generic_only():
+            gen = fn(b, x)
+        assert out.dtype == gen.dtype == xp.float32
+        np.testing.assert_allclose(to_numpy(out), to_numpy(gen), rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- import hygiene
+
+
+def test_import_does_not_import_frameworks():
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "import spectral_curv\n"
+        "from spectral_curv import full, diag, maps, backends\n"
+        "st = full.update_gop(full.init(3), np.ones(3), beta2=0.1, cayley='neumann')\n"
+        "st = full.update_gop(st, np.arange(3.0), beta2=0.1)\n"
+        "diag.update_gop(diag.init(3), np.ones(3), beta2=0.1)\n"
+        "bad = [m for m in ('torch', 'jax', 'jaxlib', 'cupy') if m in sys.modules]\n"
+        "print(','.join(bad) or 'CLEAN')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "CLEAN", out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------- backend_name
+
+
+def test_backend_name(xp, request):
+    expected = request.node.callspec.params["xp"]
+    assert backends.backend_name(xp) == expected
+    assert backend(xp) == expected
+    # the namespace of an actual array maps to the same name
+    assert backends.backend_name(array_api_compat.array_namespace(asarray(xp, [1.0]))) == expected
+
+
+def test_backend_name_plain_modules():
+    assert backends.backend_name(np) == "numpy"
+    assert backends.backend_name(types.ModuleType("some_other_array_lib")) == "other"
+    assert backends.lookup("cayley_apply_exact", np) is None  # numpy has no fast path
