@@ -53,13 +53,19 @@ def init(
     return DiagState(xp.full(shape, scale, dtype=dtype, device=device))
 
 
-def update(state: DiagState, delta: Array, *, beta2: Any, exp: str = "exact") -> DiagState:
-    """One step for a generic diagonal curvature change ``δ`` (may be negative; SPEC §3)."""
+def update(
+    state: DiagState, delta: Array, *, beta2: Any, exp: str = "exact", check: bool = True
+) -> DiagState:
+    """One step for a generic diagonal curvature change ``δ`` (may be negative; SPEC §3).
+
+    ``check=False`` skips the value checks (backend, finiteness) for adapters that have
+    already done them."""
     xp = array_namespace(state.d)
-    A.check_same_namespace(xp, d=state.d, delta=delta)
-    A.check_floating(xp, "delta", delta)
     A.check_shape("delta", delta, tuple(state.d.shape))
-    A.check_finite(xp, "delta", delta)
+    if check:
+        A.check_same_namespace(xp, d=state.d, delta=delta)
+        A.check_floating(xp, "delta", delta)
+        A.check_finite(xp, "delta", delta)
     A.check_positive("beta2", beta2)
     maps.check_modes("exact", exp, 0)
     return DiagState(maps.exp_scale(state.d, beta2 * delta, mode=exp))  # type: ignore[arg-type]
@@ -73,11 +79,13 @@ def update_gop(
     gamma: Any = 1.0,
     damping: Any = 0.0,
     exp: str = "exact",
+    check: bool = True,
 ) -> DiagState:
     """GOP step ``δ = g² + λ − γd``; ``g`` has ``d``'s shape or a leading batch axis (mean)."""
     xp = array_namespace(state.d)
-    A.check_same_namespace(xp, d=state.d, g=g)
-    A.check_floating(xp, "g", g)
+    if check:
+        A.check_same_namespace(xp, d=state.d, g=g)
+        A.check_floating(xp, "g", g)
     shape = tuple(state.d.shape)
     if tuple(g.shape) == shape:
         gg = g * g
@@ -85,16 +93,18 @@ def update_gop(
         gg = xp.mean(g * g, axis=0)
     else:
         raise ValueError(f"`g` must have shape {shape} or (batch, *{shape}), got {tuple(g.shape)}")
-    A.check_finite(xp, "g", g)
+    if check:
+        A.check_finite(xp, "g", g)
     A.check_positive("gamma", gamma, allow_zero=True)
     A.check_positive("damping", damping, allow_zero=True)
-    return update(state, gg + damping - gamma * state.d, beta2=beta2, exp=exp)
+    return update(state, gg + damping - gamma * state.d, beta2=beta2, exp=exp, check=False)
 
 
-def precondition(state: DiagState, v: Array, *, p: Any) -> Array:
+def precondition(state: DiagState, v: Array, *, p: Any, check: bool = True) -> Array:
     """``d^{-1/p} ⊙ v`` (``v`` broadcastable against ``d``; SPEC §3)."""
     xp = array_namespace(state.d)
-    A.check_same_namespace(xp, d=state.d, v=v)
+    if check:
+        A.check_same_namespace(xp, d=state.d, v=v)
     A.check_positive("p", p)
     if tuple(v.shape[v.ndim - state.d.ndim :]) != tuple(state.d.shape):
         raise ValueError(f"`v` must end with shape {tuple(state.d.shape)}, got {tuple(v.shape)}")

@@ -46,28 +46,42 @@ __all__ = [
 
 
 class KronState(NamedTuple):
-    """``S = α (B_C Diag(d_C) B_Cᵀ) ⊗ (B_K Diag(d_K) B_Kᵀ)``, ``Π d_C = Π d_K = 1``."""
+    """``S = α (B_C Diag(d_C) B_Cᵀ) ⊗ (B_K Diag(d_K) B_Kᵀ)``, ``Π d_C = Π d_K = 1``.
 
-    alpha: Array  # 0-d, > 0
-    B_C: Array  # (r, r) orthogonal
-    d_C: Array  # (r,)
-    B_K: Array  # (c, c) orthogonal
-    d_K: Array  # (c,)
+    Leading axes ``L = alpha.shape`` stack independent layers of the same shape (one
+    batched matmul chain refreshes them all). ``B_C`` or ``B_K`` may be ``None``: that side
+    is diagonal (``B = I`` fixed, O(n) memory; for very long sides such as vocabularies).
+    """
+
+    alpha: Array  # (*L,), > 0
+    B_C: Array | None  # (*L, r, r) orthogonal, or None (diagonal side)
+    d_C: Array  # (*L, r)
+    B_K: Array | None  # (*L, c, c) orthogonal, or None (diagonal side)
+    d_K: Array  # (*L, c)
 
 
 def init(
     rows: int,
     cols: int,
     *,
+    batch: tuple[int, ...] = (),
+    diag_rows: bool = False,
+    diag_cols: bool = False,
     scale: float = 1.0,
     dtype: Any = None,
     device: Any = None,
     xp: Namespace | None = None,
 ) -> KronState:
-    """``S = scale · I`` (``α = scale``, ``B = I``, ``d = 1``); numpy float64 by default."""
+    """``S = scale · I`` (``α = scale``, ``B = I``, ``d = 1``); numpy float64 by default.
+
+    ``batch`` stacks independent layers; ``diag_rows``/``diag_cols`` keep that side diagonal.
+    """
     for name, v in (("rows", rows), ("cols", cols)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"`{name}` must be a positive int, got {v!r}")
+    batch = tuple(batch)
+    if any((not isinstance(b, int)) or b < 0 for b in batch):
+        raise ValueError(f"`batch` must be a tuple of non-negative ints, got {batch!r}")
     A.check_positive("scale", scale)
     if xp is None:
         import numpy as _np
@@ -75,78 +89,112 @@ def init(
         xp = array_namespace(_np.empty(0))
     dtype = xp.float64 if dtype is None else dtype
     kw = {"dtype": dtype, "device": device}
+
+    def eye(n: int) -> Array:
+        e = xp.eye(n, **kw)
+        return xp.broadcast_to(e, (*batch, n, n)) + xp.zeros((*batch, n, n), **kw)
+
     return KronState(
-        xp.asarray(scale, **kw),
-        xp.eye(rows, **kw),
-        xp.ones((rows,), **kw),
-        xp.eye(cols, **kw),
-        xp.ones((cols,), **kw),
+        xp.full(batch, scale, **kw),
+        None if diag_rows else eye(rows),
+        xp.ones((*batch, rows), **kw),
+        None if diag_cols else eye(cols),
+        xp.ones((*batch, cols), **kw),
     )
 
 
 def from_factors(s_c: Array, s_k: Array, alpha: Any = 1.0) -> KronState:
-    """The unique normalised state of ``alpha · s_c ⊗ s_k`` (Claim 5; ``eigh``, set-up only)."""
+    """The unique normalised state of ``alpha · s_c ⊗ s_k`` (Claim 5; uses ``eigh``, set-up only).
+
+    Leading axes of ``s_c``/``s_k`` stack layers (``alpha`` broadcasts against them)."""
     xp = array_namespace(s_c, s_k)
     d_c, b_c = xp.linalg.eigh(s_c)
     d_k, b_k = xp.linalg.eigh(s_k)
     if not A.is_lazy(d_c, d_k) and not (bool(xp.all(d_c > 0)) and bool(xp.all(d_k > 0))):
         raise ValueError("`s_c` and `s_k` must be positive definite")
-    lc = xp.mean(xp.log(d_c))
-    lk = xp.mean(xp.log(d_k))
-    a = xp.asarray(alpha, dtype=d_c.dtype, device=A.device(d_c)) * xp.exp(lc + lk)
+    lc = xp.mean(xp.log(d_c), axis=-1, keepdims=True)
+    lk = xp.mean(xp.log(d_k), axis=-1, keepdims=True)
+    a = xp.asarray(alpha, dtype=d_c.dtype, device=A.device(d_c)) * xp.exp((lc + lk)[..., 0])
     return KronState(a, b_c, xp.exp(xp.log(d_c) - lc), b_k, xp.exp(xp.log(d_k) - lk))
+
+
+def _factor(b: Array | None, d: Array, power: Any) -> Array:
+    if b is None:
+        import array_api_extra as xpx
+
+        return xpx.create_diagonal(d**power, xp=array_namespace(d))
+    return (b * (d**power)[..., None, :]) @ b.mT
 
 
 def factors(state: KronState, power: Any = 1.0) -> tuple[Array, Array, Array]:
     """``(α^power, S_C^power, S_K^power)`` as explicit matrices."""
-    sc = (state.B_C * state.d_C[None, :] ** power) @ state.B_C.mT
-    sk = (state.B_K * state.d_K[None, :] ** power) @ state.B_K.mT
-    return state.alpha**power, sc, sk
+    return (
+        state.alpha**power,
+        _factor(state.B_C, state.d_C, power),
+        _factor(state.B_K, state.d_K, power),
+    )
 
 
 def dense(state: KronState, power: Any = 1.0) -> Array:
     """The explicit ``(α S_C ⊗ S_K)^power`` (rc × rc; for tests and small problems)."""
     import array_api_extra as xpx
 
-    xp = array_namespace(state.B_C)
+    xp = array_namespace(state.d_C)
     a, sc, sk = factors(state, power)
+    if state.alpha.ndim:
+        raise ValueError("dense() takes a single (unbatched) state")
     return a * xpx.kron(sc, sk, xp=xp)
 
 
 def logdet(state: KronState) -> Array:
     """``log det S = rc log α + c Σ log d_C + r Σ log d_K`` (= rc log α under the constraints)."""
-    xp = array_namespace(state.B_C)
-    r, c = state.d_C.shape[0], state.d_K.shape[0]
+    xp = array_namespace(state.d_C)
+    r, c = state.d_C.shape[-1], state.d_K.shape[-1]
     return (
         r * c * xp.log(state.alpha)
-        + c * xp.sum(xp.log(state.d_C))
-        + r * xp.sum(xp.log(state.d_K))
+        + c * xp.sum(xp.log(state.d_C), axis=-1)
+        + r * xp.sum(xp.log(state.d_K), axis=-1)
     )
 
 
-def _check(xp: Namespace, state: KronState, g: Array, name: str) -> tuple[int, int]:
-    r, c = state.d_C.shape[0], state.d_K.shape[0]
-    A.check_same_namespace(xp, B_C=state.B_C, **{name: g})
-    A.check_floating(xp, name, g)
-    if g.ndim not in (2, 3) or tuple(g.shape[-2:]) != (r, c):
+def _check(xp: Namespace, state: KronState, g: Array, name: str, check: bool) -> None:
+    """Shapes always; backend, dtype and finiteness when ``check`` (eager arrays only)."""
+    lead = tuple(state.alpha.shape)
+    r, c = state.d_C.shape[-1], state.d_K.shape[-1]
+    want = (*lead, r, c)
+    if tuple(g.shape[-len(want) :]) != want or g.ndim > len(want) + 1:
         raise ValueError(
-            f"`{name}` must have shape ({r}, {c}) or (batch, {r}, {c}), got {tuple(g.shape)}"
+            f"`{name}` must have shape {want} or (batch, *{want}), got {tuple(g.shape)}"
         )
-    A.check_finite(xp, name, g)
-    return r, c
+    for nm, b, n in (("B_C", state.B_C, r), ("B_K", state.B_K, c)):
+        if b is not None and tuple(b.shape) != (*lead, n, n):
+            raise ValueError(f"`state.{nm}` must have shape {(*lead, n, n)}, got {tuple(b.shape)}")
+    if check:
+        A.check_same_namespace(xp, d_C=state.d_C, **{name: g})
+        A.check_floating(xp, name, g)
+        A.check_finite(xp, name, g)
 
 
 def _rotate(state: KronState, g: Array) -> Array:
-    """``R = B_Cᵀ G B_K`` (batched over a leading axis when present)."""
-    return state.B_C.mT @ g @ state.B_K
+    """``R = B_Cᵀ G B_K`` (a diagonal side is the identity)."""
+    if state.B_C is not None:
+        g = state.B_C.mT @ g
+    if state.B_K is not None:
+        g = g @ state.B_K
+    return g
 
 
-def _direction(xp: Namespace, state: KronState, r_rot: Array, p: Any) -> Array:
+def _direction(state: KronState, r_rot: Array, p: Any) -> Array:
     """``α^{-1/p} B_C [Diag(d_C^{-1/p}) R Diag(d_K^{-1/p})] B_Kᵀ``."""
     e = -1.0 / p
-    # α^{-1/p} folded into the row scale: two n×n passes, not three.
-    core = r_rot * ((state.alpha**e) * state.d_C**e)[:, None] * (state.d_K**e)[None, :]
-    return state.B_C @ core @ state.B_K.mT
+    # α^{-1/p} folded into the row scale: two passes over R, not three.
+    row = (state.alpha**e)[..., None] * state.d_C**e
+    core = r_rot * row[..., :, None] * (state.d_K**e)[..., None, :]
+    if state.B_C is not None:
+        core = state.B_C @ core
+    if state.B_K is not None:
+        core = core @ state.B_K.mT
+    return core
 
 
 def _refresh(
@@ -163,62 +211,86 @@ def _refresh(
     tie_tol: float | None,
     max_step_norm: float | None,
 ) -> KronState:
-    """The SPEC §4 update from the rotated gradient ``R`` (shape (r, c) or (b, r, c))."""
-    r, c = state.d_C.shape[0], state.d_K.shape[0]
+    """The SPEC §4 update from the rotated gradient ``R`` (``(*L, r, c)``, or a sample batch
+    ``(b, *L, r, c)`` whose GOP is averaged)."""
+    r, c = state.d_C.shape[-1], state.d_K.shape[-1]
     alpha, d_c, d_k = state.alpha, state.d_C, state.d_K
-    if r_rot.ndim == 2:
-        # W_C = (R D_K^{-1/2})(R D_K^{-1/2})ᵀ, W_K = (D_C^{-1/2} R)ᵀ(D_C^{-1/2} R): each a
-        # product of one operand with its own transpose, which numpy runs as syrk (half
-        # the flops of a matmul, an exactly symmetric result).
-        # (``del``: drop each n×n temporary as soon as it is used, to keep the peak memory,
-        # and with it fresh-page faults, low.)
-        rk = r_rot * (d_k**-0.5)[None, :]
-        w_c = rk @ rk.mT
-        del rk
-        rc = r_rot * (d_c**-0.5)[:, None]
-        w_k = rc.mT @ rc
-        del rc
+    sample_batch = r_rot.ndim == alpha.ndim + 3
+
+    def gram(x: Array) -> Array:
+        # x xᵀ: one operand times its own transpose (numpy runs it as syrk: half the flops,
+        # an exactly symmetric result).
+        w = x @ x.mT
+        return xp.mean(w, axis=0) if sample_batch else w
+
+    # W_C = (R D_K^{-1/2})(R D_K^{-1/2})ᵀ and W_K = (D_C^{-1/2} R)ᵀ(D_C^{-1/2} R); a diagonal
+    # side needs only diag(W) = Σ_j R_ij²/d_K,j, no matmul.
+    rk = r_rot * (d_k**-0.5)[..., None, :]
+    rc = (r_rot * (d_c**-0.5)[..., :, None]).mT
+    if state.B_C is not None:
+        w_c = gram(rk)
+        diag_c = xp.linalg.diagonal(w_c)
     else:
-        nb = r_rot.shape[0]
-        w_c = xp.sum((r_rot / d_k[None, None, :]) @ r_rot.mT, axis=0) / nb
-        w_k = xp.sum((r_rot.mT / d_c[None, None, :]) @ r_rot, axis=0) / nb
-    # diag(W_C)_i = Σ_j R_ij² / d_K,j (and likewise W_K): read off the W just formed.
-    diag_c = xp.linalg.diagonal(w_c)
-    diag_k = xp.linalg.diagonal(w_k)
+        w_c = None
+        sq = xp.sum(rk * rk, axis=-1)
+        diag_c = xp.mean(sq, axis=0) if sample_batch else sq
+    if state.B_K is not None:
+        w_k = gram(rc)
+        diag_k = xp.linalg.diagonal(w_k)
+    else:
+        w_k = None
+        sq = xp.sum(rc * rc, axis=-1)
+        diag_k = xp.mean(sq, axis=0) if sample_batch else sq
+    del rk, rc
     # Adaptive damping λ_l = λ Tr(S_other⁻¹): the projection of Δ = λI onto each factor.
-    lam_c = damping * xp.sum(1.0 / d_k)
-    lam_k = damping * xp.sum(1.0 / d_c)
+    lam_c = (damping * xp.sum(1.0 / d_k, axis=-1))[..., None]
+    lam_k = (damping * xp.sum(1.0 / d_c, axis=-1))[..., None]
     k_c, k_k = float(c), float(r)
+    a = alpha[..., None]
     if exp == "exact":
-        m_c = (-gamma * d_c + (diag_c + lam_c) / (alpha * k_c)) / d_c
-        m_k = (-gamma * d_k + (diag_k + lam_k) / (alpha * k_k)) / d_k
-        mc_mean, mk_mean = xp.mean(m_c), xp.mean(m_k)
+        m_c = (-gamma * d_c + (diag_c + lam_c) / (a * k_c)) / d_c
+        m_k = (-gamma * d_k + (diag_k + lam_k) / (a * k_k)) / d_k
+        mc_mean = xp.mean(m_c, axis=-1, keepdims=True)
+        mk_mean = xp.mean(m_k, axis=-1, keepdims=True)
         new_dc = d_c * xp.exp(beta2 * (m_c - mc_mean))
         new_dk = d_k * xp.exp(beta2 * (m_k - mk_mean))
-        new_alpha = alpha * xp.exp((beta2 / 2.0) * (mc_mean + mk_mean))
+        new_alpha = alpha * xp.exp((beta2 / 2.0) * (mc_mean + mk_mean)[..., 0])
     else:
-        log_nc = xp.log((1.0 - gamma * beta2) * d_c + (beta2 / (alpha * k_c)) * (diag_c + lam_c))
-        log_nk = xp.log((1.0 - gamma * beta2) * d_k + (beta2 / (alpha * k_k)) * (diag_k + lam_k))
-        lc, lk = xp.mean(log_nc), xp.mean(log_nk)
+        log_nc = xp.log((1.0 - gamma * beta2) * d_c + (beta2 / (a * k_c)) * (diag_c + lam_c))
+        log_nk = xp.log((1.0 - gamma * beta2) * d_k + (beta2 / (a * k_k)) * (diag_k + lam_k))
+        lc = xp.mean(log_nc, axis=-1, keepdims=True)
+        lk = xp.mean(log_nk, axis=-1, keepdims=True)
         new_dc = xp.exp(log_nc - lc)
         new_dk = xp.exp(log_nk - lk)
-        new_alpha = alpha * xp.exp(lc / 2.0 + lk / 2.0)
+        new_alpha = alpha * xp.exp((lc / 2.0 + lk / 2.0)[..., 0])
     del diag_c, diag_k  # views of W
-    # W_C, W_K are symmetric: the generator reads both triangles (no transposed pass).
-    # One factor at a time, each W and X dropped once used (lower peak memory).
-    x_c = maps.rotation_generator(
-        w_c, d_c, beta2 / (2.0 * alpha * k_c), tie_tol=tie_tol, max_step_norm=max_step_norm,
-        symmetric=True,
-    )
-    del w_c
-    b_c = maps.cayley_apply(state.B_C, x_c, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
-    del x_c
-    x_k = maps.rotation_generator(
-        w_k, d_k, beta2 / (2.0 * alpha * k_k), tie_tol=tie_tol, max_step_norm=max_step_norm,
-        symmetric=True,
-    )
-    del w_k
-    b_k = maps.cayley_apply(state.B_K, x_k, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
+    # One factor at a time, each W and X dropped once used (lower peak memory). W is
+    # symmetric, so the generator reads both triangles (no transposed pass).
+    b_c, b_k = state.B_C, state.B_K
+    a2 = alpha[..., None, None]
+    if w_c is not None:
+        x_c = maps.rotation_generator(
+            w_c,
+            d_c,
+            beta2 / (2.0 * k_c * a2),
+            tie_tol=tie_tol,
+            max_step_norm=max_step_norm,
+            symmetric=True,
+        )
+        del w_c
+        b_c = maps.cayley_apply(b_c, x_c, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
+        del x_c
+    if w_k is not None:
+        x_k = maps.rotation_generator(
+            w_k,
+            d_k,
+            beta2 / (2.0 * k_k * a2),
+            tie_tol=tie_tol,
+            max_step_norm=max_step_norm,
+            symmetric=True,
+        )
+        del w_k
+        b_k = maps.cayley_apply(b_k, x_k, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
     return KronState(new_alpha, b_c, new_dc, b_k, new_dk)
 
 
@@ -257,8 +329,13 @@ def update_gop(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
+    check: bool = True,
 ) -> KronState:
-    """Kronecker spectral step for the GOP of ``G`` (r×c, or a batch (b, r, c): mean GOP).
+    """Kronecker spectral step for the GOP of ``G``.
+
+    ``G`` has the state's shape ``(*L, r, c)`` (one gradient per stacked layer), or a leading
+    sample axis ``(b, *L, r, c)`` whose GOP is averaged. ``check=False`` skips the value
+    checks (finiteness, backend) for adapters that have already done them once.
 
     ``exp="exact"`` is SPEC §4's exact update (``m_l``, mean-centred exp, ``α`` update);
     ``exp="first_order"`` the truncated form of Fig. 6 / Claim 8. ``damping`` ``λ`` enters
@@ -266,21 +343,32 @@ def update_gop(
     argument is rescaled to ``‖X_l‖_F ≤ max_step_norm`` (default 0.25): the block-specific
     normalised step of SPEC §4; in exact mode nothing is rescaled unless asked.
     """
-    xp = array_namespace(state.B_C)
-    _check(xp, state, G, "G")
+    xp = array_namespace(state.d_C)
+    _check(xp, state, G, "G", check)
     msn = _options(beta2, gamma, damping, cayley, exp, cayley_terms, tie_tol, max_step_norm)
     return _refresh(
-        xp, state, _rotate(state, G), beta2=beta2, gamma=gamma, damping=damping,
-        cayley=cayley, exp=exp, cayley_terms=cayley_terms, tie_tol=tie_tol, max_step_norm=msn,
+        xp,
+        state,
+        _rotate(state, G),
+        beta2=beta2,
+        gamma=gamma,
+        damping=damping,
+        cayley=cayley,
+        exp=exp,
+        cayley_terms=cayley_terms,
+        tie_tol=tie_tol,
+        max_step_norm=msn,
     )
 
 
-def precondition(state: KronState, G: Array, *, p: Any) -> Array:
-    """``α^{-1/p} S_C^{-1/p} G S_K^{-1/p}`` in the rotated form (4 matmuls; SPEC §4)."""
-    xp = array_namespace(state.B_C)
-    _check(xp, state, G, "G")
+def precondition(state: KronState, G: Array, *, p: Any, check: bool = True) -> Array:
+    """``α^{-1/p} S_C^{-1/p} G S_K^{-1/p}`` in the rotated form (4 matmuls; SPEC §4).
+
+    ``G`` is ``(*L, r, c)`` or ``(b, *L, r, c)`` (each slice preconditioned)."""
+    xp = array_namespace(state.d_C)
+    _check(xp, state, G, "G", check)
     A.check_positive("p", p)
-    return _direction(xp, state, _rotate(state, G), p)
+    return _direction(state, _rotate(state, G), p)
 
 
 def precondition_and_update(
@@ -296,25 +384,36 @@ def precondition_and_update(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
+    check: bool = True,
 ) -> tuple[KronState, Array]:
     """Fused refresh + step sharing ``R = B_Cᵀ G B_K`` (SPEC §4): returns ``(new_state, step)``.
 
     The step is preconditioned with the factors *before* this refresh (one refresh of lag,
     as in SOAP); call :func:`update_gop` then :func:`precondition` for the un-lagged order,
-    at the cost of two more matmuls. ``G`` must be a single (r, c) gradient here.
+    at the cost of two more matmuls. ``G`` must have the state's shape ``(*L, r, c)`` (a
+    single gradient per layer) here.
     """
-    xp = array_namespace(state.B_C)
-    _check(xp, state, G, "G")
-    if G.ndim != 2:
-        raise ValueError("`G` must be a single (r, c) gradient in precondition_and_update")
+    xp = array_namespace(state.d_C)
+    _check(xp, state, G, "G", check)
+    if G.ndim != state.alpha.ndim + 2:
+        raise ValueError(
+            "`G` must be a single (r, c) gradient per layer in precondition_and_update"
+        )
     A.check_positive("p", p)
     msn = _options(beta2, gamma, damping, cayley, exp, cayley_terms, tie_tol, max_step_norm)
     r_rot = _rotate(state, G)
+    step = _direction(state, r_rot, p)
     new = _refresh(
-        xp, state, r_rot, beta2=beta2, gamma=gamma, damping=damping,
-        cayley=cayley, exp=exp, cayley_terms=cayley_terms, tie_tol=tie_tol, max_step_norm=msn,
+        xp,
+        state,
+        r_rot,
+        beta2=beta2,
+        gamma=gamma,
+        damping=damping,
+        cayley=cayley,
+        exp=exp,
+        cayley_terms=cayley_terms,
+        tie_tol=tie_tol,
+        max_step_norm=msn,
     )
-    # The step uses the old factors (``state``); formed after the refresh so that it is not
-    # held in memory through it.
-    step = _direction(xp, state, r_rot, p)
     return new, step

@@ -80,12 +80,15 @@ def rotation_generator(
     xp = array_namespace(w, d)
     n = d.shape[-1]
     tol = default_tie_tol(xp, d.dtype) if tie_tol is None else tie_tol
-    # Few n×n passes (they, not flops, are this function's cost): tol·max(|d_i|, |d_j|)
-    # equals max(tol·|d_i|, tol·|d_j|) bitwise (rounding is monotone) and the latter is one
-    # broadcast pass; U = −q is kept as q, its sign folded into the scale at the end.
+    # Few n×n passes (they, not flops, are this function's cost): tol·max(|d_i|, |d_j|) is
+    # max(t_i, t_j) with t = tol·|d| bitwise (rounding is monotone), and "> max(t_i, t_j)"
+    # is "> t_i and > t_j": two boolean broadcast compares, no n×n float threshold.
+    # U = −q is kept as q, its sign folded into the scale at the end.
     t = tol * xp.abs(d)
     diff = d[..., :, None] - d[..., None, :]
-    gap_ok = xp.abs(diff) > xp.maximum(t[..., :, None], t[..., None, :])
+    gap = xp.abs(diff)
+    gap_ok = (gap > t[..., :, None]) & (gap > t[..., None, :])
+    del gap
     if symmetric:
         # Tied pairs and the diagonal divide a finite W_ij by inf: ±0, no second `where`.
         q = w / xp.where(gap_ok, diff, math.inf)
@@ -96,14 +99,13 @@ def rotation_generator(
         if symmetric:
             # ‖X‖_F² from one dot product (a BLAS dot in numpy): no n×n temporary.
             flat = xp.reshape(q, (*q.shape[:-2], n * n))
-            norm = abs(scale) * xp.sqrt(xp.vecdot(flat, flat))
+            sq = xp.vecdot(flat, flat)
         else:
             # ‖L − Lᵀ‖_F = √2 ‖L‖_F for strictly lower L.
-            norm = abs(scale) * xp.sqrt(2.0 * xp.sum(q * q, axis=(-2, -1)))
-        tiny = xp.finfo(q.dtype).smallest_normal
-        floor = tiny * xp.ones_like(norm)
-        shrink = xp.minimum(xp.ones_like(norm), max_step_norm / xp.maximum(norm, floor))
-        scale = scale * shrink[..., None, None]
+            sq = 2.0 * xp.sum(q * q, axis=(-2, -1))
+        norm = abs(scale) * xp.sqrt(sq)[..., None, None]  # (..., 1, 1): broadcasts per matrix
+        floor = xp.finfo(q.dtype).smallest_normal * xp.ones_like(norm)
+        scale = scale * xp.minimum(xp.ones_like(norm), max_step_norm / xp.maximum(norm, floor))
     return (-scale) * (q if symmetric else skew(q))
 
 
@@ -153,6 +155,20 @@ def cayley_apply_neumann(xp: Namespace, b: Array, x: Array, terms: int) -> Array
         if k + 1 < terms:
             y = y @ y.mT
     return p
+
+
+def orthonormalize(b: Array, *, steps: int = 1) -> Array:
+    """Pull ``B`` back towards the orthogonal group with Newton–Schulz polar steps (matmuls only).
+
+    One step ``B ← B (3I − BᵀB)/2`` maps singular values ``σ ↦ σ(3 − σ²)/2``, squaring the
+    error ``1 − σ`` (up to a factor 3/2); it undoes the drift that the truncated Cayley map
+    accumulates (SPEC §1: "measure the drift ‖BᵀB − I‖"). Costs 2 matmuls a step.
+    """
+    xp = array_namespace(b)
+    i = eye(xp, b.shape[-1], b)
+    for _ in range(steps):
+        b = b @ (1.5 * i - 0.5 * (b.mT @ b))
+    return b
 
 
 def exp_scale(d: Array, rate: Array, *, mode: ExpMode = "exact") -> Array:

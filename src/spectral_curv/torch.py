@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import diag, kron
+from . import diag, kron, maps
 
 __all__ = ["SpectralKron", "spectral_kron"]
 
@@ -52,8 +52,8 @@ def _init_state(p: Tensor, plan: tuple[Any, ...], dtype: torch.dtype, graft: str
     kw = {"dtype": dtype, "device": p.device}
     state: dict[str, Any] = {
         "step": torch.tensor(0.0, dtype=torch.float32),
+        "refreshes": torch.tensor(0, dtype=torch.int64),
         "rejected": torch.tensor(0, dtype=torch.int64, device=p.device),
-        "initialized": torch.tensor(False, device=p.device),
         "momentum_buffer": torch.zeros(p.shape, **kw),
     }
     if plan[0] == "diag":
@@ -99,6 +99,7 @@ def _kron_bucket(
     *,
     first: bool,
     refresh: bool,
+    reorth: bool,
     opts: dict[str, Any],
 ) -> list[Tensor]:
     """Refresh (when due) and precondition a stack of same-shaped layers; returns directions."""
@@ -115,16 +116,34 @@ def _kron_bucket(
         st = st._replace(alpha=G.square().mean(dim=(-2, -1)) + opts["damping"])
     if refresh:
         new = kron.update_gop(
-            st, G, beta2=opts["precond_lr"], gamma=opts["gamma"], damping=opts["damping"],
-            cayley=opts["cayley"], exp=opts["exp"], cayley_terms=opts["cayley_terms"],
-            tie_tol=opts["tie_tol"], max_step_norm=opts["max_step_norm"], check=False,
+            st,
+            G,
+            beta2=opts["precond_lr"],
+            gamma=opts["gamma"],
+            damping=opts["damping"],
+            cayley=opts["cayley"],
+            exp=opts["exp"],
+            cayley_terms=opts["cayley_terms"],
+            tie_tol=opts["tie_tol"],
+            max_step_norm=opts["max_step_norm"],
+            check=False,
         )
-        ok = _finite_positive(*new, lead=1) & (new.alpha > 0) & (new.d_C > 0).all(-1) & (
-            new.d_K > 0
-        ).all(-1)
+        ok = (
+            _finite_positive(*new, lead=1)
+            & (new.alpha > 0)
+            & (new.d_C > 0).all(-1)
+            & (new.d_K > 0).all(-1)
+        )
         st = kron.KronState(*(_select(ok, n, o) for n, o in zip(new, st)))
         for i, s in enumerate(states):
             s["rejected"].add_((~ok[i]).to(torch.int64))
+            s["refreshes"].add_(1)
+        if reorth:
+            # Undo the truncated Cayley map's drift (matmuls only; maps.orthonormalize).
+            st = st._replace(
+                B_C=None if st.B_C is None else maps.orthonormalize(st.B_C),
+                B_K=None if st.B_K is None else maps.orthonormalize(st.B_K),
+            )
     for key, val in zip(kron.KronState._fields, st):
         if val is not None:
             for i, s in enumerate(states):
@@ -133,7 +152,9 @@ def _kron_bucket(
     return [u[i].reshape(g.shape) for i, g in enumerate(grads)]
 
 
-def _diag_one(g: Tensor, state: dict[str, Any], *, first: bool, refresh: bool, opts: dict[str, Any]) -> Tensor:
+def _diag_one(
+    g: Tensor, state: dict[str, Any], *, first: bool, refresh: bool, opts: dict[str, Any]
+) -> Tensor:
     dt = opts["precond_dtype"]
     g = g.to(dt)
     st = diag.DiagState(state["d"])
@@ -141,12 +162,18 @@ def _diag_one(g: Tensor, state: dict[str, Any], *, first: bool, refresh: bool, o
         st = diag.DiagState(g.square() + opts["damping"])
     if refresh:
         new = diag.update_gop(
-            st, g, beta2=opts["precond_lr"], gamma=opts["gamma"], damping=opts["damping"],
-            exp=opts["exp"], check=False,
+            st,
+            g,
+            beta2=opts["precond_lr"],
+            gamma=opts["gamma"],
+            damping=opts["damping"],
+            exp=opts["exp"],
+            check=False,
         )
         ok = torch.isfinite(new.d).all() & (new.d > 0).all()
         st = diag.DiagState(torch.where(ok, new.d, st.d))
         state["rejected"].add_((~ok).to(torch.int64))
+        state["refreshes"].add_(1)
     state["d"] = st.d
     return diag.precondition(st, g, p=opts["p"], check=False)
 
@@ -192,6 +219,7 @@ def spectral_kron(
     weight_decay: float,
     update_interval: int,
     precond_warmup: int,
+    reorth_interval: int,
     cayley: str,
     cayley_terms: int,
     exp: str,
@@ -210,10 +238,23 @@ def spectral_kron(
     assumed finite and dense (the class checks them once, before any state changes).
     """
     opts = dict(
-        lr=lr, precond_lr=precond_lr, p=p, gamma=gamma, damping=damping, momentum=momentum,
-        weight_decay=weight_decay, cayley=cayley, cayley_terms=cayley_terms, exp=exp,
-        tie_tol=tie_tol, max_step_norm=max_step_norm, max_update_rms=max_update_rms,
-        graft=graft, betas=betas, eps=eps, precond_dtype=precond_dtype,
+        lr=lr,
+        precond_lr=precond_lr,
+        p=p,
+        gamma=gamma,
+        damping=damping,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        cayley=cayley,
+        cayley_terms=cayley_terms,
+        exp=exp,
+        tie_tol=tie_tol,
+        max_step_norm=max_step_norm,
+        max_update_rms=max_update_rms,
+        graft=graft,
+        betas=betas,
+        eps=eps,
+        precond_dtype=precond_dtype,
     )
     buckets: dict[tuple[Any, ...], list[int]] = {}
     steps = []
@@ -222,17 +263,31 @@ def spectral_kron(
         steps.append(step)
         first = step == 0
         refresh = first or step < precond_warmup or step % update_interval == 0
-        key = (_plan(param.shape, max_precond_dim), param.device, first, refresh)
+        n_ref = int(st["refreshes"].item())  # CPU tensor
+        reorth = (
+            refresh
+            and cayley == "neumann"
+            and reorth_interval > 0
+            and (n_ref + 1) % reorth_interval == 0
+        )
+        key = (_plan(param.shape, max_precond_dim), param.device, first, refresh, reorth)
         buckets.setdefault(key, []).append(i)
     directions: dict[int, Tensor] = {}
-    for (plan, _, first, refresh), idx in buckets.items():
+    for (plan, _, first, refresh, reorth), idx in buckets.items():
         if plan[0] == "diag":
             for i in idx:
-                directions[i] = _diag_one(grads[i], states[i], first=first, refresh=refresh, opts=opts)
+                directions[i] = _diag_one(
+                    grads[i], states[i], first=first, refresh=refresh, opts=opts
+                )
         else:
             us = _kron_bucket(
-                [grads[i] for i in idx], [states[i] for i in idx], plan,
-                first=first, refresh=refresh, opts=opts,
+                [grads[i] for i in idx],
+                [states[i] for i in idx],
+                plan,
+                first=first,
+                refresh=refresh,
+                reorth=reorth,
+                opts=opts,
             )
             directions.update(zip(idx, us))
     for i, (param, grad, st) in enumerate(zip(params, grads, states)):
@@ -260,6 +315,8 @@ class SpectralKron(Optimizer):
         weight_decay: decoupled (AdamW-style) weight decay.
         update_interval: refresh the preconditioner every ``T`` steps.
         precond_warmup: refresh at every step during the first ``precond_warmup`` steps.
+        reorth_interval: with ``cayley="neumann"``, every this many refreshes pull ``B``
+            back to orthogonal with one Newton–Schulz step (``maps.orthonormalize``; 0: off).
         cayley, cayley_terms, exp, tie_tol, max_step_norm: the core's modes
             (``spectral_curv.kron.update_gop``); defaults: matmul-only truncated maps.
         max_update_rms: clip the preconditioned update's RMS per parameter (None: off).
@@ -288,6 +345,7 @@ class SpectralKron(Optimizer):
         weight_decay: float = 0.0,
         update_interval: int = 2,
         precond_warmup: int = 10,
+        reorth_interval: int = 10,
         cayley: str = "neumann",
         cayley_terms: int = 1,
         exp: str = "first_order",
@@ -306,8 +364,15 @@ class SpectralKron(Optimizer):
                 if v.numel() != 1:
                     raise ValueError(f"`{name}` must be a scalar, got shape {tuple(v.shape)}")
                 v = float(v)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (v == 0 and not zero):
-                raise ValueError(f"`{name}` must be finite and {'>= 0' if zero else '> 0'}, got {v!r}")
+            if (
+                not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or v < 0
+                or (v == 0 and not zero)
+            ):
+                raise ValueError(
+                    f"`{name}` must be finite and {'>= 0' if zero else '> 0'}, got {v!r}"
+                )
 
         positive("lr", lr, zero=True)
         positive("precond_lr", precond_lr)
@@ -323,8 +388,9 @@ class SpectralKron(Optimizer):
         for name, v in (("update_interval", update_interval), ("max_precond_dim", max_precond_dim)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"`{name}` must be an int >= 1, got {v!r}")
-        if not isinstance(precond_warmup, int) or precond_warmup < 0:
-            raise ValueError(f"`precond_warmup` must be an int >= 0, got {precond_warmup!r}")
+        for name, v in (("precond_warmup", precond_warmup), ("reorth_interval", reorth_interval)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"`{name}` must be an int >= 0, got {v!r}")
         if cayley not in ("exact", "neumann"):
             raise ValueError(f"`cayley` must be 'exact' or 'neumann', got {cayley!r}")
         if exp not in ("exact", "first_order"):
@@ -336,15 +402,32 @@ class SpectralKron(Optimizer):
         if max_update_rms is not None:
             positive("max_update_rms", max_update_rms)
         if not (isinstance(precond_dtype, torch.dtype) and precond_dtype.is_floating_point):
-            raise ValueError(f"`precond_dtype` must be a floating torch.dtype, got {precond_dtype!r}")
+            raise ValueError(
+                f"`precond_dtype` must be a floating torch.dtype, got {precond_dtype!r}"
+            )
         if not all(0 <= b < 1 for b in betas):
             raise ValueError(f"`betas` must be in [0, 1), got {betas!r}")
         defaults = dict(
-            lr=lr, precond_lr=precond_lr, p=p, gamma=gamma, damping=damping, momentum=momentum,
-            weight_decay=weight_decay, update_interval=update_interval,
-            precond_warmup=precond_warmup, cayley=cayley, cayley_terms=cayley_terms, exp=exp,
-            tie_tol=tie_tol, max_step_norm=max_step_norm, max_update_rms=max_update_rms,
-            graft=graft, betas=tuple(betas), eps=eps, max_precond_dim=max_precond_dim,
+            lr=lr,
+            precond_lr=precond_lr,
+            p=p,
+            gamma=gamma,
+            damping=damping,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            update_interval=update_interval,
+            precond_warmup=precond_warmup,
+            reorth_interval=reorth_interval,
+            cayley=cayley,
+            cayley_terms=cayley_terms,
+            exp=exp,
+            tie_tol=tie_tol,
+            max_step_norm=max_step_norm,
+            max_update_rms=max_update_rms,
+            graft=graft,
+            betas=tuple(betas),
+            eps=eps,
+            max_precond_dim=max_precond_dim,
             precond_dtype=precond_dtype,
         )
         super().__init__(params, defaults)
@@ -393,13 +476,35 @@ class SpectralKron(Optimizer):
             if not params:
                 continue
             spectral_kron(
-                params, grads, states,
-                **{k: group[k] for k in (
-                    "lr", "precond_lr", "p", "gamma", "damping", "momentum", "weight_decay",
-                    "update_interval", "precond_warmup", "cayley", "cayley_terms", "exp",
-                    "tie_tol", "max_step_norm", "max_update_rms", "graft", "betas", "eps",
-                    "max_precond_dim", "precond_dtype",
-                )},
+                params,
+                grads,
+                states,
+                **{
+                    k: group[k]
+                    for k in (
+                        "lr",
+                        "precond_lr",
+                        "p",
+                        "gamma",
+                        "damping",
+                        "momentum",
+                        "weight_decay",
+                        "update_interval",
+                        "precond_warmup",
+                        "reorth_interval",
+                        "cayley",
+                        "cayley_terms",
+                        "exp",
+                        "tie_tol",
+                        "max_step_norm",
+                        "max_update_rms",
+                        "graft",
+                        "betas",
+                        "eps",
+                        "max_precond_dim",
+                        "precond_dtype",
+                    )
+                },
             )
         return loss
 
@@ -422,7 +527,9 @@ class SpectralKron(Optimizer):
             new: dict[str, Any] = {}
             for k, v in st.items():
                 if isinstance(v, Tensor):
-                    new[k] = v.detach().clone() if k == "step" else v.detach().to(prm.device, copy=True)
+                    new[k] = (
+                        v.detach().clone() if k == "step" else v.detach().to(prm.device, copy=True)
+                    )
                 else:
                     new[k] = copy.deepcopy(v)
             self.state[prm] = new

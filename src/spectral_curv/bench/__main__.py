@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--terms", type=int, default=1,
                    help="Neumann Cayley depth K of the spectral route (default 1)")
     p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    p.add_argument("--budget", type=float, default=25.0, metavar="SECONDS",
+                   help="per (backend, n): fewer rounds (>= 3) where the rounds would take "
+                        "longer than this (default 25; 0: always --repeats)")
+    p.add_argument("--malloc", choices=("default", "no-trim"), default="default",
+                   help="'no-trim': glibc mallopt so freed arrays are reused instead of "
+                        "being faulted in again (default: leave the allocator alone)")
     p.add_argument("--quick", action="store_true",
                    help="CI smoke run: n = 128 256, 3 rounds, writes nothing unless asked")
     p.add_argument("--out", default=None, metavar="MD",

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime
+import functools
 import json
 import os
 import platform
@@ -225,6 +226,7 @@ def eigh_refresh(xp: Any, left: Any, right: Any, g: Any, *, p: float = P_ROOT,
     return (left, right, q_l, lam_l, q_r, lam_r), q_l @ core @ q_r.mT
 
 
+@functools.lru_cache(maxsize=2)
 def _inputs(n: int, seed: int) -> dict[str, np.ndarray]:
     """Seeded float32 inputs: a gradient, orthogonal factors, spread-out ``d`` (det = 1)."""
     rng = np.random.default_rng(seed)
@@ -325,15 +327,18 @@ class Result:
     n: int
     method: str
     label: str
+    #: one call per round
     times_s: list[float]
+    #: every matmul sample of this (backend, n) (each the median of ``matmul_inner`` calls)
     matmul_times_s: list[float]
     median_s: float
     matmul_median_s: float
-    #: median(method) / median(matmul): the headline matmul-equivalents.
+    #: The headline matmul-equivalents: median over rounds of (call time ÷ mean of the
+    #: matmul samples taken just before and just after that call).
     ratio: float
-    #: median over rounds of (method time / that round's matmul time).
-    ratio_paired: float
-    #: min(method) / min(matmul): the least-disturbed estimate.
+    #: median(call) ÷ median(all matmul samples).
+    ratio_of_medians: float
+    #: min(call) ÷ min(matmul): the least-disturbed estimate.
     ratio_min: float
     products: int
     syrk: int
@@ -343,31 +348,67 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _clock(fn: Callable[[], Any]) -> float:
+def _minflt() -> int:
+    """Minor page faults of this process so far (0 where getrusage is unavailable)."""
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+    except (ImportError, OSError):  # pragma: no cover - non-POSIX
+        return 0
+
+
+def _clock(fn: Callable[[], Any]) -> tuple[float, int]:
+    """Wall time of one call and the minor page faults it took."""
+    f0 = _minflt()
     t0 = time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    t = time.perf_counter() - t0
+    return t, _minflt() - f0
 
 
 def _time_size(backend: str, n: int, *, repeats: int, terms: int, seed: int,
-               methods: Sequence[str], matmul_inner: int = 3,
+               methods: Sequence[str], budget_s: float | None = None,
                progress: Callable[[str], None] | None = None) -> list[Result]:
     matmul, fns = _callables(backend, n, terms, seed, methods)
-    # Warm-up: BLAS/LAPACK thread pools, allocator, first-call dispatch.
-    for _ in range(2):
-        matmul()
-    for fn in fns.values():
-        fn()
+    # Warm-up: BLAS/LAPACK thread pools, allocator, first-call dispatch; it also measures
+    # one round, which sets the number of rounds when a time budget is given.
+    t_mm = min(_clock(matmul)[0] for _ in range(3))
+    # A matmul sample is the median of 3 calls while a call is short (timer noise), else 1.
+    inner = 3 if t_mm < 0.02 else 1
+    t_round = sum(_clock(fn)[0] for fn in fns.values())
+    t_round += (len(fns) + 1) * inner * t_mm
+    rounds = repeats
+    if budget_s is not None and t_round * repeats > budget_s:
+        rounds = max(min(3, repeats), int(budget_s / max(t_round, 1e-9)))
+
+    def sample() -> tuple[float, int]:
+        base = [_clock(matmul) for _ in range(inner)]
+        return (statistics.median(t for t, _ in base),
+                int(statistics.median(f for _, f in base)))
+
     mm: list[float] = []
+    mm_flt: list[int] = []
     times: dict[str, list[float]] = {m: [] for m in fns}
+    local: dict[str, list[float]] = {m: [] for m in fns}
+    faults: dict[str, list[int]] = {m: [] for m in fns}
     order = list(fns)
-    for r in range(repeats):
-        # The baseline sits next to the methods in every round; the method order rotates
-        # so that none is always first after the baseline.
-        mm.append(statistics.median(_clock(matmul) for _ in range(matmul_inner)))
+    for r in range(rounds):
+        # Every call sits between two matmul samples (a slow drift in machine load then
+        # hits both); the method order rotates from round to round.
+        before, f = sample()
+        mm.append(before)
+        mm_flt.append(f)
         k = r % len(order)
         for m in order[k:] + order[:k]:
-            times[m].append(_clock(fns[m]))
+            t, f = _clock(fns[m])
+            after, fa = sample()
+            mm.append(after)
+            mm_flt.append(fa)
+            times[m].append(t)
+            faults[m].append(f)
+            local[m].append(t / (0.5 * (before + after)))
+            before = after
     mm_med = statistics.median(mm)
     out = []
     for m in fns:
@@ -377,15 +418,18 @@ def _time_size(backend: str, n: int, *, repeats: int, terms: int, seed: int,
             backend=backend, n=n, method=m, label=LABELS[m].format(K=terms),
             times_s=ts, matmul_times_s=mm,
             median_s=statistics.median(ts), matmul_median_s=mm_med,
-            ratio=statistics.median(ts) / mm_med,
-            ratio_paired=statistics.median(t / b for t, b in zip(ts, mm, strict=True)),
+            ratio=statistics.median(local[m]),
+            ratio_of_medians=statistics.median(ts) / mm_med,
             ratio_min=min(ts) / min(mm),
             products=a["products"], syrk=a["syrk"] if backend == "numpy" else 0,
             other=a["other"], analytic=analytic_label(m, backend, terms),
             flop_eq=flop_eq(m, backend, terms),
+            extra={"page_faults": int(statistics.median(faults[m])),
+                   "matmul_page_faults": int(statistics.median(mm_flt)),
+                   "rounds": rounds, "matmul_calls_per_sample": inner},
         ))
     if progress is not None:
-        progress(f"[{backend} n={n}] matmul {1e3 * mm_med:.2f} ms; "
+        progress(f"[{backend} n={n}] matmul {1e3 * mm_med:.2f} ms, {rounds} rounds; "
                  + ", ".join(f"{SHORT[x.method]} {x.ratio:.1f}" for x in out))
     return out
 
@@ -399,14 +443,39 @@ def available_backends() -> tuple[str, ...]:
     return BACKENDS
 
 
+def set_malloc(mode: str) -> bool:
+    """``"no-trim"``: keep freed heap memory in this process (glibc ``mallopt``).
+
+    With glibc's defaults a freed multi-MB array is handed back to the OS, and the next
+    one of that size is faulted in again page by page; on a VM these minor page faults can
+    cost as much as the arithmetic of an elementwise pass. ``M_TRIM_THRESHOLD`` = 1 GiB and
+    ``M_MMAP_THRESHOLD`` = 32 MiB keep such memory for reuse (what jemalloc/tcmalloc, the
+    allocators PyTorch recommends for CPU work, do by default). Returns False where this is
+    not glibc. ``"default"`` changes nothing.
+    """
+    if mode == "default":
+        return True
+    if mode != "no-trim":
+        raise ValueError(f"unknown malloc mode {mode!r}")
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_trim_threshold, 1 << 30) == 1
+        return bool(ok and libc.mallopt(m_mmap_threshold, 32 << 20) == 1)
+    except (OSError, AttributeError):
+        return False
+
+
 def run(sizes: Iterable[int] = DEFAULT_SIZES, backends: Iterable[str] | None = None, *,
-        repeats: int = 5, terms: int = 1, seed: int = 0,
+        repeats: int = 5, terms: int = 1, seed: int = 0, budget_s: float | None = None,
+        malloc: str = "default",
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time every method for every (backend, n); returns ``{"machine", "config", "results"}``.
 
     ``results`` is a list of :class:`Result` as dicts. ``repeats`` rounds, each with its
     own matmul baseline (median of 3 calls) next to one call of every method, after one
-    warm-up call of each.
+    warm-up call of each. With ``budget_s``, a (backend, n) whose rounds would take longer
+    than that gets fewer rounds (never fewer than 3). ``malloc``: see :func:`set_malloc`.
     """
     sizes = [int(n) for n in sizes]
     if not sizes or any(n < 2 for n in sizes):
@@ -417,20 +486,25 @@ def run(sizes: Iterable[int] = DEFAULT_SIZES, backends: Iterable[str] | None = N
     for b in backends:
         if b not in BACKENDS:
             raise ValueError(f"unknown backend {b!r}; choose from {BACKENDS}")
+    malloc_ok = set_malloc(malloc)
     load0 = _loadavg()
     t0 = time.perf_counter()
     results: list[Result] = []
     for b in backends:
         for n in sizes:
             results.extend(_time_size(b, n, repeats=repeats, terms=terms, seed=seed + n,
-                                      methods=methods_for(b), progress=progress))
+                                      methods=methods_for(b), budget_s=budget_s,
+                                      progress=progress))
+    _inputs.cache_clear()
     info = machine_info(backends)
+    info["malloc"] = malloc if malloc_ok else f"{malloc} (not applied: not glibc)"
     info["loadavg_start"] = load0
     info["loadavg_end"] = _loadavg()
     return {
         "machine": info,
         "config": {
             "sizes": sizes, "backends": list(backends), "repeats": repeats,
+            "budget_s": budget_s,
             "cayley_terms": terms, "dtype": "float32", "p": P_ROOT, "beta2": BETA2,
             "seed": seed, "wall_s": time.perf_counter() - t0,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -531,7 +605,7 @@ def _fmt(x: float | None, nd: int = 1) -> str:
 def table(data: dict[str, Any]) -> str:
     """Plain-text table: one line per (backend, n, method), measured beside analytic."""
     head = (f"{'backend':<7} {'n':>5} {'method':<40} {'ms':>9} {'matmul ms':>9} "
-            f"{'mm-eq':>6} {'paired':>6} {'min':>6} {'products':>10} {'flop-eq':>7}")
+            f"{'mm-eq':>6} {'med/med':>7} {'min':>6} {'products':>10} {'flop-eq':>7}")
     lines = [head, "-" * len(head)]
     prev = None
     for r in data["results"]:
@@ -541,11 +615,11 @@ def table(data: dict[str, Any]) -> str:
         prev = key
         lines.append(
             f"{r['backend']:<7} {r['n']:>5} {r['label']:<40} {1e3 * r['median_s']:>9.2f} "
-            f"{1e3 * r['matmul_median_s']:>9.2f} {r['ratio']:>6.1f} {r['ratio_paired']:>6.1f} "
+            f"{1e3 * r['matmul_median_s']:>9.2f} {r['ratio']:>6.1f} {r['ratio_of_medians']:>7.1f} "
             f"{r['ratio_min']:>6.1f} {r['analytic']:>10} {_fmt(r['flop_eq']):>7}")
     lines.append("")
-    lines.append("mm-eq = median(method)/median(matmul); paired = median of per-round ratios; "
-                 "min = min/min.")
+    lines.append("mm-eq = median over rounds of call time ÷ the matmul samples just before and "
+                 "after it; med/med = median(call)/median(matmul); min = min/min.")
     lines.append("products = analytic n×n×n products per call; flop-eq = their flops in "
                  "matmul units on that backend (numpy: A·Aᵀ runs as syrk = ½).")
     verdict = target_verdict(data)
@@ -577,12 +651,13 @@ def _wide(data: dict[str, Any], backend: str) -> list[str]:
     sizes = sorted({r["n"] for r in rows})
     terms = data["config"]["cayley_terms"]
     cell = {(r["n"], r["method"]): r for r in rows}
-    head = "| n | matmul (ms) | " + " | ".join(LABELS[m].format(K=terms) for m in methods) + " |"
-    lines = [head, "|" + "---:|" * (2 + len(methods))]
+    head = ("| n | matmul (ms) | " + " | ".join(LABELS[m].format(K=terms) for m in methods)
+            + " | rounds | page faults / call (spectral; matmul) |")
+    lines = [head, "|" + "---:|" * (4 + len(methods))]
     prods = " | ".join(analytic_label(m, backend, terms) for m in methods)
     flops = " | ".join(_fmt(flop_eq(m, backend, terms)) for m in methods)
-    lines.append(f"| *products (analytic)* | | {prods} |")
-    lines.append(f"| *flop-eq on {backend}* | | {flops} |")
+    lines.append(f"| *products (analytic)* | | {prods} | | |")
+    lines.append(f"| *flop-eq on {backend}* | | {flops} | | |")
     for n in sizes:
         mm = next(r["matmul_median_s"] for r in rows if r["n"] == n)
         vals = []
@@ -592,24 +667,46 @@ def _wide(data: dict[str, Any], backend: str) -> list[str]:
             if m == "spectral_neumann" and n >= TARGET_MIN_N:
                 v = f"**{v}**"
             vals.append(v)
-        lines.append(f"| {n} | {1e3 * mm:.2f} | " + " | ".join(vals) + " |")
+        ex = cell[(n, methods[0])].get("extra", {})
+        pf = f"{ex.get('page_faults', '?')}; {ex.get('matmul_page_faults', '?')}"
+        lines.append(f"| {n} | {1e3 * mm:.2f} | " + " | ".join(vals)
+                     + f" | {ex.get('rounds', '?')} | {pf} |")
     return lines
 
 
-BEGIN = "<!-- precond-bench:begin (written by `python -m spectral_curv.bench precond`) -->"
-END = "<!-- precond-bench:end -->"
+def markers(tag: str = "precond") -> tuple[str, str]:
+    """The BEGIN/END comment lines that delimit a generated section in the markdown."""
+    return (f"<!-- {tag}-bench:begin (written by `python -m spectral_curv.bench precond`) -->",
+            f"<!-- {tag}-bench:end -->")
+
+
+def section_tag(data: dict[str, Any]) -> str:
+    """``precond``, or ``precond-<malloc mode>`` for a run with a non-default allocator."""
+    mode = str(data["machine"].get("malloc", "default")).split()[0]
+    return "precond" if mode == "default" else f"precond-{mode}"
 
 
 def markdown_section(data: dict[str, Any], *, plot_path: str | None = None,
                      notes: str = "") -> str:
-    """The ``## Preconditioner cost`` section: machine, one table per backend, raw JSON."""
+    """The generated section: machine, one table per backend, verdict, raw JSON."""
     m, c = data["machine"], data["config"]
-    lines = [BEGIN, "## Preconditioner cost: refresh + step in matmul-equivalents", ""]
+    begin, end = markers(section_tag(data))
+    title = "Preconditioner cost: refresh + step in matmul-equivalents"
+    mode = str(m.get("malloc", "default"))
+    if not mode.startswith("default"):
+        title += f" (malloc: {mode})"
+    lines = [begin, f"## {title}", ""]
+    rounds = sorted({r.get("extra", {}).get("rounds", c["repeats"]) for r in data["results"]})
+    rtxt = (f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[-1]} (or {rounds[0]} where a "
+            f"size's rounds would exceed the {c.get('budget_s')} s budget; see 'rounds')")
+    cmd = "python -m spectral_curv.bench precond" + ("" if mode.startswith("default")
+                                                     else f" --malloc {mode.split()[0]}")
     lines.append(
         "Time of one call ÷ time of one n×n×n fp32 matmul `A @ B` measured in the same run "
-        f"on the same backend (median of {c['repeats']} interleaved rounds, each with its own "
-        "matmul baseline; one warm-up call first). Square layers, float32, CPU. Reproduce "
-        "with `python -m spectral_curv.bench precond`.")
+        f"on the same backend: median over {rtxt} rounds of (call time ÷ mean of the matmul "
+        "samples taken just before and just after the call; a sample is the median of 3 "
+        "matmuls below 20 ms, else one), after one warm-up call of each. Square layers, "
+        f"float32, CPU. Reproduce with `{cmd}`.")
     lines.append("")
     lines.append("**Machine.** " + "; ".join(filter(None, [
         f"{m['cpu']}",
@@ -618,6 +715,7 @@ def markdown_section(data: dict[str, Any], *, plot_path: str | None = None,
         f"numpy {m['numpy']} ({m['numpy_blas']}, {m['numpy_blas_threads']} BLAS threads)",
         (f"torch {m['torch']} ({m['torch_blas']}, {m['torch_threads']} threads)"
          if "torch" in m else ""),
+        f"malloc {mode}",
         f"load average {m.get('loadavg_start')} → {m.get('loadavg_end')}",
         f"{c['date']}, whole run {c['wall_s']:.0f} s",
     ])) + ".")
@@ -647,7 +745,7 @@ def markdown_section(data: dict[str, Any], *, plot_path: str | None = None,
     lines.append("```")
     lines.append("")
     lines.append("</details>")
-    lines.append(END)
+    lines.append(end)
     return "\n".join(lines) + "\n"
 
 
@@ -660,7 +758,7 @@ def _compact(data: dict[str, Any]) -> dict[str, Any]:
         r["matmul_times_s"] = [round(t, 6) for t in r["matmul_times_s"]]
         for k in ("median_s", "matmul_median_s"):
             r[k] = round(r[k], 6)
-        for k in ("ratio", "ratio_paired", "ratio_min"):
+        for k in ("ratio", "ratio_of_medians", "ratio_min"):
             r[k] = round(r[k], 3)
         r.pop("extra", None)
         res.append(r)
@@ -668,12 +766,15 @@ def _compact(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_markdown(path: str | os.PathLike[str], section: str) -> None:
-    """Replace the benchmark section of ``path`` (between its markers), or append it."""
+    """Replace the section of ``path`` between ``section``'s own markers, or append it."""
     p = Path(path)
     text = p.read_text() if p.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        pre, rest = text.split(BEGIN, 1)
-        post = rest.split(END, 1)[1]
+    begin = section.split("\n", 1)[0]
+    end = next(line for line in section.splitlines() if line.startswith("<!-- ")
+               and line.endswith("-bench:end -->"))
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        post = rest.split(end, 1)[1]
         text = pre + section.rstrip("\n") + post
     else:
         text = text.rstrip("\n") + "\n\n" + section
@@ -711,7 +812,7 @@ def plot(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
     ax.set_xticks(sizes)
     ax.set_xticklabels([str(n) for n in sizes])
     ax.minorticks_off()
-    yt = [t for t in (5, 10, 12, 15, 20, 30, 50, 100, 200, 500)
+    yt = [t for t in (5, 8, 10, 12, 15, 20, 30, 50, 70, 100, 200, 500)
           if min(r["ratio"] for r in data["results"]) * 0.8 <= t
           <= max(r["ratio"] for r in data["results"]) * 1.25]
     ax.set_yticks(yt)
@@ -740,6 +841,7 @@ def main(args: Any) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     data = run(sizes, args.backend, repeats=repeats, terms=args.terms, seed=args.seed,
+               budget_s=args.budget if args.budget > 0 else None, malloc=args.malloc,
                progress=progress)
     print(table(data))
     if args.json:

@@ -1,0 +1,164 @@
+"""Smoke tests of the preconditioner-cost benchmark (``python -m spectral_curv.bench``).
+
+Tiny sizes, one round: the structure of the output is checked, never a timing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from spectral_curv import kron
+from spectral_curv.bench import precond
+from spectral_curv.bench.__main__ import main as bench_main
+
+
+def _has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def data():
+    return precond.run([16, 32], repeats=1, budget_s=None)
+
+
+def test_run_structure(data):
+    cfg = data["config"]
+    assert cfg["sizes"] == [16, 32]
+    assert cfg["dtype"] == "float32"
+    assert set(cfg["backends"]) == set(precond.available_backends())
+    res = data["results"]
+    for b in cfg["backends"]:
+        for n in (16, 32):
+            got = {r["method"] for r in res if r["backend"] == b and r["n"] == n}
+            assert got == set(precond.methods_for(b))
+    assert {"spectral_neumann", "spectral_exact", "eigh_refresh", "muon_ns5"} <= set(
+        precond.methods_for("numpy"))
+    for r in res:
+        assert r["median_s"] > 0 and r["matmul_median_s"] > 0
+        for k in ("ratio", "ratio_of_medians", "ratio_min"):
+            assert r[k] > 0 and np.isfinite(r[k])
+        assert r["ratio_of_medians"] == pytest.approx(r["median_s"] / r["matmul_median_s"])
+        # one round: a matmul sample before the first call and after every call
+        assert len(r["times_s"]) == 1
+        assert len(r["matmul_times_s"]) == 1 + len(precond.methods_for(r["backend"]))
+        assert r["extra"]["rounds"] == 1 and r["extra"]["page_faults"] >= 0
+        assert r["products"] == precond.analytic(r["method"])["products"]
+    m = data["machine"]
+    assert m["cpu_count"] >= 1 and m["numpy"] == np.__version__
+    json.dumps(data)  # serialisable
+
+
+def test_analytic_counts():
+    # SPEC §4: R 2 + W 2 + step 2 + per factor (X², P·X², B·P) = 12 at K = 1.
+    a = precond.analytic("spectral_neumann", terms=1)
+    assert a["products"] == 12 and a["syrk"] == 4
+    assert precond.flop_eq("spectral_neumann", "numpy") == 10.0
+    assert precond.flop_eq("spectral_neumann", "torch") == 12.0
+    # K = 0: X², B·P; K = 2: X², 2 P·Y, 1 squaring, B·P.
+    assert precond.analytic("spectral_neumann", terms=0)["products"] == 6 + 2 * 2
+    assert precond.analytic("spectral_neumann", terms=2)["products"] == 6 + 2 * 5
+    assert precond.analytic("spectral_exact")["products"] == 8
+    assert precond.analytic("eigh_refresh")["products"] == 6
+    assert precond.analytic("muon_ns5")["products"] == 15
+    assert precond.flop_eq("eigh_refresh", "numpy") is None
+    assert precond.analytic_label("eigh_refresh", "numpy") == "6+2 eigh"
+
+
+@pytest.mark.skipif(not _has_torch(), reason="torch not installed")
+@pytest.mark.parametrize(("method", "expected"), [
+    ("spectral_neumann", 12), ("spectral_neumann_generic", 12), ("spectral_exact", 8),
+    ("eigh_refresh", 6), ("muon_ns5", 15),
+])
+def test_analytic_count_matches_torch_profile(method, expected):
+    """Count the n×n×n GEMM kernels each method really launches (torch profiler, n = 24)."""
+    pytest.importorskip("torch")
+    from torch.profiler import ProfilerActivity, profile
+
+    n = 24
+    assert precond.analytic(method)["products"] == expected
+    _, fns = precond._callables("torch", n, 1, 0, [method])
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fns[method]()
+    # (a dot product, e.g. a Frobenius norm, also runs as a (1, n²)·(n², 1) "mm")
+    gemms = [e.input_shapes for e in prof.events() if e.name in ("aten::mm", "aten::addmm")
+             and all(list(s) in ([], [n, n]) for s in e.input_shapes)]
+    assert len(gemms) == expected, gemms
+
+
+def test_newton_schulz_matches_torch_optim_muon_loop():
+    """The generic NS5 equals torch.optim.Muon's loop (fp32 here) and shrinks σ towards 1."""
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((12, 8)).astype(np.float32)
+    from spectral_curv._array import array_namespace
+
+    x = precond.newton_schulz5(array_namespace(g), g)
+    assert x.shape == g.shape and x.dtype == np.float32
+    sv = np.linalg.svd(x, compute_uv=False)
+    assert np.all((sv > 0.3) & (sv < 1.5))
+    if _has_torch():
+        import torch
+
+        xt = precond._newton_schulz5_torch(torch.from_numpy(g)).numpy()
+        np.testing.assert_allclose(x, xt, rtol=0, atol=1e-4)
+
+
+def test_eigh_refresh_is_the_kronecker_root():
+    """The eigh baseline's step is (L ⊗ R)^{-1/2p} vec(G) of its refreshed factors."""
+    rng = np.random.default_rng(1)
+    from spectral_curv._array import array_namespace
+
+    g = rng.standard_normal((5, 4))
+    left, right = np.eye(5), np.eye(4)
+    (lf, rf, *_), step = precond.eigh_refresh(array_namespace(g), left, right, g, p=2)
+
+    def mpow(s, t):
+        w, v = np.linalg.eigh(s)
+        return (v * w**t) @ v.T
+
+    np.testing.assert_allclose(step, mpow(lf, -0.25) @ g @ mpow(rf, -0.25), atol=1e-12)
+
+
+def test_spectral_route_is_float32():
+    _, fns = precond._callables("numpy", 16, 1, 0, ["spectral_neumann", "spectral_exact"])
+    for fn in fns.values():
+        new, step = fn()
+        assert isinstance(new, kron.KronState)
+        assert step.dtype == np.float32
+        assert all(a.dtype == np.float32 for a in new)
+
+
+def test_report_table_markdown_plot(data, tmp_path):
+    text = precond.table(data)
+    for label in ("spectral, Neumann Cayley K=1", "eigh refresh", "Muon NS5", "products"):
+        assert label in text
+    md = tmp_path / "bench.md"
+    md.write_text("# Benchmarks\n\nhand-written intro\n")
+    sec = precond.markdown_section(data, plot_path="img/p.png")
+    precond.write_markdown(md, sec)
+    precond.write_markdown(md, sec)  # idempotent: replaces its own section
+    out = md.read_text()
+    assert out.count("precond-bench:begin") == 1 and "hand-written intro" in out
+    assert "| 32 |" in out and "img/p.png" in out
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "p.png"
+    precond.plot(data, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_quick_smoke(capsys, tmp_path):
+    js = tmp_path / "out.json"
+    rc = bench_main(["precond", "--sizes", "16", "--repeats", "1", "--backend", "numpy",
+                     "--quick", "--json", str(js), "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "spectral, Neumann Cayley K=1" in out and "Muon NS5" in out
+    payload = json.loads(js.read_text())
+    assert {r["method"] for r in payload["results"]} == set(precond.methods_for("numpy"))
+    assert not (tmp_path / "docs").exists()  # --quick writes no markdown or plot
