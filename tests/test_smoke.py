@@ -1,5 +1,4 @@
 from conftest import asarray, to_numpy
-
 from spectral_curv import full
 
 

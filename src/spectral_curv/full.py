@@ -199,7 +199,7 @@ def update_gop(
 
 
 def precondition(state: SpectralState, v: Array, *, p: Any) -> Array:
-    """``S^{-1/p} v = B Diag(d^{-1/p}) Bᵀ v`` for ``v`` of shape ``(n,)`` or ``(..., n)`` (SPEC §1)."""
+    """``S^{-1/p} v = B Diag(d^{-1/p}) Bᵀ v``, ``v`` of shape ``(n,)`` or ``(..., n)`` (SPEC §1)."""
     xp = array_namespace(state.B, state.d)
     n = _check_state(xp, state)
     A.check_same_namespace(xp, B=state.B, v=v)
