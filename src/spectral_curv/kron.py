@@ -264,33 +264,28 @@ def _refresh(
         new_dk = xp.exp(log_nk - lk)
         new_alpha = alpha * xp.exp((lc / 2.0 + lk / 2.0)[..., 0])
     del diag_c, diag_k  # views of W
-    # One factor at a time, each W and X dropped once used (lower peak memory). W is
-    # symmetric, so the generator reads both triangles (no transposed pass).
-    b_c, b_k = state.B_C, state.B_K
+    # One factor at a time, each W and X dropped once used (lower peak memory). In neumann
+    # mode W is taken as symmetric and both triangles are read (no transposed pass); exact
+    # mode reads one triangle, so X is exactly skew and the exact Cayley exactly orthogonal
+    # even where a backend's x @ xᵀ is not bitwise symmetric (torch float64 is not).
     a2 = alpha[..., None, None]
-    if w_c is not None:
-        x_c = maps.rotation_generator(
-            w_c,
-            d_c,
-            beta2 / (2.0 * k_c * a2),
+
+    def rotate(b: Array | None, w: Array | None, d: Array, k: float) -> Array | None:
+        if b is None or w is None:
+            return b
+        x = maps.rotation_generator(
+            w,
+            d,
+            beta2 / (2.0 * k * a2),
             tie_tol=tie_tol,
             max_step_norm=max_step_norm,
-            symmetric=True,
+            symmetric=cayley == "neumann",
         )
-        del w_c
-        b_c = maps.cayley_apply(b_c, x_c, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
-        del x_c
-    if w_k is not None:
-        x_k = maps.rotation_generator(
-            w_k,
-            d_k,
-            beta2 / (2.0 * k_k * a2),
-            tie_tol=tie_tol,
-            max_step_norm=max_step_norm,
-            symmetric=True,
-        )
-        del w_k
-        b_k = maps.cayley_apply(b_k, x_k, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
+        return maps.cayley_apply(b, x, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
+
+    b_c = rotate(state.B_C, w_c, d_c, k_c)
+    del w_c
+    b_k = rotate(state.B_K, w_k, d_k, k_k)
     return KronState(new_alpha, b_c, new_dc, b_k, new_dk)
 
 

@@ -40,18 +40,32 @@ _GRAFT = (None, "adam")
 
 
 def _plan(shape: torch.Size, max_precond_dim: int) -> tuple[Any, ...]:
-    """How a parameter of ``shape`` is preconditioned (a hashable key)."""
-    if len(shape) < 2:
+    """How a parameter of ``shape`` is preconditioned (a hashable key).
+
+    Order ≤ 1 and empty tensors: diagonal; otherwise Kronecker on ``(shape[0], rest)``."""
+    if len(shape) < 2 or math.prod(shape) == 0:
         return ("diag",)
     r, c = int(shape[0]), int(math.prod(shape[1:]))
     return ("kron", r, c, r > max_precond_dim, c > max_precond_dim)
 
 
+def _state_plan(state: dict[str, Any]) -> tuple[Any, ...]:
+    """The plan a state was created with (read from its keys, not from the group's options,
+    so that changing ``max_precond_dim`` later cannot mix incompatible states)."""
+    if "d" in state:
+        return ("diag",)
+    r, c = state["d_C"].shape[-1], state["d_K"].shape[-1]
+    return ("kron", r, c, "B_C" not in state, "B_K" not in state)
+
+
 def _init_state(p: Tensor, plan: tuple[Any, ...], dtype: torch.dtype, graft: str | None) -> dict:
-    """Fresh per-parameter state (factors are set from the first gradient)."""
+    """Fresh per-parameter state (factors are set from the first gradient).
+
+    ``step`` and ``refreshes`` are int64 counters on the CPU (read with ``.item()`` on the
+    host every step: no device sync; int64, so they do not saturate like a float32 count)."""
     kw = {"dtype": dtype, "device": p.device}
     state: dict[str, Any] = {
-        "step": torch.tensor(0.0, dtype=torch.float32),
+        "step": torch.tensor(0, dtype=torch.int64),
         "refreshes": torch.tensor(0, dtype=torch.int64),
         "rejected": torch.tensor(0, dtype=torch.int64, device=p.device),
         "momentum_buffer": torch.zeros(p.shape, **kw),
@@ -113,7 +127,10 @@ def _kron_bucket(
     st = kron.KronState(stack("alpha"), stack("B_C"), stack("d_C"), stack("B_K"), stack("d_K"))
     if first:
         # S₀ = α₀ I with α₀ = mean(G²) + λ: the first step is a scale-free gradient step.
-        st = st._replace(alpha=G.square().mean(dim=(-2, -1)) + opts["damping"])
+        # A zero gradient with λ = 0 (α₀ = 0 would give 0·∞ = NaN) or an overflowing G²
+        # falls back to α₀ = 1.
+        a0 = G.square().mean(dim=(-2, -1)) + opts["damping"]
+        st = st._replace(alpha=torch.where(torch.isfinite(a0) & (a0 > 0), a0, 1.0))
     if refresh:
         new = kron.update_gop(
             st,
@@ -159,7 +176,13 @@ def _diag_one(
     g = g.to(dt)
     st = diag.DiagState(state["d"])
     if first:
-        st = diag.DiagState(g.square() + opts["damping"])
+        # d₀ = g² + λ; entries where that is 0 (a zero gradient with λ = 0: 0·∞ = NaN in the
+        # step) or overflows take the mean of the good entries (1 if there are none).
+        d0 = g.square() + opts["damping"]
+        good = torch.isfinite(d0) & (d0 > 0)
+        fill = torch.where(good, d0, 0.0).sum() / good.sum().clamp_min(1)
+        fill = torch.where(torch.isfinite(fill) & (fill > 0), fill, 1.0)
+        st = diag.DiagState(torch.where(good, d0, fill))
     if refresh:
         new = diag.update_gop(
             st,
@@ -184,6 +207,7 @@ def _postprocess(
     """Grafting / clipping, momentum, decoupled weight decay and the parameter update."""
     dt = opts["precond_dtype"]
     if opts["graft"] == "adam":
+        # Adam's moments of the raw gradient; U is rescaled to the norm of Adam's update.
         b1, b2 = opts["betas"]
         g = grad.to(dt)
         state["exp_avg"].lerp_(g, 1 - b1)
@@ -202,7 +226,7 @@ def _postprocess(
     lr = opts["lr"]
     if opts["weight_decay"]:
         param.mul_(1 - lr * opts["weight_decay"])
-    param.sub_(lr * u.to(param.dtype))
+    param.sub_((u * lr).to(param.dtype))
 
 
 def spectral_kron(
@@ -270,7 +294,7 @@ def spectral_kron(
             and reorth_interval > 0
             and (n_ref + 1) % reorth_interval == 0
         )
-        key = (_plan(param.shape, max_precond_dim), param.device, first, refresh, reorth)
+        key = (_state_plan(st), param.device, first, refresh, reorth)
         buckets.setdefault(key, []).append(i)
     directions: dict[int, Tensor] = {}
     for (plan, _, first, refresh, reorth), idx in buckets.items():
@@ -359,54 +383,8 @@ class SpectralKron(Optimizer):
         precond_dtype: torch.dtype = torch.float32,
         nonfinite: str = "raise",
     ) -> None:
-        def positive(name: str, v: Any, zero: bool = False) -> None:
-            if isinstance(v, Tensor):
-                if v.numel() != 1:
-                    raise ValueError(f"`{name}` must be a scalar, got shape {tuple(v.shape)}")
-                v = float(v)
-            if (
-                not isinstance(v, (int, float))
-                or not math.isfinite(v)
-                or v < 0
-                or (v == 0 and not zero)
-            ):
-                raise ValueError(
-                    f"`{name}` must be finite and {'>= 0' if zero else '> 0'}, got {v!r}"
-                )
-
-        positive("lr", lr, zero=True)
-        positive("precond_lr", precond_lr)
-        positive("p", p)
-        positive("gamma", gamma, zero=True)
-        positive("damping", damping, zero=True)
-        positive("weight_decay", weight_decay, zero=True)
-        positive("eps", eps, zero=True)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}")
-        if gamma * precond_lr >= 1 and exp == "first_order":
-            raise ValueError("`gamma * precond_lr` must be < 1 with exp='first_order'")
-        for name, v in (("update_interval", update_interval), ("max_precond_dim", max_precond_dim)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"`{name}` must be an int >= 1, got {v!r}")
-        for name, v in (("precond_warmup", precond_warmup), ("reorth_interval", reorth_interval)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"`{name}` must be an int >= 0, got {v!r}")
-        if cayley not in ("exact", "neumann"):
-            raise ValueError(f"`cayley` must be 'exact' or 'neumann', got {cayley!r}")
-        if exp not in ("exact", "first_order"):
-            raise ValueError(f"`exp` must be 'exact' or 'first_order', got {exp!r}")
-        if graft not in _GRAFT:
-            raise ValueError(f"`graft` must be one of {_GRAFT}, got {graft!r}")
         if nonfinite not in _NONFINITE:
             raise ValueError(f"`nonfinite` must be one of {_NONFINITE}, got {nonfinite!r}")
-        if max_update_rms is not None:
-            positive("max_update_rms", max_update_rms)
-        if not (isinstance(precond_dtype, torch.dtype) and precond_dtype.is_floating_point):
-            raise ValueError(
-                f"`precond_dtype` must be a floating torch.dtype, got {precond_dtype!r}"
-            )
-        if not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"`betas` must be in [0, 1), got {betas!r}")
         defaults = dict(
             lr=lr,
             precond_lr=precond_lr,
@@ -425,95 +403,83 @@ class SpectralKron(Optimizer):
             max_step_norm=max_step_norm,
             max_update_rms=max_update_rms,
             graft=graft,
-            betas=tuple(betas),
+            betas=betas,
             eps=eps,
             max_precond_dim=max_precond_dim,
             precond_dtype=precond_dtype,
         )
-        super().__init__(params, defaults)
+        _check_options(defaults)
+        defaults["betas"] = tuple(betas)
         self.nonfinite = nonfinite
         self.skipped_steps = 0
+        super().__init__(params, defaults)
 
-    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[dict]]:
-        params, grads, states = [], [], []
-        for prm in group["params"]:
-            if prm.grad is None:
-                continue
-            g = prm.grad
-            if g.is_sparse:
-                raise RuntimeError("SpectralKron does not support sparse gradients")
-            if torch.is_complex(prm) or torch.is_complex(g):
-                raise RuntimeError("SpectralKron does not support complex parameters or gradients")
-            state = self.state[prm]
-            if not state:
-                plan = _plan(prm.shape, group["max_precond_dim"])
-                state.update(_init_state(prm, plan, group["precond_dtype"], group["graft"]))
-            params.append(prm)
-            grads.append(g)
-            states.append(state)
-        return params, grads, states
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """``torch.optim`` semantics; the group's own hyperparameters are validated too."""
+        _check_options({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
+        if "betas" in param_group:
+            param_group = {**param_group, "betas": tuple(param_group["betas"])}
+        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One optimisation step (``closure`` re-evaluates the loss, as in ``torch.optim``)."""
+        """One optimisation step (``closure`` re-evaluates the loss, as in ``torch.optim``).
+
+        Every gradient is validated (dense, real, finite) before any state is created or
+        changed: a bad gradient leaves the optimizer and the parameters exactly as they were.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = [(group, *self._init_group(group)) for group in self.param_groups]
-        all_grads = [g for _, _, grads, _ in work for g in grads]
-        if all_grads:
-            finite = torch.stack([torch.isfinite(g).all() for g in all_grads]).all()
-            if not bool(finite):
-                if self.nonfinite == "raise":
-                    raise ValueError(
-                        "SpectralKron: a gradient contains NaN or inf; no state was changed "
-                        "(pass nonfinite='skip' to skip such steps instead)"
+        work: list[tuple[dict[str, Any], list[Tensor]]] = []
+        flags: dict[torch.device, list[Tensor]] = {}
+        for group in self.param_groups:
+            params = [prm for prm in group["params"] if prm.grad is not None]
+            for prm in params:
+                g = prm.grad
+                if g.is_sparse:
+                    raise RuntimeError("SpectralKron does not support sparse gradients")
+                if torch.is_complex(prm) or torch.is_complex(g):
+                    raise RuntimeError(
+                        "SpectralKron does not support complex parameters or gradients"
                     )
-                self.skipped_steps += 1
-                return loss
-        for group, params, grads, states in work:
+                flags.setdefault(g.device, []).append(torch.isfinite(g).all())
+            work.append((group, params))
+        # One host sync per device (the raise/skip decision needs the value).
+        if not all(bool(torch.stack(f).all()) for f in flags.values()):
+            if self.nonfinite == "raise":
+                raise ValueError(
+                    "SpectralKron: a gradient contains NaN or inf; no state was changed "
+                    "(pass nonfinite='skip' to skip such steps instead)"
+                )
+            self.skipped_steps += 1
+            return loss
+        for group, params in work:
             if not params:
                 continue
+            states = []
+            for prm in params:
+                state = self.state[prm]
+                if not state:
+                    plan = _plan(prm.shape, group["max_precond_dim"])
+                    state.update(_init_state(prm, plan, group["precond_dtype"], group["graft"]))
+                states.append(state)
             spectral_kron(
                 params,
-                grads,
+                [prm.grad for prm in params],
                 states,
-                **{
-                    k: group[k]
-                    for k in (
-                        "lr",
-                        "precond_lr",
-                        "p",
-                        "gamma",
-                        "damping",
-                        "momentum",
-                        "weight_decay",
-                        "update_interval",
-                        "precond_warmup",
-                        "reorth_interval",
-                        "cayley",
-                        "cayley_terms",
-                        "exp",
-                        "tie_tol",
-                        "max_step_norm",
-                        "max_update_rms",
-                        "graft",
-                        "betas",
-                        "eps",
-                        "max_precond_dim",
-                        "precond_dtype",
-                    )
-                },
+                **{k: group[k] for k in _GROUP_KEYS},
             )
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load state without torch's default cast of floating state to the parameter dtype.
 
-        ``torch.optim.Optimizer.load_state_dict`` casts every floating state tensor to its
-        parameter's dtype, which would silently downcast float32 factors of a bf16 model;
-        here tensors only move to the parameter's device and keep their saved dtype.
+        ``torch.optim.Optimizer.load_state_dict`` casts every state tensor but ``step`` to
+        its parameter's dtype, which would silently downcast float32 factors of a bf16 model
+        (and the int64 counters); here tensors keep their saved dtype, the counters ``step``
+        and ``refreshes`` stay on the CPU, everything else moves to the parameter's device.
         """
         import copy
 
@@ -527,9 +493,102 @@ class SpectralKron(Optimizer):
             new: dict[str, Any] = {}
             for k, v in st.items():
                 if isinstance(v, Tensor):
-                    new[k] = (
-                        v.detach().clone() if k == "step" else v.detach().to(prm.device, copy=True)
-                    )
+                    dev = torch.device("cpu") if k in _HOST_KEYS else prm.device
+                    new[k] = v.detach().to(dev, copy=True)
                 else:
                     new[k] = copy.deepcopy(v)
             self.state[prm] = new
+
+
+#: Per-group hyperparameters passed to :func:`spectral_kron`.
+_GROUP_KEYS = (
+    "lr",
+    "precond_lr",
+    "p",
+    "gamma",
+    "damping",
+    "momentum",
+    "weight_decay",
+    "update_interval",
+    "precond_warmup",
+    "reorth_interval",
+    "cayley",
+    "cayley_terms",
+    "exp",
+    "tie_tol",
+    "max_step_norm",
+    "max_update_rms",
+    "graft",
+    "betas",
+    "eps",
+    "max_precond_dim",
+    "precond_dtype",
+)
+
+#: State counters that live on the host (read with ``.item()`` every step).
+_HOST_KEYS = ("step", "refreshes")
+
+
+def _check_options(o: dict[str, Any]) -> None:
+    """Raise a ValueError naming the first invalid hyperparameter of a param group."""
+
+    def real(name: str, zero: bool = False, allow_none: bool = False) -> None:
+        v = o[name]
+        if v is None and allow_none:
+            return
+        if isinstance(v, Tensor):
+            if v.numel() != 1 or v.is_complex():
+                raise ValueError(f"`{name}` must be a real scalar, got shape {tuple(v.shape)}")
+            v = float(v)
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not math.isfinite(v)
+            or v < 0
+            or (v == 0 and not zero)
+        ):
+            raise ValueError(f"`{name}` must be finite and {'>= 0' if zero else '> 0'}, got {v!r}")
+
+    def integer(name: str, lo: int) -> None:
+        v = o[name]
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"`{name}` must be an int >= {lo}, got {v!r}")
+
+    real("lr", zero=True)
+    real("precond_lr")
+    real("p")
+    real("gamma", zero=True)
+    real("damping", zero=True)
+    real("weight_decay", zero=True)
+    real("eps", zero=True)
+    real("tie_tol", zero=True, allow_none=True)
+    real("max_step_norm", allow_none=True)
+    real("max_update_rms", allow_none=True)
+    m = o["momentum"]
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
+        raise ValueError(f"`momentum` must be in [0, 1), got {m!r}")
+    integer("update_interval", 1)
+    integer("max_precond_dim", 1)
+    integer("precond_warmup", 0)
+    integer("reorth_interval", 0)
+    integer("cayley_terms", 0)
+    if o["cayley"] not in maps.CAYLEY_MODES:
+        raise ValueError(f"`cayley` must be one of {maps.CAYLEY_MODES}, got {o['cayley']!r}")
+    if o["exp"] not in maps.EXP_MODES:
+        raise ValueError(f"`exp` must be one of {maps.EXP_MODES}, got {o['exp']!r}")
+    if o["exp"] == "first_order" and o["gamma"] * o["precond_lr"] >= 1:
+        raise ValueError(
+            "`precond_lr` times `gamma` must be < 1 with exp='first_order' (d would not stay > 0)"
+        )
+    if o["graft"] not in _GRAFT:
+        raise ValueError(f"`graft` must be one of {_GRAFT}, got {o['graft']!r}")
+    b = o["betas"]
+    if (
+        not isinstance(b, (tuple, list))
+        or len(b) != 2
+        or not all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b)
+    ):
+        raise ValueError(f"`betas` must be two numbers in [0, 1), got {b!r}")
+    dt = o["precond_dtype"]
+    if not (isinstance(dt, torch.dtype) and dt.is_floating_point):
+        raise ValueError(f"`precond_dtype` must be a floating torch.dtype, got {dt!r}")
