@@ -328,6 +328,14 @@ class SpectralKron(Optimizer):
         U = α^{-1/p} S_C^{-1/p} G S_K^{-1/p}            (rotated form: no eigh, no inverse)
         U ← graft/clip(U);  m ← momentum·m + U;  M ← (1 − lr·wd) M − lr·m
 
+    Schedule, per parameter, with ``t`` its 0-based step count: the first step sets
+    ``S₀ = α₀ I``, ``α₀ = mean(G²) + λ`` (diagonal scheme: ``d₀ = g² + λ``; a zero or
+    overflowing value falls back to a positive one, so a zero first gradient with ``λ = 0``
+    cannot give 0·∞ = NaN); a refresh happens when ``t == 0 or t < precond_warmup or
+    t % update_interval == 0``, and the direction ``U`` uses the factors after it. The
+    momentum buffer is not dampened (SGD-style), so with ``momentum=0.9`` the steady-state
+    step is ~10× ``lr``: compare learning rates with Adam's accordingly.
+
     Args:
         params: parameters or param groups.
         lr: step size ``β₁`` (float or 0-d tensor, so schedules can change it).

@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="PATH",
                    help="also write the raw numbers as JSON to PATH ('-' for stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    from .optim import add_arguments as optim_arguments  # imports no framework
+
+    optim_arguments(sub.add_parser(
+        "optim", help="training-step time: SpectralKron vs AdamW, Muon and an eigh refresh",
+        description="Whole-step and opt.step() time of SpectralKron vs torch.optim.AdamW, "
+                    "torch.optim.Muon and an eigh refresh on a small transformer "
+                    "(see spectral_curv.bench.optim)."))
     return parser
 
 
@@ -64,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.plot is None and not args.quick:
                 args.plot = "docs/img/precond_cost.png"
         return precond.main(args)
+    if args.bench == "optim":
+        from . import optim
+
+        return optim.main(args)
     return 2  # pragma: no cover - argparse rejects unknown subcommands
 
 

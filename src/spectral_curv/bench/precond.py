@@ -624,7 +624,7 @@ def table(data: dict[str, Any]) -> str:
                  "matmul units on that backend (numpy: A·Aᵀ runs as syrk = ½).")
     verdict = target_verdict(data)
     if verdict:
-        lines.append(verdict)
+        lines.extend("target on " + v for v in verdict.splitlines())
     return "\n".join(lines)
 
 
@@ -640,8 +640,8 @@ def target_verdict(data: dict[str, Any]) -> str:
         worst = max(rows, key=lambda r: r["ratio"])
         ok = all(r["ratio"] <= TARGET for r in rows)
         cells = ", ".join(f"n={r['n']}: {r['ratio']:.1f}" for r in rows)
-        out.append(f"target (spectral Neumann K={terms}, n ≥ {TARGET_MIN_N}, ≤ {TARGET:g} mm-eq) "
-                   f"on {b}: {'MET' if ok else 'NOT MET'} ({cells}; worst {worst['ratio']:.1f})")
+        out.append(f"{b}: {'MET' if ok else 'NOT MET'} ({cells}; worst {worst['ratio']:.1f}) "
+                   f"for ≤ {TARGET:g} mm-eq, spectral Neumann K={terms}, n ≥ {TARGET_MIN_N}")
     return "\n".join(out)
 
 
@@ -730,7 +730,7 @@ def markdown_section(data: dict[str, Any], *, plot_path: str | None = None,
         lines.append("")
     verdict = target_verdict(data)
     if verdict:
-        lines.append("**Target.** " + verdict.replace("\n", "  \n"))
+        lines.append("**Target.** " + verdict.replace("\n", "; "))
         lines.append("")
     if plot_path:
         lines.append(f"![matmul-equivalents vs n]({plot_path})")
@@ -741,7 +741,7 @@ def markdown_section(data: dict[str, Any], *, plot_path: str | None = None,
     lines.append("<details><summary>Raw numbers (JSON)</summary>")
     lines.append("")
     lines.append("```json")
-    lines.append(json.dumps(_compact(data), indent=1))
+    lines.append(_compact_json(data))
     lines.append("```")
     lines.append("")
     lines.append("</details>")
@@ -763,6 +763,18 @@ def _compact(data: dict[str, Any]) -> dict[str, Any]:
         r.pop("extra", None)
         res.append(r)
     return {"machine": data["machine"], "config": data["config"], "results": res}
+
+
+def _compact_json(data: dict[str, Any]) -> str:
+    """Valid JSON with one line for the machine, one for the config, one per result."""
+    c = _compact(data)
+    res = c["results"]
+    lines = ["{", f' "machine": {json.dumps(c["machine"], ensure_ascii=False)},',
+             f' "config": {json.dumps(c["config"], ensure_ascii=False)},', ' "results": [']
+    lines += [f"  {json.dumps(r, ensure_ascii=False)}" + ("," if i + 1 < len(res) else "")
+              for i, r in enumerate(res)]
+    lines += [" ]", "}"]
+    return "\n".join(lines)
 
 
 def write_markdown(path: str | os.PathLike[str], section: str) -> None:
@@ -818,7 +830,7 @@ def plot(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
     ax.set_yticks(yt)
     ax.set_yticklabels([str(t) for t in yt])
     ax.set_xlabel("layer size n (square n×n weight)")
-    ax.set_ylabel("cost of refresh + step  [matmul-equivalents]")
+    ax.set_ylabel("time per call  [matmul-equivalents, log scale]")
     threads = m.get("numpy_blas_threads")
     ax.set_title("Preconditioner cost per step, fp32 CPU "
                  f"({m.get('cpus_usable')} cores, {threads} BLAS threads)\n"
