@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from spectral_curv.bench import optim  # noqa: E402
 from spectral_curv.bench.__main__ import main as bench_main  # noqa: E402
 
+HAS_MUON = hasattr(torch.optim, "Muon")  # torch >= 2.9
 TINY = dict(width=16, depth=1, vocab=32, seq=8, tokens=16, steps=3, warmup=1, min_steps=2,
             intervals=(1, 2), powers=(2.0, 1.0), power_intervals=(), batches=2)
 
@@ -35,7 +36,8 @@ def data(one_thread):
 def test_every_optimizer_present(data):
     keys = [r["key"] for r in data["results"]]
     assert keys == [s.key for s in optim.optimizer_specs(optim.Config(**TINY))]
-    assert keys[:3] == ["adamw", "muon_bf16", "muon_fp32"]
+    assert keys[0] == "adamw" and "muon_fp32" in keys
+    assert ("muon_bf16" in keys) == HAS_MUON
     assert {"spectral_T1_p2", "spectral_T1_p1", "spectral_T2_p2", "spectral_T2_p1",
             "eigh_T1", "eigh_T2"} <= set(keys)
     assert any("eigh refresh (Shampoo-style reference)" in r["label"] for r in data["results"])
@@ -43,7 +45,7 @@ def test_every_optimizer_present(data):
     default = [s.key for s in optim.optimizer_specs(optim.Config(intervals=(1, 2, 10)))]
     assert [k for k in default if k.startswith("spectral")] == [
         "spectral_T1_p2", "spectral_T2_p2", "spectral_T2_p1", "spectral_T10_p2"]
-    assert any("bf16" in r["label"] for r in data["results"])
+    assert any("bf16" in r["label"] for r in data["results"]) == HAS_MUON
     assert any("fp32" in r["label"] for r in data["results"])
 
 
@@ -129,6 +131,7 @@ def test_reference_optimizers():
     torch.testing.assert_close(-w.detach(), u @ vh, atol=1e-4, rtol=0)
 
 
+@pytest.mark.skipif(not HAS_MUON, reason="torch.optim.Muon needs torch >= 2.9")
 def test_muon_fp32_copy_matches_torch_muon():
     """MuonFP32's step is torch.optim.Muon's step up to bf16 rounding of the NS iterations."""
     torch.manual_seed(0)
@@ -147,9 +150,10 @@ def test_muon_fp32_copy_matches_torch_muon():
 
 def test_report_markdown_plot(data, tmp_path):
     text = optim.table(data)
-    for label in ("AdamW", "Muon (torch.optim.Muon, bf16 NS)", "Muon (fp32 NS",
-                  "SpectralKron T=1 p=2", "eigh refresh (Shampoo-style reference) T=2"):
+    for label in ("AdamW", "Muon (fp32 NS", "SpectralKron T=1 p=2",
+                  "eigh refresh (Shampoo-style reference) T=2"):
         assert label in text
+    assert ("Muon (torch.optim.Muon, bf16 NS)" in text) == HAS_MUON
     md = tmp_path / "b.md"
     md.write_text("# Optimizer step-time benchmark\n\nhand-written notes\n")
     sec = optim.markdown_section(data, plot_path="img/o.png", json_path="b.json")
@@ -175,5 +179,5 @@ def test_cli_quick_smoke(capsys, tmp_path, monkeypatch):
     assert "SpectralKron T=2 p=2" in out and "Muon (fp32 NS" in out
     payload = json.loads(js.read_text())
     assert {r["key"] for r in payload["results"]} == {
-        "adamw", "muon_bf16", "muon_fp32", "spectral_T2_p2", "eigh_T2"}
+        "adamw", "muon_fp32", "spectral_T2_p2", "eigh_T2"} | ({"muon_bf16"} if HAS_MUON else set())
     assert not (tmp_path / "docs").exists()  # --quick writes no markdown or plot

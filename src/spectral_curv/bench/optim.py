@@ -470,13 +470,14 @@ def optimizer_specs(cfg: Config, *, precond_warmup: int | None = None) -> list[S
             return _Chain(inner(hidden, lr=0.02), torch.optim.AdamW(rest, lr=1e-3))
         return build
 
-    specs = [
-        Spec("adamw", "AdamW (torch.optim.AdamW)", "adamw", adamw),
-        Spec("muon_bf16", "Muon (torch.optim.Muon, bf16 NS) + AdamW", "muon",
-             muon(torch.optim.Muon), notes="torch.optim.Muon: Newton–Schulz in bfloat16"),
-        Spec("muon_fp32", "Muon (fp32 NS, bench copy) + AdamW", "muon", muon(MuonFP32),
-             notes="MuonFP32: torch.optim.Muon's update with Newton–Schulz in float32"),
-    ]
+    specs = [Spec("adamw", "AdamW (torch.optim.AdamW)", "adamw", adamw)]
+    if hasattr(torch.optim, "Muon"):  # torch >= 2.9
+        specs.append(Spec("muon_bf16", "Muon (torch.optim.Muon, bf16 NS) + AdamW", "muon",
+                          muon(torch.optim.Muon),
+                          notes="torch.optim.Muon: Newton–Schulz in bfloat16"))
+    specs.append(Spec("muon_fp32", "Muon (fp32 NS, bench copy) + AdamW", "muon",
+                      muon(MuonFP32),
+                      notes="MuonFP32: torch.optim.Muon's update with Newton–Schulz in float32"))
     for T in cfg.intervals:
         phase, weights = schedule(T, warm, reorth)
         for i, p in enumerate(cfg.powers):
