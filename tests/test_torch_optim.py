@@ -294,7 +294,7 @@ CONFIGS = {
         reorth_interval=3,
         cayley_terms=2,
         graft="adam",
-        max_update_rms=0.05,
+        max_update_rms=0.5,  # binds on 40 of the 144 parameter updates
         betas=(0.8, 0.95),
         eps=1e-6,
         max_precond_dim=10,  # conv (3×18) and fc1 (8×27): diagonal column side
@@ -329,7 +329,8 @@ def test_trajectory_equals_reference_float64(name, record_property):
     if hp["cayley"] == "neumann":
         assert ref.stats["reorth"] > 0
     if hp["max_update_rms"] is not None:
-        assert ref.stats["clipped"] > 0
+        # partially binding, so "clip" and "always normalise" are told apart
+        assert 0 < ref.stats["clipped"] < ref.stats["refresh"] + ref.stats["no_refresh"]
     record_property("ref_stats", dict(ref.stats))
 
     assert max(float(np.max(np.abs(w))) for w in params) < 10  # a sane, non-diverging run
@@ -813,7 +814,7 @@ def test_overflowing_refresh_is_rejected_params_stay_finite():
     batches = _batches(6, torch.float32)
     _train(model, opt, batches[:3])
     snap = copy.deepcopy(opt.state_dict())
-    before = [p.clone() for p in model.parameters()]
+    before = [p.detach().clone() for p in model.parameters()]
     opt.zero_grad()
     F.cross_entropy(model(batches[3][0]), batches[3][1]).backward()
     for p in model.parameters():
@@ -823,7 +824,7 @@ def test_overflowing_refresh_is_rejected_params_stay_finite():
     for i, (p, st) in enumerate(zip(model.parameters(), opt.state.values())):
         assert torch.isfinite(p).all()
         # clipping (before momentum) bounds the move: ≤ lr·(1 + momentum·|old buffer|)
-        assert float((p - before[i]).abs().max()) < 0.1
+        assert float((p.detach() - before[i]).abs().max()) < 0.1
         assert int(st["rejected"]) == 1
         for k in ("alpha", "d_C", "d_K", "B_C", "B_K", "d"):
             if k in st:
@@ -869,6 +870,20 @@ def test_routing_by_order():
         assert "d" in st and "alpha" not in st and st["d"].shape == p.shape
     fc1 = opt.state[model.fc1.weight]
     assert fc1["B_C"].shape == (8, 8) and fc1["B_K"].shape == (27, 27) and fc1["alpha"].ndim == 0
+
+
+def test_empty_parameter_is_a_no_op():
+    """A 0-element weight (e.g. a pruned layer) must not break the step of the others
+    (the Kronecker route crashed on 0×0 factors)."""
+    empty = nn.Parameter(torch.zeros(0, 3))
+    w = nn.Parameter(torch.randn(4, 3))
+    opt = SpectralKron([empty, w], lr=0.1, graft="adam", max_update_rms=1.0)
+    for _ in range(3):
+        empty.grad = torch.zeros(0, 3)
+        w.grad = torch.randn(4, 3)
+        opt.step()
+    assert opt.state[empty]["d"].shape == (0, 3) and "alpha" in opt.state[w]
+    assert torch.isfinite(w).all() and int(opt.state[w]["step"]) == 3
 
 
 @pytest.mark.parametrize(("rows", "cols"), [(20, 300), (300, 20), (300, 300)])
@@ -1011,18 +1026,19 @@ def test_bf16_transformer_trains_with_bounded_drift(record_property):
     )
     g = torch.Generator().manual_seed(1)
     losses, drifts = [], []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is as fast and robust to a busy box
     try:
         _bf16_run(model, opt, g, losses, drifts)
     finally:
         torch.set_num_threads(threads)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     record_property("bf16_max_drift", max(drifts))
     record_property("bf16_final_drift", drifts[-1])
     record_property("bf16_loss_first_last", (np.mean(losses[:50]), np.mean(losses[-50:])))
     record_property("bf16_seconds", elapsed)
+    record_property("bf16_cpu_seconds", cpu)  # ≈ wall time on an idle machine (1 thread)
     assert all(math.isfinite(v) for v in losses)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
