@@ -38,7 +38,8 @@ def test_run_structure(data):
         for n in (16, 32):
             got = {r["method"] for r in res if r["backend"] == b and r["n"] == n}
             assert got == set(precond.methods_for(b))
-    assert {"spectral_neumann", "spectral_exact", "eigh_refresh", "muon_ns5"} <= set(
+    assert {"spectral_quadratic", "spectral_neumann", "spectral_exact", "eigh_refresh",
+            "muon_ns5"} <= set(
         precond.methods_for("numpy"))
     for r in res:
         assert r["median_s"] > 0 and r["matmul_median_s"] > 0
@@ -64,6 +65,10 @@ def test_analytic_counts():
     # K = 0: X², B·P; K = 2: X², 2 P·Y, 1 squaring, B·P.
     assert precond.analytic("spectral_neumann", terms=0)["products"] == 6 + 2 * 2
     assert precond.analytic("spectral_neumann", terms=2)["products"] == 6 + 2 * 5
+    # quadratic Cayley: per factor X², B·Q: 10 products, 4 of them syrk-able.
+    q = precond.analytic("spectral_quadratic")
+    assert q["products"] == 10 and q["syrk"] == 4
+    assert precond.flop_eq("spectral_quadratic", "numpy") == 8.0
     assert precond.analytic("spectral_exact")["products"] == 8
     assert precond.analytic("eigh_refresh")["products"] == 6
     assert precond.analytic("muon_ns5")["products"] == 15
@@ -73,7 +78,8 @@ def test_analytic_counts():
 
 @pytest.mark.skipif(not _has_torch(), reason="torch not installed")
 @pytest.mark.parametrize(("method", "expected"), [
-    ("spectral_neumann", 12), ("spectral_neumann_generic", 12), ("spectral_exact", 8),
+    ("spectral_quadratic", 10), ("spectral_neumann", 12), ("spectral_generic", 10),
+    ("spectral_exact", 8),
     ("eigh_refresh", 6), ("muon_ns5", 15),
 ])
 def test_analytic_count_matches_torch_profile(method, expected):
@@ -126,7 +132,8 @@ def test_eigh_refresh_is_the_kronecker_root():
 
 
 def test_spectral_route_is_float32():
-    _, fns = precond._callables("numpy", 16, 1, 0, ["spectral_neumann", "spectral_exact"])
+    _, fns = precond._callables("numpy", 16, 1, 0,
+                                ["spectral_quadratic", "spectral_neumann", "spectral_exact"])
     for fn in fns.values():
         new, step = fn()
         assert isinstance(new, kron.KronState)

@@ -23,7 +23,11 @@ N_STEPS = 100
 RTOL = 1e-10
 
 # (cayley, exp, gamma, damping)
-MODES = [("exact", "exact", 1.0, 0.0), ("neumann", "first_order", 1.0, 1e-3)]
+MODES = [
+    ("exact", "exact", 1.0, 0.0),
+    ("neumann", "first_order", 1.0, 1e-3),
+    ("quadratic", "first_order", 0.0, 1e-3),
+]
 DIAG_MODES = [("exact", 1.0, 0.0), ("first_order", 0.0, 1e-3)]
 
 

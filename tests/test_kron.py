@@ -359,6 +359,35 @@ def test_neumann_drift_after_1e4_steps(record_property):
     assert float(st.alpha) > 0
 
 
+def test_quadratic_drift_and_reorthonormalisation(record_property):
+    """``cayley="quadratic"``: ``P_k = I + 2X_k + 2X_k²`` has ``P_kᵀP_k = I + 4X_k⁴``, so every
+    step *expands* (singular values ``√(1 + 4θ⁴) ≤ √(1 + ρ⁴)`` under the cap ρ, since
+    ``θ² ≤ ρ²/2``) and the drift is not bounded on its own; one Newton–Schulz step every 10
+    refreshes (the optimizers' default) keeps ``‖BᵀB − I‖₂`` below
+    ``(1 + ρ⁴)^10 (1 + ¾e²) − 1`` ≈ 0.041."""
+    cap = maps.DEFAULT_MAX_STEP_NORM
+    pb = _problem(5)
+    steps = 2_000
+    st = kron.from_factors(pb["S_C"], pb["S_K"], pb["alpha"])
+    worst, prev = 0.0, st
+    for i, g in enumerate(_long_run_inputs(steps)):
+        st = kron.update_gop(st, g, beta2=0.05, cayley="quadratic")
+        for b0, b1 in ((prev.B_C, st.B_C), (prev.B_K, st.B_K)):
+            sv = np.linalg.svd(np.linalg.solve(b0, b1), compute_uv=False)
+            assert sv.min() >= 1.0 - 1e-12 and sv.max() <= np.sqrt(1.0 + cap**4) + 1e-12
+        worst = max(worst, _orth_err(st.B_C), _orth_err(st.B_K))
+        if (i + 1) % 10 == 0:
+            st = st._replace(B_C=maps.orthonormalize(st.B_C), B_K=maps.orthonormalize(st.B_K))
+        prev = st
+    record_property("quadratic_reorth10_worst_drift", worst)
+    assert worst <= 0.042
+    free = kron.from_factors(pb["S_C"], pb["S_K"], pb["alpha"])
+    for g in _long_run_inputs(steps):
+        free = kron.update_gop(free, g, beta2=0.05, cayley="quadratic")
+    record_property("quadratic_free_drift", _orth_err(free.B_C))
+    assert _orth_err(free.B_C) > 10 * worst  # without re-orthonormalisation it does drift
+
+
 # ------------------------------------------------------------------------ Claim 5
 @pytest.mark.parametrize("t", [1e-3, 0.37, 1.0, 5.0, 1e4])
 def test_claim5_rescaled_factors_give_same_state(xp, jit, t):
@@ -527,14 +556,15 @@ def test_first_order_vs_default_kronecker_update(xp, jit):
 
 
 # ------------------------------------------------------- normalised B step (SPEC §4/§5)
-@pytest.mark.parametrize(("msn", "terms"), [(None, 1), (0.1, 2)])
-def test_neumann_step_is_normalised(xp, jit, msn, terms):
+@pytest.mark.parametrize(("mode", "msn", "terms"),
+                         [("neumann", None, 1), ("neumann", 0.1, 2), ("quadratic", None, 1)])
+def test_neumann_step_is_normalised(xp, jit, mode, msn, terms):
     pb = _problem(13)
     st = _state(xp, jit, pb)
     G = 3.0 * pb["G"]
     beta2 = 0.5
     cap = maps.DEFAULT_MAX_STEP_NORM if msn is None else msn
-    new = jit(_update_fn("exact", "neumann", terms, msn))(st, asarray(xp, G), beta2, 1.0, 0.0)
+    new = jit(_update_fn("exact", mode, terms, msn))(st, asarray(xp, G), beta2, 1.0, 0.0)
     old = _np(st)
     a, bc, dc, bk, dk = old
     wc, wk, _, _ = _naive_w(old, G)
@@ -550,10 +580,13 @@ def test_neumann_step_is_normalised(xp, jit, msn, terms):
         assert np.linalg.norm(x) <= cap * (1 + 1e-12)
         _assert_close(x, raw * cap / np.linalg.norm(raw), what="direction kept")
         i = np.eye(d.size)
-        p = (i + x) @ (i + x)
-        for t in range(terms):
-            p = p @ (i + np.linalg.matrix_power(x, 2 ** (t + 1)))
-        _assert_close(b1, b0 @ p, what="B·Neumann(X)")
+        if mode == "quadratic":
+            p = i + 2 * x + 2 * x @ x
+        else:
+            p = (i + x) @ (i + x)
+            for t in range(terms):
+                p = p @ (i + np.linalg.matrix_power(x, 2 ** (t + 1)))
+        _assert_close(b1, b0 @ p, what=f"B·{mode}(X)")
 
 
 def test_exact_cayley_is_not_rescaled(xp, jit):
@@ -615,7 +648,9 @@ def _f32_fn(cayley: str, exp: str) -> Callable[..., Any]:
     return _CACHE[key]
 
 
-@pytest.mark.parametrize(("cayley", "exp"), [("exact", "exact"), ("neumann", "first_order")])
+@pytest.mark.parametrize(("cayley", "exp"),
+                         [("exact", "exact"), ("neumann", "first_order"),
+                          ("quadratic", "first_order")])
 def test_float32_preserved(xp, jit, cayley, exp):
     pb = _problem(15)
     st32 = _state(xp, jit, pb, xp.float32)

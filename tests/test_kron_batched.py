@@ -33,8 +33,9 @@ MODES = [
     ("exact", "exact", 1, None),
     ("first_order", "neumann", 1, None),
     ("exact", "neumann", 2, 0.3),
+    ("first_order", "quadratic", 1, None),
 ]
-MODE_IDS = ["exact", "first_order-neumann", "exact-neumann2-cap"]
+MODE_IDS = ["exact", "first_order-neumann", "exact-neumann2-cap", "first_order-quadratic"]
 HYPER = {"beta2": 0.1, "gamma": 1.0, "damping": 1e-3}
 
 
@@ -185,6 +186,8 @@ def _ref_cayley(x: np.ndarray, cayley: str, terms: int) -> np.ndarray:
     i = np.eye(x.shape[0])
     if cayley == "exact":
         return (i + x) @ np.linalg.inv(i - x)
+    if cayley == "quadratic":
+        return i + 2 * x + 2 * x @ x
     out = (i + x) @ (i + x)
     for k in range(1, terms + 1):
         out = out @ (i + np.linalg.matrix_power(x, 2**k))
@@ -209,7 +212,7 @@ def _ref_update(
     a, bc, dc, bk, dk = st
     r, c = dc.size, dk.size
     gs = gs.reshape(-1, r, c)
-    if cayley == "neumann" and msn is None:
+    if cayley != "exact" and msn is None:
         msn = 0.25  # the core's documented default cap in neumann mode
     sci = _sym_inv_root(bc, dc, -1.0)
     ski = _sym_inv_root(bk, dk, -1.0)

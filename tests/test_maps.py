@@ -128,7 +128,42 @@ def test_neumann_converges_to_exact():
     assert errs[-1] < 1e-14
 
 
-@pytest.mark.parametrize("mode", ["exact", "neumann"])
+@pytest.mark.parametrize("fro", [0.7, 0.25])
+def test_quadratic_is_orthogonal_to_fourth_order(xp, jit, fro, record_property):
+    """``Q = I + 2X + 2X²`` has ``QᵀQ = I + 4X⁴`` exactly, so its singular values are
+    ``√(1 + 4θ⁴)`` for the eigenvalues ``iθ`` of ``X``; and ``Q − Cayley(X) = O(X³)``
+    (halving ‖X‖ cuts it 8×)."""
+    rng = np.random.default_rng(21)
+    x = rand_skew(rng, 8, fro)
+    q = to_numpy(jit(lambda a: maps.cayley(a, mode="quadratic"))(asarray(xp, x)))
+    np.testing.assert_allclose(q, np.eye(8) + 2 * x + 2 * x @ x, rtol=0, atol=1e-14)
+    x4 = np.linalg.matrix_power(x, 4)
+    np.testing.assert_allclose(q.T @ q, np.eye(8) + 4 * x4, rtol=0, atol=1e-13)
+    sv = np.sort(np.linalg.svd(q, compute_uv=False))
+    theta = skew_eigs(x)
+    np.testing.assert_allclose(sv, np.sort(np.sqrt(1 + 4 * theta**4)), rtol=0, atol=1e-12)
+    # third-order agreement with the Cayley map
+    errs = [np.linalg.norm(maps.cayley(s * x, mode="quadratic") - cayley_ref(s * x), 2)
+            for s in (0.1, 0.05)]
+    assert 7.5 < errs[0] / errs[1] < 8.5
+    record_property("orth_err_QtQ_minus_I", orth_err(q))
+
+
+def test_quadratic_beats_neumann_k0_and_matches_k1_order():
+    """At two matmuls (as Neumann K = 0, whose error is ‖X‖²) the quadratic's orthogonality
+    error is 4‖X‖⁴, the order of Neumann K = 1 (‖X‖⁴, three matmuls)."""
+    rng = np.random.default_rng(22)
+    x = rand_skew(rng, 10, 0.25)
+    x2 = np.linalg.norm(x, 2)
+    e_q = np.linalg.norm(maps.cayley(x, mode="quadratic").T @ maps.cayley(x, mode="quadratic")
+                         - np.eye(10), 2)
+    np.testing.assert_allclose(e_q, 4 * x2**4, rtol=1e-8)
+    pk0 = maps.cayley(x, mode="neumann", terms=0)
+    e0 = np.linalg.norm(pk0.T @ pk0 - np.eye(10), 2)
+    assert e_q < 0.25 * e0
+
+
+@pytest.mark.parametrize("mode", ["exact", "neumann", "quadratic"])
 def test_cayley_apply_is_b_times_cayley(xp, jit, mode):
     rng = np.random.default_rng(6)
     x = rand_skew(rng, 6, 0.4)
@@ -139,6 +174,8 @@ def test_cayley_apply_is_b_times_cayley(xp, jit, mode):
     ref = (
         b @ cayley_ref(x)
         if mode == "exact"
+        else b @ (i + 2 * x + 2 * x @ x)
+        if mode == "quadratic"
         else b @ ((i + x) @ (i + x) @ (i + x @ x) @ (i + x @ x @ x @ x))
     )
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-13)

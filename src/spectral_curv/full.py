@@ -96,7 +96,7 @@ def _options(
     maps.check_modes(cayley, exp, cayley_terms)
     if tie_tol is not None:
         A.check_positive("tie_tol", tie_tol, allow_zero=True)
-    if max_step_norm is None and cayley == "neumann":
+    if max_step_norm is None and cayley != "exact":
         max_step_norm = maps.DEFAULT_MAX_STEP_NORM
     if max_step_norm is not None:
         A.check_positive("max_step_norm", max_step_norm)
@@ -139,7 +139,7 @@ def update(
     indefinite (Hessians, SPD-problem gradients, NES estimates), in which case use the
     exact maps. ``tie_tol`` is the relative gap under which ``d_i ≈ d_j`` masks ``U_ij``
     (default ``sqrt(eps)``); ``max_step_norm`` caps ``‖(β₂/2)Skew(Tril(U))‖_F`` (default:
-    none in exact mode, 0.25 in neumann mode).
+    none in exact mode, 0.25 in the truncated modes ``neumann``/``quadratic``).
     """
     xp = array_namespace(state.B, state.d)
     n = _check_state(xp, state)

@@ -12,8 +12,10 @@ Derivation: ``W_C = B_Cᵀ G S_K⁻¹ Gᵀ B_C = (B_CᵀGB_K) Diag(d_K)⁻¹ (B_
 
 Matmul count of :func:`precondition_and_update` for an n×n layer: 2 (R) + 2 (W_C, W_K)
 + 2 (step) + per factor 2K+1 (Neumann Cayley incl. ``B·P``, K = ``cayley_terms`` ≥ 1; 2 at
-K = 0): 12 at K = 1. ``W_C``, ``W_K`` and ``X²`` are products of one operand with its own
-transpose (numpy runs them as syrk, half the flops): 10 matmuls of flops on numpy.
+K = 0): 12 at K = 1; 10 with ``cayley="quadratic"`` (2 per factor, the orthogonality order
+of K = 1). ``W_C``, ``W_K`` and ``X²`` are products of one operand with its own
+transpose (numpy runs them as syrk, half the flops): 10 (K = 1) or 8 (quadratic) matmuls
+of flops on numpy.
 
 Example::
 
@@ -267,10 +269,10 @@ def _refresh(
         new_dk = xp.exp(log_nk - lk)
         new_alpha = alpha * xp.exp((lc / 2.0 + lk / 2.0)[..., 0])
     del diag_c, diag_k  # views of W
-    # One factor at a time, each W and X dropped once used (lower peak memory). In neumann
-    # mode W is taken as symmetric and both triangles are read (no transposed pass); exact
-    # mode reads one triangle, so X is exactly skew and the exact Cayley exactly orthogonal
-    # even where a backend's x @ xᵀ is not bitwise symmetric (torch float64 is not).
+    # One factor at a time, each W and X dropped once used (lower peak memory). In the
+    # truncated modes W is taken as symmetric and both triangles are read (no transposed
+    # pass); exact mode reads one triangle, so X is exactly skew and the exact Cayley exactly
+    # orthogonal even where a backend's x @ xᵀ is not bitwise symmetric (torch float64 is not).
     a2 = alpha[..., None, None]
 
     def rotate(b: Array | None, w: Array | None, d: Array, k: float) -> Array | None:
@@ -282,7 +284,7 @@ def _refresh(
             beta2 / (2.0 * k * a2),
             tie_tol=tie_tol,
             max_step_norm=max_step_norm,
-            symmetric=cayley == "neumann",
+            symmetric=cayley != "exact",
         )
         return maps.cayley_apply(b, x, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
 
@@ -308,7 +310,7 @@ def _options(
     maps.check_modes(cayley, exp, cayley_terms)
     if tie_tol is not None:
         A.check_positive("tie_tol", tie_tol, allow_zero=True)
-    if max_step_norm is None and cayley == "neumann":
+    if max_step_norm is None and cayley != "exact":
         max_step_norm = maps.DEFAULT_MAX_STEP_NORM
     if max_step_norm is not None:
         A.check_positive("max_step_norm", max_step_norm)
@@ -337,9 +339,10 @@ def update_gop(
 
     ``exp="exact"`` is SPEC §4's exact update (``m_l``, mean-centred exp, ``α`` update);
     ``exp="first_order"`` the truncated form of Fig. 6 / Claim 8. ``damping`` ``λ`` enters
-    as ``λ_l = λ Tr(S_other⁻¹)`` (SPEC §5). In ``neumann`` mode each factor's Cayley
-    argument is rescaled to ``‖X_l‖_F ≤ max_step_norm`` (default 0.25): the block-specific
-    normalised step of SPEC §4; in exact mode nothing is rescaled unless asked.
+    as ``λ_l = λ Tr(S_other⁻¹)`` (SPEC §5). In the truncated modes (``neumann``, or
+    ``quadratic``: ``I + 2X + 2X²`` in 2 matmuls, :func:`maps.cayley_apply_quadratic`) each
+    factor's Cayley argument is rescaled to ``‖X_l‖_F ≤ max_step_norm`` (default 0.25): the
+    block-specific normalised step of SPEC §4; in exact mode nothing is rescaled unless asked.
     """
     xp = array_namespace(state.d_C)
     _check(xp, state, G, "G", check)

@@ -13,14 +13,15 @@ from typing import Literal
 from . import backends
 from ._array import Array, Namespace, array_namespace, eps, eye
 
-CayleyMode = Literal["exact", "neumann"]
+CayleyMode = Literal["exact", "neumann", "quadratic"]
 ExpMode = Literal["exact", "first_order"]
 
-CAYLEY_MODES = ("exact", "neumann")
+CAYLEY_MODES = ("exact", "neumann", "quadratic")
 EXP_MODES = ("exact", "first_order")
 
-#: Default Frobenius cap on the Cayley argument in ``neumann`` mode (SPEC §5): the Neumann
-#: product then converges and a step's orthogonality error is at most ``0.25**(2**(K+1))``.
+#: Default Frobenius cap on the Cayley argument in the truncated modes (SPEC §5): the Neumann
+#: product then converges and a step's orthogonality error is at most ``0.25**(2**(K+1))``
+#: (``neumann``) or ``4·0.25**4`` (``quadratic``).
 DEFAULT_MAX_STEP_NORM = 0.25
 
 
@@ -114,6 +115,8 @@ def cayley(x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:
 
     ``mode="neumann"`` uses ``(I + X)² Π_{k=1..terms} (I + X^{2^k})`` — matmuls only, valid
     while ``‖X‖ < 1``; its singular values deviate from 1 by about ``‖X‖^{2^{terms+1}}``.
+    ``mode="quadratic"`` uses ``I + 2X + 2X²`` (``terms`` is ignored): see
+    :func:`cayley_apply_quadratic`.
     """
     xp = array_namespace(x)
     i = eye(xp, x.shape[-1], x)
@@ -128,6 +131,8 @@ def cayley_apply(b: Array, x: Array, *, mode: CayleyMode = "exact", terms: int =
         return impl(b, x, terms)
     if mode == "exact":
         return cayley_apply_exact(xp, b, x)
+    if mode == "quadratic":
+        return cayley_apply_quadratic(xp, b, x)
     return cayley_apply_neumann(xp, b, x, terms)
 
 
@@ -155,6 +160,21 @@ def cayley_apply_neumann(xp: Namespace, b: Array, x: Array, terms: int) -> Array
         if k + 1 < terms:
             y = y @ y.mT
     return p
+
+
+def cayley_apply_quadratic(xp: Namespace, b: Array, x: Array) -> Array:
+    """Reference ``B (I + 2X + 2X²)``: the Cayley map's Taylor polynomial of degree 2 (2 matmuls).
+
+    ``Cayley(X) = I + 2X + 2X² + 2X³ + …``. For skew ``X`` the quadratic ``Q = I + bX + cX²``
+    has ``QᵀQ = I + (2c − b²)X² + c²X⁴`` (``X`` and ``X²`` commute), so ``b = 2`` (first-order
+    agreement with the Cayley map, which the scheme needs) and ``c = b²/2 = 2`` make it the
+    only quadratic orthogonal to second order: ``QᵀQ = I + 4X⁴`` exactly. That is the
+    orthogonality order of ``neumann`` with one term (``I − 2X⁴ + X⁸``) at two matmuls
+    instead of three: ``X² = −X Xᵀ`` (a syrk in numpy) and ``B·Q``. A refinement made here
+    (not in the paper); tested in ``tests/test_maps.py``.
+    """
+    y = x @ x.mT  # −X²
+    return b + b @ (2.0 * (x - y))
 
 
 def orthonormalize(b: Array, *, steps: int = 1) -> Array:

@@ -290,7 +290,7 @@ def spectral_kron(
         n_ref = int(st["refreshes"].item())  # CPU tensor
         reorth = (
             refresh
-            and cayley == "neumann"
+            and cayley != "exact"
             and reorth_interval > 0
             and (n_ref + 1) % reorth_interval == 0
         )
@@ -347,10 +347,13 @@ class SpectralKron(Optimizer):
         weight_decay: decoupled (AdamW-style) weight decay.
         update_interval: refresh the preconditioner every ``T`` steps.
         precond_warmup: refresh at every step during the first ``precond_warmup`` steps.
-        reorth_interval: with ``cayley="neumann"``, every this many refreshes pull ``B``
-            back to orthogonal with one Newton–Schulz step (``maps.orthonormalize``; 0: off).
+        reorth_interval: with a truncated Cayley (``"quadratic"``, ``"neumann"``), every
+            this many refreshes pull ``B`` back to orthogonal with one Newton–Schulz step
+            (``maps.orthonormalize``; 0: off).
         cayley, cayley_terms, exp, tie_tol, max_step_norm: the core's modes
-            (``spectral_curv.kron.update_gop``); defaults: matmul-only truncated maps.
+            (``spectral_curv.kron.update_gop``); defaults: matmul-only truncated maps
+            (``cayley="quadratic"``: ``I + 2X + 2X²``, 2 matmuls per factor, orthogonal to
+            O(X⁴) like Neumann with one term at 3).
         max_update_rms: clip the preconditioned update's RMS per parameter (None: off).
         graft: ``"adam"`` rescales each update to the norm of Adam's update (None: off).
         betas, eps: Adam's constants for grafting.
@@ -378,7 +381,7 @@ class SpectralKron(Optimizer):
         update_interval: int = 2,
         precond_warmup: int = 10,
         reorth_interval: int = 10,
-        cayley: str = "neumann",
+        cayley: str = "quadratic",
         cayley_terms: int = 1,
         exp: str = "first_order",
         tie_tol: float | None = None,

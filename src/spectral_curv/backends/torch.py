@@ -35,6 +35,13 @@ def cayley_apply_neumann(b: torch.Tensor, x: torch.Tensor, terms: int) -> torch.
     return b @ p
 
 
+@register("cayley_apply_quadratic", "torch")
+def cayley_apply_quadratic(b: torch.Tensor, x: torch.Tensor, terms: int) -> torch.Tensor:
+    """``B (I + 2X + 2X²)`` as one fused ``B + 2 B (X + X²)``."""
+    q = torch.add(x, x @ x)
+    return _addmm(b, b, q.mul_(2.0))
+
+
 @register("cayley_apply_exact", "torch")
 def cayley_apply_exact(b: torch.Tensor, x: torch.Tensor, terms: int) -> torch.Tensor:
     """``B (I − X)⁻¹(I + X)``; low-precision inputs are solved in float32 and cast back."""

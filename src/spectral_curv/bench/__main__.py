@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds per size, median reported (default 5; --quick: 3)")
     p.add_argument("--terms", type=int, default=1,
-                   help="Neumann Cayley depth K of the spectral route (default 1)")
+                   help="Neumann Cayley depth K of the spectral Neumann row (default 1)")
     p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
     p.add_argument("--budget", type=float, default=25.0, metavar="SECONDS",
                    help="per (backend, n): fewer rounds (>= 3) where the rounds would take "
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-write", action="store_true",
                    help="print only: write neither the markdown nor the plot")
     p.add_argument("--json", default=None, metavar="PATH",
-                   help="also write the raw numbers as JSON to PATH ('-' for stdout)")
+                   help="also write the raw numbers as JSON to PATH ('-' for stdout; default "
+                        "docs/benchmarks_precond.json, not with --quick or --no-write)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     from .optim import add_arguments as optim_arguments  # imports no framework
 
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.out = "docs/benchmarks.md"
             if args.plot is None and not args.quick:
                 args.plot = "docs/img/precond_cost.png"
+            if args.json is None and not args.quick:
+                args.json = "docs/benchmarks_precond.json"
         return precond.main(args)
     if args.bench == "optim":
         from . import optim
