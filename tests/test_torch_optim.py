@@ -972,9 +972,7 @@ def test_functional_form_matches_class():
         (twin(x) - y).square().mean().backward()
         params = list(twin.parameters())
         if not states:
-            states = [
-                sct._init_state(p, sct._plan(p.shape, 4096), torch.float64, None) for p in params
-            ]
+            states = [sct.init_state(p, precond_dtype=torch.float64) for p in params]
         with torch.no_grad():
             spectral_kron(
                 params, [p.grad for p in params], states, **hp, precond_dtype=torch.float64

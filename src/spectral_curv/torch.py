@@ -31,22 +31,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import diag, kron, maps
+from . import diag, kron, maps, optim
 
-__all__ = ["SpectralKron", "spectral_kron"]
+__all__ = ["SpectralKron", "init_state", "spectral_kron"]
 
 _NONFINITE = ("raise", "skip")
 _GRAFT = (None, "adam")
-
-
-def _plan(shape: torch.Size, max_precond_dim: int) -> tuple[Any, ...]:
-    """How a parameter of ``shape`` is preconditioned (a hashable key).
-
-    Order ≤ 1 and empty tensors: diagonal; otherwise Kronecker on ``(shape[0], rest)``."""
-    if len(shape) < 2 or math.prod(shape) == 0:
-        return ("diag",)
-    r, c = int(shape[0]), int(math.prod(shape[1:]))
-    return ("kron", r, c, r > max_precond_dim, c > max_precond_dim)
 
 
 def _state_plan(state: dict[str, Any]) -> tuple[Any, ...]:
@@ -87,23 +77,17 @@ def _init_state(p: Tensor, plan: tuple[Any, ...], dtype: torch.dtype, graft: str
     return state
 
 
-def _finite_positive(*tensors: Tensor | None, lead: int) -> Tensor:
-    """Per-layer flag (over the first ``lead`` axes): every tensor finite, d/α entries > 0."""
-    ok: Tensor | None = None
-    for t in tensors:
-        if t is None:
-            continue
-        flat = t.reshape(*t.shape[:lead], -1) if lead else t.reshape(1, -1)
-        good = torch.isfinite(flat).all(dim=-1)
-        ok = good if ok is None else ok & good
-    assert ok is not None
-    return ok if lead else ok[0]
-
-
-def _select(ok: Tensor, new: Tensor | None, old: Tensor | None) -> Tensor | None:
-    if new is None or old is None:
-        return new
-    return torch.where(ok.reshape(*ok.shape, *([1] * (new.ndim - ok.ndim))), new, old)
+def init_state(
+    param: Tensor,
+    *,
+    max_precond_dim: int = optim.DEFAULT_MAX_PRECOND_DIM,
+    precond_dtype: torch.dtype = torch.float32,
+    graft: str | None = None,
+) -> dict[str, Any]:
+    """A fresh state dict for ``param``, as :class:`SpectralKron` creates it (for callers of
+    the functional :func:`spectral_kron`)."""
+    return _init_state(param, optim.plan(tuple(param.shape), max_precond_dim), precond_dtype,
+                       graft)
 
 
 def _kron_bucket(
@@ -126,46 +110,19 @@ def _kron_bucket(
 
     st = kron.KronState(stack("alpha"), stack("B_C"), stack("d_C"), stack("B_K"), stack("d_K"))
     if first:
-        # S₀ = α₀ I with α₀ = mean(G²) + λ: the first step is a scale-free gradient step.
-        # A zero gradient with λ = 0 (α₀ = 0 would give 0·∞ = NaN) or an overflowing G²
-        # falls back to α₀ = 1.
-        a0 = G.square().mean(dim=(-2, -1)) + opts["damping"]
-        st = st._replace(alpha=torch.where(torch.isfinite(a0) & (a0 > 0), a0, 1.0))
+        st = optim.first_state(st, G, damping=opts["damping"])
     if refresh:
-        new = kron.update_gop(
-            st,
-            G,
-            beta2=opts["precond_lr"],
-            gamma=opts["gamma"],
-            damping=opts["damping"],
-            cayley=opts["cayley"],
-            exp=opts["exp"],
-            cayley_terms=opts["cayley_terms"],
-            tie_tol=opts["tie_tol"],
-            max_step_norm=opts["max_step_norm"],
-            check=False,
-        )
-        ok = (
-            _finite_positive(*new, lead=1)
-            & (new.alpha > 0)
-            & (new.d_C > 0).all(-1)
-            & (new.d_K > 0).all(-1)
-        )
-        st = kron.KronState(*(_select(ok, n, o) for n, o in zip(new, st)))
+        st, ok = optim.refresh(st, G, **_refresh_opts(opts))
         for i, s in enumerate(states):
             s["rejected"].add_((~ok[i]).to(torch.int64))
             s["refreshes"].add_(1)
         if reorth:
-            # Undo the truncated Cayley map's drift (matmuls only; maps.orthonormalize).
-            st = st._replace(
-                B_C=None if st.B_C is None else maps.orthonormalize(st.B_C),
-                B_K=None if st.B_K is None else maps.orthonormalize(st.B_K),
-            )
+            st = optim.reorthonormalize(st)
     for key, val in zip(kron.KronState._fields, st):
         if val is not None:
             for i, s in enumerate(states):
                 s[key] = val[i].clone()
-    u = kron.precondition(st, G, p=opts["p"], check=False)
+    u = optim.direction(st, G, p=opts["p"])
     return [u[i].reshape(g.shape) for i, g in enumerate(grads)]
 
 
@@ -174,31 +131,15 @@ def _diag_one(
 ) -> Tensor:
     dt = opts["precond_dtype"]
     g = g.to(dt)
-    st = diag.DiagState(state["d"])
+    st: Any = diag.DiagState(state["d"])
     if first:
-        # d₀ = g² + λ; entries where that is 0 (a zero gradient with λ = 0: 0·∞ = NaN in the
-        # step) or overflows take the mean of the good entries (1 if there are none).
-        d0 = g.square() + opts["damping"]
-        good = torch.isfinite(d0) & (d0 > 0)
-        fill = torch.where(good, d0, 0.0).sum() / good.sum().clamp_min(1)
-        fill = torch.where(torch.isfinite(fill) & (fill > 0), fill, 1.0)
-        st = diag.DiagState(torch.where(good, d0, fill))
+        st = optim.first_state(st, g, damping=opts["damping"])
     if refresh:
-        new = diag.update_gop(
-            st,
-            g,
-            beta2=opts["precond_lr"],
-            gamma=opts["gamma"],
-            damping=opts["damping"],
-            exp=opts["exp"],
-            check=False,
-        )
-        ok = torch.isfinite(new.d).all() & (new.d > 0).all()
-        st = diag.DiagState(torch.where(ok, new.d, st.d))
+        st, ok = optim.refresh(st, g, **_refresh_opts(opts))
         state["rejected"].add_((~ok).to(torch.int64))
         state["refreshes"].add_(1)
     state["d"] = st.d
-    return diag.precondition(st, g, p=opts["p"], check=False)
+    return optim.direction(st, g, p=opts["p"])
 
 
 def _postprocess(
@@ -207,26 +148,31 @@ def _postprocess(
     """Grafting / clipping, momentum, decoupled weight decay and the parameter update."""
     dt = opts["precond_dtype"]
     if opts["graft"] == "adam":
-        # Adam's moments of the raw gradient; U is rescaled to the norm of Adam's update.
-        b1, b2 = opts["betas"]
-        g = grad.to(dt)
-        state["exp_avg"].lerp_(g, 1 - b1)
-        state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
-        adam = (state["exp_avg"] / (1 - b1**step)) / (
-            (state["exp_avg_sq"] / (1 - b2**step)).sqrt() + opts["eps"]
+        u, exp_avg, exp_avg_sq = optim.graft_adam(
+            u, grad.to(dt), state["exp_avg"], state["exp_avg_sq"], step=step,
+            betas=opts["betas"], eps=opts["eps"],
         )
-        u = u * (adam.norm() / u.norm().clamp_min(torch.finfo(u.dtype).tiny))
+        state["exp_avg"].copy_(exp_avg)
+        state["exp_avg_sq"].copy_(exp_avg_sq)
     if opts["max_update_rms"] is not None:
-        rms = u.square().mean().sqrt()
-        u = u * (opts["max_update_rms"] / rms.clamp_min(opts["max_update_rms"]))
+        u = optim.clip_rms(u, opts["max_update_rms"])
     if opts["momentum"]:
-        buf = state["momentum_buffer"]
-        buf.mul_(opts["momentum"]).add_(u)
-        u = buf
-    lr = opts["lr"]
-    if opts["weight_decay"]:
-        param.mul_(1 - lr * opts["weight_decay"])
-    param.sub_((u * lr).to(param.dtype))
+        u = state["momentum_buffer"].copy_(optim.add_momentum(state["momentum_buffer"], u,
+                                                              opts["momentum"]))
+    param.copy_(optim.apply_update(param, u, lr=opts["lr"], weight_decay=opts["weight_decay"]))
+
+
+def _refresh_opts(opts: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "precond_lr": opts["precond_lr"],
+        "gamma": opts["gamma"],
+        "damping": opts["damping"],
+        "cayley": opts["cayley"],
+        "exp": opts["exp"],
+        "cayley_terms": opts["cayley_terms"],
+        "tie_tol": opts["tie_tol"],
+        "max_step_norm": opts["max_step_norm"],
+    }
 
 
 def spectral_kron(
@@ -285,14 +231,13 @@ def spectral_kron(
     for i, (param, st) in enumerate(zip(params, states)):
         step = int(st["step"].item())  # CPU tensor: no device sync
         steps.append(step)
-        first = step == 0
-        refresh = first or step < precond_warmup or step % update_interval == 0
-        n_ref = int(st["refreshes"].item())  # CPU tensor
-        reorth = (
-            refresh
-            and cayley != "exact"
-            and reorth_interval > 0
-            and (n_ref + 1) % reorth_interval == 0
+        first, refresh, reorth = optim.schedule(
+            step,
+            int(st["refreshes"].item()),  # CPU tensor
+            update_interval=update_interval,
+            precond_warmup=precond_warmup,
+            reorth_interval=reorth_interval,
+            cayley=cayley,
         )
         key = (_state_plan(st), param.device, first, refresh, reorth)
         buckets.setdefault(key, []).append(i)
@@ -473,7 +418,7 @@ class SpectralKron(Optimizer):
             for prm in params:
                 state = self.state[prm]
                 if not state:
-                    plan = _plan(prm.shape, group["max_precond_dim"])
+                    plan = optim.plan(tuple(prm.shape), group["max_precond_dim"])
                     state.update(_init_state(prm, plan, group["precond_dtype"], group["graft"]))
                 states.append(state)
             spectral_kron(

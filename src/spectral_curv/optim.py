@@ -1,0 +1,269 @@
+"""The optimizer step every adapter shares (torch, optax, NumPy), as pure array-API functions.
+
+SPEC §3–§5 in optimizer form. An adapter owns storage (torch's ``state``, an optax pytree,
+a NumPy object), parameter routing and control flow (a Python ``if`` or ``lax.cond`` for a
+refresh); every number it computes comes from here, so that the adapters agree to
+round-off (``tests/test_cross_framework.py``). Per parameter, with ``t`` its 0-based step:
+
+1. :func:`schedule`: ``first = t == 0``; ``refresh = first or t < precond_warmup or
+   t % update_interval == 0``; ``reorth`` on every ``reorth_interval``-th refresh of a
+   truncated Cayley map.
+2. ``first``: :func:`first_state` sets ``S₀ = α₀ I``, ``α₀ = mean(G²) + λ`` (diagonal:
+   ``d₀ = g² + λ``), so the first step is a scale-free gradient step.
+3. ``refresh``: :func:`refresh` (the core's GOP update, keep-last-good where it yields
+   non-finite or non-positive factors); ``reorth``: :func:`reorthonormalize`.
+4. :func:`direction` ``U = S^{-1/p} G`` with the refreshed factors.
+5. :func:`graft_adam` (optional), :func:`clip_rms` (optional), :func:`add_momentum`
+   (heavy ball ``m ← μm + U``), :func:`apply_update` (``M ← (1 − lr·wd) M − lr·m``).
+
+Matrix parameters (order ≥ 2, flattened to ``(shape[0], prod(shape[1:]))``) use the
+Kronecker scheme, with a side longer than ``max_precond_dim`` kept diagonal; order ≤ 1 the
+diagonal scheme (:func:`plan`). Hyperparameters may be Python numbers or 0-d arrays
+(traced under ``jax.jit``); options that change the control flow (``cayley``, ``exp``,
+``reorth_interval`` > 0, …) must be Python values.
+
+Embedding example (an optimizer of your own that preconditions with the spectral factors)::
+
+    >>> import numpy as np
+    >>> from spectral_curv import optim
+    >>> W, G = np.zeros((4, 3)), np.ones((4, 3))
+    >>> pl = optim.plan(W.shape)
+    >>> st = optim.init(pl, W.shape, xp=optim.namespace(W))
+    >>> st = optim.first_state(st, G, damping=1e-8)
+    >>> st, ok = optim.refresh(st, G, precond_lr=0.1)
+    >>> U = optim.direction(st, G, p=2)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import diag, kron, maps
+from ._array import Array, Namespace, array_namespace
+
+__all__ = [
+    "Plan",
+    "Precond",
+    "add_momentum",
+    "apply_update",
+    "check_finite_grads",
+    "clip_rms",
+    "direction",
+    "first_state",
+    "graft_adam",
+    "init",
+    "matrix_shape",
+    "namespace",
+    "plan",
+    "refresh",
+    "reorthonormalize",
+    "schedule",
+]
+
+#: ``("diag",)`` or ``("kron", rows, cols, diag_rows, diag_cols)``: hashable, static.
+Plan = tuple[Any, ...]
+Precond = kron.KronState | diag.DiagState
+
+DEFAULT_MAX_PRECOND_DIM = 4096
+
+
+def namespace(*arrays: Array) -> Namespace:
+    """The array-API namespace of ``arrays`` (``array_api_compat.array_namespace``)."""
+    return array_namespace(*arrays)
+
+
+def plan(shape: tuple[int, ...], max_precond_dim: int = DEFAULT_MAX_PRECOND_DIM) -> Plan:
+    """How a parameter of ``shape`` is preconditioned.
+
+    Order ≤ 1 or empty: ``("diag",)``; otherwise Kronecker on ``(shape[0], prod(shape[1:]))``
+    with a side longer than ``max_precond_dim`` kept diagonal (``B = I``, O(n) memory)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or math.prod(shape) == 0:
+        return ("diag",)
+    r, c = shape[0], math.prod(shape[1:])
+    return ("kron", r, c, r > max_precond_dim, c > max_precond_dim)
+
+
+def matrix_shape(pl: Plan, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape the preconditioner sees: ``(r, c)`` for Kronecker, ``shape`` for diagonal."""
+    return tuple(shape) if pl[0] == "diag" else (pl[1], pl[2])
+
+
+def init(
+    pl: Plan,
+    shape: tuple[int, ...],
+    *,
+    batch: tuple[int, ...] = (),
+    dtype: Any = None,
+    device: Any = None,
+    xp: Namespace | None = None,
+) -> Precond:
+    """Fresh factors (``S = I``; :func:`first_state` sets the scale from the first gradient).
+
+    ``batch`` stacks same-shaped parameters (Kronecker only)."""
+    if pl[0] == "diag":
+        if batch:
+            raise ValueError("`batch` is supported for Kronecker plans only")
+        return diag.init(tuple(shape), dtype=dtype, device=device, xp=xp)
+    _, r, c, diag_r, diag_c = pl
+    return kron.init(r, c, batch=batch, diag_rows=diag_r, diag_cols=diag_c, dtype=dtype,
+                     device=device, xp=xp)
+
+
+def schedule(
+    step: Any,
+    refreshes: Any,
+    *,
+    update_interval: int,
+    precond_warmup: int,
+    reorth_interval: int,
+    cayley: str,
+) -> tuple[Any, Any, Any]:
+    """``(first, refresh, reorth)`` for 0-based step ``t`` after ``refreshes`` refreshes.
+
+    Python ints give Python bools; integer arrays (e.g. traced JAX counters) give boolean
+    arrays."""
+    first = step == 0
+    refresh = first | (step < precond_warmup) | (step % update_interval == 0)
+    if cayley == "exact" or reorth_interval <= 0:
+        return first, refresh, refresh & False
+    return first, refresh, refresh & ((refreshes + 1) % reorth_interval == 0)
+
+
+def first_state(st: Precond, g: Array, *, damping: Any) -> Precond:
+    """``S₀ = α₀ I`` with ``α₀ = mean(G²) + λ`` per stacked layer (diagonal: ``d₀ = g² + λ``).
+
+    A value that is 0 (zero gradient with ``λ = 0``: 0·∞ = NaN in the step) or overflows
+    falls back to 1 (diagonal: to the mean of the good entries, or 1)."""
+    xp = array_namespace(g)
+    if isinstance(st, diag.DiagState):
+        d0 = g * g + damping
+        good = xp.isfinite(d0) & (d0 > 0)
+        n_good = xp.sum(xp.astype(good, d0.dtype))
+        fill = xp.sum(xp.where(good, d0, 0.0)) / xp.maximum(n_good, xp.ones_like(n_good))
+        fill = xp.where(xp.isfinite(fill) & (fill > 0), fill, 1.0)
+        return diag.DiagState(xp.where(good, d0, fill))
+    a0 = xp.mean(g * g, axis=(-2, -1)) + damping
+    return st._replace(alpha=xp.where(xp.isfinite(a0) & (a0 > 0), a0, 1.0))
+
+
+def _all_finite(xp: Namespace, x: Array, lead: int) -> Array:
+    flat = xp.reshape(x, (*x.shape[:lead], -1))
+    return xp.all(xp.isfinite(flat), axis=-1)
+
+
+def _select(xp: Namespace, ok: Array, new: Array | None, old: Array | None) -> Array | None:
+    if new is None or old is None:
+        return new
+    return xp.where(xp.reshape(ok, (*ok.shape, *([1] * (new.ndim - ok.ndim)))), new, old)
+
+
+def refresh(
+    st: Precond,
+    g: Array,
+    *,
+    precond_lr: Any,
+    gamma: Any = 1.0,
+    damping: Any = 0.0,
+    cayley: str = "quadratic",
+    exp: str = "first_order",
+    cayley_terms: int = 1,
+    tie_tol: float | None = None,
+    max_step_norm: float | None = None,
+) -> tuple[Precond, Array]:
+    """The core's GOP update (``kron.update_gop`` / ``diag.update_gop``) with keep-last-good.
+
+    Returns ``(state, ok)``: ``ok`` (one flag per stacked layer) is False where the update
+    gave non-finite or non-positive factors, which are then left as they were."""
+    xp = array_namespace(g)
+    if isinstance(st, diag.DiagState):
+        new = diag.update_gop(st, g, beta2=precond_lr, gamma=gamma, damping=damping, exp=exp,
+                              check=False)
+        ok = xp.all(xp.isfinite(new.d)) & xp.all(new.d > 0)
+        return diag.DiagState(xp.where(ok, new.d, st.d)), ok
+    newk = kron.update_gop(st, g, beta2=precond_lr, gamma=gamma, damping=damping, cayley=cayley,
+                           exp=exp, cayley_terms=cayley_terms, tie_tol=tie_tol,
+                           max_step_norm=max_step_norm, check=False)
+    lead = newk.alpha.ndim
+    ok = xp.isfinite(newk.alpha) & (newk.alpha > 0)
+    for f in (newk.d_C, newk.d_K):
+        ok = ok & _all_finite(xp, f, lead) & xp.all(f > 0, axis=-1)
+    for b in (newk.B_C, newk.B_K):
+        if b is not None:
+            ok = ok & _all_finite(xp, b, lead)
+    return kron.KronState(*(_select(xp, ok, n, o) for n, o in zip(newk, st))), ok
+
+
+def reorthonormalize(st: Precond) -> Precond:
+    """One Newton–Schulz polar step on each factor basis (``maps.orthonormalize``), undoing the
+    drift of the truncated Cayley maps; a no-op for the diagonal scheme."""
+    if isinstance(st, diag.DiagState):
+        return st
+    return st._replace(
+        B_C=None if st.B_C is None else maps.orthonormalize(st.B_C),
+        B_K=None if st.B_K is None else maps.orthonormalize(st.B_K),
+    )
+
+
+def direction(st: Precond, g: Array, *, p: Any) -> Array:
+    """``U = S^{-1/p} G`` (Kronecker: rotated form, 4 matmuls; diagonal: ``d^{-1/p} ⊙ g``)."""
+    if isinstance(st, diag.DiagState):
+        return diag.precondition(st, g, p=p, check=False)
+    return kron.precondition(st, g, p=p, check=False)
+
+
+def _norm(xp: Namespace, x: Array) -> Array:
+    return xp.sqrt(xp.sum(x * x))
+
+
+def graft_adam(
+    u: Array,
+    g: Array,
+    exp_avg: Array,
+    exp_avg_sq: Array,
+    *,
+    step: Any,
+    betas: tuple[Any, Any],
+    eps: Any,
+) -> tuple[Array, Array, Array]:
+    """Rescale ``U`` to the norm of Adam's update at 1-based ``step``; returns
+    ``(U, exp_avg, exp_avg_sq)`` with Adam's moments of the raw gradient advanced."""
+    xp = array_namespace(u, g)
+    b1, b2 = betas
+    exp_avg = exp_avg + (1 - b1) * (g - exp_avg)
+    exp_avg_sq = b2 * exp_avg_sq + (1 - b2) * (g * g)
+    adam = (exp_avg / (1 - b1**step)) / (xp.sqrt(exp_avg_sq / (1 - b2**step)) + eps)
+    tiny = xp.finfo(u.dtype).smallest_normal
+    scale = _norm(xp, adam) / xp.maximum(_norm(xp, u), xp.asarray(tiny, dtype=u.dtype))
+    return u * scale, exp_avg, exp_avg_sq
+
+
+def clip_rms(u: Array, max_rms: Any) -> Array:
+    """``U · max_rms / max(rms(U), max_rms)``: the update's RMS capped at ``max_rms``."""
+    xp = array_namespace(u)
+    rms = xp.sqrt(xp.mean(u * u))
+    return u * (max_rms / xp.maximum(rms, xp.asarray(max_rms, dtype=u.dtype)))
+
+
+def add_momentum(buf: Array, u: Array, momentum: Any) -> Array:
+    """Heavy-ball (undampened) momentum ``m ← μ m + U``; returns the new ``m``."""
+    return momentum * buf + u
+
+
+def apply_update(param: Array, u: Array, *, lr: Any, weight_decay: Any = 0.0) -> Array:
+    """Decoupled weight decay and the step: ``M ← (1 − lr·wd) M − lr·U`` in ``param``'s dtype."""
+    xp = array_namespace(param)
+    decayed = xp.astype(param * (1 - lr * weight_decay), param.dtype)
+    return decayed - xp.astype(u * lr, param.dtype)
+
+
+def check_finite_grads(xp: Namespace, grads: list[Array]) -> bool:
+    """True when every gradient is finite (one host sync for the whole list)."""
+    if not grads:
+        return True
+    flags = [xp.all(xp.isfinite(g)) for g in grads]
+    ok = flags[0]
+    for f in flags[1:]:
+        ok = ok & f
+    return bool(ok)
