@@ -33,6 +33,9 @@ from torch.optim import Optimizer
 
 from . import diag, kron, maps, optim
 
+# The torch fast paths are registered up front (no lazy import inside a compiled step).
+from .backends import torch as _torch_fast_paths  # noqa: F401
+
 __all__ = ["SpectralKron", "init_state", "spectral_kron"]
 
 _NONFINITE = ("raise", "skip")

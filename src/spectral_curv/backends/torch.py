@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from . import register
+from . import _loaded, register
+
+_loaded.add("torch")  # imported directly (e.g. by the torch adapter): no lazy import later
 
 
 def _eye_like(x: torch.Tensor) -> torch.Tensor:
