@@ -1,9 +1,9 @@
 """nox sessions: one test session per backend, plus lint and the benchmark.
 
-    nox -s tests-numpy tests-strict tests-torch tests-jax   # CPU backends
-    nox -s tests-cupy                                        # needs a GPU
-    nox -s lint
-    nox -s bench
+nox -s tests-numpy tests-strict tests-torch tests-jax   # CPU backends
+nox -s tests-cupy                                        # needs a GPU
+nox -s lint
+nox -s bench
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ TORCH = "torch==2.13.0"  # the CPU build that lies on these machines' disk
 
 def _tests(session: nox.Session, backend: str, *extra: str) -> None:
     session.install("-e", ".[test]", *extra)
-    session.run(
-        "python", "-m", "pytest", *session.posargs, env={"SPECTRAL_CURV_BACKENDS": backend}
-    )
+    session.run("python", "-m", "pytest", *session.posargs, env={"SPECTRAL_CURV_BACKENDS": backend})
 
 
 @nox.session(name="tests-numpy")

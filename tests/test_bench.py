@@ -38,9 +38,13 @@ def test_run_structure(data):
         for n in (16, 32):
             got = {r["method"] for r in res if r["backend"] == b and r["n"] == n}
             assert got == set(precond.methods_for(b))
-    assert {"spectral_quadratic", "spectral_neumann", "spectral_exact", "eigh_refresh",
-            "muon_ns5"} <= set(
-        precond.methods_for("numpy"))
+    assert {
+        "spectral_quadratic",
+        "spectral_neumann",
+        "spectral_exact",
+        "eigh_refresh",
+        "muon_ns5",
+    } <= set(precond.methods_for("numpy"))
     for r in res:
         assert r["median_s"] > 0 and r["matmul_median_s"] > 0
         for k in ("ratio", "ratio_of_medians", "ratio_min"):
@@ -77,11 +81,17 @@ def test_analytic_counts():
 
 
 @pytest.mark.skipif(not _has_torch(), reason="torch not installed")
-@pytest.mark.parametrize(("method", "expected"), [
-    ("spectral_quadratic", 10), ("spectral_neumann", 12), ("spectral_generic", 10),
-    ("spectral_exact", 8),
-    ("eigh_refresh", 6), ("muon_ns5", 15),
-])
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("spectral_quadratic", 10),
+        ("spectral_neumann", 12),
+        ("spectral_generic", 10),
+        ("spectral_exact", 8),
+        ("eigh_refresh", 6),
+        ("muon_ns5", 15),
+    ],
+)
 def test_analytic_count_matches_torch_profile(method, expected):
     """Count the n×n×n GEMM kernels each method really launches (torch profiler, n = 24)."""
     pytest.importorskip("torch")
@@ -93,8 +103,12 @@ def test_analytic_count_matches_torch_profile(method, expected):
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         fns[method]()
     # (a dot product, e.g. a Frobenius norm, also runs as a (1, n²)·(n², 1) "mm")
-    gemms = [e.input_shapes for e in prof.events() if e.name in ("aten::mm", "aten::addmm")
-             and all(list(s) in ([], [n, n]) for s in e.input_shapes)]
+    gemms = [
+        e.input_shapes
+        for e in prof.events()
+        if e.name in ("aten::mm", "aten::addmm")
+        and all(list(s) in ([], [n, n]) for s in e.input_shapes)
+    ]
     assert len(gemms) == expected, gemms
 
 
@@ -132,8 +146,9 @@ def test_eigh_refresh_is_the_kronecker_root():
 
 
 def test_spectral_route_is_float32():
-    _, fns = precond._callables("numpy", 16, 1, 0,
-                                ["spectral_quadratic", "spectral_neumann", "spectral_exact"])
+    _, fns = precond._callables(
+        "numpy", 16, 1, 0, ["spectral_quadratic", "spectral_neumann", "spectral_exact"]
+    )
     for fn in fns.values():
         new, step = fn()
         assert isinstance(new, kron.KronState)
@@ -161,8 +176,21 @@ def test_report_table_markdown_plot(data, tmp_path):
 
 def test_cli_quick_smoke(capsys, tmp_path):
     js = tmp_path / "out.json"
-    rc = bench_main(["precond", "--sizes", "16", "--repeats", "1", "--backend", "numpy",
-                     "--quick", "--json", str(js), "--quiet"])
+    rc = bench_main(
+        [
+            "precond",
+            "--sizes",
+            "16",
+            "--repeats",
+            "1",
+            "--backend",
+            "numpy",
+            "--quick",
+            "--json",
+            str(js),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "spectral, Neumann Cayley K=1" in out and "Muon NS5" in out

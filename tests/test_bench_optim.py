@@ -15,8 +15,20 @@ from spectral_curv.bench import optim  # noqa: E402
 from spectral_curv.bench.__main__ import main as bench_main  # noqa: E402
 
 HAS_MUON = hasattr(torch.optim, "Muon")  # torch >= 2.9
-TINY = dict(width=16, depth=1, vocab=32, seq=8, tokens=16, steps=3, warmup=1, min_steps=2,
-            intervals=(1, 2), powers=(2.0, 1.0), power_intervals=(), batches=2)
+TINY = dict(
+    width=16,
+    depth=1,
+    vocab=32,
+    seq=8,
+    tokens=16,
+    steps=3,
+    warmup=1,
+    min_steps=2,
+    intervals=(1, 2),
+    powers=(2.0, 1.0),
+    power_intervals=(),
+    batches=2,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,13 +50,23 @@ def test_every_optimizer_present(data):
     assert keys == [s.key for s in optim.optimizer_specs(optim.Config(**TINY))]
     assert keys[0] == "adamw" and "muon_fp32" in keys
     assert ("muon_bf16" in keys) == HAS_MUON
-    assert {"spectral_T1_p2", "spectral_T1_p1", "spectral_T2_p2", "spectral_T2_p1",
-            "eigh_T1", "eigh_T2"} <= set(keys)
+    assert {
+        "spectral_T1_p2",
+        "spectral_T1_p1",
+        "spectral_T2_p2",
+        "spectral_T2_p1",
+        "eigh_T1",
+        "eigh_T2",
+    } <= set(keys)
     assert any("eigh refresh (Shampoo-style reference)" in r["label"] for r in data["results"])
     # by default the second power is timed at T = 2 only
     default = [s.key for s in optim.optimizer_specs(optim.Config(intervals=(1, 2, 10)))]
     assert [k for k in default if k.startswith("spectral")] == [
-        "spectral_T1_p2", "spectral_T2_p2", "spectral_T2_p1", "spectral_T10_p2"]
+        "spectral_T1_p2",
+        "spectral_T2_p2",
+        "spectral_T2_p1",
+        "spectral_T10_p2",
+    ]
     assert any("bf16" in r["label"] for r in data["results"]) == HAS_MUON
     assert any("fp32" in r["label"] for r in data["results"])
 
@@ -85,8 +107,9 @@ def test_spectral_schedule_matches_optimizer(data):
 
 
 def test_lane_budget_stops_after_every_step_kind():
-    cfg = optim.Config(**{**TINY, "steps": 30, "min_steps": 2, "lane_budget_s": 1e-9,
-                          "intervals": (2,)})
+    cfg = optim.Config(
+        **{**TINY, "steps": 30, "min_steps": 2, "lane_budget_s": 1e-9, "intervals": (2,)}
+    )
     out = optim.run(cfg, keys=["spectral_T2_p2"])
     by = {r["key"]: r for r in out["results"]}
     assert set(by) == {"adamw", "spectral_T2_p2"}
@@ -102,16 +125,28 @@ def test_lane_budget_stops_after_every_step_kind():
 def test_schedule_and_summary():
     phase, w = optim.schedule(2, precond_warmup=3, reorth_interval=2)
     # refresh on k = 0, 1, 2 (warm-up), then every even k; every 2nd refresh reorthogonalises
-    assert [phase(k) for k in range(8)] == ["refresh", "reorth", "refresh", "plain",
-                                            "reorth", "plain", "refresh", "plain"]
+    assert [phase(k) for k in range(8)] == [
+        "refresh",
+        "reorth",
+        "refresh",
+        "plain",
+        "reorth",
+        "plain",
+        "refresh",
+        "plain",
+    ]
     assert w == pytest.approx({"plain": 0.5, "refresh": 0.25, "reorth": 0.25})
-    s = optim.summarize([1.0, 3.0, 1.0, 3.0], ["plain", "refresh", "plain", "refresh"],
-                        {"plain": 0.9, "refresh": 0.1})
+    s = optim.summarize(
+        [1.0, 3.0, 1.0, 3.0],
+        ["plain", "refresh", "plain", "refresh"],
+        {"plain": 0.9, "refresh": 0.1},
+    )
     assert s["amortized_s"] == pytest.approx(0.9 * 1.0 + 0.1 * 3.0)
     assert s["median_s"] == 2.0 and s["phase_n"] == {"plain": 2, "refresh": 2}
     # an unsampled reorth phase counts as a refresh
-    s = optim.summarize([1.0, 3.0], ["plain", "refresh"],
-                        {"plain": 0.5, "refresh": 0.25, "reorth": 0.25})
+    s = optim.summarize(
+        [1.0, 3.0], ["plain", "refresh"], {"plain": 0.5, "refresh": 0.25, "reorth": 0.25}
+    )
     assert s["amortized_s"] == pytest.approx(0.5 + 0.5 * 3.0)
 
 
@@ -150,8 +185,12 @@ def test_muon_fp32_copy_matches_torch_muon():
 
 def test_report_markdown_plot(data, tmp_path):
     text = optim.table(data)
-    for label in ("AdamW", "Muon (fp32 NS", "SpectralKron T=1 p=2",
-                  "eigh refresh (Shampoo-style reference) T=2"):
+    for label in (
+        "AdamW",
+        "Muon (fp32 NS",
+        "SpectralKron T=1 p=2",
+        "eigh refresh (Shampoo-style reference) T=2",
+    ):
         assert label in text
     assert ("Muon (torch.optim.Muon, bf16 NS)" in text) == HAS_MUON
     md = tmp_path / "b.md"
@@ -171,13 +210,37 @@ def test_report_markdown_plot(data, tmp_path):
 def test_cli_quick_smoke(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     js = tmp_path / "o.json"
-    rc = bench_main(["optim", "--quick", "--width", "16", "--vocab", "32", "--tokens", "16",
-                     "--steps", "2", "--intervals", "2", "--powers", "2", "--json", str(js),
-                     "--threads", "1", "--quiet"])
+    rc = bench_main(
+        [
+            "optim",
+            "--quick",
+            "--width",
+            "16",
+            "--vocab",
+            "32",
+            "--tokens",
+            "16",
+            "--steps",
+            "2",
+            "--intervals",
+            "2",
+            "--powers",
+            "2",
+            "--json",
+            str(js),
+            "--threads",
+            "1",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "SpectralKron T=2 p=2" in out and "Muon (fp32 NS" in out
     payload = json.loads(js.read_text())
     assert {r["key"] for r in payload["results"]} == {
-        "adamw", "muon_fp32", "spectral_T2_p2", "eigh_T2"} | ({"muon_bf16"} if HAS_MUON else set())
+        "adamw",
+        "muon_fp32",
+        "spectral_T2_p2",
+        "eigh_T2",
+    } | ({"muon_bf16"} if HAS_MUON else set())
     assert not (tmp_path / "docs").exists()  # --quick writes no markdown or plot

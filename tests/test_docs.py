@@ -20,8 +20,9 @@ def _blocks() -> list[tuple[str, int, str]]:
     return out
 
 
-@pytest.mark.parametrize(("name", "index", "code"), _blocks(),
-                         ids=[f"{n}-{i}" for n, i, _ in _blocks()])
+@pytest.mark.parametrize(
+    ("name", "index", "code"), _blocks(), ids=[f"{n}-{i}" for n, i, _ in _blocks()]
+)
 def test_doc_block_runs(name, index, code):
     for mod in ("torch", "jax", "optax", "equinox"):
         if re.search(rf"^\s*(import|from) {mod}\b", code, flags=re.M):

@@ -556,8 +556,9 @@ def test_first_order_vs_default_kronecker_update(xp, jit):
 
 
 # ------------------------------------------------------- normalised B step (SPEC §4/§5)
-@pytest.mark.parametrize(("mode", "msn", "terms"),
-                         [("neumann", None, 1), ("neumann", 0.1, 2), ("quadratic", None, 1)])
+@pytest.mark.parametrize(
+    ("mode", "msn", "terms"), [("neumann", None, 1), ("neumann", 0.1, 2), ("quadratic", None, 1)]
+)
 def test_neumann_step_is_normalised(xp, jit, mode, msn, terms):
     pb = _problem(13)
     st = _state(xp, jit, pb)
@@ -648,9 +649,10 @@ def _f32_fn(cayley: str, exp: str) -> Callable[..., Any]:
     return _CACHE[key]
 
 
-@pytest.mark.parametrize(("cayley", "exp"),
-                         [("exact", "exact"), ("neumann", "first_order"),
-                          ("quadratic", "first_order")])
+@pytest.mark.parametrize(
+    ("cayley", "exp"),
+    [("exact", "exact"), ("neumann", "first_order"), ("quadratic", "first_order")],
+)
 def test_float32_preserved(xp, jit, cayley, exp):
     pb = _problem(15)
     st32 = _state(xp, jit, pb, xp.float32)

@@ -143,8 +143,10 @@ def test_quadratic_is_orthogonal_to_fourth_order(xp, jit, fro, record_property):
     theta = skew_eigs(x)
     np.testing.assert_allclose(sv, np.sort(np.sqrt(1 + 4 * theta**4)), rtol=0, atol=1e-12)
     # third-order agreement with the Cayley map
-    errs = [np.linalg.norm(maps.cayley(s * x, mode="quadratic") - cayley_ref(s * x), 2)
-            for s in (0.1, 0.05)]
+    errs = [
+        np.linalg.norm(maps.cayley(s * x, mode="quadratic") - cayley_ref(s * x), 2)
+        for s in (0.1, 0.05)
+    ]
     assert 7.5 < errs[0] / errs[1] < 8.5
     record_property("orth_err_QtQ_minus_I", orth_err(q))
 
@@ -155,8 +157,9 @@ def test_quadratic_beats_neumann_k0_and_matches_k1_order():
     rng = np.random.default_rng(22)
     x = rand_skew(rng, 10, 0.25)
     x2 = np.linalg.norm(x, 2)
-    e_q = np.linalg.norm(maps.cayley(x, mode="quadratic").T @ maps.cayley(x, mode="quadratic")
-                         - np.eye(10), 2)
+    e_q = np.linalg.norm(
+        maps.cayley(x, mode="quadratic").T @ maps.cayley(x, mode="quadratic") - np.eye(10), 2
+    )
     np.testing.assert_allclose(e_q, 4 * x2**4, rtol=1e-8)
     pk0 = maps.cayley(x, mode="neumann", terms=0)
     e0 = np.linalg.norm(pk0.T @ pk0 - np.eye(10), 2)

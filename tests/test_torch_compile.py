@@ -21,8 +21,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo's lru_c
 
 def _kron_hot(st, G, precond_lr, cayley):
     st = optim.first_state(st, G, damping=1e-8)
-    st, ok = optim.refresh(st, G, precond_lr=precond_lr, damping=1e-8, cayley=cayley,
-                           exp="first_order" if cayley != "exact" else "exact")
+    st, ok = optim.refresh(
+        st,
+        G,
+        precond_lr=precond_lr,
+        damping=1e-8,
+        cayley=cayley,
+        exp="first_order" if cayley != "exact" else "exact",
+    )
     st = optim.reorthonormalize(st)
     return st, ok, optim.direction(st, G, p=2)
 

@@ -107,8 +107,9 @@ def init(
             raise ValueError("`batch` is supported for Kronecker plans only")
         return diag.init(tuple(shape), dtype=dtype, device=device, xp=xp)
     _, r, c, diag_r, diag_c = pl
-    return kron.init(r, c, batch=batch, diag_rows=diag_r, diag_cols=diag_c, dtype=dtype,
-                     device=device, xp=xp)
+    return kron.init(
+        r, c, batch=batch, diag_rows=diag_r, diag_cols=diag_c, dtype=dtype, device=device, xp=xp
+    )
 
 
 def schedule(
@@ -178,13 +179,24 @@ def refresh(
     gave non-finite or non-positive factors, which are then left as they were."""
     xp = array_namespace(g)
     if isinstance(st, diag.DiagState):
-        new = diag.update_gop(st, g, beta2=precond_lr, gamma=gamma, damping=damping, exp=exp,
-                              check=False)
+        new = diag.update_gop(
+            st, g, beta2=precond_lr, gamma=gamma, damping=damping, exp=exp, check=False
+        )
         ok = xp.all(xp.isfinite(new.d)) & xp.all(new.d > 0)
         return diag.DiagState(xp.where(ok, new.d, st.d)), ok
-    newk = kron.update_gop(st, g, beta2=precond_lr, gamma=gamma, damping=damping, cayley=cayley,
-                           exp=exp, cayley_terms=cayley_terms, tie_tol=tie_tol,
-                           max_step_norm=max_step_norm, check=False)
+    newk = kron.update_gop(
+        st,
+        g,
+        beta2=precond_lr,
+        gamma=gamma,
+        damping=damping,
+        cayley=cayley,
+        exp=exp,
+        cayley_terms=cayley_terms,
+        tie_tol=tie_tol,
+        max_step_norm=max_step_norm,
+        check=False,
+    )
     lead = newk.alpha.ndim
     ok = xp.isfinite(newk.alpha) & (newk.alpha > 0)
     for f in (newk.d_C, newk.d_K):

@@ -89,8 +89,7 @@ def init_state(
 ) -> dict[str, Any]:
     """A fresh state dict for ``param``, as :class:`SpectralKron` creates it (for callers of
     the functional :func:`spectral_kron`)."""
-    return _init_state(param, optim.plan(tuple(param.shape), max_precond_dim), precond_dtype,
-                       graft)
+    return _init_state(param, optim.plan(tuple(param.shape), max_precond_dim), precond_dtype, graft)
 
 
 def _kron_bucket(
@@ -152,16 +151,22 @@ def _postprocess(
     dt = opts["precond_dtype"]
     if opts["graft"] == "adam":
         u, exp_avg, exp_avg_sq = optim.graft_adam(
-            u, grad.to(dt), state["exp_avg"], state["exp_avg_sq"], step=step,
-            betas=opts["betas"], eps=opts["eps"],
+            u,
+            grad.to(dt),
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            step=step,
+            betas=opts["betas"],
+            eps=opts["eps"],
         )
         state["exp_avg"].copy_(exp_avg)
         state["exp_avg_sq"].copy_(exp_avg_sq)
     if opts["max_update_rms"] is not None:
         u = optim.clip_rms(u, opts["max_update_rms"])
     if opts["momentum"]:
-        u = state["momentum_buffer"].copy_(optim.add_momentum(state["momentum_buffer"], u,
-                                                              opts["momentum"]))
+        u = state["momentum_buffer"].copy_(
+            optim.add_momentum(state["momentum_buffer"], u, opts["momentum"])
+        )
     param.copy_(optim.apply_update(param, u, lr=opts["lr"], weight_decay=opts["weight_decay"]))
 
 

@@ -20,8 +20,9 @@ def _eye_like(x: torch.Tensor) -> torch.Tensor:
 def _addmm(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if p.ndim == 2:
         return torch.addmm(p, a, b)
-    return torch.baddbmm(p.reshape(-1, *p.shape[-2:]), a.reshape(-1, *a.shape[-2:]),
-                         b.reshape(-1, *b.shape[-2:])).reshape(p.shape)
+    return torch.baddbmm(
+        p.reshape(-1, *p.shape[-2:]), a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+    ).reshape(p.shape)
 
 
 @register("cayley_apply_neumann", "torch")

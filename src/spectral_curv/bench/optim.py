@@ -163,15 +163,23 @@ def build_model(cfg: Config) -> Any:
     if cfg.width % cfg.heads:
         raise ValueError(f"width {cfg.width} is not a multiple of heads {cfg.heads}")
     layer = nn.TransformerEncoderLayer(
-        cfg.width, cfg.heads, dim_feedforward=4 * cfg.width, dropout=0.0,
-        activation="gelu", batch_first=True, norm_first=True)
-    model = nn.ModuleDict({
-        "embed": nn.Embedding(cfg.vocab, cfg.width),
-        "pos": nn.Embedding(cfg.seq, cfg.width),
-        "blocks": nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False),
-        "norm": nn.LayerNorm(cfg.width),
-        "head": nn.Linear(cfg.width, cfg.vocab, bias=False),
-    })
+        cfg.width,
+        cfg.heads,
+        dim_feedforward=4 * cfg.width,
+        dropout=0.0,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+    model = nn.ModuleDict(
+        {
+            "embed": nn.Embedding(cfg.vocab, cfg.width),
+            "pos": nn.Embedding(cfg.seq, cfg.width),
+            "blocks": nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False),
+            "norm": nn.LayerNorm(cfg.width),
+            "head": nn.Linear(cfg.width, cfg.vocab, bias=False),
+        }
+    )
     return model.to(device=cfg.device, dtype=getattr(torch, cfg.dtype))
 
 
@@ -196,7 +204,8 @@ def _batches(cfg: Config) -> tuple[list[tuple[Any, Any]], Any]:
         ids = ids.to(cfg.device)
         out.append((ids[:, :-1].contiguous(), ids[:, 1:].contiguous()))
     mask = torch.nn.Transformer.generate_square_subsequent_mask(
-        cfg.seq, device=torch.device(cfg.device), dtype=getattr(torch, cfg.dtype))
+        cfg.seq, device=torch.device(cfg.device), dtype=getattr(torch, cfg.dtype)
+    )
     return out, mask
 
 
@@ -208,8 +217,7 @@ def _is_hidden_matrix(name: str, p: Any) -> bool:
 # --------------------------------------------------------------------------- optimizers
 
 
-def newton_schulz5_fp32(g: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7
-                        ) -> torch.Tensor:
+def newton_schulz5_fp32(g: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7) -> torch.Tensor:
     """``torch.optim.Muon``'s ``_zeropower_via_newtonschulz`` computed in float32, not bf16.
 
     ``X = G/‖G‖_F`` (transposed if tall), then ``steps`` times ``A = XXᵀ``,
@@ -246,13 +254,24 @@ class MuonFP32(_Plain):
     """``torch.optim.Muon``'s update (defaults: Nesterov momentum 0.95, weight decay 0.1,
     lr × √max(1, rows/cols)) with the Newton–Schulz iterations in fp32 (benchmark copy)."""
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, *, weight_decay: float = 0.1,
-                 momentum: float = 0.95, nesterov: bool = True) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        *,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+    ) -> None:
         super().__init__(params)
         if any(p.ndim != 2 for p in self.params):
             raise ValueError("MuonFP32 takes 2-D parameters only")
         self.lr, self.weight_decay, self.momentum, self.nesterov = (
-            lr, weight_decay, momentum, nesterov)
+            lr,
+            weight_decay,
+            momentum,
+            nesterov,
+        )
 
     def step(self) -> None:
         import torch
@@ -286,10 +305,19 @@ class EighRefresh(_Plain):
     ``U = g / v^{1/p}``. Then heavy-ball momentum and the step, as in ``SpectralKron``.
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, *, update_interval: int = 2,
-                 precond_warmup: int = 10, p: float = 2.0, beta: float = 0.95,
-                 momentum: float = 0.9, eps: float = 1e-6, max_precond_dim: int = 4096
-                 ) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        *,
+        update_interval: int = 2,
+        precond_warmup: int = 10,
+        p: float = 2.0,
+        beta: float = 0.95,
+        momentum: float = 0.9,
+        eps: float = 1e-6,
+        max_precond_dim: int = 4096,
+    ) -> None:
         super().__init__(params)
         self.lr, self.T, self.precond_warmup, self.p = lr, update_interval, precond_warmup, p
         self.beta, self.momentum, self.eps, self.max_dim = beta, momentum, eps, max_precond_dim
@@ -411,8 +439,9 @@ class Spec:
     notes: str = ""
 
 
-def schedule(interval: int, precond_warmup: int = 10, reorth_interval: int = 0
-             ) -> tuple[Callable[[int], str], dict[str, float]]:
+def schedule(
+    interval: int, precond_warmup: int = 10, reorth_interval: int = 0
+) -> tuple[Callable[[int], str], dict[str, float]]:
     """Phase of each step and steady-state phase weights of a refresh schedule.
 
     SpectralKron's rule: refresh on step 0, on ``k < precond_warmup`` and on
@@ -428,8 +457,9 @@ def schedule(interval: int, precond_warmup: int = 10, reorth_interval: int = 0
             j = len(cache)
             if j == 0 or j < precond_warmup or j % interval == 0:
                 n_ref += 1
-                cache.append("reorth" if reorth_interval and n_ref % reorth_interval == 0
-                             else "refresh")
+                cache.append(
+                    "reorth" if reorth_interval and n_ref % reorth_interval == 0 else "refresh"
+                )
             else:
                 cache.append("plain")
         return cache[k]
@@ -468,16 +498,29 @@ def optimizer_specs(cfg: Config, *, precond_warmup: int | None = None) -> list[S
             hidden = [p for n, p in named if _is_hidden_matrix(n, p)]
             rest = [p for n, p in named if not _is_hidden_matrix(n, p)]
             return _Chain(inner(hidden, lr=0.02), torch.optim.AdamW(rest, lr=1e-3))
+
         return build
 
     specs = [Spec("adamw", "AdamW (torch.optim.AdamW)", "adamw", adamw)]
     if hasattr(torch.optim, "Muon"):  # torch >= 2.9
-        specs.append(Spec("muon_bf16", "Muon (torch.optim.Muon, bf16 NS) + AdamW", "muon",
-                          muon(torch.optim.Muon),
-                          notes="torch.optim.Muon: Newton–Schulz in bfloat16"))
-    specs.append(Spec("muon_fp32", "Muon (fp32 NS, bench copy) + AdamW", "muon",
-                      muon(MuonFP32),
-                      notes="MuonFP32: torch.optim.Muon's update with Newton–Schulz in float32"))
+        specs.append(
+            Spec(
+                "muon_bf16",
+                "Muon (torch.optim.Muon, bf16 NS) + AdamW",
+                "muon",
+                muon(torch.optim.Muon),
+                notes="torch.optim.Muon: Newton–Schulz in bfloat16",
+            )
+        )
+    specs.append(
+        Spec(
+            "muon_fp32",
+            "Muon (fp32 NS, bench copy) + AdamW",
+            "muon",
+            muon(MuonFP32),
+            notes="MuonFP32: torch.optim.Muon's update with Newton–Schulz in float32",
+        )
+    )
     for T in cfg.intervals:
         phase, weights = schedule(T, warm, reorth)
         for i, p in enumerate(cfg.powers):
@@ -487,18 +530,35 @@ def optimizer_specs(cfg: Config, *, precond_warmup: int | None = None) -> list[S
             def build(model: Any, T: int = T, p: float = p) -> Any:
                 # p = 1 divides by the curvature itself: a smaller lr keeps the short
                 # run finite (the cost of a step depends on neither lr nor p).
-                return SpectralKron(model.parameters(), lr=1e-3 if p >= 2 else 1e-5,
-                                    update_interval=T, p=p, precond_warmup=warm)
-            specs.append(Spec(f"spectral_T{T}_p{p:g}", f"SpectralKron T={T} p={p:g}",
-                              "spectral", build, T, p, phase, weights))
+                return SpectralKron(
+                    model.parameters(),
+                    lr=1e-3 if p >= 2 else 1e-5,
+                    update_interval=T,
+                    p=p,
+                    precond_warmup=warm,
+                )
+
+            specs.append(
+                Spec(
+                    f"spectral_T{T}_p{p:g}",
+                    f"SpectralKron T={T} p={p:g}",
+                    "spectral",
+                    build,
+                    T,
+                    p,
+                    phase,
+                    weights,
+                )
+            )
     for T in cfg.intervals:
         phase, weights = schedule(T, warm)
 
         def build_eigh(model: Any, T: int = T) -> Any:
-            return EighRefresh(model.parameters(), lr=1e-3, update_interval=T,
-                               precond_warmup=warm)
-        specs.append(Spec(f"eigh_T{T}", f"{EIGH_LABEL} T={T}", "eigh", build_eigh, T, 2.0,
-                          phase, weights))
+            return EighRefresh(model.parameters(), lr=1e-3, update_interval=T, precond_warmup=warm)
+
+        specs.append(
+            Spec(f"eigh_T{T}", f"{EIGH_LABEL} T={T}", "eigh", build_eigh, T, 2.0, phase, weights)
+        )
     return specs
 
 
@@ -525,8 +585,9 @@ def _median(xs: Sequence[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
-def summarize(times: Sequence[float], phases: Sequence[str] | None,
-              weights: dict[str, float] | None) -> dict[str, Any]:
+def summarize(
+    times: Sequence[float], phases: Sequence[str] | None, weights: dict[str, float] | None
+) -> dict[str, Any]:
     """Median of ``times``; with a schedule, per-phase medians and the amortized
     ``Σ_phase weight · median(phase)`` (an unsampled "reorth" phase counts as "refresh";
     any other unsampled phase falls back to the overall median, flagged)."""
@@ -565,8 +626,9 @@ def _probe() -> float:
     return time.perf_counter() - t
 
 
-def run(cfg: Config, *, keys: Iterable[str] | None = None,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run(
+    cfg: Config, *, keys: Iterable[str] | None = None, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Time every optimizer on its own copy of the model; returns the raw numbers.
 
     ``keys`` restricts the optimizers (AdamW is always timed: the ratios need it). A lane
@@ -588,17 +650,30 @@ def run(cfg: Config, *, keys: Iterable[str] | None = None,
         want = set(keys) | {"adamw"}
         unknown = want - {s.key for s in specs}
         if unknown:
-            raise ValueError(f"unknown optimizer keys {sorted(unknown)}; "
-                             f"known: {[s.key for s in specs]}")
+            raise ValueError(
+                f"unknown optimizer keys {sorted(unknown)}; known: {[s.key for s in specs]}"
+            )
         specs = [s for s in specs if s.key in want]
     base = build_model(cfg)
     batches, mask = _batches(cfg)
     lanes = []
     for s in specs:
         model = copy.deepcopy(base)
-        lanes.append({"spec": s, "model": model, "opt": s.build(model), "whole": [],
-                      "opt_t": [], "phases": [], "state_bytes": 0, "cuda_step_peak": 0,
-                      "loss": float("nan"), "done": False, "steps_taken": 0})
+        lanes.append(
+            {
+                "spec": s,
+                "model": model,
+                "opt": s.build(model),
+                "whole": [],
+                "opt_t": [],
+                "phases": [],
+                "state_bytes": 0,
+                "cuda_step_peak": 0,
+                "loss": float("nan"),
+                "done": False,
+                "steps_taken": 0,
+            }
+        )
     del base
     n_total = cfg.warmup + cfg.steps
     probes = []
@@ -618,7 +693,8 @@ def run(cfg: Config, *, keys: Iterable[str] | None = None,
                 opt.zero_grad(set_to_none=True)
                 logits = forward(model, x, mask)
                 loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+                    logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)
+                )
                 loss.backward()
                 sync()
                 t1 = time.perf_counter()
@@ -630,8 +706,9 @@ def run(cfg: Config, *, keys: Iterable[str] | None = None,
                 t2 = time.perf_counter()
                 lane["steps_taken"] += 1
                 if cuda:
-                    lane["cuda_step_peak"] = max(lane["cuda_step_peak"],
-                                                 torch.cuda.max_memory_allocated() - before)
+                    lane["cuda_step_peak"] = max(
+                        lane["cuda_step_peak"], torch.cuda.max_memory_allocated() - before
+                    )
                 lane["state_bytes"] = max(lane["state_bytes"], state_bytes(opt))
                 lane["loss"] = float(loss.detach())
                 if k >= cfg.warmup:
@@ -642,9 +719,12 @@ def run(cfg: Config, *, keys: Iterable[str] | None = None,
                 del logits, loss
             if progress:
                 live = sum(not ln["done"] for ln in lanes)
-                progress(f"step {k + 1}/{n_total}" + (" (warm-up)" if k < cfg.warmup else "")
-                         + f", {live} optimizers still timed, "
-                         f"{time.perf_counter() - t_start:.0f} s")
+                progress(
+                    f"step {k + 1}/{n_total}"
+                    + (" (warm-up)" if k < cfg.warmup else "")
+                    + f", {live} optimizers still timed, "
+                    f"{time.perf_counter() - t_start:.0f} s"
+                )
             if all(ln["done"] for ln in lanes):
                 break
     finally:
@@ -658,11 +738,13 @@ def run(cfg: Config, *, keys: Iterable[str] | None = None,
         r["ratio_state"] = r["state_bytes"] / max(ref["state_bytes"], 1)
     params = list(lanes[0]["model"].parameters())
     config = asdict(cfg)
-    config.update(batch=cfg.batch, n_params=sum(p.numel() for p in params),
-                  wall_s=time.perf_counter() - t_start,
-                  date=datetime.datetime.now(datetime.timezone.utc).strftime(
-                      "%Y-%m-%d %H:%M UTC"),
-                  param_shapes=[list(p.shape) for p in params])
+    config.update(
+        batch=cfg.batch,
+        n_params=sum(p.numel() for p in params),
+        wall_s=time.perf_counter() - t_start,
+        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        param_shapes=[list(p.shape) for p in params],
+    )
     machine = machine_info(cfg.device)
     machine["loadavg_start"], machine["loadavg_end"] = load0, _loadavg()
     machine["probe_s"] = probes
@@ -685,8 +767,12 @@ def _lane_result(lane: dict[str, Any], cuda: bool) -> dict[str, Any]:
     s, opt = lane["spec"], lane["opt"]
     ph = lane["phases"] if s.phases else None
     r: dict[str, Any] = {
-        "key": s.key, "label": s.label, "family": s.family, "interval": s.interval,
-        "p": s.p, "notes": s.notes,
+        "key": s.key,
+        "label": s.label,
+        "family": s.family,
+        "interval": s.interval,
+        "p": s.p,
+        "notes": s.notes,
         "whole": summarize(lane["whole"], ph, s.weights),
         "opt": summarize(lane["opt_t"], ph, s.weights),
         "fwd_bwd_median_s": _median([w - o for w, o in zip(lane["whole"], lane["opt_t"])]),
@@ -694,7 +780,9 @@ def _lane_result(lane: dict[str, Any], cuda: bool) -> dict[str, Any]:
         "cuda_step_peak_bytes": lane["cuda_step_peak"] if cuda else None,
         "final_loss": lane["loss"],
         "steps_taken": lane["steps_taken"],
-        "whole_times_s": lane["whole"], "opt_times_s": lane["opt_t"], "phases": ph,
+        "whole_times_s": lane["whole"],
+        "opt_times_s": lane["opt_t"],
+        "phases": ph,
         "weights": s.weights,
     }
     if hasattr(opt, "skipped_steps"):  # SpectralKron: sanity counters
@@ -709,10 +797,22 @@ def _lane_result(lane: dict[str, Any], cuda: bool) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- profile
 
-MATMUL_OPS = frozenset({"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm",
-                        "aten::dot", "aten::vdot", "aten::mv", "aten::addmv"})
-COPY_OPS = frozenset({"aten::copy_", "aten::cat", "aten::stack", "aten::clone",
-                      "aten::_to_copy", "aten::contiguous"})
+MATMUL_OPS = frozenset(
+    {
+        "aten::mm",
+        "aten::bmm",
+        "aten::addmm",
+        "aten::baddbmm",
+        "aten::addbmm",
+        "aten::dot",
+        "aten::vdot",
+        "aten::mv",
+        "aten::addmv",
+    }
+)
+COPY_OPS = frozenset(
+    {"aten::copy_", "aten::cat", "aten::stack", "aten::clone", "aten::_to_copy", "aten::contiguous"}
+)
 PROFILE_KEYS = ("adamw", "muon_fp32", "spectral_T2_p2", "eigh_T2")
 
 
@@ -738,8 +838,9 @@ def _categorize(events: Any) -> dict[str, Any]:
     return {"self_s": cat, "total_s": sum(cat.values()), "aten_calls": calls}
 
 
-def profile_steps(cfg: Config, keys: Iterable[str] = PROFILE_KEYS,
-                  progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def profile_steps(
+    cfg: Config, keys: Iterable[str] = PROFILE_KEYS, progress: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
     """torch.profiler breakdown of one refresh and one plain ``opt.step()`` per optimizer.
 
     Each optimizer runs alone on a fresh model, with ``precond_warmup=0`` so that the
@@ -778,12 +879,15 @@ def profile_steps(cfg: Config, keys: Iterable[str] = PROFILE_KEYS,
             opt.zero_grad(set_to_none=True)
             logits = forward(model, x, mask)
             torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)).backward()
+                logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)
+            ).backward()
             ph = wanted.get(k)
             sync()
             if ph is not None and ph in walls:
-                with profile(activities=[ProfilerActivity.CPU]) as prof, \
-                        record_function("bench::opt.step"):
+                with (
+                    profile(activities=[ProfilerActivity.CPU]) as prof,
+                    record_function("bench::opt.step"),
+                ):
                     opt.step()
                     sync()
                 row = {"key": key, "label": s.label, "phase": ph, "wall_s": walls[ph]}
@@ -836,8 +940,11 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "torch_blas": "MKL" if torch.backends.mkl.is_available() else "non-MKL",
-        "thread_env": {k: os.environ[k] for k in (
-            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k in os.environ},
+        "thread_env": {
+            k: os.environ[k]
+            for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+            if k in os.environ
+        },
         "device": device,
     }
     if device.startswith("cuda"):
@@ -864,14 +971,31 @@ def _phase(r: dict[str, Any], ph: str) -> float | None:
 def _cols(r: dict[str, Any]) -> list[str]:
     o, w = r["opt"], r["whole"]
     return [
-        r["label"], _ms(w["amortized_s"]), f"{r['ratio_whole']:.2f}", _ms(o["amortized_s"]),
-        f"{r['ratio_opt']:.1f}", _ms(_phase(r, "refresh")), _ms(_phase(r, "plain")),
-        _mib(r["state_bytes"]), f"{r['ratio_state']:.1f}", str(o["n"]),
+        r["label"],
+        _ms(w["amortized_s"]),
+        f"{r['ratio_whole']:.2f}",
+        _ms(o["amortized_s"]),
+        f"{r['ratio_opt']:.1f}",
+        _ms(_phase(r, "refresh")),
+        _ms(_phase(r, "plain")),
+        _mib(r["state_bytes"]),
+        f"{r['ratio_state']:.1f}",
+        str(o["n"]),
     ]
 
 
-HEADERS = ["optimizer", "whole step ms", "× AdamW", "opt.step ms", "× AdamW",
-           "refresh step ms", "plain step ms", "state MiB", "× AdamW", "n"]
+HEADERS = [
+    "optimizer",
+    "whole step ms",
+    "× AdamW",
+    "opt.step ms",
+    "× AdamW",
+    "refresh step ms",
+    "plain step ms",
+    "state MiB",
+    "× AdamW",
+    "n",
+]
 
 
 def _fwd_bwd(data: dict[str, Any]) -> float | None:
@@ -903,16 +1027,27 @@ def table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-PROFILE_HEADERS = ["optimizer", "step", "wall ms", "profiled ms", "matmul", "eigh",
-                   "copy/stack", "other aten", "Python", "aten calls"]
+PROFILE_HEADERS = [
+    "optimizer",
+    "step",
+    "wall ms",
+    "profiled ms",
+    "matmul",
+    "eigh",
+    "copy/stack",
+    "other aten",
+    "Python",
+    "aten calls",
+]
 
 
 def _profile_cells(r: dict[str, Any]) -> list[str]:
     tot = r["total_s"] or 1.0
-    pct = [f"{100 * r['self_s'][k] / tot:.0f}%" for k in
-           ("matmul", "eigh", "copy/stack", "other aten", "python")]
-    return [r["label"], r["phase"], _ms(r["wall_s"]), _ms(r["total_s"]), *pct,
-            str(r["aten_calls"])]
+    pct = [
+        f"{100 * r['self_s'][k] / tot:.0f}%"
+        for k in ("matmul", "eigh", "copy/stack", "other aten", "python")
+    ]
+    return [r["label"], r["phase"], _ms(r["wall_s"]), _ms(r["total_s"]), *pct, str(r["aten_calls"])]
 
 
 def profile_table(rows: list[dict[str, Any]]) -> str:
@@ -925,9 +1060,18 @@ def profile_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _md_table(data: dict[str, Any]) -> list[str]:
-    heads = ["optimizer", "whole step (ms)", "× AdamW", "opt.step (ms)", "× AdamW",
-             "opt.step, refresh steps (ms)", "opt.step, plain steps (ms)",
-             "state (MiB)", "× AdamW", "timed steps"]
+    heads = [
+        "optimizer",
+        "whole step (ms)",
+        "× AdamW",
+        "opt.step (ms)",
+        "× AdamW",
+        "opt.step, refresh steps (ms)",
+        "opt.step, plain steps (ms)",
+        "state (MiB)",
+        "× AdamW",
+        "timed steps",
+    ]
     cuda = any(r.get("cuda_step_peak_bytes") is not None for r in data["results"])
     if cuda:
         heads.append("CUDA peak above live during opt.step (MiB)")
@@ -943,16 +1087,28 @@ def _md_table(data: dict[str, Any]) -> list[str]:
 
 
 def markers() -> tuple[str, str]:
-    return ("<!-- optim-bench:begin (written by `python -m spectral_curv.bench optim`) -->",
-            "<!-- optim-bench:end -->")
+    return (
+        "<!-- optim-bench:begin (written by `python -m spectral_curv.bench optim`) -->",
+        "<!-- optim-bench:end -->",
+    )
 
 
 def command(cfg: dict[str, Any], *, profile: bool = False, threads: int | None = None) -> str:
     """The command line that reproduces a run of ``cfg`` (defaults left out)."""
     d = Config()
     parts = ["python -m spectral_curv.bench optim"]
-    for name in ("width", "depth", "vocab", "seq", "tokens", "steps", "warmup", "device",
-                 "dtype", "seed"):
+    for name in (
+        "width",
+        "depth",
+        "vocab",
+        "seq",
+        "tokens",
+        "steps",
+        "warmup",
+        "device",
+        "dtype",
+        "seed",
+    ):
         if cfg[name] != getattr(d, name):
             parts.append(f"--{name} {cfg[name]}")
     if tuple(cfg["intervals"]) != d.intervals:
@@ -970,8 +1126,9 @@ def command(cfg: dict[str, Any], *, profile: bool = False, threads: int | None =
     return " ".join(parts)
 
 
-def markdown_section(data: dict[str, Any], *, plot_path: str | None = None,
-                     json_path: str | None = None) -> str:
+def markdown_section(
+    data: dict[str, Any], *, plot_path: str | None = None, json_path: str | None = None
+) -> str:
     """The generated part of ``docs/benchmarks_optim.md`` (between its markers)."""
     m, c = data["machine"], data["config"]
     begin, end = markers()
@@ -985,27 +1142,41 @@ def markdown_section(data: dict[str, Any], *, plot_path: str | None = None,
         f"{c['batch'] * c['seq']} synthetic tokens per step. Up to {c['steps']} timed steps "
         f"after {c['warmup']} untimed warm-up steps; the optimizers step round-robin, each on "
         "its own copy of the model, on the same batches. Forward + backward alone: "
-        f"≈ {_ms(_fwd_bwd(data))} ms (median over optimizers).")
+        f"≈ {_ms(_fwd_bwd(data))} ms (median over optimizers)."
+    )
     lines.append("")
     probe = m.get("probe_s") or [0.0]
-    lines.append("**Machine.** " + "; ".join(filter(None, [
-        m["cpu"],
-        f"{m['cpus_usable']} usable CPU cores (os.cpu_count() = {m['cpu_count']})",
-        f"torch {m['torch']} ({m['torch_blas']}; intra-op threads: {m['torch_threads']}, "
-        f"inter-op: {m['torch_interop_threads']})",
-        f"GPU {m['gpu']} (CUDA {m['cuda']})" if "gpu" in m else "",
-        f"Python {m['python']}",
-        f"thread env {m['thread_env']}" if m["thread_env"] else "",
-        f"load average {m.get('loadavg_start')} → {m.get('loadavg_end')}",
-        f"contention probe (20 small elementwise ops, once per round) min/median/max "
-        f"{_ms(min(probe))}/{_ms(_median(probe))}/{_ms(max(probe))} ms",
-        f"{c['date']}, timing run {c['wall_s']:.0f} s"
-        + (f" + profile {c['profile_wall_s']:.0f} s" if "profile_wall_s" in c else ""),
-    ])) + ".")
+    lines.append(
+        "**Machine.** "
+        + "; ".join(
+            filter(
+                None,
+                [
+                    m["cpu"],
+                    f"{m['cpus_usable']} usable CPU cores (os.cpu_count() = {m['cpu_count']})",
+                    f"torch {m['torch']} ({m['torch_blas']}; "
+                    f"intra-op threads: {m['torch_threads']}, "
+                    f"inter-op: {m['torch_interop_threads']})",
+                    f"GPU {m['gpu']} (CUDA {m['cuda']})" if "gpu" in m else "",
+                    f"Python {m['python']}",
+                    f"thread env {m['thread_env']}" if m["thread_env"] else "",
+                    f"load average {m.get('loadavg_start')} → {m.get('loadavg_end')}",
+                    f"contention probe (20 small elementwise ops, once per round) min/median/max "
+                    f"{_ms(min(probe))}/{_ms(_median(probe))}/{_ms(max(probe))} ms",
+                    f"{c['date']}, timing run {c['wall_s']:.0f} s"
+                    + (f" + profile {c['profile_wall_s']:.0f} s" if "profile_wall_s" in c else ""),
+                ],
+            )
+        )
+        + "."
+    )
     lines.append("")
     cmd = command(c, profile=bool(data.get("profile")), threads=c.get("threads"))
-    lines.append(f"Reproduce: `{cmd}`"
-                 + (f"; raw numbers: [`{json_path}`]({json_path})" if json_path else "") + ".")
+    lines.append(
+        f"Reproduce: `{cmd}`"
+        + (f"; raw numbers: [`{json_path}`]({json_path})" if json_path else "")
+        + "."
+    )
     lines.append("")
     lines.extend(_md_table(data))
     lines.append("")
@@ -1020,7 +1191,8 @@ def markdown_section(data: dict[str, Any], *, plot_path: str | None = None,
         "the tensors in the optimizer's state (Muon rows: Muon + its AdamW). × AdamW = ratio "
         "to AdamW's number from the same run. *Timed steps*: a lane whose timed steps "
         f"exceed {c['lane_budget_s']:g} s stops once it has ≥ {c['min_steps']} samples of each "
-        "step kind (plain, refresh).")
+        "step kind (plain, refresh)."
+    )
     lines.append("")
     if plot_path:
         lines.append(f"![step time per optimizer]({plot_path})")
@@ -1033,15 +1205,29 @@ def markdown_section(data: dict[str, Any], *, plot_path: str | None = None,
 
 
 def _md_profile(rows: list[dict[str, Any]]) -> list[str]:
-    heads = ["optimizer", "step", "wall (ms)", "profiled (ms)", "matmul", "eigh",
-             "copy/stack", "other aten ops", "Python + dispatch", "aten calls"]
-    out = ["**Where `opt.step()` spends its time** (torch.profiler; each optimizer runs "
-           "alone with `precond_warmup=0`, so its schedule is T-periodic from step 1; one "
-           "step of each kind from step 2 on; self CPU time by category as a share of the "
-           "profiled step; 'wall' is the previous step of the same kind timed without the "
-           "profiler; 'Python + dispatch' is time inside `opt.step()` outside every aten op; "
-           "the profiler itself adds a few µs per op).", "",
-           "| " + " | ".join(heads) + " |", "|---|---|" + "---:|" * (len(heads) - 2)]
+    heads = [
+        "optimizer",
+        "step",
+        "wall (ms)",
+        "profiled (ms)",
+        "matmul",
+        "eigh",
+        "copy/stack",
+        "other aten ops",
+        "Python + dispatch",
+        "aten calls",
+    ]
+    out = [
+        "**Where `opt.step()` spends its time** (torch.profiler; each optimizer runs "
+        "alone with `precond_warmup=0`, so its schedule is T-periodic from step 1; one "
+        "step of each kind from step 2 on; self CPU time by category as a share of the "
+        "profiled step; 'wall' is the previous step of the same kind timed without the "
+        "profiler; 'Python + dispatch' is time inside `opt.step()` outside every aten op; "
+        "the profiler itself adds a few µs per op).",
+        "",
+        "| " + " | ".join(heads) + " |",
+        "|---|---|" + "---:|" * (len(heads) - 2),
+    ]
     out += ["| " + " | ".join(_profile_cells(r)) + " |" for r in rows]
     out.append("")
     return out
@@ -1061,31 +1247,48 @@ def _remarks(data: dict[str, Any], res: dict[str, dict[str, Any]]) -> list[str]:
         if e:
             q = r["opt"]["amortized_s"] / e["opt"]["amortized_s"]
             vs = f"; {q:.2f}× the eigh reference's opt.step at the same T"
-        out.append(f"- SpectralKron T={r['interval']} p={r['p']:g}: whole step "
-                   f"{r['ratio_whole']:.2f}× AdamW, opt.step {r['ratio_opt']:.1f}× AdamW{vs}.")
+        out.append(
+            f"- SpectralKron T={r['interval']} p={r['p']:g}: whole step "
+            f"{r['ratio_whole']:.2f}× AdamW, opt.step {r['ratio_opt']:.1f}× AdamW{vs}."
+        )
     if "muon_bf16" in res and "muon_fp32" in res:
         b, f = res["muon_bf16"], res["muon_fp32"]
         out.append(
             "- Muon: torch.optim.Muon (Newton–Schulz in bf16) opt.step "
             f"{_ms(b['opt']['amortized_s'])} ms vs the fp32 Newton–Schulz copy "
             f"{_ms(f['opt']['amortized_s'])} ms"
-            + (": bf16 matmuls are slow on this CPU; on a GPU the bf16 row is the one "
-               "that counts." if c["device"] == "cpu" else "."))
+            + (
+                ": bf16 matmuls are slow on this CPU; on a GPU the bf16 row is the one that counts."
+                if c["device"] == "cpu"
+                else "."
+            )
+        )
     ps = sorted({r["p"] for r in spec})
     if len(ps) > 1:
         pairs = []
         for T in c["intervals"]:
             row = {r["p"]: r for r in spec if r["interval"] == T}
             if len(row) == len(ps):
-                pairs.append(f"T={T}: " + " vs ".join(
-                    f"{_ms(row[p]['opt']['amortized_s'])} ms (p={p:g})" for p in ps))
-        out.append("- The root p changes only elementwise exponents, not the work: opt.step "
-                   + "; ".join(pairs) + ".")
-    bad = [r["key"] for r in spec if r.get("refreshes_counted") is not None
-           and r["refreshes_counted"] != r["refreshes_expected"]]
+                pairs.append(
+                    f"T={T}: "
+                    + " vs ".join(f"{_ms(row[p]['opt']['amortized_s'])} ms (p={p:g})" for p in ps)
+                )
+        out.append(
+            "- The root p changes only elementwise exponents, not the work: opt.step "
+            + "; ".join(pairs)
+            + "."
+        )
+    bad = [
+        r["key"]
+        for r in spec
+        if r.get("refreshes_counted") is not None
+        and r["refreshes_counted"] != r["refreshes_expected"]
+    ]
     if bad:
-        out.append(f"- WARNING: the refresh schedule assumed here disagrees with the "
-                   f"optimizer's own counter for {bad}: the phase split is wrong for them.")
+        out.append(
+            f"- WARNING: the refresh schedule assumed here disagrees with the "
+            f"optimizer's own counter for {bad}: the phase split is wrong for them."
+        )
     nonfinite = [r["key"] for r in data["results"] if not math.isfinite(r["final_loss"])]
     if nonfinite:
         out.append(f"- WARNING: non-finite final loss for {nonfinite}.")
@@ -1097,9 +1300,12 @@ def _remarks(data: dict[str, Any], res: dict[str, dict[str, Any]]) -> list[str]:
             f"({c['device']}, width {c['width']}, {tokens} tokens) is outside that regime, so "
             "it neither tests nor refutes the target. At small width and batch the forward "
             "+ backward is cheap next to a Kronecker preconditioner's O(n³) factor work, so "
-            "every second-order method looks worse here than at scale.")
-    out.append("- Timing only: learning rates are untuned and no convergence comparison is "
-               "made (the final losses in the JSON are a finiteness check).")
+            "every second-order method looks worse here than at scale."
+        )
+    out.append(
+        "- Timing only: learning rates are untuned and no convergence comparison is "
+        "made (the final losses in the JSON are a finiteness check)."
+    )
     out.append("")
     return out
 
@@ -1143,25 +1349,41 @@ def plot(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
             o, label = cap - fb, f"  bar cut: {end:.0f} ms;" + label
             end = cap
         ax.barh(y, fb, color="0.85", edgecolor="0.6", lw=0.5)
-        ax.barh(y, o, left=fb, color=colors[r["family"]], edgecolor="0.3", lw=0.5,
-                hatch="//" if end == cap else None)
+        ax.barh(
+            y,
+            o,
+            left=fb,
+            color=colors[r["family"]],
+            edgecolor="0.3",
+            lw=0.5,
+            hatch="//" if end == cap else None,
+        )
         ax.text(end, y, label, va="center", fontsize=7.5)
     ax.set_yticks(ys)
     ax.set_yticklabels([r["label"] for r in rows], fontsize=8)
     ax.set_xlabel("time per training step [ms]   (median; refresh schedules amortized over T)")
     ax.set_xlim(0, (cap if cap is not None else totals[-1]) * (1.45 if cap else 1.22))
     handles = [Patch(facecolor="0.85", edgecolor="0.6", label="zero_grad + forward + backward")]
-    names = {"adamw": "opt.step(): AdamW", "muon": "opt.step(): Muon + AdamW",
-             "spectral": "opt.step(): SpectralKron", "eigh": f"opt.step(): {EIGH_LABEL}"}
+    names = {
+        "adamw": "opt.step(): AdamW",
+        "muon": "opt.step(): Muon + AdamW",
+        "spectral": "opt.step(): SpectralKron",
+        "eigh": f"opt.step(): {EIGH_LABEL}",
+    }
     for fam in dict.fromkeys(r["family"] for r in rows):
         handles.append(Patch(facecolor=colors[fam], edgecolor="0.3", label=names[fam]))
     ax.legend(handles=handles, fontsize=7.5, loc="lower right", frameon=True)
-    where = (f"{m.get('gpu')}" if c["device"] != "cpu" else
-             f"CPU, {m['cpus_usable']} cores, torch threads: {m['torch_threads']}")
+    where = (
+        f"{m.get('gpu')}"
+        if c["device"] != "cpu"
+        else f"CPU, {m['cpus_usable']} cores, torch threads: {m['torch_threads']}"
+    )
     ax.set_title(
         f"Training-step time: width {c['width']}, depth {c['depth']}, "
         f"{c['batch'] * c['seq']} tokens/step, {c['dtype']}, {where}\n"
-        "labels: whole step × AdamW  (opt.step × AdamW), same run", fontsize=9)
+        "labels: whole step × AdamW  (opt.step × AdamW), same run",
+        fontsize=9,
+    )
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_axisbelow(True)
     fig.tight_layout()
@@ -1178,50 +1400,111 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = Config()
     p.add_argument("--width", type=int, default=None, help=f"model width (default {d.width})")
     p.add_argument("--depth", type=int, default=None, help=f"blocks (default {d.depth})")
-    p.add_argument("--vocab", type=int, default=None,
-                   help=f"vocabulary size (default {d.vocab}, byte-level)")
-    p.add_argument("--seq", type=int, default=None,
-                   help=f"sequence length (default min({d.seq}, tokens))")
-    p.add_argument("--tokens", type=int, default=None,
-                   help=f"tokens per step = batch × seq (default {d.tokens})")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"timed steps per optimizer, at most (default {d.steps})")
-    p.add_argument("--warmup", type=int, default=None,
-                   help=f"untimed warm-up steps (default {d.warmup})")
-    p.add_argument("--intervals", type=int, nargs="+", default=None, metavar="T",
-                   help="update_interval of SpectralKron and the eigh reference "
-                        "(default " + " ".join(map(str, d.intervals)) + ")")
-    p.add_argument("--powers", type=float, nargs="+", default=None, metavar="P",
-                   help="SpectralKron roots p (default " + " ".join(f"{x:g}" for x in d.powers)
-                        + ")")
-    p.add_argument("--power-intervals", type=int, nargs="*", default=None, metavar="T",
-                   help="time the powers after the first only at these T (default "
-                        + " ".join(map(str, d.power_intervals)) + "; none given: every T)")
-    p.add_argument("--lane-budget", type=float, default=None, metavar="SECONDS",
-                   help=f"stop timing an optimizer after this many seconds of timed steps "
-                        f"(once it has {d.min_steps} samples of each step kind; default "
-                        f"{d.lane_budget_s:g}; 0: never)")
-    p.add_argument("--only", nargs="+", default=None, metavar="KEY",
-                   help="time only these optimizer keys (AdamW always), e.g. adamw muon_bf16 "
-                        "muon_fp32 spectral_T2_p2 eigh_T2")
+    p.add_argument(
+        "--vocab", type=int, default=None, help=f"vocabulary size (default {d.vocab}, byte-level)"
+    )
+    p.add_argument(
+        "--seq", type=int, default=None, help=f"sequence length (default min({d.seq}, tokens))"
+    )
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help=f"tokens per step = batch × seq (default {d.tokens})",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"timed steps per optimizer, at most (default {d.steps})",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=None, help=f"untimed warm-up steps (default {d.warmup})"
+    )
+    p.add_argument(
+        "--intervals",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="T",
+        help="update_interval of SpectralKron and the eigh reference "
+        "(default " + " ".join(map(str, d.intervals)) + ")",
+    )
+    p.add_argument(
+        "--powers",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="P",
+        help="SpectralKron roots p (default " + " ".join(f"{x:g}" for x in d.powers) + ")",
+    )
+    p.add_argument(
+        "--power-intervals",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="T",
+        help="time the powers after the first only at these T (default "
+        + " ".join(map(str, d.power_intervals))
+        + "; none given: every T)",
+    )
+    p.add_argument(
+        "--lane-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"stop timing an optimizer after this many seconds of timed steps "
+        f"(once it has {d.min_steps} samples of each step kind; default "
+        f"{d.lane_budget_s:g}; 0: never)",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="KEY",
+        help="time only these optimizer keys (AdamW always), e.g. adamw muon_bf16 "
+        "muon_fp32 spectral_T2_p2 eigh_T2",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="model parameter dtype (default float32)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="model parameter dtype (default float32)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--profile", action="store_true",
-                   help="also profile one refresh and one plain opt.step() of AdamW, Muon "
-                        "(fp32 NS), SpectralKron and the eigh reference (first T given)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: width 32, depth 1, 64 tokens, 3 steps; writes nothing "
-                        "unless asked")
-    p.add_argument("--out", default=None, metavar="MD",
-                   help="markdown file (default docs/benchmarks_optim.md; not with --quick)")
-    p.add_argument("--plot", default=None, metavar="PNG",
-                   help="bar chart (default docs/img/optim_step_time.png; not with --quick)")
-    p.add_argument("--json", default=None, metavar="PATH",
-                   help="raw numbers (default: --out with .json; '-' for stdout)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one refresh and one plain opt.step() of AdamW, Muon "
+        "(fp32 NS), SpectralKron and the eigh reference (first T given)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: width 32, depth 1, 64 tokens, 3 steps; writes nothing unless asked",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="MD",
+        help="markdown file (default docs/benchmarks_optim.md; not with --quick)",
+    )
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="bar chart (default docs/img/optim_step_time.png; not with --quick)",
+    )
+    p.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="raw numbers (default: --out with .json; '-' for stdout)",
+    )
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
@@ -1235,8 +1518,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             base[name] = v
     if args.lane_budget is not None:
         base["lane_budget_s"] = args.lane_budget
-    cfg = Config(**base, device=args.device, dtype=args.dtype, seed=args.seed,
-                 quick=args.quick)
+    cfg = Config(**base, device=args.device, dtype=args.dtype, seed=args.seed, quick=args.quick)
     if args.seq is None:
         cfg.seq = min(cfg.seq, cfg.tokens)
     if args.intervals:
@@ -1275,10 +1557,12 @@ def main(args: argparse.Namespace) -> int:
     load = _loadavg()
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if not args.quick and load and ncpu and load[0] > 0.5 * ncpu:
-        print(f"warning: load average {load[0]} on {ncpu} usable cores: other jobs share this "
-              f"machine; with {torch.get_num_threads()} torch threads every parallel op can "
-              "wait on a descheduled thread (try --threads 1 for steadier ratios)",
-              file=sys.stderr)
+        print(
+            f"warning: load average {load[0]} on {ncpu} usable cores: other jobs share this "
+            f"machine; with {torch.get_num_threads()} torch threads every parallel op can "
+            "wait on a descheduled thread (try --threads 1 for steadier ratios)",
+            file=sys.stderr,
+        )
     data = run(cfg, keys=args.only, progress=progress)
     data["config"]["threads"] = args.threads
     if args.profile:
@@ -1311,7 +1595,8 @@ def main(args: argparse.Namespace) -> int:
                 return None
             return os.path.relpath(Path(path).resolve(), base)
 
-        write_markdown(args.out, markdown_section(data, plot_path=rel(plot_path),
-                                                  json_path=rel(args.json)))
+        write_markdown(
+            args.out, markdown_section(data, plot_path=rel(plot_path), json_path=rel(args.json))
+        )
         print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -226,8 +226,9 @@ def _newton_schulz5_torch(g: Any, steps: int = NS_STEPS, eps: float = 1e-7) -> A
     return x.T if g.size(0) > g.size(1) else x
 
 
-def eigh_refresh(xp: Any, left: Any, right: Any, g: Any, *, p: float = P_ROOT,
-                 beta: float = EIGH_BETA) -> tuple[Any, Any]:
+def eigh_refresh(
+    xp: Any, left: Any, right: Any, g: Any, *, p: float = P_ROOT, beta: float = EIGH_BETA
+) -> tuple[Any, Any]:
     """Shampoo/SOAP-style refresh + step: accumulate both factors, ``eigh`` both, precondition.
 
     Returns ``((L, R, Q_L, λ_L, Q_R, λ_R), step)`` with
@@ -270,8 +271,9 @@ def _inputs(n: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def _callables(backend: str, n: int, terms: int, seed: int,
-               methods: Sequence[str]) -> tuple[Callable[[], Any], dict[str, Callable[[], Any]]]:
+def _callables(
+    backend: str, n: int, terms: int, seed: int, methods: Sequence[str]
+) -> tuple[Callable[[], Any], dict[str, Callable[[], Any]]]:
     """``(matmul, {method: fn})`` for one backend and size, on fp32 arrays of that backend."""
     from .. import backends as _backends
     from .. import kron
@@ -295,7 +297,12 @@ def _callables(backend: str, n: int, terms: int, seed: int,
     def spectral(cayley: str) -> Callable[[], Any]:
         def fn() -> Any:
             return kron.precondition_and_update(
-                state, g, p=P_ROOT, beta2=BETA2, cayley=cayley, cayley_terms=terms,
+                state,
+                g,
+                p=P_ROOT,
+                beta2=BETA2,
+                cayley=cayley,
+                cayley_terms=terms,
                 exp="first_order",
             )
 
@@ -306,9 +313,11 @@ def _callables(backend: str, n: int, terms: int, seed: int,
             return spectral("quadratic")()
 
     if backend == "torch":
+
         def muon() -> Any:
             return _newton_schulz5_torch(g)
     else:
+
         def muon() -> Any:
             return newton_schulz5(xp, g)
 
@@ -385,9 +394,17 @@ def _clock(fn: Callable[[], Any]) -> tuple[float, int]:
     return t, _minflt() - f0
 
 
-def _time_size(backend: str, n: int, *, repeats: int, terms: int, seed: int,
-               methods: Sequence[str], budget_s: float | None = None,
-               progress: Callable[[str], None] | None = None) -> list[Result]:
+def _time_size(
+    backend: str,
+    n: int,
+    *,
+    repeats: int,
+    terms: int,
+    seed: int,
+    methods: Sequence[str],
+    budget_s: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Result]:
     matmul, fns = _callables(backend, n, terms, seed, methods)
     # Warm-up: BLAS/LAPACK thread pools, allocator, first-call dispatch; it also measures
     # one round, which sets the number of rounds when a time budget is given.
@@ -402,8 +419,7 @@ def _time_size(backend: str, n: int, *, repeats: int, terms: int, seed: int,
 
     def sample() -> tuple[float, int]:
         base = [_clock(matmul) for _ in range(inner)]
-        return (statistics.median(t for t, _ in base),
-                int(statistics.median(f for _, f in base)))
+        return (statistics.median(t for t, _ in base), int(statistics.median(f for _, f in base)))
 
     mm: list[float] = []
     mm_flt: list[int] = []
@@ -432,23 +448,37 @@ def _time_size(backend: str, n: int, *, repeats: int, terms: int, seed: int,
     for m in fns:
         ts = times[m]
         a = analytic(m, terms)
-        out.append(Result(
-            backend=backend, n=n, method=m, label=LABELS[m].format(K=terms),
-            times_s=ts, matmul_times_s=mm,
-            median_s=statistics.median(ts), matmul_median_s=mm_med,
-            ratio=statistics.median(local[m]),
-            ratio_of_medians=statistics.median(ts) / mm_med,
-            ratio_min=min(ts) / min(mm),
-            products=a["products"], syrk=a["syrk"] if backend == "numpy" else 0,
-            other=a["other"], analytic=analytic_label(m, backend, terms),
-            flop_eq=flop_eq(m, backend, terms),
-            extra={"page_faults": int(statistics.median(faults[m])),
-                   "matmul_page_faults": int(statistics.median(mm_flt)),
-                   "rounds": rounds, "matmul_calls_per_sample": inner},
-        ))
+        out.append(
+            Result(
+                backend=backend,
+                n=n,
+                method=m,
+                label=LABELS[m].format(K=terms),
+                times_s=ts,
+                matmul_times_s=mm,
+                median_s=statistics.median(ts),
+                matmul_median_s=mm_med,
+                ratio=statistics.median(local[m]),
+                ratio_of_medians=statistics.median(ts) / mm_med,
+                ratio_min=min(ts) / min(mm),
+                products=a["products"],
+                syrk=a["syrk"] if backend == "numpy" else 0,
+                other=a["other"],
+                analytic=analytic_label(m, backend, terms),
+                flop_eq=flop_eq(m, backend, terms),
+                extra={
+                    "page_faults": int(statistics.median(faults[m])),
+                    "matmul_page_faults": int(statistics.median(mm_flt)),
+                    "rounds": rounds,
+                    "matmul_calls_per_sample": inner,
+                },
+            )
+        )
     if progress is not None:
-        progress(f"[{backend} n={n}] matmul {1e3 * mm_med:.2f} ms, {rounds} rounds; "
-                 + ", ".join(f"{SHORT[x.method]} {x.ratio:.1f}" for x in out))
+        progress(
+            f"[{backend} n={n}] matmul {1e3 * mm_med:.2f} ms, {rounds} rounds; "
+            + ", ".join(f"{SHORT[x.method]} {x.ratio:.1f}" for x in out)
+        )
     return out
 
 
@@ -484,10 +514,17 @@ def set_malloc(mode: str) -> bool:
         return False
 
 
-def run(sizes: Iterable[int] = DEFAULT_SIZES, backends: Iterable[str] | None = None, *,
-        repeats: int = 5, terms: int = 1, seed: int = 0, budget_s: float | None = None,
-        malloc: str = "default",
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run(
+    sizes: Iterable[int] = DEFAULT_SIZES,
+    backends: Iterable[str] | None = None,
+    *,
+    repeats: int = 5,
+    terms: int = 1,
+    seed: int = 0,
+    budget_s: float | None = None,
+    malloc: str = "default",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Time every method for every (backend, n); returns ``{"machine", "config", "results"}``.
 
     ``results`` is a list of :class:`Result` as dicts. ``repeats`` rounds, each with its
@@ -510,9 +547,18 @@ def run(sizes: Iterable[int] = DEFAULT_SIZES, backends: Iterable[str] | None = N
     results: list[Result] = []
     for b in backends:
         for n in sizes:
-            results.extend(_time_size(b, n, repeats=repeats, terms=terms, seed=seed + n,
-                                      methods=methods_for(b), budget_s=budget_s,
-                                      progress=progress))
+            results.extend(
+                _time_size(
+                    b,
+                    n,
+                    repeats=repeats,
+                    terms=terms,
+                    seed=seed + n,
+                    methods=methods_for(b),
+                    budget_s=budget_s,
+                    progress=progress,
+                )
+            )
     _inputs.cache_clear()
     info = machine_info(backends)
     info["malloc"] = malloc if malloc_ok else f"{malloc} (not applied: not glibc)"
@@ -521,13 +567,18 @@ def run(sizes: Iterable[int] = DEFAULT_SIZES, backends: Iterable[str] | None = N
     return {
         "machine": info,
         "config": {
-            "sizes": sizes, "backends": list(backends), "repeats": repeats,
+            "sizes": sizes,
+            "backends": list(backends),
+            "repeats": repeats,
             "budget_s": budget_s,
-            "cayley_terms": terms, "dtype": "float32", "p": P_ROOT, "beta2": BETA2,
-            "seed": seed, "wall_s": time.perf_counter() - t0,
+            "cayley_terms": terms,
+            "dtype": "float32",
+            "p": P_ROOT,
+            "beta2": BETA2,
+            "seed": seed,
+            "wall_s": time.perf_counter() - t0,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "target": {"method": TARGET_METHOD, "max_ratio": TARGET,
-                       "min_n": TARGET_MIN_N},
+            "target": {"method": TARGET_METHOD, "max_ratio": TARGET, "min_n": TARGET_MIN_N},
         },
         "results": [asdict(r) for r in results],
     }
@@ -562,15 +613,22 @@ def _openblas_threads() -> int | None:
     except Exception:  # threadpoolctl is optional
         pass
     with contextlib.suppress(OSError):
-        libs = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
-                if "openblas" in line.lower() and ".so" in line}
+        libs = {
+            line.split()[-1]
+            for line in Path("/proc/self/maps").read_text().splitlines()
+            if "openblas" in line.lower() and ".so" in line
+        }
         for path in sorted(libs):
             try:
                 lib = ctypes.CDLL(path)
             except OSError:
                 continue
-            for sym in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-                        "openblas_get_num_threads64_", "openblas_get_num_threads"):
+            for sym in (
+                "scipy_openblas_get_num_threads64_",
+                "scipy_openblas_get_num_threads",
+                "openblas_get_num_threads64_",
+                "openblas_get_num_threads",
+            ):
                 f = getattr(lib, sym, None)
                 if f is not None:
                     f.restype = ctypes.c_int
@@ -601,8 +659,11 @@ def machine_info(backends: Iterable[str] = ("numpy",)) -> dict[str, Any]:
         "numpy": np.__version__,
         "numpy_blas": _numpy_blas(),
         "numpy_blas_threads": _openblas_threads(),
-        "thread_env": {k: os.environ[k] for k in (
-            "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+        "thread_env": {
+            k: os.environ[k]
+            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            if k in os.environ
+        },
     }
     if "torch" in backends:
         import torch
@@ -622,8 +683,10 @@ def _fmt(x: float | None, nd: int = 1) -> str:
 
 def table(data: dict[str, Any]) -> str:
     """Plain-text table: one line per (backend, n, method), measured beside analytic."""
-    head = (f"{'backend':<7} {'n':>5} {'method':<40} {'ms':>9} {'matmul ms':>9} "
-            f"{'mm-eq':>6} {'med/med':>7} {'min':>6} {'products':>10} {'flop-eq':>7}")
+    head = (
+        f"{'backend':<7} {'n':>5} {'method':<40} {'ms':>9} {'matmul ms':>9} "
+        f"{'mm-eq':>6} {'med/med':>7} {'min':>6} {'products':>10} {'flop-eq':>7}"
+    )
     lines = [head, "-" * len(head)]
     prev = None
     for r in data["results"]:
@@ -634,12 +697,17 @@ def table(data: dict[str, Any]) -> str:
         lines.append(
             f"{r['backend']:<7} {r['n']:>5} {r['label']:<40} {1e3 * r['median_s']:>9.2f} "
             f"{1e3 * r['matmul_median_s']:>9.2f} {r['ratio']:>6.1f} {r['ratio_of_medians']:>7.1f} "
-            f"{r['ratio_min']:>6.1f} {r['analytic']:>10} {_fmt(r['flop_eq']):>7}")
+            f"{r['ratio_min']:>6.1f} {r['analytic']:>10} {_fmt(r['flop_eq']):>7}"
+        )
     lines.append("")
-    lines.append("mm-eq = median over rounds of call time ÷ the matmul samples just before and "
-                 "after it; med/med = median(call)/median(matmul); min = min/min.")
-    lines.append("products = analytic n×n×n products per call; flop-eq = their flops in "
-                 "matmul units on that backend (numpy: A·Aᵀ runs as syrk = ½).")
+    lines.append(
+        "mm-eq = median over rounds of call time ÷ the matmul samples just before and "
+        "after it; med/med = median(call)/median(matmul); min = min/min."
+    )
+    lines.append(
+        "products = analytic n×n×n products per call; flop-eq = their flops in "
+        "matmul units on that backend (numpy: A·Aᵀ runs as syrk = ½)."
+    )
     verdict = target_verdict(data)
     if verdict:
         lines.extend("target on " + v for v in verdict.splitlines())
@@ -652,16 +720,21 @@ def target_verdict(data: dict[str, Any]) -> str:
     method = data["config"].get("target", {}).get("method", TARGET_METHOD)
     out = []
     for b in data["config"]["backends"]:
-        rows = [r for r in data["results"] if r["backend"] == b
-                and r["method"] == method and r["n"] >= TARGET_MIN_N]
+        rows = [
+            r
+            for r in data["results"]
+            if r["backend"] == b and r["method"] == method and r["n"] >= TARGET_MIN_N
+        ]
         if not rows:
             continue
         worst = max(rows, key=lambda r: r["ratio"])
         ok = all(r["ratio"] <= TARGET for r in rows)
         cells = ", ".join(f"n={r['n']}: {r['ratio']:.1f}" for r in rows)
-        out.append(f"{b}: {'MET' if ok else 'NOT MET'} ({cells}; worst {worst['ratio']:.1f}) "
-                   f"for ≤ {TARGET:g} mm-eq, {LABELS[method].format(K=terms)}, "
-                   f"n ≥ {TARGET_MIN_N}")
+        out.append(
+            f"{b}: {'MET' if ok else 'NOT MET'} ({cells}; worst {worst['ratio']:.1f}) "
+            f"for ≤ {TARGET:g} mm-eq, {LABELS[method].format(K=terms)}, "
+            f"n ≥ {TARGET_MIN_N}"
+        )
     return "\n".join(out)
 
 
@@ -671,8 +744,11 @@ def _wide(data: dict[str, Any], backend: str) -> list[str]:
     sizes = sorted({r["n"] for r in rows})
     terms = data["config"]["cayley_terms"]
     cell = {(r["n"], r["method"]): r for r in rows}
-    head = ("| n | matmul (ms) | " + " | ".join(LABELS[m].format(K=terms) for m in methods)
-            + " | rounds | page faults / call (spectral; matmul) |")
+    head = (
+        "| n | matmul (ms) | "
+        + " | ".join(LABELS[m].format(K=terms) for m in methods)
+        + " | rounds | page faults / call (spectral; matmul) |"
+    )
     lines = [head, "|" + "---:|" * (4 + len(methods))]
     prods = " | ".join(analytic_label(m, backend, terms) for m in methods)
     flops = " | ".join(_fmt(flop_eq(m, backend, terms)) for m in methods)
@@ -689,15 +765,18 @@ def _wide(data: dict[str, Any], backend: str) -> list[str]:
             vals.append(v)
         ex = cell[(n, methods[0])].get("extra", {})
         pf = f"{ex.get('page_faults', '?')}; {ex.get('matmul_page_faults', '?')}"
-        lines.append(f"| {n} | {1e3 * mm:.2f} | " + " | ".join(vals)
-                     + f" | {ex.get('rounds', '?')} | {pf} |")
+        lines.append(
+            f"| {n} | {1e3 * mm:.2f} | " + " | ".join(vals) + f" | {ex.get('rounds', '?')} | {pf} |"
+        )
     return lines
 
 
 def markers(tag: str = "precond") -> tuple[str, str]:
     """The BEGIN/END comment lines that delimit a generated section in the markdown."""
-    return (f"<!-- {tag}-bench:begin (written by `python -m spectral_curv.bench precond`) -->",
-            f"<!-- {tag}-bench:end -->")
+    return (
+        f"<!-- {tag}-bench:begin (written by `python -m spectral_curv.bench precond`) -->",
+        f"<!-- {tag}-bench:end -->",
+    )
 
 
 def section_tag(data: dict[str, Any]) -> str:
@@ -706,8 +785,13 @@ def section_tag(data: dict[str, Any]) -> str:
     return "precond" if mode == "default" else f"precond-{mode}"
 
 
-def markdown_section(data: dict[str, Any], *, plot_path: str | None = None,
-                     json_path: str | None = None, notes: str = "") -> str:
+def markdown_section(
+    data: dict[str, Any],
+    *,
+    plot_path: str | None = None,
+    json_path: str | None = None,
+    notes: str = "",
+) -> str:
     """The generated section: machine, one table per backend, verdict, and the raw numbers
     (a link to ``json_path`` where they were written, else inline JSON)."""
     m, c = data["machine"], data["config"]
@@ -718,34 +802,59 @@ def markdown_section(data: dict[str, Any], *, plot_path: str | None = None,
         title += f" (malloc: {mode})"
     lines = [begin, f"## {title}", ""]
     rounds = sorted({r.get("extra", {}).get("rounds", c["repeats"]) for r in data["results"]})
-    rtxt = (f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[-1]} (or {rounds[0]} where a "
-            f"size's rounds would exceed the {c.get('budget_s')} s budget; see 'rounds')")
-    cmd = "python -m spectral_curv.bench precond" + ("" if mode.startswith("default")
-                                                     else f" --malloc {mode.split()[0]}")
+    rtxt = (
+        f"{rounds[0]}"
+        if len(rounds) == 1
+        else f"{rounds[-1]} (or {rounds[0]} where a "
+        f"size's rounds would exceed the {c.get('budget_s')} s budget; see 'rounds')"
+    )
+    cmd = "python -m spectral_curv.bench precond" + (
+        "" if mode.startswith("default") else f" --malloc {mode.split()[0]}"
+    )
     lines.append(
         "Time of one call ÷ time of one n×n×n fp32 matmul `A @ B` measured in the same run "
         f"on the same backend: median over {rtxt} rounds of (call time ÷ mean of the matmul "
         "samples taken just before and just after the call; a sample is the median of 3 "
         "matmuls below 20 ms, else one), after one warm-up call of each. Square layers, "
-        f"float32, CPU. Reproduce with `{cmd}`.")
+        f"float32, CPU. Reproduce with `{cmd}`."
+    )
     lines.append("")
-    lines.append("**Machine.** " + "; ".join(filter(None, [
-        f"{m['cpu']}",
-        f"{m['cpus_usable']} usable CPU cores (os.cpu_count() = {m['cpu_count']})",
-        f"Python {m['python']}",
-        f"numpy {m['numpy']} ({m['numpy_blas']}, {m['numpy_blas_threads']} BLAS threads)",
-        (f"torch {m['torch']} ({m['torch_blas']}, {m['torch_threads']} threads)"
-         if "torch" in m else ""),
-        f"malloc {mode}",
-        f"load average {m.get('loadavg_start')} → {m.get('loadavg_end')}",
-        f"{c['date']}, whole run {c['wall_s']:.0f} s",
-    ])) + ".")
+    lines.append(
+        "**Machine.** "
+        + "; ".join(
+            filter(
+                None,
+                [
+                    f"{m['cpu']}",
+                    f"{m['cpus_usable']} usable CPU cores (os.cpu_count() = {m['cpu_count']})",
+                    f"Python {m['python']}",
+                    f"numpy {m['numpy']} ({m['numpy_blas']}, "
+                    f"{m['numpy_blas_threads']} BLAS threads)",
+                    (
+                        f"torch {m['torch']} ({m['torch_blas']}, {m['torch_threads']} threads)"
+                        if "torch" in m
+                        else ""
+                    ),
+                    f"malloc {mode}",
+                    f"load average {m.get('loadavg_start')} → {m.get('loadavg_end')}",
+                    f"{c['date']}, whole run {c['wall_s']:.0f} s",
+                ],
+            )
+        )
+        + "."
+    )
     lines.append("")
     for b in c["backends"]:
-        lines.append(f"**{b}**" + (" (spectral rows: the core through the array-API "
-                                   "namespace, with the registered torch fast paths; "
-                                   "'generic route': fast paths off)" if b == "torch" else
-                                   " (spectral rows: the core on numpy arrays)"))
+        lines.append(
+            f"**{b}**"
+            + (
+                " (spectral rows: the core through the array-API "
+                "namespace, with the registered torch fast paths; "
+                "'generic route': fast paths off)"
+                if b == "torch"
+                else " (spectral rows: the core on numpy arrays)"
+            )
+        )
         lines.append("")
         lines.extend(_wide(data, b))
         lines.append("")
@@ -794,10 +903,16 @@ def _compact_json(data: dict[str, Any]) -> str:
     """Valid JSON with one line for the machine, one for the config, one per result."""
     c = _compact(data)
     res = c["results"]
-    lines = ["{", f' "machine": {json.dumps(c["machine"], ensure_ascii=False)},',
-             f' "config": {json.dumps(c["config"], ensure_ascii=False)},', ' "results": [']
-    lines += [f"  {json.dumps(r, ensure_ascii=False)}" + ("," if i + 1 < len(res) else "")
-              for i, r in enumerate(res)]
+    lines = [
+        "{",
+        f' "machine": {json.dumps(c["machine"], ensure_ascii=False)},',
+        f' "config": {json.dumps(c["config"], ensure_ascii=False)},',
+        ' "results": [',
+    ]
+    lines += [
+        f"  {json.dumps(r, ensure_ascii=False)}" + ("," if i + 1 < len(res) else "")
+        for i, r in enumerate(res)
+    ]
     lines += [" ]", "}"]
     return "\n".join(lines)
 
@@ -807,8 +922,11 @@ def write_markdown(path: str | os.PathLike[str], section: str) -> None:
     p = Path(path)
     text = p.read_text() if p.exists() else "# Benchmarks\n\n"
     begin = section.split("\n", 1)[0]
-    end = next(line for line in section.splitlines() if line.startswith("<!-- ")
-               and line.endswith("-bench:end -->"))
+    end = next(
+        line
+        for line in section.splitlines()
+        if line.startswith("<!-- ") and line.endswith("-bench:end -->")
+    )
     if begin in text and end in text:
         pre, rest = text.split(begin, 1)
         post = rest.split(end, 1)[1]
@@ -827,39 +945,64 @@ def plot(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
     import matplotlib.pyplot as plt
 
     c, m = data["config"], data["machine"]
-    colors = {"spectral_quadratic": "C0", "spectral_neumann": "C4", "spectral_generic": "C9",
-              "spectral_exact": "C2", "eigh_refresh": "C3", "muon_ns5": "C1"}
+    colors = {
+        "spectral_quadratic": "C0",
+        "spectral_neumann": "C4",
+        "spectral_generic": "C9",
+        "spectral_exact": "C2",
+        "eigh_refresh": "C3",
+        "muon_ns5": "C1",
+    }
     styles = {"numpy": ("-", "o"), "torch": ("--", "s")}
     fig, ax = plt.subplots(figsize=(8.0, 5.2), dpi=130)
     for b in c["backends"]:
         for meth in METHODS:
-            rows = sorted((r for r in data["results"]
-                           if r["backend"] == b and r["method"] == meth), key=lambda r: r["n"])
+            rows = sorted(
+                (r for r in data["results"] if r["backend"] == b and r["method"] == meth),
+                key=lambda r: r["n"],
+            )
             if not rows:
                 continue
             ls, mk = styles.get(b, ("-", "o"))
-            ax.plot([r["n"] for r in rows], [r["ratio"] for r in rows], ls, marker=mk,
-                    color=colors[meth], label=f"{LABELS[meth].format(K=c['cayley_terms'])} "
-                                              f"[{b}]")
-    ax.axhline(TARGET, color="k", lw=0.8, ls=":",
-               label=f"target ≤ {TARGET:g} ({LABELS[TARGET_METHOD]}, n ≥ {TARGET_MIN_N})")
+            ax.plot(
+                [r["n"] for r in rows],
+                [r["ratio"] for r in rows],
+                ls,
+                marker=mk,
+                color=colors[meth],
+                label=f"{LABELS[meth].format(K=c['cayley_terms'])} [{b}]",
+            )
+    ax.axhline(
+        TARGET,
+        color="k",
+        lw=0.8,
+        ls=":",
+        label=f"target ≤ {TARGET:g} ({LABELS[TARGET_METHOD]}, n ≥ {TARGET_MIN_N})",
+    )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     sizes = sorted({r["n"] for r in data["results"]})
     ax.set_xticks(sizes)
     ax.set_xticklabels([str(n) for n in sizes])
     ax.minorticks_off()
-    yt = [t for t in (5, 8, 10, 12, 15, 20, 30, 50, 70, 100, 200, 500)
-          if min(r["ratio"] for r in data["results"]) * 0.8 <= t
-          <= max(r["ratio"] for r in data["results"]) * 1.25]
+    yt = [
+        t
+        for t in (5, 8, 10, 12, 15, 20, 30, 50, 70, 100, 200, 500)
+        if min(r["ratio"] for r in data["results"]) * 0.8
+        <= t
+        <= max(r["ratio"] for r in data["results"]) * 1.25
+    ]
     ax.set_yticks(yt)
     ax.set_yticklabels([str(t) for t in yt])
     ax.set_xlabel("layer size n (square n×n weight)")
     ax.set_ylabel("time per call  [matmul-equivalents, log scale]")
     threads = m.get("numpy_blas_threads")
-    ax.set_title("Preconditioner cost per step, fp32 CPU "
-                 f"({m.get('cpus_usable')} cores, {threads} BLAS threads)\n"
-                 "time ÷ time of one n×n×n matmul, same run", fontsize=10)
+    ax.set_title(
+        "Preconditioner cost per step, fp32 CPU "
+        f"({m.get('cpus_usable')} cores, {threads} BLAS threads)\n"
+        "time ÷ time of one n×n×n matmul, same run",
+        fontsize=10,
+    )
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
@@ -877,9 +1020,16 @@ def main(args: Any) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    data = run(sizes, args.backend, repeats=repeats, terms=args.terms, seed=args.seed,
-               budget_s=args.budget if args.budget > 0 else None, malloc=args.malloc,
-               progress=progress)
+    data = run(
+        sizes,
+        args.backend,
+        repeats=repeats,
+        terms=args.terms,
+        seed=args.seed,
+        budget_s=args.budget if args.budget > 0 else None,
+        malloc=args.malloc,
+        progress=progress,
+    )
     print(table(data))
     if args.json:
         text = json.dumps(data, indent=1)
@@ -900,10 +1050,10 @@ def main(args: Any) -> int:
         here = Path(args.out).resolve().parent
 
         def rel(path: str | None) -> str | None:
-            return None if not path or path == "-" else os.path.relpath(Path(path).resolve(),
-                                                                         here)
+            return None if not path or path == "-" else os.path.relpath(Path(path).resolve(), here)
 
-        write_markdown(args.out, markdown_section(data, plot_path=rel(plot_path),
-                                                  json_path=rel(args.json)))
+        write_markdown(
+            args.out, markdown_section(data, plot_path=rel(plot_path), json_path=rel(args.json))
+        )
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
