@@ -48,9 +48,16 @@ def tests_cupy(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("ruff", "mypy", "numpy", "array-api-compat", "array-api-extra")
     session.run("ruff", "check", "src", "tests", "noxfile.py")
+    session.run("mypy")
     session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "-d", "site", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session
