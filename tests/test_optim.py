@@ -343,3 +343,16 @@ def test_float32_in_float32_out(xp, jit):
     for a, e in zip(out, out64):
         assert e.dtype == xp.float64
         _close(a, to_numpy(e), 1e-5)
+
+
+@pytest.mark.parametrize("interval", [0, 1, 3])
+def test_schedule_array_reorth_interval_equals_int(xp, jit, interval):
+    """An array ``reorth_interval`` (traced by ``optax.inject_hyperparams``) gives the same
+    flags as the Python int; ≤ 0 means never."""
+    kw = {"update_interval": 2, "precond_warmup": 3, "cayley": "quadratic"}
+    fn = jit(lambda s, r, i: optim.schedule(s, r, reorth_interval=i, **kw))
+    for step in range(8):
+        for refreshes in range(6):
+            ref = optim.schedule(step, refreshes, reorth_interval=interval, **kw)
+            got = fn(*(asarray(xp, v, xp.int64) for v in (step, refreshes, interval)))
+            assert tuple(bool(g) for g in got) == tuple(bool(r) for r in ref), (step, refreshes)

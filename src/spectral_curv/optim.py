@@ -20,7 +20,7 @@ Matrix parameters (order ≥ 2, flattened to ``(shape[0], prod(shape[1:]))``) us
 Kronecker scheme, with a side longer than ``max_precond_dim`` kept diagonal; order ≤ 1 the
 diagonal scheme (:func:`plan`). Hyperparameters may be Python numbers or 0-d arrays
 (traced under ``jax.jit``); options that change the control flow (``cayley``, ``exp``,
-``reorth_interval`` > 0, …) must be Python values.
+``cayley_terms``, …) must be Python values.
 
 Embedding example (an optimizer of your own that preconditions with the spectral factors)::
 
@@ -124,12 +124,18 @@ def schedule(
     """``(first, refresh, reorth)`` for 0-based step ``t`` after ``refreshes`` refreshes.
 
     Python ints give Python bools; integer arrays (e.g. traced JAX counters) give boolean
-    arrays."""
+    arrays. ``reorth_interval`` may be an int or an integer array (≤ 0: never)."""
     first = step == 0
     refresh = first | (step < precond_warmup) | (step % update_interval == 0)
-    if cayley == "exact" or reorth_interval <= 0:
+    static = isinstance(reorth_interval, int)
+    if cayley == "exact" or (static and reorth_interval <= 0):
         return first, refresh, refresh & False
-    return first, refresh, refresh & ((refreshes + 1) % reorth_interval == 0)
+    if static:
+        return first, refresh, refresh & ((refreshes + 1) % reorth_interval == 0)
+    # an array interval (e.g. traced by optax.inject_hyperparams): off where <= 0
+    xp = array_namespace(reorth_interval)
+    period = xp.maximum(reorth_interval, xp.ones_like(reorth_interval))
+    return first, refresh, refresh & (reorth_interval > 0) & ((refreshes + 1) % period == 0)
 
 
 def first_state(st: Precond, g: Array, *, damping: Any) -> Precond:

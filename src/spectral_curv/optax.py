@@ -1,0 +1,593 @@
+"""Optax adapter: :func:`scale_by_spectral_kron` and the full optimizer :func:`spectral_kron`.
+
+The math is the core's (SPEC §3 diagonal scheme, §4 Kronecker scheme, §5 damping, ties and
+the normalised factor step), reached through :mod:`spectral_curv.optim`; this module owns
+only the optax state pytree, parameter routing and jit-safe control flow (``lax.cond`` for
+the first step, the refresh and the re-orthonormalisation). The semantics are those of
+:class:`spectral_curv.torch.SpectralKron` (same defaults, same step order), so both give
+the same trajectory to round-off:
+
+- leaves of order ≥ 2: Kronecker factors on ``(shape[0], prod(shape[1:]))`` (SPEC §4), a
+  side longer than ``max_precond_dim`` kept diagonal;
+- leaves of order ≤ 1 (biases, scalars): the diagonal scheme (SPEC §3).
+
+Usage::
+
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from spectral_curv.optax import spectral_kron
+    >>> params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+    >>> opt = spectral_kron(learning_rate=1e-2)
+    >>> state = opt.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = jax.jit(opt.update)(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+
+The preconditioner alone chains with any optax transform::
+
+    optax.chain(scale_by_spectral_kron(0.1), optax.add_decayed_weights(1e-4),
+                optax.scale_by_learning_rate(1e-3))
+
+``optax.inject_hyperparams(spectral_kron)(learning_rate=..., precond_lr=..., momentum=...,
+weight_decay=...)`` works under ``jax.jit``: every float hyperparameter and
+``update_interval``/``precond_warmup`` may be traced. ``max_precond_dim`` decides the
+state's structure, so ``init`` must then run eagerly (not under ``jit``) or the name be in
+``static_args``; the same holds for ``cayley_terms`` with ``cayley="neumann"``. A callable
+``label_fn`` and a dtype given as a scalar type (``jnp.bfloat16``) look like schedules to
+``inject_hyperparams``: list them in ``static_args`` too (or pass ``jnp.dtype(...)``).
+:data:`STATIC_ARGS` names all of these.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import diag, kron, maps, optim
+
+__all__ = [
+    "SPECTRAL",
+    "STATIC_ARGS",
+    "ClipByUpdateRmsState",
+    "MomentumState",
+    "ScaleBySpectralKronState",
+    "clip_by_update_rms",
+    "heavy_ball",
+    "order_labels",
+    "scale_by_spectral_kron",
+    "spectral_kron",
+]
+
+#: The label :func:`spectral_kron` routes to the spectral optimizer (see ``others``).
+SPECTRAL = "spectral"
+
+#: Arguments of :func:`spectral_kron` to pass as ``static_args`` to
+#: ``optax.inject_hyperparams`` when they are set (or when ``init`` runs under ``jit``).
+STATIC_ARGS = (
+    "max_precond_dim",
+    "reorth_interval",
+    "cayley_terms",
+    "precond_dtype",
+    "mu_dtype",
+    "label_fn",
+)
+
+_GRAFT = (None, "adam")
+#: The default ``precond_dtype``: a dtype instance, not the callable ``jnp.float32`` (which
+#: ``inject_hyperparams`` would take for a schedule).
+_F32 = jnp.dtype(jnp.float32)
+
+
+class ScaleBySpectralKronState(NamedTuple):
+    """State of :func:`scale_by_spectral_kron` (a pytree).
+
+    ``count``: steps taken (the 0-based step ``t`` of the next update); ``refreshes``:
+    preconditioner refreshes so far; ``rejected``: per leaf, refreshes discarded by
+    keep-last-good; ``precond``: per leaf a ``kron.KronState`` or ``diag.DiagState`` in
+    ``precond_dtype``; ``exp_avg``/``exp_avg_sq``: Adam's moments for grafting (``None``
+    without grafting)."""
+
+    count: jax.Array
+    refreshes: jax.Array
+    rejected: Any
+    precond: Any
+    exp_avg: Any
+    exp_avg_sq: Any
+
+
+class ClipByUpdateRmsState(NamedTuple):
+    """:func:`clip_by_update_rms` is stateless."""
+
+
+class MomentumState(NamedTuple):
+    """Heavy-ball buffer of :func:`heavy_ball` (per leaf, in ``mu_dtype``)."""
+
+    momentum: Any
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _real(
+    name: str, v: Any, *, zero: bool = False, allow_none: bool = False, schedule: bool = False
+) -> None:
+    """Python numbers are checked eagerly; arrays (maybe traced) and schedules are trusted."""
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool):
+        raise ValueError(f"`{name}` must be a real number, got {v!r}")
+    if (schedule and callable(v)) or isinstance(v, (jax.Array, np.ndarray)):
+        return
+    if not _is_number(v):
+        raise ValueError(f"`{name}` must be a real number, got {v!r}")
+    x = float(v)
+    if not math.isfinite(x) or x < 0 or (x == 0 and not zero):
+        raise ValueError(f"`{name}` must be finite and {'>= 0' if zero else '> 0'}, got {v!r}")
+
+
+def _integer(name: str, v: Any, lo: int) -> None:
+    if isinstance(v, (jax.Array, np.ndarray)) and not isinstance(v, bool):
+        if jnp.issubdtype(v.dtype, jnp.integer) and v.ndim == 0:
+            return
+        raise ValueError(f"`{name}` must be an int >= {lo}, got an array of {v.dtype}")
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"`{name}` must be an int >= {lo}, got {v!r}")
+
+
+def _dtype(name: str, v: Any, allow_none: bool = False) -> Any:
+    if v is None and allow_none:
+        return None
+    try:
+        dt = jnp.dtype(v)
+    except TypeError as e:
+        raise ValueError(f"`{name}` must be a floating dtype, got {v!r}") from e
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"`{name}` must be a floating dtype, got {v!r}")
+    return dt
+
+
+def _check_precond_options(o: dict[str, Any]) -> None:
+    """Raise a ValueError naming the first invalid option of :func:`scale_by_spectral_kron`."""
+    _real("precond_lr", o["precond_lr"])
+    _real("p", o["p"])
+    _real("gamma", o["gamma"], zero=True)
+    _real("damping", o["damping"], zero=True)
+    _real("eps", o["eps"], zero=True)
+    _real("tie_tol", o["tie_tol"], zero=True, allow_none=True)
+    _real("max_step_norm", o["max_step_norm"], allow_none=True)
+    _integer("update_interval", o["update_interval"], 1)
+    _integer("precond_warmup", o["precond_warmup"], 0)
+    _integer("reorth_interval", o["reorth_interval"], 0)
+    _integer("cayley_terms", o["cayley_terms"], 0)
+    _integer("max_precond_dim", o["max_precond_dim"], 1)
+    if o["cayley"] not in maps.CAYLEY_MODES:
+        raise ValueError(f"`cayley` must be one of {maps.CAYLEY_MODES}, got {o['cayley']!r}")
+    if o["exp"] not in maps.EXP_MODES:
+        raise ValueError(f"`exp` must be one of {maps.EXP_MODES}, got {o['exp']!r}")
+    g, b = o["gamma"], o["precond_lr"]
+    if o["exp"] == "first_order" and _is_number(g) and _is_number(b) and g * b >= 1:
+        raise ValueError(
+            "`precond_lr` times `gamma` must be < 1 with exp='first_order' (d would not stay > 0)"
+        )
+    if o["graft"] not in _GRAFT:
+        raise ValueError(f"`graft` must be one of {_GRAFT}, got {o['graft']!r}")
+    betas = o["betas"]
+    if (
+        not isinstance(betas, (tuple, list))
+        or len(betas) != 2
+        or not all(_is_number(x) and 0 <= x < 1 for x in betas)
+    ):
+        raise ValueError(f"`betas` must be two numbers in [0, 1), got {betas!r}")
+    _dtype("precond_dtype", o["precond_dtype"])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _static_int(v: Any) -> int | None:
+    """``v`` as a Python int, or None when it is a traced array (value unknown at trace time)."""
+    try:
+        return int(v)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+        return None
+
+
+def _hp(v: Any, dtype: Any) -> Any:
+    """A hyperparameter in the computation's dtype: arrays (e.g. from ``inject_hyperparams``,
+    cast to the params' dtype there) are cast, Python numbers stay weakly typed."""
+    if isinstance(v, (jax.Array, np.ndarray)):
+        return jnp.asarray(v, dtype=dtype)
+    return v
+
+
+def _cast_like(new: Any, old: Any) -> Any:
+    """``new`` with the dtypes of ``old`` (keeps ``lax.cond`` branches and the state stable)."""
+    return jax.tree.map(lambda n, o: jnp.asarray(n, dtype=o.dtype), new, old)
+
+
+def _is_precond(x: Any) -> bool:
+    return isinstance(x, (kron.KronState, diag.DiagState))
+
+
+def _schedule(
+    count: jax.Array,
+    refreshes: jax.Array,
+    *,
+    update_interval: Any,
+    precond_warmup: Any,
+    reorth_interval: Any,
+    cayley: str,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``optim.schedule`` on the (traced) counters; a traced ``reorth_interval`` is fine."""
+    r = _static_int(reorth_interval)
+    return optim.schedule(
+        count,
+        refreshes,
+        update_interval=update_interval,
+        precond_warmup=precond_warmup,
+        reorth_interval=r if r is not None else reorth_interval,
+        cayley=cayley,
+    )
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def scale_by_spectral_kron(
+    precond_lr: Any = 0.1,
+    *,
+    p: Any = 2.0,
+    gamma: Any = 1.0,
+    damping: Any = 1e-8,
+    update_interval: Any = 2,
+    precond_warmup: Any = 10,
+    reorth_interval: Any = 10,
+    cayley: str = "quadratic",
+    cayley_terms: Any = 1,
+    exp: str = "first_order",
+    tie_tol: Any = None,
+    max_step_norm: Any = None,
+    max_precond_dim: Any = optim.DEFAULT_MAX_PRECOND_DIM,
+    precond_dtype: Any = _F32,
+    graft: str | None = None,
+    betas: tuple[Any, Any] = (0.9, 0.999),
+    eps: Any = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    """Precondition each gradient leaf with its spectral factors (SPEC §3–§5), nothing else.
+
+    Per step ``t`` (``state.count``), for every leaf ``G``: ``optim.schedule`` →
+    ``first_state`` on the first step → ``refresh`` (keep-last-good; rejected refreshes are
+    counted) and ``reorthonormalize`` when due → ``U = S^{-1/p} G`` with the refreshed
+    factors → optional Adam grafting (``graft="adam"``, which needs the raw gradient:
+    ``U`` is rescaled to the norm of Adam's update at the 1-based step ``t + 1``). The
+    output ``U`` has each gradient leaf's dtype; the factors live in ``precond_dtype``.
+
+    Chain it with the rest of an optimizer, e.g. ``optax.chain(scale_by_spectral_kron(),
+    optax.add_decayed_weights(wd), optax.scale_by_learning_rate(lr))`` (no momentum), or
+    use :func:`spectral_kron`. The options are those of
+    :class:`spectral_curv.torch.SpectralKron`; float options may be 0-d (traced) arrays,
+    ``cayley``, ``exp``, ``graft``, ``betas``, ``tie_tol=None``/``max_step_norm=None`` and
+    ``precond_dtype`` must be Python values, ``max_precond_dim`` must be concrete at
+    ``init`` (it fixes the state's structure) and ``cayley_terms`` concrete with
+    ``cayley="neumann"``.
+
+    Differentiating through ``update`` (e.g. ``jax.grad`` of a loss after a step, w.r.t. the
+    parameters) treats the preconditioner as a constant: the gradient fed to
+    ``first_state``/``refresh`` is wrapped in ``lax.stop_gradient``, so ``∂U/∂G = S^{-1/p}``
+    (plus the grafting terms). The refresh itself is not differentiated: its tie masks,
+    ``sqrt`` of a zero Cayley norm and keep-last-good selection give NaN or meaningless
+    derivatives. Values are unchanged.
+    """
+    opts = dict(
+        precond_lr=precond_lr,
+        p=p,
+        gamma=gamma,
+        damping=damping,
+        update_interval=update_interval,
+        precond_warmup=precond_warmup,
+        reorth_interval=reorth_interval,
+        cayley=cayley,
+        cayley_terms=cayley_terms,
+        exp=exp,
+        tie_tol=tie_tol,
+        max_step_norm=max_step_norm,
+        max_precond_dim=max_precond_dim,
+        precond_dtype=precond_dtype,
+        graft=graft,
+        betas=betas,
+        eps=eps,
+    )
+    _check_precond_options(opts)
+    pdt = _dtype("precond_dtype", precond_dtype)
+    betas = (betas[0], betas[1])
+
+    def init_fn(params: Any) -> ScaleBySpectralKronState:
+        dim = _static_int(max_precond_dim)
+        if dim is None:
+            raise ValueError(
+                "`max_precond_dim` is traced, but it fixes the state's structure: call `init` "
+                "outside jax.jit, or pass static_args=('max_precond_dim',) to "
+                "optax.inject_hyperparams"
+            )
+
+        def one(x: Any) -> optim.Precond:
+            pl = optim.plan(tuple(x.shape), dim)
+            return optim.init(pl, optim.matrix_shape(pl, tuple(x.shape)), dtype=pdt, xp=jnp)
+
+        moments = None
+        if graft == "adam":
+            moments = jax.tree.map(lambda x: jnp.zeros(x.shape, dtype=pdt), params)
+        return ScaleBySpectralKronState(
+            count=jnp.zeros([], jnp.int32),
+            refreshes=jnp.zeros([], jnp.int32),
+            rejected=jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params),
+            precond=jax.tree.map(one, params),
+            exp_avg=moments,
+            exp_avg_sq=moments,
+        )
+
+    def update_fn(
+        updates: Any, state: ScaleBySpectralKronState, params: Any = None, **extra: Any
+    ) -> tuple[Any, ScaleBySpectralKronState]:
+        del params, extra
+        terms = _static_int(cayley_terms)
+        if terms is None:
+            if cayley == "neumann":
+                raise ValueError(
+                    "`cayley_terms` is traced, but cayley='neumann' needs it as a Python int: "
+                    "pass static_args=('cayley_terms',) to optax.inject_hyperparams"
+                )
+            terms = 1  # unused by the "exact" and "quadratic" maps
+        ropts = dict(
+            precond_lr=_hp(precond_lr, pdt),
+            gamma=_hp(gamma, pdt),
+            damping=_hp(damping, pdt),
+            cayley=cayley,
+            exp=exp,
+            cayley_terms=terms,
+            tie_tol=_hp(tie_tol, pdt),
+            max_step_norm=_hp(max_step_norm, pdt),
+        )
+        first, refresh, reorth = _schedule(
+            state.count,
+            state.refreshes,
+            update_interval=update_interval,
+            precond_warmup=precond_warmup,
+            reorth_interval=reorth_interval,
+            cayley=cayley,
+        )
+        leaves, treedef = jax.tree.flatten(updates)
+        precs = treedef.flatten_up_to(state.precond)
+        rejs = treedef.flatten_up_to(state.rejected)
+        if graft == "adam":
+            eas = treedef.flatten_up_to(state.exp_avg)
+            eass = treedef.flatten_up_to(state.exp_avg_sq)
+        else:
+            eas = eass = [None] * len(leaves)
+        acc = jnp.promote_types(pdt, jnp.float32)
+        step1 = (state.count + 1).astype(acc)  # Adam's 1-based step
+        Gs = []
+        for g, st in zip(leaves, precs):
+            if isinstance(st, kron.KronState):
+                G = jnp.reshape(g, (st.d_C.shape[-1], st.d_K.shape[-1]))
+            else:
+                G = g
+            # The factors are constants under differentiation (see the docstring).
+            Gs.append(jax.lax.stop_gradient(jnp.asarray(G, dtype=pdt)))
+
+        # One `lax.cond` per schedule flag for all leaves (the flags are shared): a small
+        # program, so compilation stays fast for models with many leaves.
+        def first_all(ss: list) -> list:
+            return [
+                _cast_like(optim.first_state(s, G, damping=ropts["damping"]), s)
+                for s, G in zip(ss, Gs)
+            ]
+
+        def refresh_all(ss: list) -> tuple[list, list]:
+            new = [optim.refresh(s, G, **ropts) for s, G in zip(ss, Gs)]
+            return (
+                [_cast_like(n, s) for (n, _), s in zip(new, ss)],
+                [jnp.asarray(ok, dtype=bool) for _, ok in new],
+            )
+
+        def keep(ss: list) -> tuple[list, list]:
+            return ss, [jnp.asarray(True) for _ in ss]
+
+        def reorth_all(ss: list) -> list:
+            return [_cast_like(optim.reorthonormalize(s), s) for s in ss]
+
+        precs = jax.lax.cond(first, first_all, lambda ss: ss, precs)
+        precs, oks = jax.lax.cond(refresh, refresh_all, keep, precs)
+        new_rejs = [r + (~ok).astype(jnp.int32) for r, ok in zip(rejs, oks)]
+        precs = jax.lax.cond(reorth, reorth_all, lambda ss: ss, precs)
+        out, new_eas, new_eass = [], [], []
+        for g, st, G, ea, eas_ in zip(leaves, precs, Gs, eas, eass):
+            # direction with the (non-stopped) gradient: ∂U/∂G = S^{-1/p}
+            Gd = jnp.reshape(jnp.asarray(g, dtype=pdt), G.shape)
+            u = jnp.reshape(optim.direction(st, Gd, p=_hp(p, pdt)), g.shape)
+            if graft == "adam":
+                u, ea_new, eas_new = optim.graft_adam(
+                    u,
+                    jnp.asarray(g, dtype=pdt),
+                    ea,
+                    eas_,
+                    step=step1,
+                    betas=betas,
+                    eps=_hp(eps, pdt),
+                )
+                ea, eas_ = ea_new.astype(ea.dtype), eas_new.astype(eas_.dtype)
+            out.append(u.astype(g.dtype))
+            new_eas.append(ea)
+            new_eass.append(eas_)
+        new_state = ScaleBySpectralKronState(
+            count=optax.safe_int32_increment(state.count),
+            refreshes=jnp.where(
+                refresh, optax.safe_int32_increment(state.refreshes), state.refreshes
+            ),
+            rejected=treedef.unflatten(new_rejs),
+            precond=treedef.unflatten(precs),
+            exp_avg=treedef.unflatten(new_eas) if graft == "adam" else None,
+            exp_avg_sq=treedef.unflatten(new_eass) if graft == "adam" else None,
+        )
+        return treedef.unflatten(out), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def clip_by_update_rms(max_rms: Any) -> optax.GradientTransformation:
+    """Cap each update leaf's RMS at ``max_rms`` (``optim.clip_rms``; stateless)."""
+    _real("max_update_rms", max_rms)
+
+    def init_fn(params: Any) -> ClipByUpdateRmsState:
+        del params
+        return ClipByUpdateRmsState()
+
+    def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        del params
+        return jax.tree.map(lambda u: optim.clip_rms(u, _hp(max_rms, u.dtype)), updates), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def heavy_ball(momentum: Any, mu_dtype: Any = None) -> optax.GradientTransformation:
+    """Undampened momentum ``m ← μ m + U`` (``optim.add_momentum``), output ``m``.
+
+    The buffer is kept in ``mu_dtype`` (default: each update leaf's dtype; the torch
+    optimizer keeps it in ``precond_dtype``, so pass ``jnp.float32`` for bf16 parameters
+    to match it); the output has the incoming update's dtype."""
+    mdt = _dtype("mu_dtype", mu_dtype, allow_none=True)
+
+    def init_fn(params: Any) -> MomentumState:
+        return MomentumState(
+            jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype if mdt is None else mdt), params)
+        )
+
+    def update_fn(updates: Any, state: MomentumState, params: Any = None) -> tuple[Any, Any]:
+        del params
+        bufs = jax.tree.map(
+            lambda u, b: optim.add_momentum(b, u.astype(b.dtype), _hp(momentum, b.dtype)).astype(
+                b.dtype
+            ),
+            updates,
+            state.momentum,
+        )
+        out = jax.tree.map(lambda u, b: b.astype(u.dtype), updates, bufs)
+        return out, MomentumState(bufs)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------- the optimizer
+
+
+def order_labels(params: Any, *, min_order: int = 2, other: str = "other") -> Any:
+    """A ``label_fn`` for :func:`spectral_kron`: :data:`SPECTRAL` for leaves of order ≥
+    ``min_order``, ``other`` for the rest (e.g. to give biases and norms to AdamW)."""
+    return jax.tree.map(lambda x: SPECTRAL if jnp.ndim(x) >= min_order else other, params)
+
+
+def spectral_kron(
+    learning_rate: Any,
+    precond_lr: Any = 0.1,
+    *,
+    p: Any = 2.0,
+    gamma: Any = 1.0,
+    damping: Any = 1e-8,
+    momentum: Any = 0.9,
+    weight_decay: Any = 0.0,
+    update_interval: Any = 2,
+    precond_warmup: Any = 10,
+    reorth_interval: Any = 10,
+    cayley: str = "quadratic",
+    cayley_terms: Any = 1,
+    exp: str = "first_order",
+    tie_tol: Any = None,
+    max_step_norm: Any = None,
+    max_update_rms: Any = None,
+    graft: str | None = None,
+    betas: tuple[Any, Any] = (0.9, 0.999),
+    eps: Any = 1e-8,
+    max_precond_dim: Any = optim.DEFAULT_MAX_PRECOND_DIM,
+    precond_dtype: Any = _F32,
+    mu_dtype: Any = None,
+    others: Mapping[str, optax.GradientTransformation] | None = None,
+    label_fn: Callable[[Any], Any] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """The spectral Kronecker optimizer (Lin et al., ICML 2025), as torch's ``SpectralKron``.
+
+    ``chain(scale_by_spectral_kron(...), clip_by_update_rms(max_update_rms) if set,
+    heavy_ball(momentum, mu_dtype), add_decayed_weights(weight_decay),
+    scale_by_learning_rate(learning_rate))``, i.e. per leaf
+    ``U = S^{-1/p} G`` (grafted, clipped), ``m ← μm + U``, ``M ← M − lr (m + wd M)``.
+    ``learning_rate`` may be a schedule. Leaves of order ≥ 2 get the Kronecker factors,
+    order ≤ 1 the diagonal scheme (the routing of the torch optimizer).
+
+    Routing leaves elsewhere: ``others`` maps labels to complete optax optimizers (their
+    own learning rate and sign included) and ``label_fn(params)`` returns a pytree of labels;
+    leaves labelled :data:`SPECTRAL` get this optimizer, any other label ``L`` gets
+    ``others[L]`` (``optax.partition``). With ``others`` and no ``label_fn``,
+    :func:`order_labels` is used: order ≥ 2 spectral, the rest ``"other"``, e.g.
+    ``spectral_kron(1e-3, others={"other": optax.adamw(1e-3)})``.
+
+    Python-number hyperparameters are validated eagerly (a ValueError names the argument);
+    see the module docstring for ``inject_hyperparams`` and :data:`STATIC_ARGS`.
+    """
+    _real("learning_rate", learning_rate, zero=True, schedule=True)
+    _real("weight_decay", weight_decay, zero=True)
+    _real("max_update_rms", max_update_rms, allow_none=True)
+    if isinstance(momentum, bool) or (
+        not isinstance(momentum, (jax.Array, np.ndarray))
+        and not (_is_number(momentum) and 0 <= momentum < 1)
+    ):
+        raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}")
+    _dtype("mu_dtype", mu_dtype, allow_none=True)
+    parts = [
+        scale_by_spectral_kron(
+            precond_lr,
+            p=p,
+            gamma=gamma,
+            damping=damping,
+            update_interval=update_interval,
+            precond_warmup=precond_warmup,
+            reorth_interval=reorth_interval,
+            cayley=cayley,
+            cayley_terms=cayley_terms,
+            exp=exp,
+            tie_tol=tie_tol,
+            max_step_norm=max_step_norm,
+            max_precond_dim=max_precond_dim,
+            precond_dtype=precond_dtype,
+            graft=graft,
+            betas=betas,
+            eps=eps,
+        )
+    ]
+    if max_update_rms is not None:
+        parts.append(clip_by_update_rms(max_update_rms))
+    parts += [
+        heavy_ball(momentum, mu_dtype),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    ]
+    tx = optax.chain(*parts)
+    if others is None:
+        if label_fn is not None:
+            raise ValueError("`label_fn` needs `others` (the transforms for its labels)")
+        return optax.with_extra_args_support(tx)
+    if not isinstance(others, Mapping) or SPECTRAL in others:
+        raise ValueError(
+            f"`others` must be a dict of optax transforms without the key {SPECTRAL!r}"
+        )
+    return optax.with_extra_args_support(
+        optax.partition({SPECTRAL: tx, **others}, label_fn or order_labels)
+    )
