@@ -1,0 +1,484 @@
+"""SPD matrix optimisation ``min_{S≻0} f(S)`` with the spectral scheme (SPEC §2, §6; Fig. 3).
+
+Given the Euclidean gradient ``G = ∇_S f(S)`` (its symmetric part is used: that is the
+gradient on the space of symmetric matrices), one spectral step is the generic update of
+:func:`spectral_curv.full.update` with ``Δ = −2 S G S`` and ``β₂ = lr`` (SPEC §2); with
+``S = B Diag(d) Bᵀ`` this is ``BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d)``. ``Δ`` is indefinite in
+general, so the exact exp / Cayley maps are the default.
+
+Step-size convention (one ``lr`` for every method). To first order in ``lr`` every method
+here moves ``S ← S − 2·lr·S G S``, the Riemannian gradient step for the Gaussian (Fisher)
+metric ``½ tr(S⁻¹ U S⁻¹ V)``:
+
+* ``"spectral"``: ``full.update(state, −2 S G S, beta2=lr)`` (exact maps by default).
+* ``"rgd_expm"``: Riemannian GD with the affine-invariant exponential retraction,
+  ``S ← S^{1/2} expm(−2·lr·S^{1/2} G S^{1/2}) S^{1/2}`` (SPEC §6 with ``β = 2·lr``).
+* ``"rgd_second_order"``: the second-order retraction ``S + ξ + ½ ξ S⁻¹ ξ`` with
+  ``ξ = −2·lr·S G S`` (SPEC §6 with ``β = 2·lr``); ``½ ξ S⁻¹ ξ = 2 lr² S G S G S`` needs no
+  inverse, and ``S + ξ + ½ξS⁻¹ξ = ½S + ½(S + ξ)S⁻¹(S + ξ) ≻ 0``.
+* ``"cholesky"``: the Cholesky / inverse-free baseline of SPEC §6
+  (:func:`spectral_curv.baselines.cholesky_update`, ``S⁻¹ = K Kᵀ``, ``Δ = −2 S G S``,
+  ``X = KᵀΔK = −2 K⁻¹ G K⁻ᵀ``, ``K ← K · expm(−lr·M)`` exactly, ``exp="first_order"`` for
+  ``K (I − lr·M)``).
+
+Problems of the paper (Fig. 3, Sec. 4.2), see :func:`metric_nearness` and :func:`log_det`:
+
+* metric nearness ``f(S) = (1/2N) Σ_i ‖S Q x_i − x_i‖²``, with gradient
+  ``sym((S Y − X) Yᵀ)/N`` (``Y = QX``); only a random subset of the ``x_i`` is observed at
+  each iteration (:meth:`MetricNearness.sampler`). Optimum: ``f ≥ 0`` and ``f(Q⁻¹) = 0``, and
+  ``f`` is strictly convex on symmetric matrices when ``X Xᵀ`` is full rank (its Hessian is
+  ``U ↦ sym(U Q C Q)``, ``C = XXᵀ/N``, with ``⟨U, UQCQ⟩ = ‖U Q C^{1/2}‖² > 0``), so
+  ``S* = Q⁻¹`` is the unique minimiser, and ``f* = 0``. Every per-sample gradient vanishes at
+  ``S*`` too (``S*Qx_i = x_i``), so minibatch steps with a constant ``lr`` still converge to
+  the exact optimum (interpolation).
+* log-det ``f(S) = Tr(SQ) − log det S``, gradient ``Q − S⁻¹``, optimum ``S* = Q⁻¹``,
+  ``f* = n + log det Q``.
+
+Example::
+
+    >>> from spectral_curv import spd
+    >>> prob = spd.log_det(5, seed=0)
+    >>> res = spd.minimize(prob.grad, prob.s0, lr=0.5, steps=30, loss_fn=prob.gap)
+    >>> bool(res.losses[-1] < 1e-10)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from . import _array as A
+from . import baselines, full
+from ._array import Array, Namespace, array_namespace
+
+__all__ = [
+    "METHODS",
+    "LogDet",
+    "MetricNearness",
+    "SPDResult",
+    "cholesky_step",
+    "init",
+    "iterations_to",
+    "log_det",
+    "metric_nearness",
+    "minimize",
+    "rgd_step",
+    "step",
+]
+
+#: The methods :func:`minimize` runs (see the module docstring for their formulas).
+METHODS = ("spectral", "rgd_expm", "rgd_second_order", "cholesky")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_lr(lr: Any) -> None:
+    A.check_positive("lr", lr)
+
+
+def _check_spd(name: str, s: Array) -> tuple[Namespace, Array, Array]:
+    """Validate a dense SPD matrix; return its namespace and eigendecomposition ``(w, V)``."""
+    try:
+        xp = array_namespace(s)
+    except TypeError as e:
+        raise ValueError(f"`{name}` must be an array, got {type(s)!r}") from e
+    if s.ndim != 2 or s.shape[0] != s.shape[1]:
+        raise ValueError(f"`{name}` must be a square matrix, got shape {tuple(s.shape)}")
+    if not xp.isdtype(s.dtype, "real floating"):
+        raise ValueError(f"`{name}` must have a real floating dtype, got {s.dtype}")
+    if not A.is_lazy(s):
+        if not bool(xp.all(xp.isfinite(s))):
+            raise ValueError(f"`{name}` contains non-finite values")
+        scale = max(float(xp.max(xp.abs(s))), 1e-300)
+        asym = float(xp.max(xp.abs(s - s.mT)))
+        if asym > 1e3 * A.eps(xp, s.dtype) * scale:
+            raise ValueError(f"`{name}` must be symmetric (max |S − Sᵀ| = {asym:.3g})")
+    w, v = xp.linalg.eigh(0.5 * (s + s.mT))
+    if not A.is_lazy(w) and not bool(xp.all(w > 0)):
+        raise ValueError(
+            f"`{name}` must be positive definite (smallest eigenvalue {float(w[0]):.3g})"
+        )
+    return xp, w, v
+
+
+def _sym_grad(xp: Namespace, grad: Array, n: int) -> Array:
+    if grad.ndim != 2 or tuple(grad.shape) != (n, n):
+        raise ValueError(f"`grad` must have shape ({n}, {n}), got {tuple(grad.shape)}")
+    A.check_finite(xp, "grad", grad)
+    return 0.5 * (grad + grad.mT)
+
+
+def _sgs(s: Array, g: Array) -> Array:
+    """``S G S`` made exactly symmetric (``G`` symmetric)."""
+    t = s @ g @ s
+    return 0.5 * (t + t.mT)
+
+
+# ------------------------------------------------------------------------ the steps
+
+
+def init(s0: Array) -> full.SpectralState:
+    """Spectral state ``(B, d)`` of an explicit SPD ``s0`` (one ``eigh``).
+
+    Raises a ValueError naming ``s0`` when it is not a square, symmetric, positive-definite
+    real matrix.
+    """
+    _, w, v = _check_spd("s0", s0)
+    return full.SpectralState(v, w)
+
+
+def step(
+    state: full.SpectralState,
+    grad: Array,
+    *,
+    lr: Any,
+    cayley: str = "exact",
+    exp: str = "exact",
+    cayley_terms: int = 1,
+    tie_tol: float | None = None,
+    max_step_norm: float | None = None,
+) -> full.SpectralState:
+    """One spectral step ``full.update(state, −2 S G S, beta2=lr)``, ``G = sym(grad)`` (SPEC §2).
+
+    ``grad`` is ``∇_S f`` at ``S = B Diag(d) Bᵀ = full.dense(state)``. The remaining options are
+    those of :func:`spectral_curv.full.update`.
+    """
+    xp = array_namespace(state.B, state.d)
+    n = state.d.shape[-1]
+    _check_lr(lr)
+    g = _sym_grad(xp, grad, n)
+    s = full.dense(state)
+    delta = -2.0 * _sgs(s, g)
+    return full.update(
+        state,
+        delta,
+        beta2=lr,
+        cayley=cayley,
+        exp=exp,
+        cayley_terms=cayley_terms,
+        tie_tol=tie_tol,
+        max_step_norm=max_step_norm,
+    )
+
+
+def rgd_step(s: Array, grad: Array, *, lr: Any, retraction: str = "expm") -> Array:
+    """Riemannian GD on SPD, affine-invariant retraction, Fisher-scaled step (SPEC §6).
+
+    ``retraction="expm"``: ``S^{1/2} expm(−2·lr·S^{1/2} G S^{1/2}) S^{1/2}`` (by ``eigh``);
+    ``retraction="second_order"``: ``S + ξ + ½ ξ S⁻¹ ξ``, ``ξ = −2·lr·S G S``.
+    ``G = sym(grad)``; SPEC §6's ``β`` is ``2·lr`` (see the module docstring).
+    """
+    xp = array_namespace(s)
+    n = s.shape[-1]
+    _check_lr(lr)
+    g = _sym_grad(xp, grad, n)
+    if retraction == "expm":
+        w, v = xp.linalg.eigh(s)
+        root = (v * xp.sqrt(w)[None, :]) @ v.mT
+        inner = root @ g @ root
+        mu, u = xp.linalg.eigh(0.5 * (inner + inner.mT))
+        e = (u * xp.exp((-2.0 * lr) * mu)[None, :]) @ u.mT
+        out = root @ e @ root
+    elif retraction == "second_order":
+        sgs = _sgs(s, g)
+        # ½ ξ S⁻¹ ξ = ½ (−2 lr SGS)(−2 lr GS) = 2 lr² (SGS)(GS): no inverse.
+        out = s - (2.0 * lr) * sgs + (2.0 * lr * lr) * (sgs @ (g @ s))
+    else:
+        raise ValueError(f"`retraction` must be 'expm' or 'second_order', got {retraction!r}")
+    return 0.5 * (out + out.mT)
+
+
+def cholesky_step(
+    state: baselines.CholeskyState, grad: Array, *, lr: Any, exp: str = "exact"
+) -> baselines.CholeskyState:
+    """Cholesky baseline step: :func:`baselines.cholesky_update` with ``Δ = −2 S G S`` (SPEC §6).
+
+    ``S⁻¹ = K Kᵀ``; ``X = KᵀΔK = −2 K⁻¹ G K⁻ᵀ`` is formed from ``S = K⁻ᵀK⁻¹``
+    (:func:`baselines.cholesky_dense`, one solve).
+    """
+    xp = array_namespace(state.K)
+    n = state.K.shape[-1]
+    _check_lr(lr)
+    g = _sym_grad(xp, grad, n)
+    s = baselines.cholesky_dense(state)
+    return baselines.cholesky_update(state, -2.0 * _sgs(s, g), beta2=lr, exp=exp)
+
+
+# ------------------------------------------------------------------------- the loop
+
+
+class SPDResult(NamedTuple):
+    """Outcome of :func:`minimize`: final ``S`` (dense), the method's final state, and
+    ``losses[k] = loss_fn(S_k)`` for ``k = 0..K`` (``S_0 = s0``; empty without ``loss_fn``)."""
+
+    S: Array
+    state: Any
+    losses: list[float]
+
+
+def minimize(
+    grad_fn: Callable[[Array], Array],
+    s0: Array | full.SpectralState,
+    *,
+    lr: Any,
+    steps: int,
+    method: str = "spectral",
+    loss_fn: Callable[[Array], Any] | None = None,
+    target: float | None = None,
+    cayley: str = "exact",
+    exp: str = "exact",
+    max_step_norm: float | None = None,
+) -> SPDResult:
+    """Minimise ``f`` over SPD matrices from ``grad_fn(S) = ∇_S f(S)`` (SPEC §2, §6).
+
+    ``s0`` is an SPD matrix (or, for ``method="spectral"``, a :class:`full.SpectralState`).
+    ``method`` is one of :data:`METHODS`; all share the step-size convention of the module
+    docstring. ``loss_fn(S)`` (optional) is recorded before the first and after every step;
+    with ``target`` the loop stops once ``loss_fn(S) ≤ target``. ``cayley``/``exp`` are the
+    spectral maps (``exp`` also selects the Cholesky baseline's exact / first-order factor
+    update). Steps stop early (keeping the last finite iterate) if a loss is not finite.
+    """
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
+    _check_lr(lr)
+    if target is not None and loss_fn is None:
+        raise ValueError("`target` needs a `loss_fn`")
+
+    if isinstance(s0, full.SpectralState):
+        if method != "spectral":
+            raise ValueError("`s0` may be a SpectralState only for method='spectral'")
+        state: Any = s0
+        s = full.dense(state)
+    else:
+        _check_spd("s0", s0)
+        s = s0
+        if method == "spectral":
+            state = init(s0)
+        elif method == "cholesky":
+            state = baselines.cholesky_from_dense(s0)
+        else:
+            state = s0
+
+    losses: list[float] = []
+
+    def record(s_k: Array) -> bool:
+        """Record the loss; True when the loop should stop."""
+        if loss_fn is None:
+            return False
+        val = float(loss_fn(s_k))
+        losses.append(val)
+        return (not math.isfinite(val)) or (target is not None and val <= target)
+
+    if record(s):
+        return SPDResult(s, state, losses)
+    for _ in range(steps):
+        g = grad_fn(s)
+        if method == "spectral":
+            state = step(state, g, lr=lr, cayley=cayley, exp=exp, max_step_norm=max_step_norm)
+            s = full.dense(state)
+        elif method == "cholesky":
+            state = cholesky_step(state, g, lr=lr, exp=exp)
+            s = baselines.cholesky_dense(state)
+        else:
+            retraction = "expm" if method == "rgd_expm" else "second_order"
+            s = rgd_step(s, g, lr=lr, retraction=retraction)
+            state = s
+        if record(s):
+            break
+    return SPDResult(s, state, losses)
+
+
+def iterations_to(losses: Sequence[float], tol: float) -> int | None:
+    """First ``k`` with ``losses[k] ≤ tol`` (``k`` = number of steps taken), or None."""
+    for k, v in enumerate(losses):
+        if v <= tol:
+            return k
+    return None
+
+
+# ---------------------------------------------------------------------- the problems
+
+
+def _numpy() -> Any:
+    import numpy as np
+
+    return np
+
+
+def _random_spd(rng: Any, n: int, cond: float) -> Any:
+    """``U Diag(λ) Uᵀ`` (numpy), ``U`` Haar-random, ``λ`` log-spaced with ``λ_max/λ_min = cond``."""
+    np = _numpy()
+    u, r = np.linalg.qr(rng.standard_normal((n, n)))
+    u = u * np.sign(np.diag(r))[None, :]
+    lam = np.exp(np.linspace(-0.5, 0.5, n) * math.log(cond))
+    q = (u * lam[None, :]) @ u.T
+    return 0.5 * (q + q.T)
+
+
+def _to(xp: Namespace | None, a: Any, dtype: Any, device: Any) -> Array:
+    if xp is None:
+        xp = array_namespace(_numpy().empty(0))
+    dtype = xp.float64 if dtype is None else dtype
+    return xp.asarray(a, dtype=dtype, device=device)
+
+
+def _start(rng: Any, n: int, start: str | Any) -> Any:
+    np = _numpy()
+    if isinstance(start, str):
+        if start == "identity":
+            return np.eye(n)
+        if start == "random":
+            return _random_spd(rng, n, 4.0)
+        raise ValueError(f"`start` must be 'identity', 'random' or an SPD matrix, got {start!r}")
+    return np.asarray(start, dtype=np.float64)
+
+
+class MetricNearness(NamedTuple):
+    """Metric nearness ``f(S) = (1/2N) Σ ‖S Q x_i − x_i‖²`` (Fig. 3; Brickell et al. 2008).
+
+    ``X`` is ``(n, N)`` (samples as columns), ``Y = Q X``. ``S_star = Q⁻¹``, ``f_star = 0``
+    (module docstring). ``s0`` is the start used by the experiments.
+    """
+
+    Q: Array
+    X: Array
+    Y: Array
+    S_star: Array
+    f_star: float
+    s0: Array
+
+    def loss(self, s: Array) -> Array:
+        """``‖S Y − X‖_F² / (2N)`` over all ``N`` samples."""
+        xp = array_namespace(s)
+        r = s @ self.Y - self.X
+        return xp.sum(r * r) / (2.0 * self.X.shape[1])
+
+    def gap(self, s: Array) -> Array:
+        """``f(S) − f(S*)``."""
+        return self.loss(s) - self.f_star
+
+    def grad(self, s: Array, idx: Array | None = None) -> Array:
+        """``sym((S Y_b − X_b) Y_bᵀ)/b`` on the columns ``idx`` (all ``N`` when None)."""
+        xp = array_namespace(s)
+        x, y = self.X, self.Y
+        if idx is not None:
+            x = xp.take(x, idx, axis=1)
+            y = xp.take(y, idx, axis=1)
+        g = ((s @ y - x) @ y.mT) / x.shape[1]
+        return 0.5 * (g + g.mT)
+
+    def sampler(self, batch_size: int, *, seed: int = 0) -> Callable[[Array], Array]:
+        """``grad_fn(S)`` observing ``batch_size`` random samples (without replacement) per call.
+
+        The index sequence is fixed by ``seed`` (a fresh sampler replays it), so different
+        methods see the same partially observed data.
+        """
+        n_samples = self.X.shape[1]
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= n_samples:
+            raise ValueError(f"`batch_size` must be an int in [1, {n_samples}], got {batch_size!r}")
+        rng = _numpy().random.default_rng(seed)
+        xp = array_namespace(self.X)
+        dev = A.device(self.X)
+
+        def grad_fn(s: Array) -> Array:
+            idx = rng.choice(n_samples, size=batch_size, replace=False)
+            return self.grad(s, xp.asarray(idx, dtype=xp.int64, device=dev))
+
+        return grad_fn
+
+
+def metric_nearness(
+    n: int = 60,
+    n_samples: int = 1000,
+    *,
+    cond: float = 10.0,
+    seed: int = 0,
+    start: str | Any = "random",
+    xp: Namespace | None = None,
+    dtype: Any = None,
+    device: Any = None,
+) -> MetricNearness:
+    """The metric-nearness problem of Fig. 3 (``n = 60``): random SPD ``Q`` (condition number
+    ``cond``), ``x_i ~ N(0, I)``; ``start`` is ``"random"`` (a random SPD matrix with
+    condition number 4, the same for every method), ``"identity"`` or an explicit matrix.
+    Data are drawn with numpy (``seed``) and converted to ``xp`` (numpy by default).
+    """
+    np = _numpy()
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"`n` must be a positive int, got {n!r}")
+    if not isinstance(n_samples, int) or n_samples < n:
+        raise ValueError(
+            f"`n_samples` must be an int >= n = {n} (full-rank X Xᵀ), got {n_samples!r}"
+        )
+    A.check_positive("cond", cond)
+    rng = np.random.default_rng(seed)
+    q = _random_spd(rng, n, cond)
+    x = rng.standard_normal((n, n_samples))
+    s0 = _start(rng, n, start)
+    s_star = np.linalg.inv(q)
+    s_star = 0.5 * (s_star + s_star.T)
+    q_, x_, qx_, s_star_ = (_to(xp, a, dtype, device) for a in (q, x, q @ x, s_star))
+    return MetricNearness(q_, x_, qx_, s_star_, 0.0, _to(xp, s0, dtype, device))
+
+
+class LogDet(NamedTuple):
+    """Log-det problem ``f(S) = Tr(SQ) − log det S`` (Fig. 3; Han et al. 2021).
+
+    ``S_star = Q⁻¹``, ``f_star = n + log det Q``.
+    """
+
+    Q: Array
+    S_star: Array
+    f_star: float
+    s0: Array
+
+    def loss(self, s: Array) -> Array:
+        """``Tr(SQ) − log det S`` (``slogdet``)."""
+        xp = array_namespace(s)
+        _, ld = xp.linalg.slogdet(s)
+        return xp.sum(s * self.Q) - ld
+
+    def gap(self, s: Array) -> Array:
+        """``f(S) − f(S*)``."""
+        return self.loss(s) - self.f_star
+
+    def grad(self, s: Array) -> Array:
+        """``Q − S⁻¹``."""
+        xp = array_namespace(s)
+        inv = xp.linalg.inv(s)
+        return self.Q - 0.5 * (inv + inv.mT)
+
+
+def log_det(
+    n: int = 60,
+    *,
+    cond: float = 10.0,
+    seed: int = 0,
+    start: str | Any = "random",
+    xp: Namespace | None = None,
+    dtype: Any = None,
+    device: Any = None,
+) -> LogDet:
+    """The log-det problem of Fig. 3 (``n = 60``): random SPD ``Q`` with condition number
+    ``cond``; ``start`` as in :func:`metric_nearness`. ``f* = n + log det Q`` in float64."""
+    np = _numpy()
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"`n` must be a positive int, got {n!r}")
+    A.check_positive("cond", cond)
+    rng = np.random.default_rng(seed)
+    q = _random_spd(rng, n, cond)
+    s0 = _start(rng, n, start)
+    s_star = np.linalg.inv(q)
+    s_star = 0.5 * (s_star + s_star.T)
+    f_star = float(n + np.linalg.slogdet(q)[1])
+    return LogDet(
+        _to(xp, q, dtype, device),
+        _to(xp, s_star, dtype, device),
+        f_star,
+        _to(xp, s0, dtype, device),
+    )
