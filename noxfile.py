@@ -61,6 +61,22 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session
+def package(session: nox.Session) -> None:
+    """Build sdist + wheel; install the wheel with each extra in turn and run 3 steps."""
+    import glob
+    import tempfile
+
+    session.install("build")
+    out = tempfile.mkdtemp()
+    session.run("python", "-m", "build", "-o", out)
+    (wheel,) = glob.glob(f"{out}/*.whl")
+    for extra in ("", "[torch]", "[jax]"):
+        pins = [TORCH] if extra == "[torch]" else []
+        session.install(f"spectral-curv{extra} @ file://{wheel}", *pins)
+        session.run("python", ".ci/smoke_wheel.py")
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     session.install("-e", ".[bench]", TORCH)
     session.run("python", "-m", "spectral_curv.bench", "precond", *session.posargs)
