@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import optim
-from .torch import _GROUP_KEYS, SpectralKron, _init_state, spectral_kron
+from .torch import SpectralKron
 
 __all__ = [
     "DistributedSpectralKron",
@@ -201,50 +201,14 @@ class DistributedSpectralKron(SpectralKron):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Update the owned parameters, then broadcast every parameter from its owner."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        flags: dict[torch.device, list[Tensor]] = {}
-        for group in self.param_groups:
-            for prm in group["params"]:
-                g = prm.grad
-                if g is None:
-                    continue
-                if g.is_sparse:
-                    raise RuntimeError("SpectralKron does not support sparse gradients")
-                if torch.is_complex(prm) or torch.is_complex(g):
-                    raise RuntimeError(
-                        "SpectralKron does not support complex parameters or gradients"
-                    )
-                flags.setdefault(g.device, []).append(torch.isfinite(g).all())
-        if not all(bool(torch.stack(f).all()) for f in flags.values()):
-            if self.nonfinite == "raise":
-                raise ValueError(
-                    "SpectralKron: a gradient contains NaN or inf; no state was changed "
-                    "(pass nonfinite='skip' to skip such steps instead)"
-                )
-            self.skipped_steps += 1
-            return loss
-        for group in self.param_groups:
-            params = [prm for prm in group["params"] if prm.grad is not None and self._owned(prm)]
-            if not params:
-                continue
-            states = []
-            for prm in params:
-                state = self.state[prm]
-                if not state:
-                    plan = optim.plan(tuple(prm.shape), group["max_precond_dim"])
-                    state.update(_init_state(prm, plan, group["precond_dtype"], group["graft"]))
-                states.append(state)
-            spectral_kron(
-                params,
-                [prm.grad for prm in params],
-                states,
-                **{k: group[k] for k in _GROUP_KEYS},
-            )
-        self._share()
+        skipped = self.skipped_steps
+        loss = super().step(closure)  # validates every gradient, updates the owned ones
+        if self.skipped_steps == skipped:
+            self._share()
         return loss
+
+    def _owns(self, param: Tensor) -> bool:
+        return self._owned(param)
 
     def _share(self) -> None:
         """Broadcast each rank's owned parameters (one flat buffer per dtype/device)."""

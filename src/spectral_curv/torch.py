@@ -420,6 +420,7 @@ class SpectralKron(Optimizer):
             self.skipped_steps += 1
             return loss
         for group, params in work:
+            params = [prm for prm in params if self._owns(prm)]
             if not params:
                 continue
             states = []
@@ -436,6 +437,11 @@ class SpectralKron(Optimizer):
                 **{k: group[k] for k in _GROUP_KEYS},
             )
         return loss
+
+    def _owns(self, param: Tensor) -> bool:
+        """Whether this optimizer updates ``param`` (all of them here; a distributed subclass
+        updates only the parameters its rank owns, after every gradient was validated)."""
+        return True
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load state without torch's default cast of floating state to the parameter dtype.
