@@ -5,6 +5,8 @@
     SpectralKron on Fashion-MNIST (or scikit-learn's digits), a table in ≤ 3 minutes.
 ``spectral-curv bench {precond,optim,train} [options]``
     the benchmarks of :mod:`spectral_curv.bench`.
+``spectral-curv reproduce {fig2,fig3,fig7,fig8,fig9,all} [--quick]``
+    the paper's CPU-sized experiments (:mod:`spectral_curv.reproduce`).
 
 Each command's options: ``spectral-curv demo --help``, ``spectral-curv bench train --help``.
 """
@@ -16,7 +18,8 @@ import sys
 
 USAGE = (
     "usage: spectral-curv demo [options]\n"
-    "       spectral-curv bench {precond,optim,train} [options]  "
+    "       spectral-curv bench {precond,optim,train} [options]\n"
+    "       spectral-curv reproduce {fig2,fig3,fig7,fig8,fig9,all} [--quick]  "
     "(details: ... --help)"
 )
 
@@ -50,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         from .bench.train import demo_main
 
         return demo_main(demo_parser().parse_args(args[1:]))
-    print(f"spectral-curv: unknown command {args[0]!r} (known: demo, bench)", file=sys.stderr)
+    if args[0] == "reproduce":
+        from .reproduce import main as reproduce_main
+
+        return reproduce_main(args[1:])
+    print(
+        f"spectral-curv: unknown command {args[0]!r} (known: demo, bench, reproduce)",
+        file=sys.stderr,
+    )
     return 2
 
 

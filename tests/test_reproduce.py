@@ -1,0 +1,58 @@
+"""``spectral-curv reproduce``: the quick versions run end to end and write JSON and PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spectral_curv import reproduce
+from spectral_curv.cli import main as cli_main
+
+
+def test_quick_reproduce_writes_json_plots_and_summary(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    js, img = tmp_path / "r.json", tmp_path / "img"
+    rc = cli_main(
+        [
+            "reproduce",
+            "fig2",
+            "fig7",
+            "fig8",
+            "fig3",
+            "--quick",
+            "--quiet",
+            "--json",
+            str(js),
+            "--plot-dir",
+            str(img),
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    for fig in ("fig2", "fig7", "fig8", "fig3"):
+        assert fig in out
+        assert (img / f"repro_{fig}.png").read_bytes()[:4] == b"\x89PNG"
+    data = json.loads(js.read_text())
+    full = data["fig2"]["full"]
+    assert set(full["fixed_point"]) == {"default", "spectral", "cholesky"}
+    # the spectral scheme tracks the default one (small quick run: a loose sanity bound)
+    sp, df = full["summary"]["fixed_point"]["spectral"], full["summary"]["fixed_point"]["default"]
+    assert abs(sp["final"] - df["final"]) < 0.25 * df["final"]
+    for name, p in data["fig3"]["problems"].items():
+        its = p["iterations_to_1e-6"]
+        assert its["spectral"] is not None and its["rgd_expm"] is not None, name
+        assert its["spectral"] <= 1.5 * its["rgd_expm"], (name, its)
+    # a second run keeps the other figures' keys
+    assert (
+        cli_main(["reproduce", "fig7", "--quick", "--quiet", "--json", str(js), "--plot-dir", ""])
+        == 0
+    )
+    assert {"fig2", "fig3", "fig7", "fig8"} <= set(json.loads(js.read_text()))
+
+
+def test_unknown_figure_is_rejected():
+    with pytest.raises(ValueError, match="unknown figure"):
+        reproduce.run(["fig42"], progress=False)
+    with pytest.raises(SystemExit):
+        cli_main(["reproduce", "fig42"])
