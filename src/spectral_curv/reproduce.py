@@ -73,7 +73,7 @@ def _fig3(quick: bool, cache: dict[str, Any]) -> dict[str, Any]:
     n, steps, lr = (10, 200, 0.05) if quick else (60, 400, 0.05)
     out: dict[str, Any] = {"lr": lr, "n": n, "steps": steps, "problems": {}}
     problems = {
-        "metric_nearness": spd.metric_nearness(n=n, n_samples=max(4 * n, 100)),
+        "metric_nearness": spd.metric_nearness(n=n, n_samples=100 if quick else 1000),
         "log_det": spd.log_det(n=n),
     }
     for name, pb in problems.items():
@@ -193,7 +193,22 @@ def plot(fig: str, res: dict[str, Any], path: str | os.PathLike[str]) -> bool:
         ylabel = "‖S_k − S_k^default‖/‖S_k^default‖" if metric == "iterate" else "‖S_k − Σ‖_F/‖Σ‖_F"
         for panel, r in res.items():
             if isinstance(r, dict) and metric in r:
-                panels.append((f"{panel} ({ylabel})", r["iterations"], r[metric], ylabel))
+                cfg = r.get("config", {})
+                size = (
+                    f"d = {cfg['n']}"
+                    if "n" in cfg
+                    else f"{cfg.get('rows')}×{cfg.get('cols')} factors"
+                )
+                title = f"{'full matrix' if panel == 'full' else 'Kronecker'}, {size}"
+                curves = dict(r[metric])
+                if metric == "fixed_point":
+                    for ref in ("vlp", "kl"):
+                        v = r.get("references", {}).get(ref)
+                        if isinstance(v, float):
+                            curves[f"best Kronecker ({ref.upper()}), constant"] = [v] * len(
+                                r["iterations"]
+                            )
+                panels.append((title, r["iterations"], curves, ylabel))
     elif fig == "fig3":
         for name, p in res["problems"].items():
             curves = p["gap"]
@@ -218,10 +233,11 @@ def plot(fig: str, res: dict[str, Any], path: str | os.PathLike[str]) -> bool:
         for scheme, ys in curves.items():
             n = min(len(xs), len(ys))
             x = [v for v in xs[:n]]
+            style = ":" if "constant" in scheme else "-"
             if fig == "fig3":
-                ax.semilogy(x, [max(v, 1e-16) for v in ys[:n]], label=scheme)
+                ax.semilogy(x, [max(v, 1e-16) for v in ys[:n]], style, label=scheme)
             else:
-                ax.loglog([max(v, 1) for v in x], ys[:n], label=scheme)
+                ax.loglog([max(v, 1) for v in x], ys[:n], style, label=scheme)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("evaluations" if fig == "fig9" else "iteration k")
         ax.set_ylabel(ylabel)
@@ -268,6 +284,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="PNG directory (default docs/img; '' to skip)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--from-json",
+        default=None,
+        metavar="PATH",
+        help="do not run: re-print and re-plot the figures stored in PATH",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,7 +297,16 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     figs = list(FIGURES) if "all" in args.figures else list(dict.fromkeys(args.figures))
-    results = run(figs, quick=args.quick, progress=not args.quiet)
+    if args.from_json:
+        stored = json.loads(Path(args.from_json).read_text())
+        missing = [f for f in figs if f not in stored]
+        if missing:
+            print(f"spectral-curv reproduce: {missing} not in {args.from_json}", file=sys.stderr)
+            return 2
+        results = {f: stored[f] for f in figs}
+        args.json = ""
+    else:
+        results = run(figs, quick=args.quick, progress=not args.quiet)
     print(summary(results))
     if args.json:
         path = Path(args.json)
