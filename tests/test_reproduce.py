@@ -51,6 +51,37 @@ def test_quick_reproduce_writes_json_plots_and_summary(tmp_path, capsys):
     assert {"fig2", "fig3", "fig7", "fig8"} <= set(json.loads(js.read_text()))
 
 
+def test_quick_fig9_nes(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    js = tmp_path / "r.json"
+    assert (
+        cli_main(
+            [
+                "reproduce",
+                "fig9",
+                "--quick",
+                "--quiet",
+                "--json",
+                str(js),
+                "--plot-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(js.read_text())["fig9"]["rows"]
+    assert {r["function"] for r in rows} == {
+        "ackley",
+        "rosenbrock",
+        "bohachevsky",
+        "schaffer",
+        "griewank",
+    }
+    assert all(r["median_final"] is not None for r in rows)
+    assert (tmp_path / "repro_fig9.png").exists()
+    assert "rosenbrock" in capsys.readouterr().out
+
+
 def test_unknown_figure_is_rejected():
     with pytest.raises(ValueError, match="unknown figure"):
         reproduce.run(["fig42"], progress=False)

@@ -1,0 +1,318 @@
+"""Tests of ``spectral_curv.nes``: ask/tell contract, NES correctness, Appx. C functions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import asarray, to_numpy
+from spectral_curv import full, nes
+
+METHODS = (nes.SpectralNES, nes.XNES, nes.CholeskyNES)
+
+
+def _quadratic(h: np.ndarray, xs: np.ndarray):
+    def f(X):
+        Z = np.asarray(X) - xs
+        return 0.5 * np.einsum("ij,jk,ik->i", Z, h, Z)
+
+    return f
+
+
+# ------------------------------------------------------------------ ask/tell contract
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_ask_shapes_dtype_and_mirrored_pairs(cls):
+    es = cls(np.arange(7.0), 0.3, seed=3)
+    lam = es.popsize
+    assert lam == nes.default_popsize(7) and lam % 2 == 0
+    X = es.ask()
+    assert X.shape == (lam, 7) and X.dtype == np.float64
+    mu = to_numpy(es.mean)
+    np.testing.assert_allclose(
+        X[: lam // 2] + X[lam // 2 :], np.broadcast_to(2 * mu, (lam // 2, 7)), atol=1e-12
+    )
+    assert np.all(np.abs(X - mu).max(axis=1) > 0)  # not degenerate
+    es.tell(X, np.sum(X**2, axis=1))
+    assert es.countevals == lam and es.countiter == 1
+    r = es.result
+    assert r.evaluations == lam and r.fbest == pytest.approx(float(np.min(np.sum(X**2, 1))))
+
+
+def test_not_mirrored_and_float32():
+    es = nes.SpectralNES(np.zeros(4, dtype=np.float32), 1.0, popsize=5, mirrored=False, seed=0)
+    X = es.ask()
+    assert X.shape == (5, 4) and X.dtype == np.float32
+    # no mirrored structure
+    assert not np.allclose(X[:2] + X[2:4], 0.0)
+    es.tell(X, np.sum(X**2, axis=1))
+    assert es.mean.dtype == np.float32
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_bad_input_raises(cls):
+    with pytest.raises(ValueError, match="sigma0"):
+        cls(np.zeros(3), 0.0)
+    with pytest.raises(ValueError, match="sigma0"):
+        cls(np.zeros(3), -1.0)
+    with pytest.raises(ValueError, match="popsize"):
+        cls(np.zeros(3), 1.0, popsize=1)
+    with pytest.raises(ValueError, match="even"):
+        cls(np.zeros(3), 1.0, popsize=5)
+    with pytest.raises(ValueError, match="x0"):
+        cls(np.zeros((2, 2)), 1.0)
+    with pytest.raises(ValueError, match="lr_cov"):
+        cls(np.zeros(3), 1.0, lr_cov=-1.0)
+    es = cls(np.zeros(3), 1.0, seed=0)
+    with pytest.raises(ValueError, match="ask"):
+        es.tell(np.zeros((es.popsize, 3)), np.zeros(es.popsize))
+    X = es.ask()
+    f = np.sum(X**2, axis=1)
+    with pytest.raises(ValueError, match="shape"):
+        es.tell(X[:-1], f[:-1])
+    with pytest.raises(ValueError, match="values"):
+        es.tell(X, f[:-1])
+    with pytest.raises(ValueError, match="values"):
+        es.tell(X, f[:, None])
+    bad = f.copy()
+    bad[2] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        es.tell(X, bad)
+    bad[2] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        es.tell(X, bad)
+    with pytest.raises(ValueError, match="does not match"):
+        es.tell(X + 1e-3, f)
+    assert es.countevals == 0  # nothing was consumed by the failed calls
+    es.tell(X, f)  # the valid call still works
+    assert es.countevals == es.popsize
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_stop_criteria_fire(cls):
+    es = cls(np.ones(4), 1.0, seed=0, maxfevals=40)
+    n_iter = 0
+    while not es.stop():
+        X = es.ask()
+        es.tell(X, np.sum(X**2, axis=1))
+        n_iter += 1
+    assert "maxfevals" in es.stop() and "ftarget" not in es.stop()
+    assert es.countevals >= 40 and es.countevals - es.popsize < 40
+    es = cls(np.ones(4), 1.0, seed=0, ftarget=1e-3, maxfevals=50000)
+    es.optimize(lambda X: np.sum(X**2, axis=1))
+    assert "ftarget" in es.stop() and "maxfevals" not in es.stop()
+    assert es.result.fbest <= 1e-3
+    assert es.result.fbest == pytest.approx(float(np.sum(to_numpy(es.result.xbest) ** 2)))
+    es = cls(np.ones(4), 1.0, seed=0, maxiter=3)
+    es.optimize(lambda X: np.sum(X**2, axis=1))
+    assert es.countiter == 3 and "maxiter" in es.stop()
+    es = cls(np.ones(2), 1.0, seed=0, tolx=1e-6, maxfevals=1e6)
+    es.optimize(lambda X: np.sum(X**2, axis=1))
+    assert "tolx" in es.stop() or "tolfun" in es.stop()
+    assert es.countevals < 1e6
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_determinism(cls):
+    def run(seed):
+        es = cls(np.full(5, 0.5), 0.7, seed=seed)
+        out = []
+        for _ in range(6):
+            X = es.ask()
+            out.append(np.array(X))
+            es.tell(X, nes.rosenbrock(X))
+        return np.stack(out), to_numpy(es.covariance)
+
+    a, ca = run(11)
+    b, cb = run(11)
+    c, _ = run(12)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ca, cb)
+    assert not np.allclose(a, c)
+
+
+def test_rank_utilities():
+    u = nes.rank_utilities([3.0, 1.0, 2.0, 10.0])
+    assert u.sum() == pytest.approx(0.0, abs=1e-15)
+    assert u[1] > u[2] > u[0] >= u[3]  # smaller value → larger utility
+    # invariance to monotone transforms
+    np.testing.assert_allclose(u, nes.rank_utilities(np.exp([3.0, 1.0, 2.0, 10.0])))
+    np.testing.assert_allclose(nes.rank_utilities([1.0, 1.0, 1.0, 1.0]), 0.0, atol=1e-15)
+    w = nes.rank_utilities([1.0, 1.0, 0.0, 5.0])
+    assert w[0] == w[1] and w[2] > w[0] > w[3]
+    v = nes.rank_utilities([3.0, 1.0, 2.0, 10.0], fitness_shaping=False)
+    assert v.sum() == pytest.approx(0.0, abs=1e-15) and v[1] > v[2] > v[0] > v[3]
+
+
+# ------------------------------------------------------------------ correctness
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_converges_on_quadratic_and_learns_inverse_hessian(cls):
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    h = q @ np.diag(np.logspace(0, 4, 5)) @ q.T  # cond 1e4, rotated
+    xs = rng.standard_normal(5)
+    es = cls(np.zeros(5), 1.0, seed=1, maxfevals=40000, ftarget=1e-12, tolfun=0.0)
+    es.optimize(_quadratic(h, xs))
+    assert "ftarget" in es.stop()
+    np.testing.assert_allclose(to_numpy(es.result.xbest), xs, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(es.mean), xs, atol=1e-4)
+    # Σ ∝ H⁻¹: H^{1/2} Σ H^{1/2} is well conditioned (it started at cond 1e4)
+    w, v = np.linalg.eigh(h)
+    hs = (v * np.sqrt(w)) @ v.T
+    ev = np.linalg.eigvalsh(hs @ to_numpy(es.covariance) @ hs)
+    assert ev.max() / ev.min() < 30.0
+
+
+def _explicit_step(S, mu, X, f, lr_cov, lr_mean):
+    """The explicit-matrix NES step (float64): S + lr·E[ℓ(SzzᵀS − S)], μ − lr·S⁻¹E[ℓSz]."""
+    u = nes.rank_utilities(f)
+    ell = -u  # shaped loss
+    Z = X - mu
+    SZ = Z @ S
+    delta = sum(ell[i] * (np.outer(SZ[i], SZ[i]) - S) for i in range(len(f)))
+    g = ell @ SZ
+    return S + lr_cov * delta, mu - lr_mean * np.linalg.solve(S, g)
+
+
+def test_spectral_update_matches_explicit_to_first_order():
+    rng = np.random.default_rng(5)
+    n = 6
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    S0 = q @ np.diag(np.linspace(1.0, 4.0, n)) @ q.T  # well separated eigenvalues
+    mu0 = rng.standard_normal(n)
+    errs, mean_errs = [], []
+    for lr in (0.04, 0.02, 0.01):
+        es = nes.SpectralNES(mu0, 1.0, seed=7, lr_cov=lr, lr_mean=0.3)
+        es.state = full.from_dense(S0)
+        X = np.array(es.ask())
+        f = nes.rosenbrock(X)
+        # the sample is N(μ, S⁻¹): z = S^{-1/2} ε
+        es.tell(X, f)
+        S_ref, mu_ref = _explicit_step(S0, mu0, X, f, lr, 0.3)
+        errs.append(np.linalg.norm(to_numpy(es.precision) - S_ref) / np.linalg.norm(S_ref))
+        mean_errs.append(np.abs(to_numpy(es.mean) - mu_ref).max())
+    # second-order agreement: halving the step size cuts the difference ~4×
+    r1, r2 = errs[0] / errs[1], errs[1] / errs[2]
+    assert 3.0 < r1 < 5.0 and 3.0 < r2 < 5.0, errs
+    assert errs[0] > 1e-8  # the difference is real (the test can fail)
+    assert max(mean_errs) < 1e-12  # the mean step is exact
+    # and the step itself is first order: the change is ∝ lr
+    assert np.linalg.norm(S_ref - S0) > 10 * errs[-1] * np.linalg.norm(S_ref)
+
+
+@pytest.mark.parametrize("cls", [nes.XNES, nes.CholeskyNES])
+def test_baselines_match_explicit_to_first_order(cls):
+    """xNES and Cholesky NES equal the explicit step up to O(lr²) (from a generic Σ)."""
+    rng = np.random.default_rng(8)
+    n = 5
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    S0 = q @ np.diag(np.linspace(1.0, 3.0, n)) @ q.T
+    cov0 = np.linalg.inv(S0)
+    mu0 = rng.standard_normal(n)
+    errs = []
+    for lr in (0.02, 0.01):
+        es = cls(mu0, 1.0, seed=3, lr_cov=lr, lr_mean=0.5)
+        if cls is nes.XNES:
+            w, v = np.linalg.eigh(cov0)
+            es.A = (v * np.sqrt(w)) @ v.T
+        else:
+            es.K = np.linalg.cholesky(cov0)
+        X = np.array(es.ask())
+        f = nes.rosenbrock(X)
+        es.tell(X, f)
+        S_ref, mu_ref = _explicit_step(S0, mu0, X, f, lr, 0.5)
+        errs.append(np.linalg.norm(to_numpy(es.precision) - S_ref) / np.linalg.norm(S_ref))
+        np.testing.assert_allclose(to_numpy(es.mean), mu_ref, atol=1e-12)
+    assert errs[1] > 0 and 3.0 < errs[0] / errs[1] < 5.0, errs
+
+
+def test_spectral_tie_masking_from_isotropic_start():
+    """From S = σ⁻²I every eigenvalue ties, so the first spectral step cannot rotate B
+    (Moore–Penrose masking, SPEC §2): only d moves, unlike the explicit step."""
+    es = nes.SpectralNES(np.zeros(4), 1.0, seed=0, lr_cov=0.01)
+    X = es.ask()
+    es.tell(X, nes.rosenbrock(X))
+    np.testing.assert_allclose(to_numpy(es.state.B), np.eye(4), atol=1e-14)
+    assert np.ptp(to_numpy(es.state.d)) > 1e-4
+
+
+def test_lr_sigma_only_changes_scale():
+    rng = np.random.default_rng(4)
+    q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    S0 = q @ np.diag([1.0, 2.0, 3.0, 4.0]) @ q.T
+    covs = []
+    for ls in (None, 0.5):
+        es = nes.SpectralNES(np.zeros(4), 1.0, seed=2, lr_cov=0.05, lr_sigma=ls)
+        es.state = full.from_dense(S0)
+        X = es.ask()
+        es.tell(X, nes.rosenbrock(X))
+        covs.append(to_numpy(es.covariance))
+    c1, c2 = covs
+    assert not np.isclose(np.linalg.det(c1), np.linalg.det(c2), rtol=1e-3)
+    n1 = c1 / np.linalg.det(c1) ** 0.25
+    n2 = c2 / np.linalg.det(c2) ** 0.25
+    np.testing.assert_allclose(n1, n2, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------ test functions
+
+
+@pytest.mark.parametrize(
+    ("fun", "xopt"),
+    [
+        (nes.ackley, 0.0),
+        (nes.rosenbrock, 1.0),
+        (nes.bohachevsky, 0.0),
+        (nes.schaffer, 0.0),
+        (nes.griewank, 0.0),
+    ],
+)
+def test_functions_minimum_and_shapes(fun, xopt):
+    assert nes.FUNCTIONS[fun.__name__].fun is fun and nes.FUNCTIONS[fun.__name__].xopt == xopt
+    x = np.full(60, xopt)
+    assert fun(x).shape == ()
+    assert abs(float(fun(x))) < 1e-12
+    rng = np.random.default_rng(0)
+    X = xopt + rng.uniform(-2, 2, size=(3, 4, 60))
+    v = fun(X)
+    assert v.shape == (3, 4) and np.all(v > 0)
+    # small perturbations increase the value (a local minimum)
+    for _ in range(5):
+        assert float(fun(x + 1e-3 * rng.standard_normal(60))) > float(fun(x))
+
+
+def test_function_values_known_points():
+    one = np.ones(2)
+    assert nes.rosenbrock(np.array([0.0, 0.0])) == pytest.approx(1.0)
+    assert nes.rosenbrock(np.array([-1.0, 1.0])) == pytest.approx(4.0)
+    assert nes.ackley(one) == pytest.approx(20 - 20 * math.exp(-0.2) + math.e - math.e)
+    assert nes.bohachevsky(np.array([1.0, 1.0])) == pytest.approx(1 + 2 + 0.3 - 0.4 + 0.7)
+    assert nes.griewank(np.array([math.pi, 0.0])) == pytest.approx(math.pi**2 / 4000 + 2.0)
+    s = 2.0
+    assert nes.schaffer(one) == pytest.approx(s**0.25 * (math.sin(50 * s**0.1) ** 2 + 1))
+
+
+# ------------------------------------------------------------------ backends
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_runs_on_backends(xp, cls):
+    x0 = asarray(xp, np.full(4, 0.5))
+    es = cls(x0, 0.5, seed=0, maxiter=10)
+    assert es.xp is xp and type(es.mean) is type(x0)
+    while not es.stop():
+        X = es.ask()
+        assert type(X) is type(x0) and tuple(X.shape) == (es.popsize, 4)
+        es.tell(X, nes.griewank(X) + nes.bohachevsky(X))
+    ref = cls(np.full(4, 0.5), 0.5, seed=0, maxiter=10)
+    ref.optimize(lambda X: nes.griewank(X) + nes.bohachevsky(X))
+    # same seed → same run as numpy (rank ties/near-ties amplify roundoff later on)
+    np.testing.assert_allclose(to_numpy(es.mean), to_numpy(ref.mean), rtol=1e-8, atol=1e-10)
+    es.opts["maxiter"] = 60
+    es.optimize(lambda X: nes.griewank(X) + nes.bohachevsky(X))
+    assert es.result.fbest < float(nes.griewank(np.full(4, 0.5)) + nes.bohachevsky(np.full(4, 0.5)))
