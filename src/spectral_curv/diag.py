@@ -27,7 +27,7 @@ __all__ = ["DiagState", "dense", "init", "logdet", "precondition", "update", "up
 
 
 class DiagState(NamedTuple):
-    """Diagonal ``S = Diag(d)``, ``d > 0`` of any shape."""
+    """Diagonal ``S = Diag(d)``, ``d > 0`` of any shape (SPEC §3)."""
 
     d: Array
 
@@ -40,7 +40,15 @@ def init(
     device: Any = None,
     xp: Namespace | None = None,
 ) -> DiagState:
-    """``d = scale`` everywhere (numpy float64 unless ``xp``/``dtype`` say)."""
+    """``d = scale`` everywhere (numpy float64 unless ``xp``/``dtype`` say; SPEC §3).
+
+    Example::
+
+        >>> from spectral_curv import diag
+        >>> st = diag.init((2, 3), scale=0.5)
+        >>> st.d.shape, st.d.dtype, float(st.d[0, 0])
+        ((2, 3), dtype('float64'), 0.5)
+    """
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if any((not isinstance(s, int)) or isinstance(s, bool) or s < 0 for s in shape):
         raise ValueError(f"`shape` must hold non-negative ints, got {shape!r}")
@@ -59,7 +67,16 @@ def update(
     """One step for a generic diagonal curvature change ``δ`` (may be negative; SPEC §3).
 
     ``check=False`` skips the value checks (backend, finiteness) for adapters that have
-    already done them."""
+    already done them.
+
+    Example (a negative ``δ`` still keeps ``d > 0`` with the exact map)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import diag
+        >>> st = diag.update(diag.init(3), np.array([1.0, -5.0, 0.0]), beta2=0.5)
+        >>> bool(np.all(st.d > 0)), bool(st.d[0] > 1.0 > st.d[1]), float(st.d[2])
+        (True, True, 1.0)
+    """
     xp = array_namespace(state.d)
     A.check_shape("delta", delta, tuple(state.d.shape))
     if check:
@@ -81,7 +98,22 @@ def update_gop(
     exp: str = "exact",
     check: bool = True,
 ) -> DiagState:
-    """GOP step ``δ = g² + λ − γd``; ``g`` has ``d``'s shape or a leading batch axis (mean)."""
+    """GOP step ``δ = g² + λ − γd``; ``g`` has ``d``'s shape or a leading batch axis (SPEC §3).
+
+    A leading batch axis of ``g`` averages the ``g²`` over the batch.
+
+    Example (``γ = 1`` with the first-order map is RMSprop's second moment)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import diag
+        >>> st = diag.init(2, scale=1.0)
+        >>> st = diag.update_gop(st, np.array([3.0, 1.0]), beta2=0.5, exp="first_order")
+        >>> st.d.tolist()
+        [5.0, 1.0]
+        >>> st = diag.update_gop(st, np.ones((4, 2)), beta2=0.5)
+        >>> st.d.shape
+        (2,)
+    """
     xp = array_namespace(state.d)
     if check:
         A.check_same_namespace(xp, d=state.d, g=g)
@@ -101,7 +133,18 @@ def update_gop(
 
 
 def precondition(state: DiagState, v: Array, *, p: Any, check: bool = True) -> Array:
-    """``d^{-1/p} ⊙ v`` (``v`` broadcastable against ``d``; SPEC §3)."""
+    """``d^{-1/p} ⊙ v`` (``v`` broadcastable against ``d``; SPEC §3).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import diag
+        >>> st = diag.DiagState(np.array([4.0, 16.0]))
+        >>> diag.precondition(st, np.ones(2), p=2).tolist()
+        [0.5, 0.25]
+        >>> diag.precondition(st, np.ones((3, 2)), p=4).shape
+        (3, 2)
+    """
     xp = array_namespace(state.d)
     if check:
         A.check_same_namespace(xp, d=state.d, v=v)
@@ -112,7 +155,7 @@ def precondition(state: DiagState, v: Array, *, p: Any, check: bool = True) -> A
 
 
 def dense(state: DiagState, power: Any = 1.0) -> Array:
-    """The explicit ``Diag(d)^power`` of the flattened ``d`` (for tests)."""
+    """The explicit ``Diag(d)^power`` of the flattened ``d`` (for tests; SPEC §3)."""
     import array_api_extra as xpx
 
     xp = array_namespace(state.d)
@@ -120,6 +163,6 @@ def dense(state: DiagState, power: Any = 1.0) -> Array:
 
 
 def logdet(state: DiagState) -> Array:
-    """``Σ log d``."""
+    """``log det S = Σ log d`` (SPEC §1)."""
     xp = array_namespace(state.d)
     return xp.sum(xp.log(state.d))

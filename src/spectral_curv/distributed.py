@@ -1,5 +1,7 @@
 """Data-parallel ``torch.distributed`` support: :class:`DistributedSpectralKron` (ZeRO-1 style).
 
+The math is the core's (SPEC §3 diagonal scheme, §4 Kronecker scheme, §5 conventions),
+reached through :func:`spectral_curv.torch.spectral_kron`; this module only distributes it.
 As in Distributed Shampoo, the preconditioner work is split across the data-parallel ranks:
 
 - gradients are assumed already averaged across ranks (``DistributedDataParallel`` does it);
@@ -57,6 +59,12 @@ def refresh_cost(shape: Sequence[int], max_precond_dim: int = optim.DEFAULT_MAX_
     ``r³ + c³ + r·c·(r + c)`` when both sides are full; a diagonal side costs ``r·c``
     (elementwise). Diagonal plans (biases, norms) cost their size. The elementwise update
     (``r·c``) is added to every parameter so that zero-cost shapes still weigh something.
+
+    Example::
+
+        >>> from spectral_curv.distributed import refresh_cost
+        >>> refresh_cost((4, 3)), refresh_cost((7,)), refresh_cost((2, 10), max_precond_dim=8)
+        (187, 7, 88)
     """
     pl = optim.plan(tuple(int(s) for s in shape), max_precond_dim)
     numel = 1
@@ -79,6 +87,14 @@ def assign_owners(
     Items are taken by decreasing cost (ties: lower index first) and each goes to the rank
     with the smallest load so far (ties: lower rank). Deterministic, so every rank computes
     the same assignment. ``loads`` continues from an earlier assignment (new param groups).
+
+    Example::
+
+        >>> from spectral_curv.distributed import assign_owners
+        >>> assign_owners([5.0, 1.0, 3.0, 3.0], 2)
+        ([0, 0, 1, 1], [6.0, 6.0])
+        >>> assign_owners([2.0], 2, loads=[8.0, 4.0])
+        ([1], [8.0, 6.0])
     """
     if world_size < 1:
         raise ValueError(f"`world_size` must be >= 1, got {world_size!r}")
@@ -97,7 +113,15 @@ def balance_report(loads: Sequence[float]) -> dict[str, Any]:
     """Per-rank cost share versus the ideal ``1/N``.
 
     Returns ``{"world_size", "shares", "ideal", "max_share", "max_over_ideal"}``;
-    ``max_over_ideal`` is the largest share divided by ``1/N`` (1.0 is a perfect balance)."""
+    ``max_over_ideal`` is the largest share divided by ``1/N`` (1.0 is a perfect balance).
+
+    Example::
+
+        >>> from spectral_curv.distributed import balance_report
+        >>> rep = balance_report([6.0, 2.0])
+        >>> rep["world_size"], rep["shares"], rep["max_over_ideal"]
+        (2, [0.75, 0.25], 1.5)
+    """
     n = len(loads)
     total = float(sum(loads))
     shares = [float(x) / total if total > 0 else 1.0 / n for x in loads]

@@ -37,7 +37,7 @@ __all__ = [
 
 
 class SpectralState(NamedTuple):
-    """Spectral factors of ``S = B Diag(d) Bᵀ``: ``B`` (n, n) orthogonal, ``d`` (n,) > 0."""
+    """Spectral factors of ``S = B Diag(d) Bᵀ`` (SPEC §1): ``B`` (n, n) orthogonal, ``d > 0``."""
 
     B: Array
     d: Array
@@ -51,7 +51,17 @@ def init(
     device: Any = None,
     xp: Namespace | None = None,
 ) -> SpectralState:
-    """``S = scale · I`` (``B = I``, ``d = scale``); numpy float64 unless ``xp``/``dtype`` say."""
+    """``S = scale · I`` (``B = I``, ``d = scale``); numpy float64 unless ``xp``/``dtype`` say.
+
+    The initial state ``S₀ = λ₀I`` of the spectral scheme (SPEC §2).
+
+    Example::
+
+        >>> from spectral_curv import full
+        >>> st = full.init(3, scale=2.0)
+        >>> st.B.shape, st.d.tolist(), st.d.dtype
+        ((3, 3), [2.0, 2.0, 2.0], dtype('float64'))
+    """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"`n` must be a positive int, got {n!r}")
     A.check_positive("scale", scale)
@@ -66,7 +76,16 @@ def init(
 
 
 def from_dense(s: Array) -> SpectralState:
-    """Spectral state of an explicit SPD matrix (one eigendecomposition; for set-up and tests)."""
+    """Spectral state of an explicit SPD matrix (one eigendecomposition; for set-up and tests).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import full
+        >>> st = full.from_dense(np.diag([1.0, 4.0]))
+        >>> bool(np.allclose(full.dense(st), np.diag([1.0, 4.0])))
+        True
+    """
     xp = array_namespace(s)
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
         raise ValueError(f"`s` must be a square matrix, got shape {tuple(s.shape)}")
@@ -140,6 +159,16 @@ def update(
     exact maps. ``tie_tol`` is the relative gap under which ``d_i ≈ d_j`` masks ``U_ij``
     (default ``sqrt(eps)``); ``max_step_norm`` caps ``‖(β₂/2)Skew(Tril(U))‖_F`` (default:
     none in exact mode, 0.25 in the truncated modes ``neumann``/``quadratic``).
+
+    Example (an indefinite ``Δ``; ``B`` stays orthogonal and ``d`` positive)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import full
+        >>> st = full.init(3)
+        >>> delta = np.array([[1.0, 0.5, 0.0], [0.5, -1.0, 0.2], [0.0, 0.2, 0.3]])
+        >>> st = full.update(st, delta, beta2=0.1)
+        >>> bool(np.allclose(st.B.T @ st.B, np.eye(3))), bool(np.all(st.d > 0))
+        (True, True)
     """
     xp = array_namespace(state.B, state.d)
     n = _check_state(xp, state)
@@ -176,6 +205,16 @@ def update_gop(
     ``g`` is one gradient ``(n,)`` or a batch ``(b, n)``, whose GOP is the batch mean
     ``(1/b) Σ g_i g_iᵀ``; ``ggᵀ`` is never formed (``BᵀggᵀB = (Bᵀg)(Bᵀg)ᵀ``).
     ``gamma=1`` is RMSprop-like, ``gamma=0`` AdaGrad-like; ``damping`` is ``λ``.
+
+    Example (one gradient, then a batch of two)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import full
+        >>> st = full.init(3)
+        >>> st = full.update_gop(st, np.array([1.0, 2.0, 3.0]), beta2=0.1)
+        >>> st = full.update_gop(st, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]), beta2=0.1)
+        >>> st.B.shape, st.d.shape, bool(np.allclose(st.B.T @ st.B, np.eye(3)))
+        ((3, 3), (3,), True)
     """
     xp = array_namespace(state.B, state.d)
     n = _check_state(xp, state)
@@ -199,7 +238,18 @@ def update_gop(
 
 
 def precondition(state: SpectralState, v: Array, *, p: Any) -> Array:
-    """``S^{-1/p} v = B Diag(d^{-1/p}) Bᵀ v``, ``v`` of shape ``(n,)`` or ``(..., n)`` (SPEC §1)."""
+    """``S^{-1/p} v = B Diag(d^{-1/p}) Bᵀ v``, ``v`` of shape ``(n,)`` or ``(..., n)`` (SPEC §1).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import full
+        >>> st = full.init(3, scale=4.0)
+        >>> full.precondition(st, np.ones(3), p=2).tolist()
+        [0.5, 0.5, 0.5]
+        >>> full.precondition(st, np.ones((5, 3)), p=2).shape
+        (5, 3)
+    """
     xp = array_namespace(state.B, state.d)
     n = _check_state(xp, state)
     A.check_same_namespace(xp, B=state.B, v=v)
@@ -210,7 +260,7 @@ def precondition(state: SpectralState, v: Array, *, p: Any) -> Array:
 
 
 def dense(state: SpectralState, power: Any = 1.0) -> Array:
-    """The explicit ``S^power = B Diag(d^power) Bᵀ`` (for tests and small problems)."""
+    """The explicit ``S^power = B Diag(d^power) Bᵀ`` (for tests and small problems; SPEC §1)."""
     return (state.B * state.d[None, :] ** power) @ state.B.mT
 
 

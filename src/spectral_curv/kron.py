@@ -48,7 +48,7 @@ __all__ = [
 
 
 class KronState(NamedTuple):
-    """``S = α (B_C Diag(d_C) B_Cᵀ) ⊗ (B_K Diag(d_K) B_Kᵀ)``, ``Π d_C = Π d_K = 1``.
+    """``S = α (B_C Diag(d_C) B_Cᵀ) ⊗ (B_K Diag(d_K) B_Kᵀ)``, ``Π d_C = Π d_K = 1`` (SPEC §4).
 
     Leading axes ``L = alpha.shape`` stack independent layers of the same shape (one
     batched matmul chain refreshes them all). ``B_C`` or ``B_K`` may be ``None``: that side
@@ -76,7 +76,18 @@ def init(
 ) -> KronState:
     """``S = scale · I`` (``α = scale``, ``B = I``, ``d = 1``); numpy float64 by default.
 
-    ``batch`` stacks independent layers; ``diag_rows``/``diag_cols`` keep that side diagonal.
+    ``batch`` stacks independent layers; ``diag_rows``/``diag_cols`` keep that side diagonal
+    (SPEC §4).
+
+    Example::
+
+        >>> from spectral_curv import kron
+        >>> st = kron.init(4, 3, scale=2.0)
+        >>> float(st.alpha), st.B_C.shape, st.d_C.shape, st.B_K.shape, st.d_K.shape
+        (2.0, (4, 4), (4,), (3, 3), (3,))
+        >>> st = kron.init(4, 3, batch=(5,), diag_cols=True)
+        >>> st.alpha.shape, st.B_C.shape, st.B_K is None, st.d_K.shape
+        ((5,), (5, 4, 4), True, (5, 3))
     """
     for name, v in (("rows", rows), ("cols", cols)):
         if not isinstance(v, int) or v < 1:
@@ -108,7 +119,17 @@ def init(
 def from_factors(s_c: Array, s_k: Array, alpha: Any = 1.0) -> KronState:
     """The unique normalised state of ``alpha · s_c ⊗ s_k`` (Claim 5; uses ``eigh``, set-up only).
 
-    Leading axes of ``s_c``/``s_k`` stack layers (``alpha`` broadcasts against them)."""
+    Leading axes of ``s_c``/``s_k`` stack layers (``alpha`` broadcasts against them);
+    SPEC §4.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import kron
+        >>> st = kron.from_factors(np.diag([1.0, 4.0]), np.eye(3))
+        >>> float(st.alpha), float(np.prod(st.d_C)), float(np.prod(st.d_K))
+        (2.0, 1.0, 1.0)
+    """
     xp = array_namespace(s_c, s_k)
     d_c, b_c = xp.linalg.eigh(s_c)
     d_k, b_k = xp.linalg.eigh(s_k)
@@ -129,7 +150,7 @@ def _factor(b: Array | None, d: Array, power: Any) -> Array:
 
 
 def factors(state: KronState, power: Any = 1.0) -> tuple[Array, Array, Array]:
-    """``(α^power, S_C^power, S_K^power)`` as explicit matrices."""
+    """``(α^power, S_C^power, S_K^power)`` as explicit matrices (SPEC §4)."""
     return (
         state.alpha**power,
         _factor(state.B_C, state.d_C, power),
@@ -138,7 +159,7 @@ def factors(state: KronState, power: Any = 1.0) -> tuple[Array, Array, Array]:
 
 
 def dense(state: KronState, power: Any = 1.0) -> Array:
-    """The explicit ``(α S_C ⊗ S_K)^power`` (rc × rc; for tests and small problems)."""
+    """The explicit ``(α S_C ⊗ S_K)^power`` (rc × rc; for tests and small problems; SPEC §4)."""
     import array_api_extra as xpx
 
     xp = array_namespace(state.d_C)
@@ -149,7 +170,10 @@ def dense(state: KronState, power: Any = 1.0) -> Array:
 
 
 def logdet(state: KronState) -> Array:
-    """``log det S = rc log α + c Σ log d_C + r Σ log d_K`` (= rc log α under the constraints)."""
+    """``log det S = rc log α + c Σ log d_C + r Σ log d_K`` (= rc log α under the constraints).
+
+    SPEC §1, §4.
+    """
     xp = array_namespace(state.d_C)
     r, c = state.d_C.shape[-1], state.d_K.shape[-1]
     return (
@@ -331,7 +355,7 @@ def update_gop(
     max_step_norm: float | None = None,
     check: bool = True,
 ) -> KronState:
-    """Kronecker spectral step for the GOP of ``G``.
+    """Kronecker spectral step for the GOP of ``G`` (SPEC §4).
 
     ``G`` has the state's shape ``(*L, r, c)`` (one gradient per stacked layer), or a leading
     sample axis ``(b, *L, r, c)`` whose GOP is averaged. ``check=False`` skips the value
@@ -343,6 +367,18 @@ def update_gop(
     ``quadratic``: ``I + 2X + 2X²`` in 2 matmuls, :func:`maps.cayley_apply_quadratic`) each
     factor's Cayley argument is rescaled to ``‖X_l‖_F ≤ max_step_norm`` (default 0.25): the
     block-specific normalised step of SPEC §4; in exact mode nothing is rescaled unless asked.
+
+    Example (``B_C``, ``B_K`` stay orthogonal; ``Π d_C = 1`` is kept)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import kron
+        >>> G = np.arange(12.0).reshape(4, 3) / 10
+        >>> st = kron.update_gop(kron.init(4, 3), G, beta2=0.1)
+        >>> bool(np.allclose(st.B_C.T @ st.B_C, np.eye(4))), bool(np.isclose(np.prod(st.d_C), 1))
+        (True, True)
+        >>> st = kron.update_gop(st, np.stack([G, -G]), beta2=0.1, cayley="quadratic")
+        >>> st.alpha.shape, st.B_K.shape
+        ((), (3, 3))
     """
     xp = array_namespace(state.d_C)
     _check(xp, state, G, "G", check)
@@ -365,7 +401,18 @@ def update_gop(
 def precondition(state: KronState, G: Array, *, p: Any, check: bool = True) -> Array:
     """``α^{-1/p} S_C^{-1/p} G S_K^{-1/p}`` in the rotated form (4 matmuls; SPEC §4).
 
-    ``G`` is ``(*L, r, c)`` or ``(b, *L, r, c)`` (each slice preconditioned)."""
+    ``G`` is ``(*L, r, c)`` or ``(b, *L, r, c)`` (each slice preconditioned).
+
+    Example (``α = 4``, ``p = 2``: the step is ``G / 2``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import kron
+        >>> st = kron.init(2, 3, scale=4.0)
+        >>> kron.precondition(st, np.ones((2, 3)), p=2).tolist()
+        [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]
+        >>> kron.precondition(st, np.ones((7, 2, 3)), p=2).shape
+        (7, 2, 3)
+    """
     xp = array_namespace(state.d_C)
     _check(xp, state, G, "G", check)
     A.check_positive("p", p)
@@ -393,6 +440,18 @@ def precondition_and_update(
     as in SOAP); call :func:`update_gop` then :func:`precondition` for the un-lagged order,
     at the cost of two more matmuls. ``G`` must have the state's shape ``(*L, r, c)`` (a
     single gradient per layer) here.
+
+    Example (the first step uses ``S₀ = I``, so it is ``G`` itself)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import kron
+        >>> G = np.arange(12.0).reshape(4, 3) / 10
+        >>> st, step = kron.precondition_and_update(kron.init(4, 3), G, p=2, beta2=0.1)
+        >>> step.shape, bool(np.allclose(step, G))
+        ((4, 3), True)
+        >>> st2, step2 = kron.precondition_and_update(st, G, p=2, beta2=0.1)
+        >>> bool(np.allclose(step2, kron.precondition(st, G, p=2)))
+        True
     """
     xp = array_namespace(state.d_C)
     _check(xp, state, G, "G", check)

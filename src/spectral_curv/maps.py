@@ -77,6 +77,18 @@ def rotation_generator(
     is exactly skew when ``W`` is exactly symmetric (numpy's ``A @ A.T``, a syrk, is), and
     skew up to ``W``'s own asymmetry otherwise. ``W`` must then be finite (a tied pair is
     zeroed by dividing by ``inf``).
+
+    Example (the tied pair ``d₀ = d₁`` gives no rotation)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import maps
+        >>> w = np.array([[1.0, 0.5, 0.2], [0.5, 1.0, 0.3], [0.2, 0.3, 1.0]])
+        >>> x = maps.rotation_generator(w, np.array([1.0, 1.0, 2.0]), 0.1)
+        >>> bool(np.allclose(x, -x.T)), bool(x[1, 0] == 0)
+        (True, True)
+        >>> x = maps.rotation_generator(w, np.array([3.0, 1.0, 2.0]), 10.0, max_step_norm=0.25)
+        >>> bool(np.isclose(np.linalg.norm(x), 0.25))
+        True
     """
     xp = array_namespace(w, d)
     n = d.shape[-1]
@@ -117,6 +129,18 @@ def cayley(x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:
     while ``‖X‖ < 1``; its singular values deviate from 1 by about ``‖X‖^{2^{terms+1}}``.
     ``mode="quadratic"`` uses ``I + 2X + 2X²`` (``terms`` is ignored): see
     :func:`cayley_apply_quadratic`.
+
+    Example (exactly orthogonal in ``exact`` mode, nearly so when truncated)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import maps
+        >>> x = maps.skew(np.array([[0.0, 0.0], [0.1, 0.0]]))
+        >>> q = maps.cayley(x)
+        >>> q.shape, bool(np.allclose(q.T @ q, np.eye(2)))
+        ((2, 2), True)
+        >>> q2 = maps.cayley(x, mode="neumann", terms=2)
+        >>> bool(np.abs(q2.T @ q2 - np.eye(2)).max() < 1e-6)
+        True
     """
     xp = array_namespace(x)
     i = eye(xp, x.shape[-1], x)
@@ -124,7 +148,20 @@ def cayley(x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:
 
 
 def cayley_apply(b: Array, x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:
-    """``B · Cayley(X)`` without forming an inverse in ``neumann`` mode (SPEC §1, §5)."""
+    """``B · Cayley(X)`` without forming an inverse in ``neumann`` mode (SPEC §1, §5).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import maps
+        >>> x = maps.skew(np.tril(np.full((3, 3), 0.05), -1))
+        >>> b = maps.cayley_apply(np.eye(3), x)
+        >>> bool(np.allclose(b, maps.cayley(x)))
+        True
+        >>> b = maps.cayley_apply(b, x, mode="quadratic")
+        >>> bool(np.abs(b.T @ b - np.eye(3)).max() < 1e-3)
+        True
+    """
     xp = array_namespace(b, x)
     impl = backends.lookup(f"cayley_apply_{mode}", xp)
     if impl is not None:
@@ -183,6 +220,15 @@ def orthonormalize(b: Array, *, steps: int = 1) -> Array:
     One step ``B ← B (3I − BᵀB)/2`` maps singular values ``σ ↦ σ(3 − σ²)/2``, squaring the
     error ``1 − σ`` (up to a factor 3/2); it undoes the drift that the truncated Cayley map
     accumulates (SPEC §1: "measure the drift ‖BᵀB − I‖"). Costs 2 matmuls a step.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import maps
+        >>> b = np.eye(3) + 1e-3 * np.arange(9.0).reshape(3, 3)
+        >>> drift = lambda b: float(np.abs(b.T @ b - np.eye(3)).max())
+        >>> bool(drift(maps.orthonormalize(b, steps=2)) < 1e-6 < drift(b))
+        True
     """
     xp = array_namespace(b)
     i = eye(xp, b.shape[-1], b)
@@ -192,7 +238,17 @@ def orthonormalize(b: Array, *, steps: int = 1) -> Array:
 
 
 def exp_scale(d: Array, rate: Array, *, mode: ExpMode = "exact") -> Array:
-    """``d ⊙ exp(rate / d)`` exactly, or its first-order truncation ``d + rate`` (SPEC §2)."""
+    """``d ⊙ exp(rate / d)`` exactly, or its first-order truncation ``d + rate`` (SPEC §2).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import maps
+        >>> maps.exp_scale(np.array([1.0, 2.0]), np.array([0.0, 0.5]), mode="first_order").tolist()
+        [1.0, 2.5]
+        >>> bool(np.all(maps.exp_scale(np.array([1.0]), np.array([-10.0])) > 0))
+        True
+    """
     xp = array_namespace(d)
     if mode == "exact":
         return d * xp.exp(rate / d)

@@ -357,6 +357,22 @@ class SpectralNES(_NESBase):
     ``lr_mean = 1``, ``lr_cov = lr_sigma = (9 + 3 ln n)/(5 n^{3/2})``. Stop options
     (``maxfevals``, ``maxiter``, ``ftarget``, ``tolx``, ``tolfun``, ``tolstagnation``)
     follow pycma's names.
+
+    Example (one ask/tell round, then a full run on a sphere)::
+
+        >>> import numpy as np
+        >>> from spectral_curv.nes import SpectralNES, rosenbrock
+        >>> es = SpectralNES(np.zeros(3), 0.5, seed=0)
+        >>> X = es.ask()
+        >>> X.shape, es.popsize
+        ((8, 3), 8)
+        >>> es.tell(X, rosenbrock(X))
+        >>> es.state.B.shape, bool(np.allclose(es.covariance @ es.precision, np.eye(3)))
+        ((3, 3), True)
+        >>> sphere = lambda X: (X**2).sum(axis=1)
+        >>> es = SpectralNES(np.full(2, 3.0), 1.0, seed=0, ftarget=1e-8).optimize(sphere)
+        >>> bool(es.result.fbest < 1e-8), es.stop()
+        (True, {'ftarget': 1e-08})
     """
 
     state: full.SpectralState
@@ -384,10 +400,12 @@ class SpectralNES(_NESBase):
 
     @property
     def covariance(self) -> Array:
+        """The search covariance ``Σ = S⁻¹`` (dense, ``(n, n)``)."""
         return full.dense(self.state, -1.0)
 
     @property
     def precision(self) -> Array:
+        """The precision ``S = B Diag(d) Bᵀ`` (dense, ``(n, n)``)."""
         return full.dense(self.state, 1.0)
 
 

@@ -182,6 +182,20 @@ class SpectralKron:
 
     Bad hyperparameters raise a ValueError naming the argument; non-array or non-floating
     parameters/gradients a TypeError; a structure, shape or dtype mismatch a ValueError.
+
+    Example (a least-squares fit, parameters as a list)::
+
+        >>> import numpy as np
+        >>> from spectral_curv.numpy import SpectralKron
+        >>> target = np.random.default_rng(0).standard_normal((5, 4))
+        >>> params = [np.zeros((5, 4)), np.zeros(4)]
+        >>> loss = lambda p: float(((p[0] - target) ** 2).sum() + (p[1] ** 2).sum())
+        >>> opt = SpectralKron(params, lr=0.05, momentum=0.0)
+        >>> l0 = loss(params)
+        >>> for _ in range(50):
+        ...     params = opt.step(params, [2 * (params[0] - target), 2 * params[1]])
+        >>> [p.shape for p in params], opt.steps, bool(loss(params) < 0.01 * l0)
+        ([(5, 4), (4,)], [50, 50], True)
     """
 
     def __init__(

@@ -287,6 +287,18 @@ def scale_by_spectral_kron(
     (plus the grafting terms). The refresh itself is not differentiated: its tie masks,
     ``sqrt`` of a zero Cayley norm and keep-last-good selection give NaN or meaningless
     derivatives. Values are unchanged.
+
+    Example (the state: Kronecker factors for the matrix, a diagonal for the bias)::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import scale_by_spectral_kron
+        >>> params = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+        >>> state = scale_by_spectral_kron(0.1).init(params)
+        >>> w = state.precond["w"]
+        >>> type(w).__name__, w.B_C.shape, w.B_K.shape
+        ('KronState', (4, 4), (3, 3))
+        >>> type(state.precond["b"]).__name__, state.precond["b"].d.shape, int(state.count)
+        ('DiagState', (3,), 0)
     """
     opts = dict(
         precond_lr=precond_lr,
@@ -541,6 +553,18 @@ def spectral_kron(
 
     Python-number hyperparameters are validated eagerly (a ValueError names the argument);
     see the module docstring for ``inject_hyperparams`` and :data:`STATIC_ARGS`.
+
+    Example (biases routed to AdamW; the module docstring shows a jitted step)::
+
+        >>> import jax.numpy as jnp, optax
+        >>> from spectral_curv.optax import order_labels, spectral_kron
+        >>> params = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+        >>> order_labels(params)
+        {'b': 'other', 'w': 'spectral'}
+        >>> opt = spectral_kron(1e-2, others={"other": optax.adamw(1e-3)})
+        >>> state = opt.init(params)
+        >>> sorted(state.inner_states)
+        ['other', 'spectral']
     """
     _real("learning_rate", learning_rate, zero=True, schedule=True)
     _real("weight_decay", weight_decay, zero=True)

@@ -77,7 +77,14 @@ def plan(shape: tuple[int, ...], max_precond_dim: int = DEFAULT_MAX_PRECOND_DIM)
     """How a parameter of ``shape`` is preconditioned.
 
     Order ≤ 1 or empty: ``("diag",)``; otherwise Kronecker on ``(shape[0], prod(shape[1:]))``
-    with a side longer than ``max_precond_dim`` kept diagonal (``B = I``, O(n) memory)."""
+    with a side longer than ``max_precond_dim`` kept diagonal (``B = I``, O(n) memory).
+
+    Example::
+
+        >>> from spectral_curv import optim
+        >>> optim.plan((10,)), optim.plan((4, 3, 2)), optim.plan((8, 5000))
+        (('diag',), ('kron', 4, 6, False, False), ('kron', 8, 5000, False, True))
+    """
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or math.prod(shape) == 0:
         return ("diag",)
@@ -124,7 +131,17 @@ def schedule(
     """``(first, refresh, reorth)`` for 0-based step ``t`` after ``refreshes`` refreshes.
 
     Python ints give Python bools; integer arrays (e.g. traced JAX counters) give boolean
-    arrays. ``reorth_interval`` may be an int or an integer array (≤ 0: never)."""
+    arrays. ``reorth_interval`` may be an int or an integer array (≤ 0: never).
+
+    Example::
+
+        >>> from spectral_curv import optim
+        >>> kw = dict(update_interval=10, precond_warmup=2, reorth_interval=5, cayley="quadratic")
+        >>> [optim.schedule(t, 0, **kw) for t in (0, 1, 5, 10)]
+        [(True, True, False), (False, True, False), (False, False, False), (False, True, False)]
+        >>> optim.schedule(20, 4, **kw)
+        (False, True, True)
+    """
     first = step == 0
     refresh = first | (step < precond_warmup) | (step % update_interval == 0)
     static = isinstance(reorth_interval, int)
