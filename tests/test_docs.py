@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-FILES = ["embedding.md"]
+FILES = ["embedding.md", "guide/optax.md", "guide/numpy.md"]
 
 
 def _blocks() -> list[tuple[str, int, str]]:
