@@ -44,6 +44,11 @@ def is_lazy(*arrays: Array) -> bool:
     return any(is_lazy_array(a) for a in arrays)
 
 
+def is_integer_dtype(x: Array) -> bool:
+    """True for an array of a (signed or unsigned) integer dtype."""
+    return bool(array_namespace(x).isdtype(x.dtype, "integral"))
+
+
 def mT(x: Array) -> Array:
     """Transpose of the last two axes."""
     return x.mT

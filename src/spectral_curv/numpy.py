@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from . import _array as A
-from . import diag, kron, maps, optim
+from . import diag, kron, optim
 from ._array import Array, Namespace
 
 __all__ = ["FORMAT", "SpectralKron"]
@@ -54,7 +54,6 @@ __all__ = ["FORMAT", "SpectralKron"]
 FORMAT = "spectral_curv.numpy.SpectralKron/1"
 
 _NONFINITE = ("raise", "skip")
-_GRAFT = (None, "adam")
 _SD_KEYS = ("format", "params", "options", "skipped_steps", "state")
 _COUNTERS = ("step", "refreshes", "rejected")
 
@@ -62,74 +61,35 @@ Params = dict[str, Array] | list[Array] | tuple[Array, ...]
 
 
 # ----------------------------------------------------------------------------- options
-def _real(o: dict[str, Any], name: str, zero: bool = False, allow_none: bool = False) -> None:
-    v = o[name]
-    if v is None and allow_none:
-        return
-    if isinstance(v, np.ndarray) and v.ndim == 0 and np.isrealobj(v):
-        v = v[()]
-    if (
-        isinstance(v, (bool, np.bool_))
-        or not isinstance(v, numbers.Real)
-        or not math.isfinite(float(v))
-        or v < 0
-        or (v == 0 and not zero)
-    ):
-        raise ValueError(f"`{name}` must be finite and {'>= 0' if zero else '> 0'}, got {v!r}")
-    o[name] = float(v)
-
-
-def _integer(o: dict[str, Any], name: str, lo: int) -> None:
-    v = o[name]
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < lo:
-        raise ValueError(f"`{name}` must be an int >= {lo}, got {v!r}")
-    o[name] = int(v)
-
-
 def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """Validated, normalised copy of the options (Python floats/ints, ``betas`` a tuple,
-    ``precond_dtype`` a ``np.dtype`` or None); a ValueError names the first bad one."""
+    """Validated (``optim.check_options``), normalised copy of the options: Python
+    floats/ints, ``betas`` a tuple, ``precond_dtype`` a ``np.dtype`` or None."""
+    optim.check_options(opts)
     o = dict(opts)
-    _real(o, "lr", zero=True)
-    _real(o, "precond_lr")
-    _real(o, "p")
-    _real(o, "gamma", zero=True)
-    _real(o, "damping", zero=True)
-    _real(o, "weight_decay", zero=True)
-    _real(o, "eps", zero=True)
-    _real(o, "tie_tol", zero=True, allow_none=True)
-    _real(o, "max_step_norm", allow_none=True)
-    _real(o, "max_update_rms", allow_none=True)
-    m = o["momentum"]
-    if isinstance(m, (bool, np.bool_)) or not isinstance(m, numbers.Real) or not 0 <= m < 1:
-        raise ValueError(f"`momentum` must be in [0, 1), got {m!r}")
-    o["momentum"] = float(m)
-    _integer(o, "update_interval", 1)
-    _integer(o, "max_precond_dim", 1)
-    _integer(o, "precond_warmup", 0)
-    _integer(o, "reorth_interval", 0)
-    _integer(o, "cayley_terms", 0)
-    if o["cayley"] not in maps.CAYLEY_MODES:
-        raise ValueError(f"`cayley` must be one of {maps.CAYLEY_MODES}, got {o['cayley']!r}")
-    if o["exp"] not in maps.EXP_MODES:
-        raise ValueError(f"`exp` must be one of {maps.EXP_MODES}, got {o['exp']!r}")
-    if o["exp"] == "first_order" and o["gamma"] * o["precond_lr"] >= 1:
-        raise ValueError(
-            "`precond_lr` times `gamma` must be < 1 with exp='first_order' (d would not stay > 0)"
-        )
-    if o["graft"] not in _GRAFT:
-        raise ValueError(f"`graft` must be one of {_GRAFT}, got {o['graft']!r}")
-    b = o["betas"]
-    if (
-        not isinstance(b, (tuple, list))
-        or len(b) != 2
-        or not all(
-            isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) and 0 <= x < 1
-            for x in b
-        )
+    for k in (
+        "lr",
+        "precond_lr",
+        "p",
+        "gamma",
+        "damping",
+        "weight_decay",
+        "eps",
+        "momentum",
+        "tie_tol",
+        "max_step_norm",
+        "max_update_rms",
     ):
-        raise ValueError(f"`betas` must be two numbers in [0, 1), got {b!r}")
-    o["betas"] = (float(b[0]), float(b[1]))
+        if o[k] is not None:
+            o[k] = float(o[k])
+    for k in (
+        "update_interval",
+        "max_precond_dim",
+        "precond_warmup",
+        "reorth_interval",
+        "cayley_terms",
+    ):
+        o[k] = int(o[k])
+    o["betas"] = (float(o["betas"][0]), float(o["betas"][1]))
     dt = o["precond_dtype"]
     if dt is not None:
         try:
@@ -292,9 +252,8 @@ class SpectralKron:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        o = {"lr": value}
-        _real(o, "lr", zero=True)
-        self._opts["lr"] = o["lr"]
+        optim.check_options({"lr": value})
+        self._opts["lr"] = float(value)
 
     @property
     def state(self) -> dict[str, dict[str, Any]] | list[dict[str, Any]]:

@@ -39,8 +39,6 @@ state's structure, so ``init`` must then run eagerly (not under ``jit``) or the 
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -49,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import diag, kron, maps, optim
+from . import diag, kron, optim
 
 __all__ = [
     "SPECTRAL",
@@ -78,7 +76,6 @@ STATIC_ARGS = (
     "label_fn",
 )
 
-_GRAFT = (None, "adam")
 #: The default ``precond_dtype``: a dtype instance, not the callable ``jnp.float32`` (which
 #: ``inject_hyperparams`` would take for a schedule).
 _F32 = jnp.dtype(jnp.float32)
@@ -114,36 +111,6 @@ class MomentumState(NamedTuple):
 # --------------------------------------------------------------------------- validation
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _real(
-    name: str, v: Any, *, zero: bool = False, allow_none: bool = False, schedule: bool = False
-) -> None:
-    """Python numbers are checked eagerly; arrays (maybe traced) and schedules are trusted."""
-    if v is None and allow_none:
-        return
-    if isinstance(v, bool):
-        raise ValueError(f"`{name}` must be a real number, got {v!r}")
-    if (schedule and callable(v)) or isinstance(v, (jax.Array, np.ndarray)):
-        return
-    if not _is_number(v):
-        raise ValueError(f"`{name}` must be a real number, got {v!r}")
-    x = float(v)
-    if not math.isfinite(x) or x < 0 or (x == 0 and not zero):
-        raise ValueError(f"`{name}` must be finite and {'>= 0' if zero else '> 0'}, got {v!r}")
-
-
-def _integer(name: str, v: Any, lo: int) -> None:
-    if isinstance(v, (jax.Array, np.ndarray)) and not isinstance(v, bool):
-        if jnp.issubdtype(v.dtype, jnp.integer) and v.ndim == 0:
-            return
-        raise ValueError(f"`{name}` must be an int >= {lo}, got an array of {v.dtype}")
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
-        raise ValueError(f"`{name}` must be an int >= {lo}, got {v!r}")
-
-
 def _dtype(name: str, v: Any, allow_none: bool = False) -> Any:
     if v is None and allow_none:
         return None
@@ -158,36 +125,7 @@ def _dtype(name: str, v: Any, allow_none: bool = False) -> Any:
 
 def _check_precond_options(o: dict[str, Any]) -> None:
     """Raise a ValueError naming the first invalid option of :func:`scale_by_spectral_kron`."""
-    _real("precond_lr", o["precond_lr"])
-    _real("p", o["p"])
-    _real("gamma", o["gamma"], zero=True)
-    _real("damping", o["damping"], zero=True)
-    _real("eps", o["eps"], zero=True)
-    _real("tie_tol", o["tie_tol"], zero=True, allow_none=True)
-    _real("max_step_norm", o["max_step_norm"], allow_none=True)
-    _integer("update_interval", o["update_interval"], 1)
-    _integer("precond_warmup", o["precond_warmup"], 0)
-    _integer("reorth_interval", o["reorth_interval"], 0)
-    _integer("cayley_terms", o["cayley_terms"], 0)
-    _integer("max_precond_dim", o["max_precond_dim"], 1)
-    if o["cayley"] not in maps.CAYLEY_MODES:
-        raise ValueError(f"`cayley` must be one of {maps.CAYLEY_MODES}, got {o['cayley']!r}")
-    if o["exp"] not in maps.EXP_MODES:
-        raise ValueError(f"`exp` must be one of {maps.EXP_MODES}, got {o['exp']!r}")
-    g, b = o["gamma"], o["precond_lr"]
-    if o["exp"] == "first_order" and _is_number(g) and _is_number(b) and g * b >= 1:
-        raise ValueError(
-            "`precond_lr` times `gamma` must be < 1 with exp='first_order' (d would not stay > 0)"
-        )
-    if o["graft"] not in _GRAFT:
-        raise ValueError(f"`graft` must be one of {_GRAFT}, got {o['graft']!r}")
-    betas = o["betas"]
-    if (
-        not isinstance(betas, (tuple, list))
-        or len(betas) != 2
-        or not all(_is_number(x) and 0 <= x < 1 for x in betas)
-    ):
-        raise ValueError(f"`betas` must be two numbers in [0, 1), got {betas!r}")
+    optim.check_options(o)
     _dtype("precond_dtype", o["precond_dtype"])
 
 
@@ -458,7 +396,9 @@ def scale_by_spectral_kron(
 
 def clip_by_update_rms(max_rms: Any) -> optax.GradientTransformation:
     """Cap each update leaf's RMS at ``max_rms`` (``optim.clip_rms``; stateless)."""
-    _real("max_update_rms", max_rms)
+    if max_rms is None:
+        raise ValueError("`max_update_rms` must be finite and > 0, got None")
+    optim.check_options({"max_update_rms": max_rms})
 
     def init_fn(params: Any) -> ClipByUpdateRmsState:
         del params
@@ -566,14 +506,14 @@ def spectral_kron(
         >>> sorted(state.inner_states)
         ['other', 'spectral']
     """
-    _real("learning_rate", learning_rate, zero=True, schedule=True)
-    _real("weight_decay", weight_decay, zero=True)
-    _real("max_update_rms", max_update_rms, allow_none=True)
-    if isinstance(momentum, bool) or (
-        not isinstance(momentum, (jax.Array, np.ndarray))
-        and not (_is_number(momentum) and 0 <= momentum < 1)
-    ):
-        raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}")
+    optim.check_options(
+        {
+            "learning_rate": learning_rate,
+            "weight_decay": weight_decay,
+            "max_update_rms": max_update_rms,
+            "momentum": momentum,
+        }
+    )
     _dtype("mu_dtype", mu_dtype, allow_none=True)
     parts = [
         scale_by_spectral_kron(

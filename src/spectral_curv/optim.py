@@ -37,8 +37,10 @@ Embedding example (an optimizer of your own that preconditions with the spectral
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
+from . import _array as A
 from . import diag, kron, maps
 from ._array import Array, Namespace, array_namespace
 
@@ -48,6 +50,7 @@ __all__ = [
     "add_momentum",
     "apply_update",
     "check_finite_grads",
+    "check_options",
     "clip_rms",
     "direction",
     "first_state",
@@ -66,6 +69,114 @@ Plan = tuple[Any, ...]
 Precond = kron.KronState | diag.DiagState
 
 DEFAULT_MAX_PRECOND_DIM = 4096
+
+
+#: Grafting choices of every adapter.
+GRAFTS = (None, "adam")
+
+# Real options: name -> (zero allowed, None allowed). ``learning_rate`` is optax's ``lr``.
+_REAL_OPTIONS = {
+    "lr": (True, False),
+    "learning_rate": (True, False),
+    "precond_lr": (False, False),
+    "p": (False, False),
+    "gamma": (True, False),
+    "damping": (True, False),
+    "weight_decay": (True, False),
+    "eps": (True, False),
+    "tie_tol": (True, True),
+    "max_step_norm": (False, True),
+    "max_update_rms": (False, True),
+}
+# Integer options: name -> smallest value.
+_INT_OPTIONS = {
+    "update_interval": 1,
+    "max_precond_dim": 1,
+    "precond_warmup": 0,
+    "reorth_interval": 0,
+    "cayley_terms": 0,
+}
+
+
+def _scalar(name: str, v: Any) -> Any:
+    """``v`` as a Python value to check, or None when it cannot be checked now (a traced or
+    lazy 0-d array, a learning-rate schedule); an array of size ≠ 1 raises."""
+    if callable(v) and name in ("lr", "learning_rate"):
+        return None
+    if hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, numbers.Number):
+        if math.prod(v.shape) != 1:
+            raise ValueError(f"`{name}` must be a real scalar, got shape {tuple(v.shape)}")
+        return None if A.is_lazy(v) else v.item()
+    return v
+
+
+def _real_ok(v: Any, lo_ok: bool) -> bool:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return False
+    x = float(v)
+    return math.isfinite(x) and (x > 0 or (x == 0 and lo_ok))
+
+
+def check_options(o: Any) -> None:
+    """Raise a ValueError naming the first invalid option among those present in ``o``.
+
+    The options of DESIGN's shared vocabulary (``lr``/``learning_rate``, ``precond_lr``, ``p``,
+    ``gamma``, ``damping``, ``momentum``, ``weight_decay``, ``update_interval``, ``cayley``,
+    ``cayley_terms``, ``exp``, ``graft``, ``betas``, …) are checked where they are Python or
+    eager scalars; traced arrays and learning-rate schedules are accepted unchecked. The
+    framework-specific ``precond_dtype`` is left to the adapter. SPEC §3–§5.
+
+    >>> check_options({"precond_lr": 0.1, "cayley": "quadratic"})
+    >>> check_options({"p": 0})
+    Traceback (most recent call last):
+    ...
+    ValueError: `p` must be finite and > 0, got 0
+    """
+    for name, (zero, allow_none) in _REAL_OPTIONS.items():
+        if name not in o or (o[name] is None and allow_none):
+            continue
+        v = _scalar(name, o[name])
+        if v is not None and not _real_ok(v, zero):
+            bound = ">= 0" if zero else "> 0"
+            raise ValueError(f"`{name}` must be finite and {bound}, got {o[name]!r}")
+    if "momentum" in o:
+        m = _scalar("momentum", o["momentum"])
+        if m is not None and not (_real_ok(m, True) and m < 1):
+            raise ValueError(f"`momentum` must be in [0, 1), got {o['momentum']!r}")
+    for name, lo in _INT_OPTIONS.items():
+        if name not in o:
+            continue
+        v = o[name]
+        if hasattr(v, "dtype") and not isinstance(v, numbers.Number):
+            if getattr(v, "ndim", 1) != 0 or not A.is_integer_dtype(v):
+                raise ValueError(f"`{name}` must be an int >= {lo}, got an array of {v.dtype}")
+            if A.is_lazy(v):
+                continue
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+            raise ValueError(f"`{name}` must be an int >= {lo}, got {o[name]!r}")
+    if "cayley" in o and o["cayley"] not in maps.CAYLEY_MODES:
+        raise ValueError(f"`cayley` must be one of {maps.CAYLEY_MODES}, got {o['cayley']!r}")
+    if "exp" in o and o["exp"] not in maps.EXP_MODES:
+        raise ValueError(f"`exp` must be one of {maps.EXP_MODES}, got {o['exp']!r}")
+    if o.get("exp") == "first_order" and "gamma" in o and "precond_lr" in o:
+        g = _scalar("gamma", o["gamma"])
+        b = _scalar("precond_lr", o["precond_lr"])
+        if g is not None and b is not None and float(g) * float(b) >= 1:
+            raise ValueError(
+                "`precond_lr` times `gamma` must be < 1 with exp='first_order' "
+                "(d would not stay > 0)"
+            )
+    if "graft" in o and o["graft"] not in GRAFTS:
+        raise ValueError(f"`graft` must be one of {GRAFTS}, got {o['graft']!r}")
+    if "betas" in o:
+        b = o["betas"]
+        ok = isinstance(b, (tuple, list)) and len(b) == 2
+        if ok:
+            vals = [_scalar("betas", x) for x in b]
+            ok = all(v is None or (_real_ok(v, True) and v < 1) for v in vals)
+        if not ok:
+            raise ValueError(f"`betas` must be two numbers in [0, 1), got {b!r}")
 
 
 def namespace(*arrays: Array) -> Namespace:

@@ -23,7 +23,6 @@ batched matmul chain. Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import diag, kron, maps, optim
+from . import diag, kron, optim
 
 # The torch fast paths are registered up front (no lazy import inside a compiled step).
 from .backends import torch as _torch_fast_paths  # noqa: F401
@@ -39,7 +38,6 @@ from .backends import torch as _torch_fast_paths  # noqa: F401
 __all__ = ["SpectralKron", "init_state", "spectral_kron"]
 
 _NONFINITE = ("raise", "skip")
-_GRAFT = (None, "adam")
 
 
 def _state_plan(state: dict[str, Any]) -> tuple[Any, ...]:
@@ -531,64 +529,7 @@ _HOST_KEYS = ("step", "refreshes")
 
 def _check_options(o: dict[str, Any]) -> None:
     """Raise a ValueError naming the first invalid hyperparameter of a param group."""
-
-    def real(name: str, zero: bool = False, allow_none: bool = False) -> None:
-        v = o[name]
-        if v is None and allow_none:
-            return
-        if isinstance(v, Tensor):
-            if v.numel() != 1 or v.is_complex():
-                raise ValueError(f"`{name}` must be a real scalar, got shape {tuple(v.shape)}")
-            v = float(v)
-        if (
-            isinstance(v, bool)
-            or not isinstance(v, (int, float))
-            or not math.isfinite(v)
-            or v < 0
-            or (v == 0 and not zero)
-        ):
-            raise ValueError(f"`{name}` must be finite and {'>= 0' if zero else '> 0'}, got {v!r}")
-
-    def integer(name: str, lo: int) -> None:
-        v = o[name]
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise ValueError(f"`{name}` must be an int >= {lo}, got {v!r}")
-
-    real("lr", zero=True)
-    real("precond_lr")
-    real("p")
-    real("gamma", zero=True)
-    real("damping", zero=True)
-    real("weight_decay", zero=True)
-    real("eps", zero=True)
-    real("tie_tol", zero=True, allow_none=True)
-    real("max_step_norm", allow_none=True)
-    real("max_update_rms", allow_none=True)
-    m = o["momentum"]
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
-        raise ValueError(f"`momentum` must be in [0, 1), got {m!r}")
-    integer("update_interval", 1)
-    integer("max_precond_dim", 1)
-    integer("precond_warmup", 0)
-    integer("reorth_interval", 0)
-    integer("cayley_terms", 0)
-    if o["cayley"] not in maps.CAYLEY_MODES:
-        raise ValueError(f"`cayley` must be one of {maps.CAYLEY_MODES}, got {o['cayley']!r}")
-    if o["exp"] not in maps.EXP_MODES:
-        raise ValueError(f"`exp` must be one of {maps.EXP_MODES}, got {o['exp']!r}")
-    if o["exp"] == "first_order" and o["gamma"] * o["precond_lr"] >= 1:
-        raise ValueError(
-            "`precond_lr` times `gamma` must be < 1 with exp='first_order' (d would not stay > 0)"
-        )
-    if o["graft"] not in _GRAFT:
-        raise ValueError(f"`graft` must be one of {_GRAFT}, got {o['graft']!r}")
-    b = o["betas"]
-    if (
-        not isinstance(b, (tuple, list))
-        or len(b) != 2
-        or not all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b)
-    ):
-        raise ValueError(f"`betas` must be two numbers in [0, 1), got {b!r}")
+    optim.check_options(o)
     dt = o["precond_dtype"]
     if not (isinstance(dt, torch.dtype) and dt.is_floating_point):
         raise ValueError(f"`precond_dtype` must be a floating torch.dtype, got {dt!r}")
