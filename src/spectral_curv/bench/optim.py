@@ -81,6 +81,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .report import replace_section
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -1312,16 +1314,8 @@ def _remarks(data: dict[str, Any], res: dict[str, dict[str, Any]]) -> list[str]:
 
 def write_markdown(path: str | os.PathLike[str], section: str) -> None:
     """Replace the section of ``path`` between the markers, or append it."""
-    p = Path(path)
-    text = p.read_text() if p.exists() else "# Optimizer step-time benchmark\n\n"
     begin, end = markers()
-    if begin in text and end in text:
-        pre, rest = text.split(begin, 1)
-        text = pre + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
+    replace_section(path, section, begin, end, "# Optimizer step-time benchmark\n\n")
 
 
 def plot(data: dict[str, Any], path: str | os.PathLike[str]) -> None:

@@ -56,6 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from .report import replace_section
+
 __all__ = [
     "BACKENDS",
     "DEFAULT_SIZES",
@@ -919,22 +921,13 @@ def _compact_json(data: dict[str, Any]) -> str:
 
 def write_markdown(path: str | os.PathLike[str], section: str) -> None:
     """Replace the section of ``path`` between ``section``'s own markers, or append it."""
-    p = Path(path)
-    text = p.read_text() if p.exists() else "# Benchmarks\n\n"
     begin = section.split("\n", 1)[0]
     end = next(
         line
         for line in section.splitlines()
         if line.startswith("<!-- ") and line.endswith("-bench:end -->")
     )
-    if begin in text and end in text:
-        pre, rest = text.split(begin, 1)
-        post = rest.split(end, 1)[1]
-        text = pre + section.rstrip("\n") + post
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
+    replace_section(path, section, begin, end, "# Benchmarks\n\n")
 
 
 def plot(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
