@@ -154,7 +154,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 def _dtensor_error() -> str | None:
-    """The error DistributedSpectralKron raises for a DTensor parameter (None: no DTensor)."""
+    """The error raised for a replicated DTensor parameter (None: no DTensor)."""
     try:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.tensor import Replicate, distribute_tensor
@@ -288,8 +288,10 @@ def test_single_rank_without_process_group_equals_spectral_kron() -> None:
         assert torch.equal(a, b)
 
 
-def test_dtensor_params_raise(ranks: list[dict[str, Any]]) -> None:
+def test_replicated_dtensor_params_raise(ranks: list[dict[str, Any]]) -> None:
+    # Shard(0) DTensors (FSDP2) are supported: tests/test_distributed_fsdp.py
     for res in ranks:  # a real replicated DTensor on the 2-rank CPU mesh (see _worker)
         if res["dtensor_error"] is None:
             pytest.skip("DTensor / device mesh unavailable")
-        assert "DTensor" in res["dtensor_error"] and "not support" in res["dtensor_error"]
+        assert "DTensor" in res["dtensor_error"] and "not supported" in res["dtensor_error"]
+        assert "Replicate()" in res["dtensor_error"]
