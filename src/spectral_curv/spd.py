@@ -125,6 +125,18 @@ def init(s0: Array) -> full.SpectralState:
 
     Raises a ValueError naming ``s0`` when it is not a square, symmetric, positive-definite
     real matrix.
+
+    Example (the eigendecomposition, ascending; an indefinite matrix is refused)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import full, spd
+        >>> st = spd.init(np.array([[2.0, 1.0], [1.0, 2.0]]))
+        >>> st.d.tolist(), bool(np.allclose(full.dense(st), [[2.0, 1.0], [1.0, 2.0]]))
+        ([1.0, 3.0], True)
+        >>> spd.init(np.diag([1.0, -1.0]))
+        Traceback (most recent call last):
+        ...
+        ValueError: `s0` must be positive definite (smallest eigenvalue -1)
     """
     _, w, v = _check_spd("s0", s0)
     return full.SpectralState(v, w)
@@ -145,6 +157,16 @@ def step(
 
     ``grad`` is ``∇_S f`` at ``S = B Diag(d) Bᵀ = full.dense(state)``. The remaining options are
     those of :func:`spectral_curv.full.update`.
+
+    Example (``S = I``, ``G = I``: ``d ← exp(−2·lr)``, the ``rgd_expm`` step exactly)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import full, spd
+        >>> st = spd.step(spd.init(np.eye(2)), np.eye(2), lr=0.1)
+        >>> bool(np.allclose(st.d, np.exp(-0.2)))
+        True
+        >>> bool(np.allclose(full.dense(st), spd.rgd_step(np.eye(2), np.eye(2), lr=0.1)))
+        True
     """
     xp = array_namespace(state.B, state.d)
     n = state.d.shape[-1]
@@ -170,6 +192,17 @@ def rgd_step(s: Array, grad: Array, *, lr: Any, retraction: str = "expm") -> Arr
     ``retraction="expm"``: ``S^{1/2} expm(−2·lr·S^{1/2} G S^{1/2}) S^{1/2}`` (by ``eigh``);
     ``retraction="second_order"``: ``S + ξ + ½ ξ S⁻¹ ξ``, ``ξ = −2·lr·S G S``.
     ``G = sym(grad)``; SPEC §6's ``β`` is ``2·lr`` (see the module docstring).
+
+    Example (diagonal ``S``, ``G``: ``s·exp(−2·lr·s·g)``; ``s + ξ + ξ²/(2s)``, ``ξ = −2·lr·s²g``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import spd
+        >>> s, g = np.diag([1.0, 4.0]), np.diag([1.0, -1.0])
+        >>> out = spd.rgd_step(s, g, lr=0.1)
+        >>> bool(np.allclose(out, np.diag([np.exp(-0.2), 4 * np.exp(0.8)])))
+        True
+        >>> np.round(np.diag(spd.rgd_step(s, g, lr=0.1, retraction="second_order")), 10).tolist()
+        [0.82, 8.48]
     """
     xp = array_namespace(s)
     n = s.shape[-1]
@@ -198,6 +231,16 @@ def cholesky_step(
 
     ``S⁻¹ = K Kᵀ``; ``X = KᵀΔK = −2 K⁻¹ G K⁻ᵀ`` is formed from ``S = K⁻ᵀK⁻¹``
     (:func:`baselines.cholesky_dense`, one solve).
+
+    Example (``S = I``, ``G = I``: the same ``S ← exp(−2·lr) I`` as the spectral step)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import baselines, spd
+        >>> st = spd.cholesky_step(baselines.cholesky_from_dense(np.eye(2)), np.eye(2), lr=0.1)
+        >>> bool(np.allclose(baselines.cholesky_dense(st), np.exp(-0.2) * np.eye(2)))
+        True
+        >>> bool(np.allclose(st.K, np.tril(st.K)))
+        True
     """
     xp = array_namespace(state.K)
     n = state.K.shape[-1]
@@ -212,7 +255,19 @@ def cholesky_step(
 
 class SPDResult(NamedTuple):
     """Outcome of :func:`minimize`: final ``S`` (dense), the method's final state, and
-    ``losses[k] = loss_fn(S_k)`` for ``k = 0..K`` (``S_0 = s0``; empty without ``loss_fn``)."""
+    ``losses[k] = loss_fn(S_k)`` for ``k = 0..K`` (``S_0 = s0``; empty without ``loss_fn``).
+
+    Example (``losses`` holds ``K + 1`` values for ``K`` steps)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import full, spd
+        >>> prob = spd.log_det(3, seed=0)
+        >>> res = spd.minimize(prob.grad, prob.s0, lr=0.5, steps=5, loss_fn=prob.gap)
+        >>> len(res.losses), type(res.state).__name__
+        (6, 'SpectralState')
+        >>> bool(np.allclose(res.S, full.dense(res.state)))
+        True
+    """
 
     S: Array
     state: Any
@@ -239,7 +294,8 @@ def minimize(
     docstring. ``loss_fn(S)`` (optional) is recorded before the first and after every step;
     with ``target`` the loop stops once ``loss_fn(S) ≤ target``. ``cayley``/``exp`` are the
     spectral maps (``exp`` also selects the Cholesky baseline's exact / first-order factor
-    update). Steps stop early (keeping the last finite iterate) if a loss is not finite.
+    update). Steps stop early once a loss is not finite (that iterate is returned, its
+    loss recorded).
 
     Example (``f(S) = Tr(S) − log det S``, minimised at ``S* = I``; every method)::
 
@@ -307,7 +363,14 @@ def minimize(
 
 
 def iterations_to(losses: Sequence[float], tol: float) -> int | None:
-    """First ``k`` with ``losses[k] ≤ tol`` (``k`` = number of steps taken), or None."""
+    """First ``k`` with ``losses[k] ≤ tol`` (``k`` = number of steps taken), or None.
+
+    Example::
+
+        >>> from spectral_curv import spd
+        >>> spd.iterations_to([3.0, 1.0, 0.1, 0.01], 0.5), spd.iterations_to([3.0, 1.0], 0.5)
+        (2, None)
+    """
     for k, v in enumerate(losses):
         if v <= tol:
             return k
@@ -356,6 +419,19 @@ class MetricNearness(NamedTuple):
 
     ``X`` is ``(n, N)`` (samples as columns), ``Y = Q X``. ``S_star = Q⁻¹``, ``f_star = 0``
     (module docstring). ``s0`` is the start used by the experiments.
+
+    Example (``f`` is the mean squared residual; it and its gradient vanish at ``S* = Q⁻¹``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import spd
+        >>> prob = spd.metric_nearness(4, 50, seed=0)
+        >>> r = prob.Y - prob.X  # residuals at S = I
+        >>> bool(np.isclose(prob.loss(np.eye(4)), np.sum(r * r) / 100))
+        True
+        >>> bool(prob.gap(prob.S_star) < 1e-20), bool(np.allclose(prob.grad(prob.S_star), 0.0))
+        (True, True)
+        >>> prob.sampler(10, seed=1)(prob.s0).shape
+        (4, 4)
     """
 
     Q: Array
@@ -420,6 +496,16 @@ def metric_nearness(
     ``cond``), ``x_i ~ N(0, I)``; ``start`` is ``"random"`` (a random SPD matrix with
     condition number 4, the same for every method), ``"identity"`` or an explicit matrix.
     Data are drawn with numpy (``seed``) and converted to ``xp`` (numpy by default).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import spd
+        >>> prob = spd.metric_nearness(4, 50, cond=10.0, seed=0)
+        >>> prob.Q.shape, prob.X.shape, round(float(np.linalg.cond(prob.Q)), 6)
+        ((4, 4), (4, 50), 10.0)
+        >>> bool(np.allclose(prob.S_star @ prob.Q, np.eye(4))), prob.f_star
+        (True, 0.0)
     """
     np = _numpy()
     if not isinstance(n, int) or n < 1:
@@ -443,6 +529,18 @@ class LogDet(NamedTuple):
     """Log-det problem ``f(S) = Tr(SQ) − log det S`` (Fig. 3; Han et al. 2021).
 
     ``S_star = Q⁻¹``, ``f_star = n + log det Q``.
+
+    Example (``f* = f(S*)`` and ``∇f(S*) = 0``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import spd
+        >>> prob = spd.log_det(4, seed=0)
+        >>> bool(np.isclose(prob.loss(prob.S_star), prob.f_star))
+        True
+        >>> bool(np.allclose(prob.grad(prob.S_star), 0.0))
+        True
+        >>> float(prob.loss(np.diag([1.0, 1.0, 1.0, -1.0])))
+        inf
     """
 
     Q: Array
@@ -451,10 +549,18 @@ class LogDet(NamedTuple):
     s0: Array
 
     def loss(self, s: Array) -> Array:
-        """``Tr(SQ) − log det S`` (``slogdet``)."""
+        """``Tr(SQ) − log det S = Tr(SQ) − Σ log λ_i(S)`` (``eigvalsh``); ``+inf`` unless ``S ≻ 0``.
+
+        ``f`` is ``+∞`` off the SPD cone. ``slogdet``'s ``log|det S|`` would give a finite,
+        possibly negative "gap" for an indefinite ``S`` (e.g. after an overshooting
+        ``exp="first_order"`` spectral step, ``d_i < 0``), which a stopping rule reads as
+        converged; a sign check of ``det S`` misses an even number of negative eigenvalues.
+        """
         xp = array_namespace(s)
-        _, ld = xp.linalg.slogdet(s)
-        return xp.sum(s * self.Q) - ld
+        w = xp.linalg.eigvalsh(0.5 * (s + s.mT))
+        pd = xp.min(w) > 0
+        ld = xp.sum(xp.log(xp.where(w > 0, w, 1.0)))
+        return xp.where(pd, xp.sum(s * self.Q) - ld, math.inf)
 
     def gap(self, s: Array) -> Array:
         """``f(S) − f(S*)``."""
@@ -478,7 +584,18 @@ def log_det(
     device: Any = None,
 ) -> LogDet:
     """The log-det problem of Fig. 3 (``n = 60``): random SPD ``Q`` with condition number
-    ``cond``; ``start`` as in :func:`metric_nearness`. ``f* = n + log det Q`` in float64."""
+    ``cond``; ``start`` as in :func:`metric_nearness`. ``f* = n + log det Q`` in float64.
+
+    Example (``f* = n + log det Q``; ``Q`` has the requested condition number)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import spd
+        >>> prob = spd.log_det(4, cond=10.0, seed=0, start="identity")
+        >>> bool(np.isclose(prob.f_star, 4 + np.linalg.slogdet(prob.Q)[1]))
+        True
+        >>> round(float(np.linalg.cond(prob.Q)), 6), bool(np.array_equal(prob.s0, np.eye(4)))
+        (10.0, True)
+    """
     np = _numpy()
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"`n` must be a positive int, got {n!r}")
