@@ -816,6 +816,37 @@ def test_rejected_refresh_is_per_layer(monkeypatch):
     assert all(torch.isfinite(v).all() for st in opt.state.values() for v in st.values())
 
 
+def test_rejected_diag_refresh_is_per_block(monkeypatch):
+    """The diagonal-scheme parameters of a group (here the biases) are refreshed as one
+    concatenated block: a NaN in the block's refresh keeps every one of them at its last good
+    ``d`` and counts a rejection for each; the matrix layers are unaffected."""
+    model = _net(torch.float32)
+    opt = SpectralKron(model.parameters(), lr=0.05, reorth_interval=0)
+    batches = _batches(3, torch.float32)
+    _train(model, opt, batches[:2])
+    biases = [p for p in model.parameters() if p.ndim == 1]
+    assert len(biases) > 1
+    before = [opt.state[p]["d"].clone() for p in biases]
+    orig = diag.update_gop
+    calls = []
+
+    def poisoned(st, g, **kw):
+        new = orig(st, g, **kw)
+        calls.append(tuple(g.shape))
+        d = new.d.clone()
+        d[0] = float("nan")
+        return new._replace(d=d)
+
+    monkeypatch.setattr(diag, "update_gop", poisoned)
+    _train(model, opt, batches[2:])
+    monkeypatch.undo()
+    assert calls == [(sum(p.numel() for p in biases),)]  # one call for the whole block
+    for p, d0 in zip(biases, before):
+        assert int(opt.state[p]["rejected"]) == 1 and torch.equal(opt.state[p]["d"], d0)
+    assert all(int(opt.state[p]["rejected"]) == 0 for p in model.parameters() if p.ndim > 1)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_overflowing_refresh_is_rejected_params_stay_finite():
     """A finite float32 gradient whose square overflows: every refresh of that step is
     discarded (kron and diag), params stay finite, training goes on."""

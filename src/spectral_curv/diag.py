@@ -27,7 +27,16 @@ __all__ = ["DiagState", "dense", "init", "logdet", "precondition", "update", "up
 
 
 class DiagState(NamedTuple):
-    """Diagonal ``S = Diag(d)``, ``d > 0`` of any shape (SPEC §3)."""
+    """Diagonal ``S = Diag(d)``, ``d > 0`` of any shape (SPEC §3).
+
+    Example (``d`` keeps the parameter's shape)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import diag
+        >>> st = diag.DiagState(np.full((2, 3), 4.0))
+        >>> st.d.shape, diag.dense(st).shape
+        ((2, 3), (6, 6))
+    """
 
     d: Array
 
@@ -155,7 +164,15 @@ def precondition(state: DiagState, v: Array, *, p: Any, check: bool = True) -> A
 
 
 def dense(state: DiagState, power: Any = 1.0) -> Array:
-    """The explicit ``Diag(d)^power`` of the flattened ``d`` (for tests; SPEC §3)."""
+    """The explicit ``Diag(d)^power`` of the flattened ``d`` (for tests; SPEC §3).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import diag
+        >>> diag.dense(diag.DiagState(np.array([[4.0], [9.0]])), power=0.5).tolist()
+        [[2.0, 0.0], [0.0, 3.0]]
+    """
     import array_api_extra as xpx
 
     xp = array_namespace(state.d)
@@ -163,6 +180,15 @@ def dense(state: DiagState, power: Any = 1.0) -> Array:
 
 
 def logdet(state: DiagState) -> Array:
-    """``log det S = Σ log d`` (SPEC §1)."""
+    """``log det S = Σ log d`` (SPEC §1).
+
+    Example (the log of the product of all entries, whatever ``d``'s shape)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import diag
+        >>> st = diag.DiagState(np.array([[1.0, 2.0], [3.0, 4.0]]))
+        >>> bool(np.isclose(diag.logdet(st), np.log(24.0)))
+        True
+    """
     xp = array_namespace(state.d)
     return xp.sum(xp.log(state.d))

@@ -26,7 +26,18 @@ DEFAULT_MAX_STEP_NORM = 0.25
 
 
 def check_modes(cayley: str, exp: str, cayley_terms: int) -> None:
-    """Validate the mode options shared by every update."""
+    """Validate the mode options shared by every update.
+
+    Example::
+
+        >>> from spectral_curv import maps
+        >>> maps.check_modes("neumann", "first_order", 2) is None
+        True
+        >>> maps.check_modes("pade", "exact", 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: `cayley` must be one of ('exact', 'neumann', 'quadratic'), got 'pade'
+    """
     if cayley not in CAYLEY_MODES:
         raise ValueError(f"`cayley` must be one of {CAYLEY_MODES}, got {cayley!r}")
     if exp not in EXP_MODES:
@@ -36,17 +47,49 @@ def check_modes(cayley: str, exp: str, cayley_terms: int) -> None:
 
 
 def default_tie_tol(xp: Namespace, dtype: object) -> float:
-    """Relative gap under which ``d_i ≈ d_j`` counts as a tie: ``sqrt(eps)`` of the dtype."""
+    """Relative gap under which ``d_i ≈ d_j`` counts as a tie: ``sqrt(eps)`` of the dtype.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from array_api_compat import array_namespace
+        >>> from spectral_curv import maps
+        >>> xp = array_namespace(np.empty(0))
+        >>> tol = maps.default_tie_tol(xp, xp.float64)
+        >>> tol == float(np.finfo(np.float64).eps) ** 0.5
+        True
+        >>> tol < maps.default_tie_tol(xp, xp.float32)
+        True
+    """
     return eps(xp, dtype) ** 0.5
 
 
 def skew(m: Array) -> Array:
-    """``Skew(M) = M − Mᵀ`` (SPEC §1; note: no factor 1/2, SPEC §5)."""
+    """``Skew(M) = M − Mᵀ`` (SPEC §1; note: no factor 1/2, SPEC §5).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import maps
+        >>> maps.skew(np.array([[1.0, 2.0], [5.0, 4.0]])).tolist()
+        [[0.0, -3.0], [3.0, 0.0]]
+    """
     return m - m.mT
 
 
 def strict_lower_mask(xp: Namespace, n: int, like: Array) -> Array:
-    """Boolean ``(n, n)`` mask of the strictly lower triangle (``i > j``)."""
+    """Boolean ``(n, n)`` mask of the strictly lower triangle (``i > j``).
+
+    Example (``like`` only supplies the device)::
+
+        >>> import numpy as np
+        >>> from array_api_compat import array_namespace
+        >>> from spectral_curv import maps
+        >>> xp = array_namespace(np.empty(0))
+        >>> mask = maps.strict_lower_mask(xp, 3, np.empty(0))
+        >>> mask.dtype == bool, bool(np.array_equal(mask, np.tril(np.ones((3, 3)), -1) > 0))
+        (True, True)
+    """
     from ._array import device
 
     idx = xp.arange(n, device=device(like))
@@ -174,7 +217,19 @@ def cayley_apply(b: Array, x: Array, *, mode: CayleyMode = "exact", terms: int =
 
 
 def cayley_apply_exact(xp: Namespace, b: Array, x: Array) -> Array:
-    """Reference ``B (I − X)⁻¹ (I + X)`` by a linear solve (the two factors commute)."""
+    """Reference ``B (I − X)⁻¹ (I + X)`` by a linear solve (the two factors commute).
+
+    Example (in 2-D, ``Cayley`` of ``a·[[0, −1], [1, 0]]`` rotates by ``2·arctan(a)``)::
+
+        >>> import numpy as np
+        >>> from array_api_compat import array_namespace
+        >>> from spectral_curv import maps
+        >>> xp = array_namespace(np.empty(0))
+        >>> q = maps.cayley_apply_exact(xp, np.eye(2), np.array([[0.0, -0.3], [0.3, 0.0]]))
+        >>> c, s = np.cos(2 * np.arctan(0.3)), np.sin(2 * np.arctan(0.3))
+        >>> bool(np.allclose(q, [[c, -s], [s, c]]))
+        True
+    """
     i = eye(xp, x.shape[-1], x)
     return b @ xp.linalg.solve(i - x, i + x)
 
@@ -188,6 +243,19 @@ def cayley_apply_neumann(xp: Namespace, b: Array, x: Array, terms: int) -> Array
     the symmetric ``Y``: products of one operand with its own transpose, which numpy runs
     as BLAS syrk (half the flops, an exactly symmetric result). Equal to the product form
     ``B · [(I + X)² Π (I + X^{2^k})]`` to round-off.
+
+    Example (more terms converge to the exact Cayley map)::
+
+        >>> import numpy as np
+        >>> from array_api_compat import array_namespace
+        >>> from spectral_curv import maps
+        >>> xp = array_namespace(np.empty(0))
+        >>> x = maps.skew(np.tril(np.full((3, 3), 0.1), -1))
+        >>> exact = maps.cayley_apply_exact(xp, np.eye(3), x)
+        >>> approx = [maps.cayley_apply_neumann(xp, np.eye(3), x, k) for k in range(4)]
+        >>> err = [np.abs(a - exact).max() for a in approx]
+        >>> bool(err[0] > err[1] > err[2] > err[3]), bool(err[3] < 1e-12)
+        (True, True)
     """
     y = x @ x.mT  # −X²
     p = b + b @ (2.0 * x - y)  # B (I + X)² = B (I + 2X + X²)
@@ -209,6 +277,17 @@ def cayley_apply_quadratic(xp: Namespace, b: Array, x: Array) -> Array:
     orthogonality order of ``neumann`` with one term (``I − 2X⁴ + X⁸``) at two matmuls
     instead of three: ``X² = −X Xᵀ`` (a syrk in numpy) and ``B·Q``. A refinement made here
     (not in the paper); tested in ``tests/test_maps.py``.
+
+    Example (``QᵀQ = I + 4X⁴`` exactly)::
+
+        >>> import numpy as np
+        >>> from array_api_compat import array_namespace
+        >>> from spectral_curv import maps
+        >>> xp = array_namespace(np.empty(0))
+        >>> x = maps.skew(np.tril(np.full((3, 3), 0.1), -1))
+        >>> q = maps.cayley_apply_quadratic(xp, np.eye(3), x)
+        >>> bool(np.allclose(q.T @ q, np.eye(3) + 4 * np.linalg.matrix_power(x, 4)))
+        True
     """
     y = x @ x.mT  # −X²
     return b + b @ (2.0 * (x - y))

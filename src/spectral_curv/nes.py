@@ -74,13 +74,29 @@ __all__ = [
 
 
 def default_popsize(n: int) -> int:
-    """``4 + ⌊3 ln n⌋`` (Wierstra et al. 2014), rounded up to even for mirrored sampling."""
+    """``4 + ⌊3 ln n⌋`` (Wierstra et al. 2014), rounded up to even for mirrored sampling.
+
+    Example (``n = 2``: ``4 + ⌊2.08⌋ = 6``; ``n = 60``: ``4 + ⌊12.28⌋ = 16``)::
+
+        >>> from spectral_curv import nes
+        >>> [nes.default_popsize(n) for n in (2, 10, 60)]
+        [6, 10, 16]
+        >>> all(nes.default_popsize(n) % 2 == 0 for n in range(1, 200))
+        True
+    """
     lam = 4 + math.floor(3.0 * math.log(n))
     return lam + (lam % 2)
 
 
 def default_lr_cov(n: int) -> float:
-    """xNES default covariance rate ``(9 + 3 ln n) / (5 n^{3/2})`` (Wierstra et al. 2014)."""
+    """xNES default covariance rate ``(9 + 3 ln n) / (5 n^{3/2})`` (Wierstra et al. 2014).
+
+    Example (``n = 1``: ``9/5``; ``n = 100``: ``(9 + 13.8)/5000``)::
+
+        >>> from spectral_curv import nes
+        >>> nes.default_lr_cov(1), round(nes.default_lr_cov(100), 4)
+        (1.8, 0.0046)
+    """
     return (9.0 + 3.0 * math.log(n)) / (5.0 * n**1.5)
 
 
@@ -91,6 +107,19 @@ def rank_utilities(values: Any, *, fitness_shaping: bool = True) -> np.ndarray:
     ``1/λ``, where ``k`` is the rank (1 = smallest value); ties share their mean utility.
     Without: ``u = −(f − mean f) / (λ · std f)`` (a baseline-subtracted, scale-free REINFORCE
     weight; zero when all values are equal).
+
+    Example (the smallest value gets the largest utility; ties share theirs)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import nes
+        >>> u = nes.rank_utilities([3.0, 1.0, 2.0, 0.0])
+        >>> bool(abs(u.sum()) < 1e-12), int(np.argmax(u)), int(np.argmin(u))
+        (True, 3, 0)
+        >>> u = nes.rank_utilities([1.0, 1.0, 2.0])
+        >>> bool(u[0] == u[1] > u[2])
+        True
+        >>> nes.rank_utilities([1.0, 3.0], fitness_shaping=False).tolist()
+        [0.5, -0.5]
     """
     f = np.asarray(values, dtype=np.float64).reshape(-1)
     lam = f.shape[0]
@@ -126,7 +155,19 @@ def _host(x: Any) -> np.ndarray:
 
 
 class NESResult(NamedTuple):
-    """Outcome so far (pycma's ``es.result`` analogue)."""
+    """Outcome so far (pycma's ``es.result`` analogue).
+
+    Example (after one ask/tell round)::
+
+        >>> import numpy as np
+        >>> from spectral_curv.nes import SpectralNES, rosenbrock
+        >>> es = SpectralNES(np.zeros(2), 0.5, seed=0)
+        >>> X = es.ask()
+        >>> es.tell(X, rosenbrock(X))
+        >>> r = es.result
+        >>> r.evaluations, r.iterations, r.xbest.shape, r.fbest == float(rosenbrock(X).min())
+        (6, 1, (2,), True)
+    """
 
     xbest: Array
     fbest: float
@@ -415,6 +456,17 @@ class XNES(_NESBase):
     ``G = Σ u_i (ε_i ε_iᵀ − I)``, ``G_σ = tr(G)/n``, ``G_B = G − G_σ I``;
     ``A ← A · expm(½(lr_cov G_B + lr_sigma G_σ I))`` (symmetric expm by ``eigh``),
     ``μ ← μ + lr_mean A Σ u_i ε_i``. Same options as :class:`SpectralNES`.
+
+    Example (``Σ₀ = σ₀² I``, then a run on a sphere)::
+
+        >>> import numpy as np
+        >>> from spectral_curv.nes import XNES
+        >>> bool(np.allclose(XNES(np.zeros(3), 0.5, seed=0).covariance, 0.25 * np.eye(3)))
+        True
+        >>> sphere = lambda X: (X**2).sum(axis=1)
+        >>> es = XNES(np.full(2, 3.0), 1.0, seed=0, ftarget=1e-8).optimize(sphere)
+        >>> bool(es.result.fbest < 1e-8), es.stop()
+        (True, {'ftarget': 1e-08})
     """
 
     def _init_state(self, sigma0: float) -> None:
@@ -445,6 +497,20 @@ class CholeskyNES(_NESBase):
     With ``z = Kε``, ``X = KᵀΔK = −Σ u_i ε_i ε_iᵀ`` (scale part ``tr(X)/n·I`` at rate
     ``lr_sigma``) and ``K ← K(I − lr_cov M)``, ``M = Tril(X) + ½Diag(X)``
     (``exp="exact"``: ``K expm(−lr_cov M)``), the step of ``baselines.cholesky_update``.
+
+    Example (``K`` stays lower triangular; a run on a sphere)::
+
+        >>> import numpy as np
+        >>> from spectral_curv.nes import CholeskyNES, rosenbrock
+        >>> es = CholeskyNES(np.zeros(3), 0.5, seed=0)
+        >>> X = es.ask()
+        >>> es.tell(X, rosenbrock(X))
+        >>> bool(np.array_equal(es.K, np.tril(es.K)))
+        True
+        >>> sphere = lambda X: (X**2).sum(axis=1)
+        >>> es = CholeskyNES(np.full(2, 3.0), 1.0, seed=0, ftarget=1e-8).optimize(sphere)
+        >>> bool(es.result.fbest < 1e-8), es.stop()
+        (True, {'ftarget': 1e-08})
     """
 
     def __init__(self, x0: Any, sigma0: float, *, exp: str = "first_order", **kw: Any) -> None:
@@ -488,7 +554,16 @@ def _rows(x: Array) -> tuple[Namespace, Array]:
 
 
 def ackley(x: Array) -> Array:
-    """``20 − 20 exp(−0.2 √(mean w²)) + e − exp(mean cos 2πw)``; min 0 at 0. ``(..., n)``."""
+    """``20 − 20 exp(−0.2 √(mean w²)) + e − exp(mean cos 2πw)``; min 0 at 0. ``(..., n)``.
+
+    Example (one value per row; at ``w = (1, 1)``, ``20 − 20e^{−0.2}``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import nes
+        >>> f = nes.ackley(np.array([[0.0, 0.0], [1.0, 1.0]]))
+        >>> f.shape, bool(abs(f[0]) < 1e-12), bool(np.isclose(f[1], 20 - 20 * np.exp(-0.2)))
+        ((2,), True, True)
+    """
     xp, x = _rows(x)
     r = xp.sqrt(xp.mean(x * x, axis=-1))
     c = xp.mean(xp.cos(2.0 * math.pi * x), axis=-1)
@@ -496,14 +571,30 @@ def ackley(x: Array) -> Array:
 
 
 def rosenbrock(x: Array) -> Array:
-    """``Σ_{i<n} 100(w_{i+1} − w_i²)² + (w_i − 1)²``; min 0 at ``(1, …, 1)``; n ≥ 2."""
+    """``Σ_{i<n} 100(w_{i+1} − w_i²)² + (w_i − 1)²``; min 0 at ``(1, …, 1)``; n ≥ 2.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import nes
+        >>> nes.rosenbrock(np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])).tolist()
+        [0.0, 2.0, 101.0]
+    """
     xp, x = _rows(x)
     a, b = x[..., :-1], x[..., 1:]
     return xp.sum(100.0 * (b - a * a) ** 2 + (a - 1.0) ** 2, axis=-1)
 
 
 def bohachevsky(x: Array) -> Array:
-    """``Σ_{i<n} w_i² + 2w_{i+1}² − 0.3 cos 3πw_i − 0.4 cos 4πw_{i+1} + 0.7``; min 0 at 0."""
+    """``Σ_{i<n} w_i² + 2w_{i+1}² − 0.3 cos 3πw_i − 0.4 cos 4πw_{i+1} + 0.7``; min 0 at 0.
+
+    Example (at ``(1, 0)``: ``1 + 0.3 − 0.4 + 0.7``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import nes
+        >>> np.round(nes.bohachevsky(np.array([[0.0, 0.0], [1.0, 0.0]])), 12).tolist()
+        [0.0, 1.6]
+    """
     xp, x = _rows(x)
     a, b = x[..., :-1], x[..., 1:]
     t = a * a + 2.0 * b * b - 0.3 * xp.cos(3.0 * math.pi * a) - 0.4 * xp.cos(4.0 * math.pi * b)
@@ -511,14 +602,32 @@ def bohachevsky(x: Array) -> Array:
 
 
 def schaffer(x: Array) -> Array:
-    """``Σ_{i<n} (w_i² + w_{i+1}²)^{1/4} [sin²(50 (w_i² + w_{i+1}²)^{1/10}) + 1]``; min 0 at 0."""
+    """``Σ_{i<n} (w_i² + w_{i+1}²)^{1/4} [sin²(50 (w_i² + w_{i+1}²)^{1/10}) + 1]``; min 0 at 0.
+
+    Example (at ``(1, 0)`` the single term is ``sin²(50) + 1``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import nes
+        >>> f = nes.schaffer(np.array([[0.0, 0.0], [1.0, 0.0]]))
+        >>> float(f[0]), bool(np.isclose(f[1], np.sin(50.0) ** 2 + 1.0))
+        (0.0, True)
+    """
     xp, x = _rows(x)
     s = x[..., :-1] ** 2 + x[..., 1:] ** 2
     return xp.sum(s**0.25 * (xp.sin(50.0 * s**0.1) ** 2 + 1.0), axis=-1)
 
 
 def griewank(x: Array) -> Array:
-    """``(1/4000) Σ w_i² − Π cos(w_i/√i) + 1``; min 0 at 0."""
+    """``(1/4000) Σ w_i² − Π cos(w_i/√i) + 1``; min 0 at 0.
+
+    Example (at ``(π, 0)``: ``π²/4000 + 1 + 1``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import nes
+        >>> f = nes.griewank(np.array([[0.0, 0.0], [np.pi, 0.0]]))
+        >>> float(f[0]), bool(np.isclose(f[1], np.pi**2 / 4000 + 2.0))
+        (0.0, True)
+    """
     xp, x = _rows(x)
     n = x.shape[-1]
     i = xp.arange(1, n + 1, dtype=x.dtype, device=A.device(x))
@@ -618,6 +727,16 @@ def benchmark(
     default ``lr_mean`` and ``lr_cov`` (unless given). Returns
     ``{"setup": ..., "runs": {fun: {method: [{"evals", "fbest", "stop"}, ...]}}}`` with the
     best-so-far value after every iteration; :func:`summarise` makes the table.
+
+    Example (a tiny run: one function, one method, one seed, in 2-D)::
+
+        >>> from spectral_curv import nes
+        >>> res = nes.benchmark(["rosenbrock"], dim=2, seeds=1, methods=["spectral"], log=None)
+        >>> res["setup"]["budget"], res["setup"]["popsizes"]
+        ({'rosenbrock': 16000}, {'rosenbrock': 6})
+        >>> run = res["runs"]["rosenbrock"]["spectral"][0]
+        >>> run["stop"], run["fbest"][-1] <= 1e-8, len(run["evals"]) == len(run["fbest"])
+        (['ftarget'], True, True)
     """
     import time
 

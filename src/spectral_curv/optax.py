@@ -88,7 +88,21 @@ class ScaleBySpectralKronState(NamedTuple):
     preconditioner refreshes so far; ``rejected``: per leaf, refreshes discarded by
     keep-last-good; ``precond``: per leaf a ``kron.KronState`` or ``diag.DiagState`` in
     ``precond_dtype``; ``exp_avg``/``exp_avg_sq``: Adam's moments for grafting (``None``
-    without grafting)."""
+    without grafting).
+
+    Example (one step with and one without Adam grafting)::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import scale_by_spectral_kron
+        >>> grads = {"w": jnp.ones((4, 3))}
+        >>> tx = scale_by_spectral_kron(0.1)
+        >>> _, state = tx.update(grads, tx.init(grads))
+        >>> type(state).__name__, int(state.count), state.exp_avg is None
+        ('ScaleBySpectralKronState', 1, True)
+        >>> tx = scale_by_spectral_kron(0.1, graft="adam")
+        >>> tx.init(grads).exp_avg["w"].shape
+        (4, 3)
+    """
 
     count: jax.Array
     refreshes: jax.Array
@@ -99,11 +113,29 @@ class ScaleBySpectralKronState(NamedTuple):
 
 
 class ClipByUpdateRmsState(NamedTuple):
-    """:func:`clip_by_update_rms` is stateless."""
+    """:func:`clip_by_update_rms` is stateless.
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import ClipByUpdateRmsState, clip_by_update_rms
+        >>> state = clip_by_update_rms(1.0).init({"w": jnp.zeros(3)})
+        >>> state == ClipByUpdateRmsState(), len(state)
+        (True, 0)
+    """
 
 
 class MomentumState(NamedTuple):
-    """Heavy-ball buffer of :func:`heavy_ball` (per leaf, in ``mu_dtype``)."""
+    """Heavy-ball buffer of :func:`heavy_ball` (per leaf, in ``mu_dtype``).
+
+    Example (zeros shaped like the parameters)::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import heavy_ball
+        >>> state = heavy_ball(0.9, mu_dtype=jnp.float32).init({"w": jnp.ones((2, 3))})
+        >>> type(state).__name__, state.momentum["w"].shape, float(state.momentum["w"].sum())
+        ('MomentumState', (2, 3), 0.0)
+    """
 
     momentum: Any
 
@@ -395,7 +427,18 @@ def scale_by_spectral_kron(
 
 
 def clip_by_update_rms(max_rms: Any) -> optax.GradientTransformation:
-    """Cap each update leaf's RMS at ``max_rms`` (``optim.clip_rms``; stateless)."""
+    """Cap each update leaf's RMS at ``max_rms`` (``optim.clip_rms``; stateless).
+
+    Example (an RMS of 3 is scaled down to 1; an RMS under the cap passes unchanged)::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import clip_by_update_rms
+        >>> tx = clip_by_update_rms(1.0)
+        >>> updates = {"big": jnp.full((2, 2), 3.0), "small": jnp.full(2, 0.5)}
+        >>> out, _ = tx.update(updates, tx.init(updates))
+        >>> out["big"].tolist(), out["small"].tolist()
+        ([[1.0, 1.0], [1.0, 1.0]], [0.5, 0.5])
+    """
     if max_rms is None:
         raise ValueError("`max_update_rms` must be finite and > 0, got None")
     optim.check_options({"max_update_rms": max_rms})
@@ -416,7 +459,18 @@ def heavy_ball(momentum: Any, mu_dtype: Any = None) -> optax.GradientTransformat
 
     The buffer is kept in ``mu_dtype`` (default: each update leaf's dtype; the torch
     optimizer keeps it in ``precond_dtype``, so pass ``jnp.float32`` for bf16 parameters
-    to match it); the output has the incoming update's dtype."""
+    to match it); the output has the incoming update's dtype.
+
+    Example (two unit updates: ``m = 1``, then ``0.9·1 + 1 = 1.9``)::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import heavy_ball
+        >>> tx, u = heavy_ball(0.9), {"w": jnp.ones(2)}
+        >>> out1, state = tx.update(u, tx.init(u))
+        >>> out2, state = tx.update(u, state)
+        >>> out1["w"].tolist(), [round(float(x), 5) for x in out2["w"]]
+        ([1.0, 1.0], [1.9, 1.9])
+    """
     mdt = _dtype("mu_dtype", mu_dtype, allow_none=True)
 
     def init_fn(params: Any) -> MomentumState:
@@ -444,7 +498,18 @@ def heavy_ball(momentum: Any, mu_dtype: Any = None) -> optax.GradientTransformat
 
 def order_labels(params: Any, *, min_order: int = 2, other: str = "other") -> Any:
     """A ``label_fn`` for :func:`spectral_kron`: :data:`SPECTRAL` for leaves of order ≥
-    ``min_order``, ``other`` for the rest (e.g. to give biases and norms to AdamW)."""
+    ``min_order``, ``other`` for the rest (e.g. to give biases and norms to AdamW).
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import order_labels
+        >>> params = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2), "s": jnp.zeros(())}
+        >>> order_labels(params)
+        {'b': 'other', 's': 'other', 'w': 'spectral'}
+        >>> order_labels(params, min_order=1, other="adam")
+        {'b': 'spectral', 's': 'adam', 'w': 'spectral'}
+    """
     return jax.tree.map(lambda x: SPECTRAL if jnp.ndim(x) >= min_order else other, params)
 
 

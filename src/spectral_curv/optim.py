@@ -180,23 +180,36 @@ def check_options(o: Any) -> None:
 
 
 def namespace(*arrays: Array) -> Namespace:
-    """The array-API namespace of ``arrays`` (``array_api_compat.array_namespace``)."""
+    """The array-API namespace of ``arrays`` (``array_api_compat.array_namespace``).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> xp = optim.namespace(np.zeros(3), np.ones((2, 2)))
+        >>> xp.__name__, bool(xp.all(xp.eye(2) == np.eye(2)))
+        ('array_api_compat.numpy', True)
+    """
     return array_namespace(*arrays)
 
 
 def plan(shape: tuple[int, ...], max_precond_dim: int = DEFAULT_MAX_PRECOND_DIM) -> Plan:
     """How a parameter of ``shape`` is preconditioned.
 
-    Order ≤ 1 or empty: ``("diag",)``; otherwise Kronecker on ``(shape[0], prod(shape[1:]))``
-    with a side longer than ``max_precond_dim`` kept diagonal (``B = I``, O(n) memory).
+    Unit dimensions are dropped first (a ``(1, 16, 64)`` position embedding is a 16×64
+    matrix, a ``(1, n)`` or ``(n, 1)`` weight a vector). Then order ≤ 1 or empty:
+    ``("diag",)``; otherwise Kronecker on ``(shape[0], prod(shape[1:]))`` with a side
+    longer than ``max_precond_dim`` kept diagonal (``B = I``, O(n) memory).
 
     Example::
 
         >>> from spectral_curv import optim
         >>> optim.plan((10,)), optim.plan((4, 3, 2)), optim.plan((8, 5000))
         (('diag',), ('kron', 4, 6, False, False), ('kron', 8, 5000, False, True))
+        >>> optim.plan((1, 16, 64)), optim.plan((1, 300))
+        (('kron', 16, 64, False, False), ('diag',))
     """
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(int(s) for s in shape if int(s) != 1)
     if len(shape) < 2 or math.prod(shape) == 0:
         return ("diag",)
     r, c = shape[0], math.prod(shape[1:])
@@ -204,7 +217,16 @@ def plan(shape: tuple[int, ...], max_precond_dim: int = DEFAULT_MAX_PRECOND_DIM)
 
 
 def matrix_shape(pl: Plan, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape the preconditioner sees: ``(r, c)`` for Kronecker, ``shape`` for diagonal."""
+    """The shape the preconditioner sees: ``(r, c)`` for Kronecker, ``shape`` for diagonal.
+
+    Example (a 4×3×2 weight is preconditioned as a 4×6 matrix)::
+
+        >>> from spectral_curv import optim
+        >>> optim.matrix_shape(optim.plan((4, 3, 2)), (4, 3, 2))
+        (4, 6)
+        >>> optim.matrix_shape(("diag",), (5,))
+        (5,)
+    """
     return tuple(shape) if pl[0] == "diag" else (pl[1], pl[2])
 
 
@@ -219,7 +241,18 @@ def init(
 ) -> Precond:
     """Fresh factors (``S = I``; :func:`first_state` sets the scale from the first gradient).
 
-    ``batch`` stacks same-shaped parameters (Kronecker only)."""
+    ``batch`` stacks same-shaped parameters (Kronecker only).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> st = optim.init(optim.plan((4, 3)), (4, 3), batch=(2,))
+        >>> type(st).__name__, st.alpha.tolist(), st.B_C.shape, st.B_K.shape
+        ('KronState', [1.0, 1.0], (2, 4, 4), (2, 3, 3))
+        >>> optim.init(("diag",), (5,)).d.tolist()
+        [1.0, 1.0, 1.0, 1.0, 1.0]
+    """
     if pl[0] == "diag":
         if batch:
             raise ValueError("`batch` is supported for Kronecker plans only")
@@ -270,7 +303,19 @@ def first_state(st: Precond, g: Array, *, damping: Any) -> Precond:
     """``S₀ = α₀ I`` with ``α₀ = mean(G²) + λ`` per stacked layer (diagonal: ``d₀ = g² + λ``).
 
     A value that is 0 (zero gradient with ``λ = 0``: 0·∞ = NaN in the step) or overflows
-    falls back to 1 (diagonal: to the mean of the good entries, or 1)."""
+    falls back to 1 (diagonal: to the mean of the good entries, or 1).
+
+    Example (``α₀ = mean(G²) + λ``; a zero diagonal entry falls back to the good mean)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> st = optim.init(optim.plan((2, 2)), (2, 2))
+        >>> float(optim.first_state(st, np.full((2, 2), 3.0), damping=1.0).alpha)
+        10.0
+        >>> st = optim.init(("diag",), (3,))
+        >>> optim.first_state(st, np.array([1.0, 0.0, 3.0]), damping=0.0).d.tolist()
+        [1.0, 5.0, 9.0]
+    """
     xp = array_namespace(g)
     if isinstance(st, diag.DiagState):
         d0 = g * g + damping
@@ -310,7 +355,21 @@ def refresh(
     """The core's GOP update (``kron.update_gop`` / ``diag.update_gop``) with keep-last-good.
 
     Returns ``(state, ok)``: ``ok`` (one flag per stacked layer) is False where the update
-    gave non-finite or non-positive factors, which are then left as they were."""
+    gave non-finite or non-positive factors, which are then left as they were.
+
+    Example (a good update is kept; a non-finite gradient leaves the factors as they were)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> st0 = optim.init(optim.plan((4, 3)), (4, 3))
+        >>> st, ok = optim.refresh(st0, np.arange(12.0).reshape(4, 3) / 10, precond_lr=0.1)
+        >>> bool(ok), bool(np.allclose(st.B_C.T @ st.B_C, np.eye(4), atol=1e-3))
+        (True, True)
+        >>> with np.errstate(all="ignore"):
+        ...     st, ok = optim.refresh(st0, np.full((4, 3), np.inf), precond_lr=0.1)
+        >>> bool(ok), bool(np.array_equal(st.B_C, st0.B_C)), float(st.alpha)
+        (False, True, 1.0)
+    """
     xp = array_namespace(g)
     if isinstance(st, diag.DiagState):
         new = diag.update_gop(
@@ -343,7 +402,18 @@ def refresh(
 
 def reorthonormalize(st: Precond) -> Precond:
     """One Newton–Schulz polar step on each factor basis (``maps.orthonormalize``), undoing the
-    drift of the truncated Cayley maps; a no-op for the diagonal scheme."""
+    drift of the truncated Cayley maps; a no-op for the diagonal scheme.
+
+    Example (one Newton–Schulz step squares a basis' small orthogonality drift)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import kron, maps, optim
+        >>> b = 1.001 * maps.cayley(maps.skew(np.tril(np.full((3, 3), 0.1), -1)))
+        >>> drift = lambda b: float(np.abs(b.T @ b - np.eye(3)).max())
+        >>> st = optim.reorthonormalize(kron.init(3, 2)._replace(B_C=b))
+        >>> round(drift(b), 4), bool(drift(st.B_C) < drift(b) ** 2)
+        (0.002, True)
+    """
     if isinstance(st, diag.DiagState):
         return st
     return st._replace(
@@ -353,7 +423,20 @@ def reorthonormalize(st: Precond) -> Precond:
 
 
 def direction(st: Precond, g: Array, *, p: Any) -> Array:
-    """``U = S^{-1/p} G`` (Kronecker: rotated form, 4 matmuls; diagonal: ``d^{-1/p} ⊙ g``)."""
+    """``U = S^{-1/p} G`` (Kronecker: rotated form, 4 matmuls; diagonal: ``d^{-1/p} ⊙ g``).
+
+    Example (``S = 4 I`` on both schemes, ``p = 2``: the step halves ``G``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> st = optim.init(optim.plan((2, 3)), (2, 3))
+        >>> st = optim.first_state(st, np.full((2, 3), 2.0), damping=0.0)
+        >>> optim.direction(st, np.ones((2, 3)), p=2).tolist()
+        [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]
+        >>> st = optim.init(("diag",), (2,))._replace(d=np.array([4.0, 16.0]))
+        >>> optim.direction(st, np.ones(2), p=2).tolist()
+        [0.5, 0.25]
+    """
     if isinstance(st, diag.DiagState):
         return diag.precondition(st, g, p=p, check=False)
     return kron.precondition(st, g, p=p, check=False)
@@ -374,7 +457,18 @@ def graft_adam(
     eps: Any,
 ) -> tuple[Array, Array, Array]:
     """Rescale ``U`` to the norm of Adam's update at 1-based ``step``; returns
-    ``(U, exp_avg, exp_avg_sq)`` with Adam's moments of the raw gradient advanced."""
+    ``(U, exp_avg, exp_avg_sq)`` with Adam's moments of the raw gradient advanced.
+
+    Example (at step 1 Adam's update is ``g/(|g| + eps)``, so ``U`` gets its norm ``√n``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> g, u = np.array([3.0, -4.0, 1.0, 2.0]), np.array([10.0, 0.0, 0.0, 0.0])
+        >>> z = np.zeros(4)
+        >>> v, m, s = optim.graft_adam(u, g, z, z, step=1, betas=(0.9, 0.999), eps=0.0)
+        >>> v.tolist(), bool(np.allclose(m, 0.1 * g)), bool(np.allclose(s, 0.001 * g**2))
+        ([2.0, 0.0, 0.0, 0.0], True, True)
+    """
     xp = array_namespace(u, g)
     b1, b2 = betas
     exp_avg = exp_avg + (1 - b1) * (g - exp_avg)
@@ -386,26 +480,68 @@ def graft_adam(
 
 
 def clip_rms(u: Array, max_rms: Any) -> Array:
-    """``U · max_rms / max(rms(U), max_rms)``: the update's RMS capped at ``max_rms``."""
+    """``U · max_rms / max(rms(U), max_rms)``: the update's RMS capped at ``max_rms``.
+
+    Example (an RMS of 3 is capped at 1; an RMS under the cap passes unchanged)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> optim.clip_rms(np.full(4, 3.0), 1.0).tolist()
+        [1.0, 1.0, 1.0, 1.0]
+        >>> optim.clip_rms(np.full(4, 0.5), 1.0).tolist()
+        [0.5, 0.5, 0.5, 0.5]
+    """
     xp = array_namespace(u)
     rms = xp.sqrt(xp.mean(u * u))
     return u * (max_rms / xp.maximum(rms, xp.asarray(max_rms, dtype=u.dtype)))
 
 
 def add_momentum(buf: Array, u: Array, momentum: Any) -> Array:
-    """Heavy-ball (undampened) momentum ``m ← μ m + U``; returns the new ``m``."""
+    """Heavy-ball (undampened) momentum ``m ← μ m + U``; returns the new ``m``.
+
+    Example (two unit updates: ``m = 1``, then ``0.9·1 + 1``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> m = optim.add_momentum(np.zeros(2), np.ones(2), 0.9)
+        >>> optim.add_momentum(m, np.ones(2), 0.9).tolist()
+        [1.9, 1.9]
+    """
     return momentum * buf + u
 
 
 def apply_update(param: Array, u: Array, *, lr: Any, weight_decay: Any = 0.0) -> Array:
-    """Decoupled weight decay and the step: ``M ← (1 − lr·wd) M − lr·U`` in ``param``'s dtype."""
+    """Decoupled weight decay and the step: ``M ← (1 − lr·wd) M − lr·U`` in ``param``'s dtype.
+
+    Example (``(1 − 0.1·0.5)·2 − 0.1·1 = 1.8``; the parameter's dtype is kept)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> w = np.full(2, 2.0, dtype=np.float32)
+        >>> w = optim.apply_update(w, np.ones(2), lr=0.1, weight_decay=0.5)
+        >>> [round(float(x), 6) for x in w], w.dtype
+        ([1.8, 1.8], dtype('float32'))
+    """
     xp = array_namespace(param)
     decayed = xp.astype(param * (1 - lr * weight_decay), param.dtype)
     return decayed - xp.astype(u * lr, param.dtype)
 
 
 def check_finite_grads(xp: Namespace, grads: list[Array]) -> bool:
-    """True when every gradient is finite (one host sync for the whole list)."""
+    """True when every gradient is finite (one host sync for the whole list).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> xp = optim.namespace(np.zeros(1))
+        >>> optim.check_finite_grads(xp, [np.ones(2), np.zeros((2, 2))])
+        True
+        >>> optim.check_finite_grads(xp, [np.ones(2), np.array([np.nan])])
+        False
+        >>> optim.check_finite_grads(xp, [])
+        True
+    """
     if not grads:
         return True
     flags = [xp.all(xp.isfinite(g)) for g in grads]

@@ -114,10 +114,17 @@ def _kron_bucket(
     """Refresh (when due) and precondition a stack of same-shaped layers; returns directions."""
     _, r, c, _, _ = plan
     dt = opts["precond_dtype"]
-    G = torch.stack([g.reshape(r, c) for g in grads]).to(dt)
+    if len(grads) == 1:
+        G = grads[0].reshape(1, r, c).to(dt)
+    else:
+        G = torch.stack([g.reshape(r, c) for g in grads]).to(dt)
 
     def stack(key: str) -> Tensor | None:
-        return torch.stack([s[key] for s in states]) if key in states[0] else None
+        if key not in states[0]:
+            return None
+        if len(states) == 1:  # a view, no copy
+            return states[0][key].unsqueeze(0)
+        return torch.stack([s[key] for s in states])
 
     st = kron.KronState(stack("alpha"), stack("B_C"), stack("d_C"), stack("B_K"), stack("d_K"))
     if first:
@@ -129,10 +136,11 @@ def _kron_bucket(
             s["refreshes"].add_(1)
         if reorth:
             st = optim.reorthonormalize(st)
-    for key, val in zip(kron.KronState._fields, st):
-        if val is not None:
-            for i, s in enumerate(states):
-                s[key] = val[i].clone()
+    if first or refresh:  # otherwise the factors are unchanged: nothing to write back
+        for key, val in zip(kron.KronState._fields, st):
+            if val is not None:
+                for i, s in enumerate(states):
+                    s[key] = val[i].clone()
     u = optim.direction(st, G, p=opts["p"])
     return [u[i].reshape(g.shape) for i, g in enumerate(grads)]
 
@@ -151,6 +159,45 @@ def _diag_one(
         state["refreshes"].add_(1)
     state["d"] = st.d
     return optim.direction(st, g, p=opts["p"])
+
+
+def _diag_bucket(
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    *,
+    first: bool,
+    refresh: bool,
+    opts: dict[str, Any],
+) -> list[Tensor]:
+    """The diagonal scheme for several parameters at once: it is elementwise, so their
+    flattened gradients and ``d`` are concatenated and go through one chain of kernels.
+
+    The first step (whose fallback value is a per-parameter mean) runs per parameter.
+    Keep-last-good applies to the block: a refresh with a non-finite or non-positive ``d``
+    anywhere in it is discarded for all of its parameters and counted in each one's
+    ``rejected`` (no host sync)."""
+    if len(grads) == 1 or first:
+        return [
+            _diag_one(g, s, first=first, refresh=refresh, opts=opts) for g, s in zip(grads, states)
+        ]
+    dt = opts["precond_dtype"]
+    g = torch.cat([x.reshape(-1).to(dt) for x in grads])
+    st: Any = diag.DiagState(torch.cat([s["d"].reshape(-1) for s in states]))
+    if refresh:
+        st, ok = optim.refresh(st, g, **_refresh_opts(opts))
+        torch._foreach_copy_([s["d"] for s in states], list(_split(st.d, states, "d")))
+        rejected = (~ok).to(torch.int64)
+        for s in states:
+            s["rejected"].add_(rejected)
+            s["refreshes"].add_(1)
+    u = optim.direction(st, g, p=opts["p"])
+    return list(_split(u, states, "d"))
+
+
+def _split(flat: Tensor, states: list[dict[str, Any]], key: str) -> Any:
+    """Views of ``flat`` shaped like each ``state[key]``."""
+    pieces = torch.split(flat, [s[key].numel() for s in states])
+    return (x.view(s[key].shape) for x, s in zip(pieces, states))
 
 
 def _postprocess(
@@ -177,6 +224,34 @@ def _postprocess(
             optim.add_momentum(state["momentum_buffer"], u, opts["momentum"])
         )
     param.copy_(optim.apply_update(param, u, lr=opts["lr"], weight_decay=opts["weight_decay"]))
+
+
+def _fusable(param: Tensor, opts: dict[str, Any]) -> bool:
+    """Whether :func:`_postprocess_foreach` computes this parameter's update (no grafting or
+    clipping, which need per-parameter norms; a float lr; the parameter in the factors' dtype)."""
+    return (
+        opts["graft"] is None
+        and opts["max_update_rms"] is None
+        and not isinstance(opts["lr"], Tensor)
+        and param.dtype == opts["precond_dtype"]
+    )
+
+
+def _postprocess_foreach(
+    params: list[Tensor], us: list[Tensor], states: list[dict[str, Any]], opts: dict[str, Any]
+) -> None:
+    """:func:`optim.add_momentum` and :func:`optim.apply_update` for a list of parameters as
+    ``torch._foreach_*`` kernels: the same operations in the same order (so the same numbers)
+    in a handful of launches instead of several per parameter."""
+    lr, wd, mom = opts["lr"], opts["weight_decay"], opts["momentum"]
+    if mom:
+        bufs = [s["momentum_buffer"] for s in states]
+        torch._foreach_mul_(bufs, mom)
+        torch._foreach_add_(bufs, us)
+        us = bufs
+    if wd:
+        torch._foreach_mul_(params, 1 - lr * wd)
+    torch._foreach_sub_(params, torch._foreach_mul(us, lr))
 
 
 def _refresh_opts(opts: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +298,20 @@ def spectral_kron(
 
     ``states[i]`` must have been created for ``params[i]`` (see ``SpectralKron``). Grads are
     assumed finite and dense (the class checks them once, before any state changes).
+
+    Example (one functional step equals one :class:`SpectralKron` step)::
+
+        >>> import torch
+        >>> from spectral_curv.torch import SpectralKron, init_state, spectral_kron
+        >>> w1, w2 = (torch.nn.Parameter(torch.ones(3, 2)) for _ in range(2))
+        >>> g = torch.arange(6.0).reshape(3, 2)
+        >>> opt = SpectralKron([w1], lr=0.1)
+        >>> w1.grad = g
+        >>> opt.step()
+        >>> with torch.no_grad():
+        ...     spectral_kron([w2], [g], [init_state(w2)], **opt.defaults)
+        >>> torch.equal(w1, w2), bool((w2 < 1).any())
+        (True, True)
     """
     opts = dict(
         lr=lr,
@@ -261,10 +350,14 @@ def spectral_kron(
     directions: dict[int, Tensor] = {}
     for (plan, _, first, refresh, reorth), idx in buckets.items():
         if plan[0] == "diag":
-            for i in idx:
-                directions[i] = _diag_one(
-                    grads[i], states[i], first=first, refresh=refresh, opts=opts
-                )
+            us = _diag_bucket(
+                [grads[i] for i in idx],
+                [states[i] for i in idx],
+                first=first,
+                refresh=refresh,
+                opts=opts,
+            )
+            directions.update(zip(idx, us))
         else:
             us = _kron_bucket(
                 [grads[i] for i in idx],
@@ -276,9 +369,20 @@ def spectral_kron(
                 opts=opts,
             )
             directions.update(zip(idx, us))
+    fused: list[int] = []
     for i, (param, grad, st) in enumerate(zip(params, grads, states)):
         st["step"].add_(1)
-        _postprocess(param, grad, directions[i], st, steps[i] + 1, opts)
+        if _fusable(param, opts):
+            fused.append(i)
+        else:
+            _postprocess(param, grad, directions[i], st, steps[i] + 1, opts)
+    if fused:
+        _postprocess_foreach(
+            [params[i] for i in fused],
+            [directions[i] for i in fused],
+            [states[i] for i in fused],
+            opts,
+        )
 
 
 class SpectralKron(Optimizer):
@@ -326,7 +430,9 @@ class SpectralKron(Optimizer):
             has NaN/inf; ``"skip"`` skips the whole step (counted in ``skipped_steps``).
 
     A refresh that yields non-finite or non-positive factors is discarded and the last
-    good preconditioner kept; ``state[p]["rejected"]`` counts them.
+    good preconditioner kept; ``state[p]["rejected"]`` counts them. This holds per matrix
+    layer; the diagonal-scheme parameters of a group (biases, norms), which are refreshed as
+    one concatenated vector, share the decision.
 
     Example (a linear least-squares fit)::
 
