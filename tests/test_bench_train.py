@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import statistics
 import struct
 
 import numpy as np
@@ -168,17 +169,29 @@ def test_reach_and_summary_ratio():
         "final_loss": 0.5,
         "final_acc": 0.8,
         "diverged": False,
-        "step_s_median": 0.01,
-        "fb_s_median": 0.01,
+        "step_s_steady": 0.01,
+        "fb_s_steady": 0.01,
         "state_bytes": 0,
         "peak_rss_bytes": 0,
         "hparams": {},
     }
-    runs = [{**run, "optimizer": "adamw"}, {**run, "optimizer": "x", "step_s_median": 0.03}]
+    runs = [{**run, "optimizer": "adamw"}, {**run, "optimizer": "x", "step_s_steady": 0.03}]
     rows, target = train.summarize(runs, ["adamw", "x"], {}, None)
     assert target == pytest.approx(0.55)
     assert rows[0]["step_ratio"] == 1.0 and rows[1]["step_ratio"] == pytest.approx(3.0)
+    assert rows[1]["whole_ratio"] == pytest.approx(2.0)  # (0.03 + 0.01) / (0.01 + 0.01)
     assert rows[1]["steps_to_target"] == 10
+
+
+def test_steady_mean_counts_refresh_steps():
+    """A refresh every T steps must show in the step time at 1/T weight (a median hides it);
+    the first STEADY_SKIP steps are left out."""
+    k = train.STEADY_SKIP
+    xs = [100.0] * k + [1.0, 3.0] * 30  # warm-up, then T = 2: cheap / refresh
+    assert statistics.median(xs[k:]) in (1.0, 2.0, 3.0)
+    assert train._steady_mean(xs) == pytest.approx(2.0)
+    assert train._steady_mean([5.0, 7.0]) == pytest.approx(6.0)  # too short: all steps
+    assert train._steady_mean([]) is None
 
 
 # --------------------------------------------------------------------------- end to end
@@ -217,6 +230,10 @@ def test_bench_train_end_to_end(tmp_path, capsys):
             "50",
             "--val-size",
             "100",
+            "--sweep-steps",
+            "3",
+            "--sweep-repeats",
+            "1",
             "--out",
             str(out),
             "--json",
@@ -249,6 +266,12 @@ def test_bench_train_end_to_end(tmp_path, capsys):
     md = out.read_text()
     assert train.markers("bench")[0] in md and "| AdamW |" in md
     assert "train_digits_mlp.png" in md
+    sweep = d["results"]["mlp"]["sweep"]  # SpectralKron p=2 quad: the only sweep key run
+    assert [(r["key"], r["T"]) for r in sweep] == [("adamw", None)] + [
+        ("spectral_p2_quad", t) for t in train.SWEEP_INTERVALS
+    ]
+    assert sweep[0]["whole_ratio"] == 1.0 and all(r["whole_ms"] > 0 for r in sweep)
+    assert "Step time vs refresh interval T (mlp" in md
 
 
 def test_cnn_and_vit_train_with_fixed_hparams():

@@ -8,8 +8,8 @@ markdown section (``docs/benchmarks_train.md``), a JSON of every curve
 ``spectral-curv demo`` is the small fixed-hyperparameter version (one MLP, a few
 optimizers, 3 seeds, under 3 minutes on 2 CPU cores) that prints a table.
 
-Models (``--models``): ``mlp`` (784-256-256-10, ReLU), ``cnn`` (two 3×3 conv + 2×2
-max-pool stages of 16 and 32 channels, a 64-unit hidden layer), ``vit`` (7×7 patches →
+Models (``--models``): ``mlp`` (784-256-256-10, ReLU), ``cnn`` (3×3 convolutions of 16, 32
+and 64 channels, 2×2 max-pool after the first two, global average pooling), ``vit`` (7×7 patches →
 16 tokens on 28×28 images (2×2 on 8×8 digits), width 64, 2 pre-norm blocks with 4 heads
 and a 4× GELU MLP, learned position embedding, mean pooling). Every classifier's last
 layer is called ``head``.
@@ -168,6 +168,8 @@ def build_model(name: str, image_shape: Sequence[int], n_classes: int = 10) -> A
     class CNN(nn.Module):
         def __init__(self) -> None:
             super().__init__()
+            # all-convolutional with global average pooling: no wide flatten → dense layer
+            # (a 1568 → 64 one would give every Kronecker method a 1568-sided factor)
             self.body = nn.Sequential(
                 nn.Conv2d(c, 16, 3, padding=1),
                 nn.ReLU(),
@@ -175,9 +177,10 @@ def build_model(name: str, image_shape: Sequence[int], n_classes: int = 10) -> A
                 nn.Conv2d(16, 32, 3, padding=1),
                 nn.ReLU(),
                 nn.MaxPool2d(2),
-                nn.Flatten(),
-                nn.Linear(32 * (h // 4) * (w // 4), 64),
+                nn.Conv2d(32, 64, 3, padding=1),
                 nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
             )
             self.head = nn.Linear(64, n_classes)
 
@@ -320,6 +323,7 @@ def optimizer_registry() -> dict[str, OptSpec]:
                 cayley=cayley,
                 precond_lr=hp["precond_lr"],
                 weight_decay=hp["weight_decay"],
+                update_interval=hp.get("update_interval", 2),
             )
 
         return build
@@ -689,6 +693,8 @@ def train_run(
         "fb_s_median": statistics.median(fb) if fb else None,
         "step_s_median": statistics.median(st) if st else None,
         "step_s_mean": statistics.fmean(st) if st else None,
+        "fb_s_steady": _steady_mean(fb),
+        "step_s_steady": _steady_mean(st),
         "wall_s": wall,
         "state_bytes": sbytes,
         "peak_rss_bytes": mem.bytes,
@@ -702,6 +708,23 @@ def train_run(
     del model, opt
     _release_memory()
     return out
+
+
+#: Optimizers not tuned on their own but given their twin's tuned values: the same update,
+#: only the Newton–Schulz precision differs (bf16 NS is ~100× slower on a CPU).
+REUSE_TUNING = {"muon_bf16": "muon_fp32"}
+
+#: Steps left out of the per-step time means (warm-up refreshes at every step, lazy init).
+STEADY_SKIP = 20
+
+
+def _steady_mean(xs: Sequence[float]) -> float | None:
+    """Mean of the per-step times after the first :data:`STEADY_SKIP` (all when fewer). A mean,
+    not a median: with a refresh every ``T`` steps the median hides the refresh cost."""
+    if not xs:
+        return None
+    tail = xs[STEADY_SKIP:] if len(xs) > 2 * STEADY_SKIP else xs
+    return statistics.fmean(tail)
 
 
 def tune(
@@ -744,6 +767,105 @@ def tune(
 # --------------------------------------------------------------------------- summaries
 
 
+#: Refresh intervals of the step-time sweep (issue: report T = 1, 2, 10).
+SWEEP_INTERVALS = (1, 2, 10)
+SWEEP_KEYS = ("spectral_p2_quad", "spectral_p2_exact")
+
+
+def step_time_sweep(
+    model_name: str,
+    split: Split,
+    registry: dict[str, OptSpec],
+    hps: dict[str, dict[str, Any]],
+    *,
+    keys: Sequence[str] = SWEEP_KEYS,
+    intervals: Sequence[int] = SWEEP_INTERVALS,
+    batch: int = 128,
+    steps: int = 60,
+    repeats: int = 3,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """Whole-step time (zero_grad + forward + backward + ``opt.step()``) of SpectralKron at
+    each refresh interval ``T``, as a ratio to AdamW's measured in the same loop.
+
+    Each configuration trains ``STEADY_SKIP + steps`` steps from seed 0 with its tuned
+    hyperparameters; the per-step means leave the first ``STEADY_SKIP`` out. The
+    configurations run round-robin, ``repeats`` times, and the median over repeats is kept,
+    so a burst of load from elsewhere is spread over all of them."""
+    configs: list[tuple[str, int | None]] = [("adamw", None)]
+    configs += [(k, t) for k in keys if k in hps for t in intervals]
+    times: dict[tuple[str, int | None], list[tuple[float, float]]] = {c: [] for c in configs}
+    for _ in range(repeats):
+        for k, t in configs:
+            hp = dict(hps[k]) if t is None else {**hps[k], "update_interval": t}
+            r = train_run(
+                model_name,
+                split,
+                registry[k],
+                hp,
+                steps=STEADY_SKIP + steps,
+                batch=batch,
+                seed=0,
+                eval_every=10**9,
+                eval_set="val",
+            )
+            if r["step_s_steady"] is not None and not r["diverged"]:
+                times[(k, t)].append((r["fb_s_steady"], r["step_s_steady"]))
+            if progress is not None:
+                progress.update(STEADY_SKIP + steps)
+    rows = []
+    ref = times[("adamw", None)]
+    ref_whole = statistics.median([a + b for a, b in ref]) if ref else None
+    ref_step = statistics.median([b for _, b in ref]) if ref else None
+    for (k, t), ts in times.items():
+        if not ts:
+            rows.append({"key": k, "label": registry[k].label, "T": t, "whole_ms": None})
+            continue
+        whole = statistics.median([a + b for a, b in ts])
+        step = statistics.median([b for _, b in ts])
+        rows.append(
+            {
+                "key": k,
+                "label": registry[k].label,
+                "T": t,
+                "fb_ms": 1e3 * statistics.median([a for a, _ in ts]),
+                "step_ms": 1e3 * step,
+                "whole_ms": 1e3 * whole,
+                "whole_ratio": whole / ref_whole if ref_whole else None,
+                "step_ratio": step / ref_step if ref_step else None,
+            }
+        )
+    return rows
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Header + rows of the step-time sweep."""
+    out = [
+        [
+            "optimizer",
+            "T",
+            "fwd+bwd ms",
+            "opt.step ms",
+            "whole ms",
+            "whole × AdamW",
+            "opt.step × AdamW",
+        ]
+    ]
+    for r in rows:
+        out.append(
+            [
+                r["label"],
+                "—" if r["T"] is None else str(r["T"]),
+                _f(r.get("fb_ms"), ".1f"),
+                _f(r.get("step_ms"), ".2f"),
+                _f(r.get("whole_ms"), ".1f"),
+                _f(r.get("whole_ratio"), ".2f"),
+                _f(r.get("step_ratio"), ".1f"),
+            ]
+        )
+    return out
+
+
 def _mean_sd(xs: Sequence[float]) -> tuple[float | None, float | None]:
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     if not xs:
@@ -776,18 +898,10 @@ def summarize(
             ]
             base = min(finals) if finals else None
         target = None if base is None else 1.1 * base
-    ref = by.get("adamw") or []
-    ref_step = (
-        statistics.median([r["step_s_median"] for r in ref if r["step_s_median"]])
-        if any(r["step_s_median"] for r in ref)
-        else None
-    )
+    ref = [r for r in by.get("adamw") or [] if r["step_s_steady"]]
+    ref_step = statistics.median([r["step_s_steady"] for r in ref]) if ref else None
     ref_whole = (
-        statistics.median(
-            [r["step_s_median"] + r["fb_s_median"] for r in ref if r["step_s_median"]]
-        )
-        if ref_step
-        else None
+        statistics.median([r["step_s_steady"] + r["fb_s_steady"] for r in ref]) if ref else None
     )
     rows = []
     for k in keys:
@@ -799,8 +913,8 @@ def summarize(
         hits = [reach(r["curve"], target) for r in rs] if target is not None else []
         steps_t = [h[0] for h in hits if h[0] is not None]
         wall_t = [h[1] for h in hits if h[1] is not None]
-        st_ = [r["step_s_median"] for r in rs if r["step_s_median"]]
-        whole = [r["step_s_median"] + r["fb_s_median"] for r in rs if r["step_s_median"]]
+        st_ = [r["step_s_steady"] for r in rs if r["step_s_steady"]]
+        whole = [r["step_s_steady"] + r["fb_s_steady"] for r in rs if r["step_s_steady"]]
         step_s = statistics.median(st_) if st_ else None
         rows.append(
             {
@@ -817,6 +931,7 @@ def summarize(
                 "wall_to_target_s": statistics.fmean(wall_t) if wall_t else None,
                 "step_ms": None if step_s is None else 1e3 * step_s,
                 "step_ratio": step_s / ref_step if step_s and ref_step else None,
+                "whole_ms": 1e3 * statistics.median(whole) if whole else None,
                 "whole_ratio": (
                     statistics.median(whole) / ref_whole if whole and ref_whole else None
                 ),
@@ -843,7 +958,8 @@ TABLE_HEADERS = [
     "steps→target",
     "s→target",
     "opt.step ms",
-    "× AdamW",
+    "opt.step × AdamW",
+    "whole step × AdamW",
     "state MiB",
     "peak RSS MiB",
 ]
@@ -873,6 +989,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
                 _f(r["wall_to_target_s"], ".2f"),
                 _f(r["step_ms"], ".2f"),
                 _f(r["step_ratio"], ".2f"),
+                _f(r["whole_ratio"], ".2f"),
                 f"{r['state_mib']:.2f}",
                 _f(r["peak_rss_mib"], ".1f"),
             ]
@@ -952,7 +1069,7 @@ def plot_model(
     y = np.arange(len(rows))
     ax[0, 2].barh(y, [r["step_ms"] or 0 for r in rows], color=colors[: len(rows)])
     ax[0, 2].set_xscale("log")
-    ax[0, 2].set_xlabel("opt.step() time (ms, median, log scale)")
+    ax[0, 2].set_xlabel("opt.step() time (ms, mean per step, log scale)")
     for r, yy in zip(rows, y):
         if r["step_ratio"]:
             ax[0, 2].text(
@@ -1014,10 +1131,15 @@ def run_benchmark(
     test_subset: int | None = None,
     target_loss: float | None = None,
     fixed_hparams: dict[str, dict[str, Any]] | None = None,
+    sweep_steps: int = 0,
+    sweep_repeats: int = 3,
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Tune (unless ``fixed_hparams``) and train every (model, optimizer); returns the JSON."""
+    """Tune (unless ``fixed_hparams``) and train every (model, optimizer); returns the JSON.
+
+    ``sweep_steps`` > 0 adds :func:`step_time_sweep` per model (SpectralKron at T = 1, 2, 10
+    against AdamW, ``sweep_repeats`` rounds of that many timed steps)."""
     import torch
 
     from .data import load_dataset
@@ -1039,7 +1161,13 @@ def run_benchmark(
         log(f"skipping {k}: {why}")
     tune_steps = tune_steps or steps
     do_tune = fixed_hparams is None and tune_budget > 0
-    total = len(models) * len(keys) * (seeds * steps + (tune_budget * tune_steps if do_tune else 0))
+    n_tuned = len([k for k in keys if REUSE_TUNING.get(k) not in keys])
+    total = len(models) * (
+        len(keys) * seeds * steps + (n_tuned * tune_budget * tune_steps if do_tune else 0)
+    )
+    sweep_keys = [k for k in SWEEP_KEYS if k in keys] if "adamw" in keys and sweep_steps else []
+    n_sweep = (1 + len(sweep_keys) * len(SWEEP_INTERVALS)) * sweep_repeats if sweep_keys else 0
+    total += len(models) * n_sweep * (STEADY_SKIP + sweep_steps)
     bar = _progress_bar(total, quiet)
     results: dict[str, Any] = {}
     try:
@@ -1059,6 +1187,8 @@ def run_benchmark(
             runs, tuning, hps = [], {}, {}
             for k in keys:
                 spec = registry[k]
+                if do_tune and REUSE_TUNING.get(k) in keys:
+                    continue  # takes its twin's tuned values below
                 if do_tune:
                     if bar is not None:
                         bar.set_description(f"{m}/{k} tune")
@@ -1075,6 +1205,10 @@ def run_benchmark(
                     hps[k] = tuning[k]["best"]
                 else:
                     hps[k] = dict((fixed_hparams or {}).get(k) or spec.defaults)
+            for k, twin in REUSE_TUNING.items():
+                if do_tune and k in keys and twin in keys:
+                    hps[k] = dict(hps[twin])
+                    tuning[k] = {"reused": twin, "best": hps[k], "trials": []}
             # seeds outer, optimizers inner: a burst of load from elsewhere on a shared
             # machine is spread over all optimizers instead of hitting one
             for s in range(seeds):
@@ -1096,11 +1230,27 @@ def run_benchmark(
                     )
             labels = {k: registry[k].label for k in keys}
             rows, target = summarize(runs, keys, labels, target_loss)
+            sweep = None
+            if sweep_keys:
+                if bar is not None:
+                    bar.set_description(f"{m} step-time sweep")
+                sweep = step_time_sweep(
+                    m,
+                    split,
+                    registry,
+                    hps,
+                    keys=sweep_keys,
+                    batch=batch,
+                    steps=sweep_steps,
+                    repeats=sweep_repeats,
+                    progress=bar,
+                )
             results[m] = {
                 "rows": rows,
                 "target_loss": target,
                 "runs": runs,
                 "tuning": tuning or None,
+                "sweep": sweep,
             }
     finally:
         if bar is not None:
@@ -1123,6 +1273,8 @@ def run_benchmark(
             "train_subset": train_subset,
             "test_subset": test_subset,
             "target_loss": target_loss,
+            "sweep_steps": sweep_steps if sweep_keys else 0,
+            "sweep_repeats": sweep_repeats if sweep_keys else 0,
             "dtype": "float32",
             "device": "cpu",
             "torch_threads": torch.get_num_threads(),
@@ -1204,6 +1356,12 @@ def markdown_section(
             f"Tuning: {c['tune_budget']} trials per optimizer (trial 0 = defaults, then a "
             f"seeded random search over lr, weight decay and the optimizer's knob), "
             f"{c['tune_steps']} steps each, best validation loss kept."
+            + "".join(
+                f" {k} is not tuned on its own: it uses {twin}'s values (same update, only "
+                "the Newton–Schulz precision differs)."
+                for k, twin in REUSE_TUNING.items()
+                if k in c["optimizers"] and twin in c["optimizers"]
+            )
         )
     else:
         lines.append(f"Hyperparameters: fixed, from {data.get('hparams_source', 'defaults')}.")
@@ -1247,11 +1405,25 @@ def markdown_section(
         )
         if model in plots:
             lines += ["", f"![{model} curves]({plots[model]})"]
+        if res.get("sweep"):
+            lines += [
+                "",
+                f"Step time vs refresh interval T ({model}; tuned hyperparameters, "
+                f"{c['sweep_repeats']} round-robin rounds of {c['sweep_steps']} timed steps "
+                f"after {STEADY_SKIP} untimed, median of the per-round means):",
+                "",
+            ]
+            tab = sweep_table(res["sweep"])
+            lines.append("| " + " | ".join(tab[0]) + " |")
+            lines.append("|" + "|".join(["---"] + ["---:"] * (len(tab[0]) - 1)) + "|")
+            lines += ["| " + " | ".join(r) + " |" for r in tab[1:]]
     lines += ["", "Notes:", ""]
     lines.append(
-        "- opt.step ms is the median `opt.step()` time; × AdamW divides it by "
-        "AdamW's in the same run. Wall-clock counts forward + backward + step "
-        "(evaluation excluded)."
+        f"- opt.step ms: mean `opt.step()` time per step (the first {STEADY_SKIP} steps "
+        "left out; a mean, so a refresh every T steps is counted at 1/T); whole step = "
+        "zero_grad + forward + backward + `opt.step()`; × AdamW divides by AdamW's in the same "
+        "run (median over seeds). Wall-clock counts forward + backward + step (evaluation "
+        "excluded)."
     )
     method = next(
         (r["memory_method"] for res in data["results"].values() for r in res["runs"]), "n/a"
@@ -1325,6 +1497,12 @@ def _print_tables(data: dict[str, Any]) -> None:
         t = res["target_loss"]
         print(f"\n{model}: target test loss {'—' if t is None else f'{t:.4f}'}")
         print(text_table(res["rows"]))
+        if res.get("sweep"):
+            tab = sweep_table(res["sweep"])
+            widths = [max(len(r[i]) for r in tab) for i in range(len(tab[0]))]
+            print(f"\n{model}: step time vs refresh interval T")
+            for r in tab:
+                print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -1431,10 +1609,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="test loss for steps/seconds-to-target (default 1.1 × AdamW's final)",
     )
     p.add_argument(
+        "--sweep-steps",
+        type=int,
+        default=60,
+        help="timed steps per round of the step-time sweep (SpectralKron p=2 at T = 1, 2, 10 "
+        "vs AdamW; 0: off; default 60)",
+    )
+    p.add_argument(
+        "--sweep-repeats",
+        type=int,
+        default=3,
+        help="round-robin rounds of the step-time sweep (default 3)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="CI smoke run: digits, mlp, 3 optimizers, 1 seed, 2 trials of 5 steps, "
-        "writes nothing unless --out/--json are given",
+        "a 1-round sweep of 3 steps; writes nothing unless --out/--json are given",
     )
     _common_arguments(p, out=None)
 
@@ -1497,6 +1688,8 @@ def main(args: argparse.Namespace) -> int:
             tune_budget=min(args.tune_budget, 2),
             tune_steps=5,
             batch=32,
+            sweep_steps=3,
+            sweep_repeats=1,
         )
         if args.out is None and args.json == JSON_PATH:
             args.no_write = True
@@ -1510,6 +1703,8 @@ def main(args: argparse.Namespace) -> int:
             tune_budget=args.tune_budget,
             tune_steps=args.tune_steps,
             batch=args.batch,
+            sweep_steps=args.sweep_steps,
+            sweep_repeats=args.sweep_repeats,
         )
         if args.out is None:
             args.out = MD_PATH
