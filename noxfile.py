@@ -79,4 +79,5 @@ def package(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     session.install("-e", ".[bench]", TORCH)
-    session.run("python", "-m", "spectral_curv.bench", "precond", *session.posargs)
+    session.run("python", "-m", "spectral_curv.bench", "precond")
+    session.run("python", "-m", "spectral_curv.bench", "train", *session.posargs)

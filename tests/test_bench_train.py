@@ -202,6 +202,20 @@ def test_bench_train_end_to_end(tmp_path, capsys):
     if HAS_HEAVYBALL:
         opts += ["soap", "psgd_kron"]
     out, js, img = tmp_path / "b.md", tmp_path / "b.json", tmp_path / "img"
+    # the preconditioner-cost table is folded in from the JSON next to the report
+    precond = {
+        "config": {"backends": ["numpy"], "date": "today"},
+        "results": [
+            {"backend": "numpy", "n": n, "method": m, "label": m.upper(), "ratio": r}
+            for n, m, r in (
+                (512, "spectral_quadratic", 12.5),
+                (1024, "spectral_quadratic", 11.25),
+                (1024, "eigh_refresh", 34.0),
+                (256, "spectral_quadratic", 99.0),
+            )
+        ],
+    }
+    (tmp_path / train.PRECOND_JSON).write_text(json.dumps(precond))
     rc = cli.main(
         [
             "bench",
@@ -272,6 +286,16 @@ def test_bench_train_end_to_end(tmp_path, capsys):
     ]
     assert sweep[0]["whole_ratio"] == 1.0 and all(r["whole_ms"] > 0 for r in sweep)
     assert "Step time vs refresh interval T (mlp" in md
+    assert "| method | numpy n=512 | numpy n=1024 |" in md  # the two largest sizes
+    assert "| SPECTRAL_QUADRATIC | 12.5 | 11.2 |" in md and "| EIGH_REFRESH | — | 34.0 |" in md
+    # --from-json re-renders the same report without running anything
+    out2 = tmp_path / "again.md"
+    args = ["--from-json", str(js), "--out", str(out2), "--plot-dir", str(tmp_path), "--quiet"]
+    assert cli.main(["bench", "train", *args]) == 0
+    assert (tmp_path / "train_digits_mlp.png").exists()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert [line for line in out2.read_text().splitlines() if line.startswith("| ")] == table
+    assert json.loads(js.read_text())["bench"]["command"].startswith("spectral-curv bench train")
 
 
 def test_cnn_and_vit_train_with_fixed_hparams():

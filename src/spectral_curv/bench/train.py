@@ -106,6 +106,7 @@ DEFAULT_BENCH_OPTIMIZERS = (
     "psgd_kron",
 )
 JSON_PATH = "docs/benchmarks_train.json"
+PRECOND_JSON = "benchmarks_precond.json"  # next to the markdown file
 MD_PATH = "docs/benchmarks_train.md"
 
 #: The demo's fixed configuration. Hyperparameters: one run of this module's tuner on the
@@ -1334,8 +1335,50 @@ def write_json(path: str | os.PathLike[str], name: str, data: dict[str, Any]) ->
     p.write_text(json.dumps(whole, indent=1, default=str) + "\n")
 
 
+PRECOND_METHODS = ("spectral_quadratic", "spectral_exact", "eigh_refresh", "muon_ns5")
+
+
+def precond_lines(path: str | os.PathLike[str]) -> list[str]:
+    """The preconditioner-cost table (matmul-equivalents at the two largest sizes) from the
+    JSON that ``python -m spectral_curv.bench precond`` writes; [] when it is missing."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    d = json.loads(p.read_text())
+    res = [r for r in d.get("results", []) if r.get("method") in PRECOND_METHODS]
+    sizes = sorted({r["n"] for r in res})[-2:]
+    backends = [b for b in d["config"]["backends"] if any(r["backend"] == b for r in res)]
+    if not res or not sizes:
+        return []
+    cols = [(b, n) for b in backends for n in sizes]
+    lines = [
+        "### Preconditioner cost",
+        "",
+        f"One refresh + preconditioned step of an n×n layer in matmul-equivalents (time ÷ one "
+        f"n×n×n fp32 matmul in the same run; `python -m spectral_curv.bench precond`, "
+        f"{d['config'].get('date', '')}; every size and method in "
+        f"[benchmarks.md](benchmarks.md)):",
+        "",
+        "| method | " + " | ".join(f"{b} n={n}" for b, n in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for m in PRECOND_METHODS:
+        got = {(r["backend"], r["n"]): r for r in res if r["method"] == m}
+        if not got:
+            continue
+        label = next(iter(got.values()))["label"]
+        cells = [f"{got[c]['ratio']:.1f}" if c in got else "—" for c in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_section(
-    data: dict[str, Any], name: str, plots: dict[str, str], json_rel: str | None, command: str
+    data: dict[str, Any],
+    name: str,
+    plots: dict[str, str],
+    json_rel: str | None,
+    command: str,
+    extra: Sequence[str] = (),
 ) -> str:
     """The generated markdown of one run (``name``: ``demo`` or ``bench``)."""
     c, m, d = data["config"], data["machine"], data["dataset"]
@@ -1417,6 +1460,8 @@ def markdown_section(
             lines.append("| " + " | ".join(tab[0]) + " |")
             lines.append("|" + "|".join(["---"] + ["---:"] * (len(tab[0]) - 1)) + "|")
             lines += ["| " + " | ".join(r) + " |" for r in tab[1:]]
+    if extra:
+        lines += ["", *extra]
     lines += ["", "Notes:", ""]
     lines.append(
         f"- opt.step ms: mean `opt.step()` time per step (the first {STEADY_SKIP} steps "
@@ -1478,8 +1523,10 @@ def _write_outputs(data: dict[str, Any], name: str, args: argparse.Namespace, co
         write_json(args.json, name, data)
         print(f"wrote {args.json} (key {name!r})", file=sys.stderr)
     if out:
-        json_rel = os.path.relpath(Path(args.json).resolve(), base) if args.json else None
-        write_markdown(out, markdown_section(data, name, plots, json_rel, command), name)
+        json_path = args.json or getattr(args, "from_json", None)
+        json_rel = os.path.relpath(Path(json_path).resolve(), base) if json_path else None
+        extra = precond_lines(Path(out).parent / PRECOND_JSON) if name == "bench" else []
+        write_markdown(out, markdown_section(data, name, plots, json_rel, command, extra), name)
         print(f"wrote {out}", file=sys.stderr)
 
 
@@ -1622,6 +1669,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="round-robin rounds of the step-time sweep (default 3)",
     )
     p.add_argument(
+        "--from-json",
+        default=None,
+        metavar="PATH",
+        help="do not run: re-print, re-plot and rewrite the report from the `bench` key of a "
+        "JSON this command wrote",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="CI smoke run: digits, mlp, 3 optimizers, 1 seed, 2 trials of 5 steps, "
@@ -1671,6 +1725,14 @@ def main(args: argparse.Namespace) -> int:
     from .data import ChecksumError, DatasetMissingError
 
     _apply_threads(args)
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())["bench"]
+        if args.out is None:
+            args.out = MD_PATH
+        args.json = None  # nothing new to store; the report links to --from-json
+        _print_tables(data)
+        _write_outputs(data, "bench", args, data.get("command", "spectral-curv bench train"))
+        return 0
     if args.quick:
         args.dataset = "digits" if args.dataset == "auto" else args.dataset
         opts = (
@@ -1729,6 +1791,7 @@ def main(args: argparse.Namespace) -> int:
         if sys.argv[1:3] == ["bench", "train"]
         else "spectral-curv bench train (see config in the JSON)"
     )
+    data["command"] = cmd.strip()
     _write_outputs(data, "bench", args, cmd.strip())
     return 0
 
