@@ -4,7 +4,8 @@ The math is the core's (``spectral_curv.kron`` / ``spectral_curv.diag``, SPEC §
 this module owns only mutation, parameter routing and the optimizer conventions:
 
 - order-2 weights: Kronecker spectral preconditioner ``α S_C ⊗ S_K`` (SPEC §4);
-- order ≥ 3 (conv): flattened to ``(shape[0], prod(shape[1:]))``;
+- order ≥ 3 (conv): flattened to ``(shape[0], prod(shape[1:]))``; size-1 dimensions are
+  dropped first (``optim.plan``: a ``(1, 16, 64)`` position embedding is 16×64);
 - order ≤ 1 (biases, norms, scalars): the diagonal scheme (SPEC §3);
 - a side longer than ``max_precond_dim`` (embeddings, vocabulary heads) is kept diagonal
   (``B = I`` on that side: the factor is ``Diag(d)``, O(n) memory), the other side stays
