@@ -9,7 +9,8 @@ markdown section (``docs/benchmarks_train.md``), a JSON of every curve
 optimizers, 3 seeds, under 3 minutes on 2 CPU cores) that prints a table.
 
 Models (``--models``): ``mlp`` (784-256-256-10, ReLU), ``cnn`` (3×3 convolutions of 16, 32
-and 64 channels, 2×2 max-pool after the first two, global average pooling), ``vit`` (7×7 patches →
+and 64 channels, 2×2 max-pool after the first two, global average pooling, a 128-unit
+hidden layer), ``vit`` (7×7 patches →
 16 tokens on 28×28 images (2×2 on 8×8 digits), width 64, 2 pre-norm blocks with 4 heads
 and a 4× GELU MLP, learned position embedding, mean pooling). Every classifier's last
 layer is called ``head``.
@@ -182,8 +183,10 @@ def build_model(name: str, image_shape: Sequence[int], n_classes: int = 10) -> A
                 nn.ReLU(),
                 nn.AdaptiveAvgPool2d(1),
                 nn.Flatten(),
+                nn.Linear(64, 128),  # a hidden matrix for Muon (2-D weights only)
+                nn.ReLU(),
             )
-            self.head = nn.Linear(64, n_classes)
+            self.head = nn.Linear(128, n_classes)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.body(x))
@@ -253,6 +256,8 @@ def _muon_split(model: Any) -> tuple[list[Any], list[Any]]:
     hidden, rest = [], []
     for n, p in model.named_parameters():
         (hidden if p.ndim == 2 and not n.startswith("head.") else rest).append(p)
+    if not hidden:
+        raise ValueError("Muon: the model has no 2-D hidden weight (only the head)")
     return hidden, rest
 
 
@@ -1134,13 +1139,15 @@ def run_benchmark(
     fixed_hparams: dict[str, dict[str, Any]] | None = None,
     sweep_steps: int = 0,
     sweep_repeats: int = 3,
+    on_model: Callable[[dict[str, Any]], None] | None = None,
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Tune (unless ``fixed_hparams``) and train every (model, optimizer); returns the JSON.
 
     ``sweep_steps`` > 0 adds :func:`step_time_sweep` per model (SpectralKron at T = 1, 2, 10
-    against AdamW, ``sweep_repeats`` rounds of that many timed steps)."""
+    against AdamW, ``sweep_repeats`` rounds of that many timed steps). ``on_model`` gets the
+    JSON so far after each model (the CLI saves it, so a later failure loses nothing)."""
     import torch
 
     from .data import load_dataset
@@ -1171,6 +1178,46 @@ def run_benchmark(
     total += len(models) * n_sweep * (STEADY_SKIP + sweep_steps)
     bar = _progress_bar(total, quiet)
     results: dict[str, Any] = {}
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {**machine_info("cpu"), "loadavg_end": _loadavg()},
+            "dataset": split.info,
+            "config": {
+                "models": [m for m in models if m in results],
+                "optimizers": keys,
+                "skipped": skipped,
+                "seeds": seeds,
+                "steps": steps,
+                "batch": batch,
+                "eval_every": eval_every,
+                "tune_budget": tune_budget if do_tune else 0,
+                "tune_steps": tune_steps if do_tune else 0,
+                "val_size": val_size,
+                "train_subset": train_subset,
+                "test_subset": test_subset,
+                "target_loss": target_loss,
+                "sweep_steps": sweep_steps if sweep_keys else 0,
+                "sweep_repeats": sweep_repeats if sweep_keys else 0,
+                "dtype": "float32",
+                "device": "cpu",
+                "torch_threads": torch.get_num_threads(),
+            },
+            "optimizers": {
+                k: {
+                    "label": registry[k].label,
+                    "notes": registry[k].notes,
+                    "knob": registry[k].knob,
+                    "space": registry[k].space,
+                    "defaults": registry[k].defaults,
+                }
+                for k in keys
+            },
+            "results": results,
+            "wall_s": time.perf_counter() - t_start,
+        }
+
     try:
         for m in models:
             # untimed warm-up (lazy torch initialisation, allocator): not in any result
@@ -1253,46 +1300,12 @@ def run_benchmark(
                 "tuning": tuning or None,
                 "sweep": sweep,
             }
+            if on_model is not None:
+                on_model(snapshot())
     finally:
         if bar is not None:
             bar.close()
-    return {
-        "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine_info("cpu"), "loadavg_end": _loadavg()},
-        "dataset": split.info,
-        "config": {
-            "models": list(models),
-            "optimizers": keys,
-            "skipped": skipped,
-            "seeds": seeds,
-            "steps": steps,
-            "batch": batch,
-            "eval_every": eval_every,
-            "tune_budget": tune_budget if do_tune else 0,
-            "tune_steps": tune_steps if do_tune else 0,
-            "val_size": val_size,
-            "train_subset": train_subset,
-            "test_subset": test_subset,
-            "target_loss": target_loss,
-            "sweep_steps": sweep_steps if sweep_keys else 0,
-            "sweep_repeats": sweep_repeats if sweep_keys else 0,
-            "dtype": "float32",
-            "device": "cpu",
-            "torch_threads": torch.get_num_threads(),
-        },
-        "optimizers": {
-            k: {
-                "label": registry[k].label,
-                "notes": registry[k].notes,
-                "knob": registry[k].knob,
-                "space": registry[k].space,
-                "defaults": registry[k].defaults,
-            }
-            for k in keys
-        },
-        "results": results,
-        "wall_s": time.perf_counter() - t_start,
-    }
+    return snapshot()
 
 
 def _loadavg() -> list[float] | None:
@@ -1771,6 +1784,11 @@ def main(args: argparse.Namespace) -> int:
         if args.out is None:
             args.out = MD_PATH
     try:
+
+        def save_partial(d: dict[str, Any]) -> None:
+            if not args.no_write and args.json:
+                write_json(args.json, "bench", {**d, "partial": True})
+
         data = run_benchmark(
             dataset=args.dataset,
             data_root=args.data_root,
@@ -1778,6 +1796,7 @@ def main(args: argparse.Namespace) -> int:
             train_subset=args.train_subset,
             test_subset=args.test_subset,
             target_loss=args.target_loss,
+            on_model=save_partial,
             quiet=args.quiet,
             log=_log(args),
             **kw,
