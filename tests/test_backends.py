@@ -117,6 +117,26 @@ def test_torch_fast_path_low_precision():
             np.testing.assert_allclose(to_numpy(out.float()), ref, rtol=0, atol=5e-2)
 
 
+def test_torch_batched_exact_cayley_on_two_threads():
+    """Regression: torch 2.13's batched CPU LU failed intermittently on 2 threads ("Pivots
+    given to lu_solve must all be greater or equal to 1"), even for I; every n = 512 batch of
+    2 or more failed on the project's 2-core machines. The fast path solves a CPU batch one
+    matrix at a time; checked against float64 numpy."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(5)
+        x64 = _rand_skew(rng, (3, 512, 512), 0.02)
+        b64 = np.stack([np.linalg.qr(rng.standard_normal((512, 512)))[0] for _ in range(3)])
+        out = maps.cayley_apply(torch.from_numpy(b64), torch.from_numpy(x64), mode="exact")
+    finally:
+        torch.set_num_threads(threads)
+    i = np.eye(512)
+    ref = b64 @ np.linalg.solve(i - x64, i + x64)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-10)
+
+
 def _apply_exact(b, x):
     return maps.cayley_apply(b, x, mode="exact")
 

@@ -45,12 +45,24 @@ def cayley_apply_quadratic(b: torch.Tensor, x: torch.Tensor, terms: int) -> torc
     return _addmm(b, b, q.mul_(2.0))
 
 
+def _solve(a: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.solve``; on the CPU a batch is solved one matrix at a time: torch 2.13's
+    batched CPU LU (MKL) intermittently fails with ``Pivots given to lu_solve must all be
+    greater or equal to 1`` (MKL: "Parameter 6 was incorrect on entry to SLASWP") when it
+    runs on more than one thread, even for ``I`` (seen at n = 256 and 512, batch ≥ 2)."""
+    if a.ndim > 2 and a.device.type == "cpu":
+        flat_a, flat_r = a.reshape(-1, *a.shape[-2:]), rhs.reshape(-1, *rhs.shape[-2:])
+        out = torch.stack([torch.linalg.solve(m, r) for m, r in zip(flat_a, flat_r)])
+        return out.reshape(rhs.shape)
+    return torch.linalg.solve(a, rhs)
+
+
 @register("cayley_apply_exact", "torch")
 def cayley_apply_exact(b: torch.Tensor, x: torch.Tensor, terms: int) -> torch.Tensor:
     """``B (I − X)⁻¹(I + X)``; low-precision inputs are solved in float32 and cast back."""
     i = _eye_like(x)
     if x.dtype in (torch.float16, torch.bfloat16):
-        c = torch.linalg.solve((i - x).float(), (i + x).float()).to(x.dtype)
+        c = _solve((i - x).float(), (i + x).float()).to(x.dtype)
     else:
-        c = torch.linalg.solve(i - x, i + x)
+        c = _solve(i - x, i + x)
     return b @ c
