@@ -1070,6 +1070,9 @@ def plot_model(
         ]
         if lo:
             ax[1, col].set_ylim(bottom=max(0.0, min(lo)))
+        starts = [x["curve"]["loss"][0] for x in runs if x["curve"]["loss"]]
+        if starts:  # a run that blows up would squash every other curve: it goes off scale
+            ax[0, col].set_ylim(top=2 * max(starts))
     ax[0, 0].legend(fontsize=8)
     labels = [r["label"] for r in rows]
     y = np.arange(len(rows))
@@ -1088,8 +1091,9 @@ def plot_model(
         height=0.4,
         label="peak RSS above start of run",
     )
-    ax[1, 2].set_xlabel("memory (MiB)")
-    ax[1, 2].legend(fontsize=8)
+    ax[1, 2].set_xscale("log")  # optimizer state is ~100× smaller than the process's RSS
+    ax[1, 2].set_xlabel("memory (MiB, log scale)")
+    ax[1, 2].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     for a in (ax[0, 2], ax[1, 2]):
         a.set_yticks(y, labels, fontsize=8)
         a.invert_yaxis()
