@@ -1003,21 +1003,19 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
-def text_table(rows: list[dict[str, Any]]) -> str:
-    cells = [TABLE_HEADERS, *table_rows(rows)]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(TABLE_HEADERS))]
+def text_table(cells: list[list[str]]) -> str:
+    """``cells`` (header first) as aligned plain-text columns."""
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def md_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| " + " | ".join(TABLE_HEADERS) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(TABLE_HEADERS) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(rows)]
-    return lines
+def md_table(cells: list[list[str]]) -> list[str]:
+    """``cells`` (header first) as a markdown table, numbers right-aligned."""
+    lines = ["| " + " | ".join(cells[0]) + " |"]
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(cells[0]) - 1)) + "|")
+    return lines + ["| " + " | ".join(r) + " |" for r in cells[1:]]
 
 
 # --------------------------------------------------------------------------- plots
@@ -1449,7 +1447,7 @@ def markdown_section(
                 "(count shown when not all do)."
             )
             lines.append("")
-        lines += md_table(res["rows"])
+        lines += md_table([TABLE_HEADERS, *table_rows(res["rows"])])
         lines.append("")
         lines.append(
             "Hyperparameters used: "
@@ -1473,10 +1471,7 @@ def markdown_section(
                 f"after {STEADY_SKIP} untimed, median of the per-round means):",
                 "",
             ]
-            tab = sweep_table(res["sweep"])
-            lines.append("| " + " | ".join(tab[0]) + " |")
-            lines.append("|" + "|".join(["---"] + ["---:"] * (len(tab[0]) - 1)) + "|")
-            lines += ["| " + " | ".join(r) + " |" for r in tab[1:]]
+            lines += md_table(sweep_table(res["sweep"]))
     if extra:
         lines += ["", *extra]
     lines += ["", "Notes:", ""]
@@ -1560,13 +1555,10 @@ def _print_tables(data: dict[str, Any]) -> None:
     for model, res in data["results"].items():
         t = res["target_loss"]
         print(f"\n{model}: target test loss {'—' if t is None else f'{t:.4f}'}")
-        print(text_table(res["rows"]))
+        print(text_table([TABLE_HEADERS, *table_rows(res["rows"])]))
         if res.get("sweep"):
-            tab = sweep_table(res["sweep"])
-            widths = [max(len(r[i]) for r in tab) for i in range(len(tab[0]))]
             print(f"\n{model}: step time vs refresh interval T")
-            for r in tab:
-                print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+            print(text_table(sweep_table(res["sweep"])))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -1787,12 +1779,12 @@ def main(args: argparse.Namespace) -> int:
         )
         if args.out is None:
             args.out = MD_PATH
+
+    def save_partial(d: dict[str, Any]) -> None:
+        if not args.no_write and args.json:
+            write_json(args.json, "bench", {**d, "partial": True})
+
     try:
-
-        def save_partial(d: dict[str, Any]) -> None:
-            if not args.no_write and args.json:
-                write_json(args.json, "bench", {**d, "partial": True})
-
         data = run_benchmark(
             dataset=args.dataset,
             data_root=args.data_root,
