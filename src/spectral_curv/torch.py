@@ -532,7 +532,7 @@ class SpectralKron(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         work: list[tuple[dict[str, Any], list[Tensor]]] = []
-        flags: dict[torch.device, list[Tensor]] = {}
+        flags: dict[torch.device, list[Tensor]] = {}  # non-empty grads per device
         for group in self.param_groups:
             params = [prm for prm in group["params"] if prm.grad is not None]
             for prm in params:
@@ -543,10 +543,11 @@ class SpectralKron(Optimizer):
                     raise RuntimeError(
                         "SpectralKron does not support complex parameters or gradients"
                     )
-                flags.setdefault(g.device, []).append(torch.isfinite(g).all())
+                if g.numel():
+                    flags.setdefault(g.device, []).append(g)
             work.append((group, params))
         # One host sync per device (the raise/skip decision needs the value).
-        if not all(bool(torch.stack(f).all()) for f in flags.values()):
+        if not all(_all_finite(gs) for gs in flags.values()):
             if self.nonfinite == "raise":
                 raise ValueError(
                     "SpectralKron: a gradient contains NaN or inf; no state was changed "
@@ -632,6 +633,13 @@ _GROUP_KEYS = (
 
 #: State counters that live on the host (read with ``.item()`` every step).
 _HOST_KEYS = ("step", "refreshes")
+
+
+def _all_finite(grads: list[Tensor]) -> bool:
+    """Whether every gradient (same device) is finite: one fused max-abs per tensor
+    (``_foreach_norm`` with ord ∞, NaN propagates) and one host sync for the list."""
+    norms = torch._foreach_norm(grads, float("inf"))
+    return bool(torch.isfinite(torch.stack(norms)).all())
 
 
 def _check_options(o: dict[str, Any]) -> None:
