@@ -120,8 +120,10 @@ def _options(
     cayley_terms: int,
     tie_tol: float | None,
     max_step_norm: float | None,
+    rotation: str = "damped",
 ) -> tuple[float, float | None]:
     A.check_positive("beta2", beta2)
+    maps.check_rotation(rotation)
     maps.check_modes(cayley, exp, cayley_terms)
     if tie_tol is not None:
         A.check_positive("tie_tol", tie_tol, allow_zero=True)
@@ -143,10 +145,18 @@ def _apply(
     cayley_terms: int,
     tol: float,
     max_step_norm: float | None,
+    rotation: str,
 ) -> SpectralState:
     """Shared step from ``Q`` (off-diagonal part read) and ``diag(Q)`` (SPEC §2)."""
     d = maps.exp_scale(state.d, beta2 * diag_q, mode=exp)  # type: ignore[arg-type]
-    x = maps.rotation_generator(q, state.d, beta2 / 2.0, tie_tol=tol, max_step_norm=max_step_norm)
+    x = maps.rotation_generator(
+        q,
+        state.d,
+        beta2 / 2.0,
+        tie_tol=tol,
+        max_step_norm=max_step_norm,
+        rotation=rotation,  # type: ignore[arg-type]
+    )
     b = maps.cayley_apply(state.B, x, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
     return SpectralState(b, d)
 
@@ -161,6 +171,7 @@ def update(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
+    rotation: str = "damped",
 ) -> SpectralState:
     """One spectral step for a generic symmetric curvature change ``Δ`` (SPEC §2).
 
@@ -169,6 +180,9 @@ def update(
     exact maps. ``tie_tol`` is the relative gap under which ``d_i ≈ d_j`` masks ``U_ij``
     (default ``sqrt(eps)``); ``max_step_norm`` caps ``‖(β₂/2)Skew(Tril(U))‖_F`` (default:
     none in exact mode, 0.25 in the truncated modes ``neumann``/``quadratic``).
+    ``rotation="damped"`` (default) bounds each pair's rotation near eigenvalue ties;
+    ``rotation="paper"`` is SPEC §2's ``U_ij = −Q_ij/(d_i − d_j)``
+    (:func:`maps.rotation_generator`).
 
     Example (an indefinite ``Δ``; ``B`` stays orthogonal and ``d`` positive)::
 
@@ -190,11 +204,13 @@ def update(
         asym = float(xp.max(xp.abs(delta - delta.mT)))
         if asym > 1e3 * A.eps(xp, delta.dtype) * max(float(xp.max(xp.abs(delta))), 1e-300):
             raise ValueError(f"`delta` must be symmetric (max |Δ − Δᵀ| = {asym:.3g})")
-    tol, msn = _options(xp, state.d.dtype, beta2, cayley, exp, cayley_terms, tie_tol, max_step_norm)
+    tol, msn = _options(
+        xp, state.d.dtype, beta2, cayley, exp, cayley_terms, tie_tol, max_step_norm, rotation
+    )
     tmp = delta @ state.B
     q = state.B.mT @ tmp
     diag_q = xp.sum(state.B * tmp, axis=-2)
-    return _apply(state, q, diag_q, beta2, cayley, exp, cayley_terms, tol, msn)
+    return _apply(state, q, diag_q, beta2, cayley, exp, cayley_terms, tol, msn, rotation)
 
 
 def update_gop(
@@ -209,6 +225,7 @@ def update_gop(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
+    rotation: str = "damped",
 ) -> SpectralState:
     """Spectral step for the gradient outer product ``Δ = ggᵀ + λI − γS`` (SPEC §2).
 
@@ -235,7 +252,9 @@ def update_gop(
     A.check_finite(xp, "g", g)
     A.check_positive("gamma", gamma, allow_zero=True)
     A.check_positive("damping", damping, allow_zero=True)
-    tol, msn = _options(xp, state.d.dtype, beta2, cayley, exp, cayley_terms, tie_tol, max_step_norm)
+    tol, msn = _options(
+        xp, state.d.dtype, beta2, cayley, exp, cayley_terms, tie_tol, max_step_norm, rotation
+    )
     h = g @ state.B  # rows are (Bᵀ g_i)ᵀ
     if g.ndim == 1:
         q = h[:, None] * h[None, :]
@@ -244,7 +263,7 @@ def update_gop(
         q = (h.mT @ h) / g.shape[0]
         hh = xp.mean(h * h, axis=0)
     diag_q = hh + damping - gamma * state.d
-    return _apply(state, q, diag_q, beta2, cayley, exp, cayley_terms, tol, msn)
+    return _apply(state, q, diag_q, beta2, cayley, exp, cayley_terms, tol, msn, rotation)
 
 
 def precondition(state: SpectralState, v: Array, *, p: Any) -> Array:

@@ -274,6 +274,7 @@ def _refresh(
     cayley_terms: int,
     tie_tol: float | None,
     max_step_norm: float | None,
+    rotation: str = "damped",
 ) -> KronState:
     """The SPEC §4 update from the rotated gradient ``R`` (``(*L, r, c)``, or a sample batch
     ``(b, *L, r, c)`` whose GOP is averaged)."""
@@ -347,6 +348,7 @@ def _refresh(
             tie_tol=tie_tol,
             max_step_norm=max_step_norm,
             symmetric=cayley != "exact",
+            rotation=rotation,  # type: ignore[arg-type]
         )
         return maps.cayley_apply(b, x, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
 
@@ -365,8 +367,10 @@ def _options(
     cayley_terms: int,
     tie_tol: float | None,
     max_step_norm: float | None,
+    rotation: str = "damped",
 ) -> float | None:
     A.check_positive("beta2", beta2)
+    maps.check_rotation(rotation)
     A.check_positive("gamma", gamma, allow_zero=True)
     A.check_positive("damping", damping, allow_zero=True)
     maps.check_modes(cayley, exp, cayley_terms)
@@ -391,6 +395,7 @@ def update_gop(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
+    rotation: str = "damped",
     check: bool = True,
 ) -> KronState:
     """Kronecker spectral step for the GOP of ``G`` (SPEC §4).
@@ -405,6 +410,9 @@ def update_gop(
     ``quadratic``: ``I + 2X + 2X²`` in 2 matmuls, :func:`maps.cayley_apply_quadratic`) each
     factor's Cayley argument is rescaled to ``‖X_l‖_F ≤ max_step_norm`` (default 0.25): the
     block-specific normalised step of SPEC §4; in exact mode nothing is rescaled unless asked.
+    ``rotation="damped"`` (default) bounds each pair's rotation where two eigenvalues nearly
+    tie; ``rotation="paper"`` is SPEC §4's ``U_ij = −W_ij/(d_i − d_j)``
+    (:func:`maps.rotation_generator`).
 
     Example (``B_C``, ``B_K`` stay orthogonal; ``Π d_C = 1`` is kept)::
 
@@ -420,7 +428,9 @@ def update_gop(
     """
     xp = array_namespace(state.d_C)
     _check(xp, state, G, "G", check)
-    msn = _options(beta2, gamma, damping, cayley, exp, cayley_terms, tie_tol, max_step_norm)
+    msn = _options(
+        beta2, gamma, damping, cayley, exp, cayley_terms, tie_tol, max_step_norm, rotation
+    )
     return _refresh(
         xp,
         state,
@@ -433,6 +443,7 @@ def update_gop(
         cayley_terms=cayley_terms,
         tie_tol=tie_tol,
         max_step_norm=msn,
+        rotation=rotation,
     )
 
 
@@ -470,6 +481,7 @@ def precondition_and_update(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
+    rotation: str = "damped",
     check: bool = True,
 ) -> tuple[KronState, Array]:
     """Fused refresh + step sharing ``R = B_Cᵀ G B_K`` (SPEC §4): returns ``(new_state, step)``.
@@ -498,7 +510,9 @@ def precondition_and_update(
             "`G` must be a single (r, c) gradient per layer in precondition_and_update"
         )
     A.check_positive("p", p)
-    msn = _options(beta2, gamma, damping, cayley, exp, cayley_terms, tie_tol, max_step_norm)
+    msn = _options(
+        beta2, gamma, damping, cayley, exp, cayley_terms, tie_tol, max_step_norm, rotation
+    )
     r_rot = _rotate(state, G)
     new = _refresh(
         xp,
@@ -512,6 +526,7 @@ def precondition_and_update(
         cayley_terms=cayley_terms,
         tie_tol=tie_tol,
         max_step_norm=msn,
+        rotation=rotation,
     )
     # The step uses the factors before the refresh (``state``); it is formed after it so
     # that it is not held in memory through the refresh (fewer fresh-page faults).

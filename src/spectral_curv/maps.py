@@ -15,14 +15,37 @@ from ._array import Array, Namespace, array_namespace, eps, eye
 
 CayleyMode = Literal["exact", "neumann", "quadratic"]
 ExpMode = Literal["exact", "first_order"]
+RotationMode = Literal["damped", "paper"]
 
 CAYLEY_MODES = ("exact", "neumann", "quadratic")
 EXP_MODES = ("exact", "first_order")
+ROTATION_MODES = ("damped", "paper")
+
+#: ``κ²`` of the damped rotation rule ``θ = aδ/(δ² + κ²a²)``: 4/3 makes it agree with the
+#: exact (Jacobi) eigenvector angle ``½·atan(2a/δ)`` of the pair to third order in ``a/δ``.
+DAMPED_KAPPA2 = 4.0 / 3.0
 
 #: Default Frobenius cap on the Cayley argument in the truncated modes (SPEC §5): the Neumann
 #: product then converges and a step's orthogonality error is at most ``0.25**(2**(K+1))``
 #: (``neumann``) or ``4·0.25**4`` (``quadratic``).
 DEFAULT_MAX_STEP_NORM = 0.25
+
+
+def check_rotation(rotation: str) -> None:
+    """Validate the basis-update rule name.
+
+    Example::
+
+        >>> from spectral_curv import maps
+        >>> maps.check_rotation("damped") is None
+        True
+        >>> maps.check_rotation("jacobi")
+        Traceback (most recent call last):
+        ...
+        ValueError: `rotation` must be one of ('damped', 'paper'), got 'jacobi'
+    """
+    if rotation not in ROTATION_MODES:
+        raise ValueError(f"`rotation` must be one of {ROTATION_MODES}, got {rotation!r}")
 
 
 def check_modes(cayley: str, exp: str, cayley_terms: int) -> None:
@@ -104,8 +127,22 @@ def rotation_generator(
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
     symmetric: bool = False,
+    rotation: RotationMode = "damped",
 ) -> Array:
-    """``X = scale · Skew(Tril(U))`` with ``U_ij = −W_ij / (d_i − d_j)`` (SPEC §2, §4).
+    """``X = scale · Skew(Tril(U))``, the Cayley argument of the basis update (SPEC §2, §4).
+
+    ``rotation="paper"``: ``U_ij = −W_ij / (d_i − d_j)``, the paper's formula. A pair
+    ``(i, j)`` then turns by the angle ``θ_ij ≈ 2X_ij = a_ij / δ_ij`` with
+    ``a_ij = 2·scale·W_ij`` (the pair's coupling in ``S + β₂Δ``) and ``δ_ij = d_i − d_j``,
+    which is unbounded as the two eigenvalues tie.
+
+    ``rotation="damped"`` (the default): ``U_ij = −W_ij δ_ij / (δ_ij² + κ² a_ij²)``, i.e.
+    ``θ_ij = a δ / (δ² + κ² a²)`` with ``κ² = 4/3`` (:data:`DAMPED_KAPPA2`). It equals the
+    paper's angle to first order in ``a/δ`` (so to first order in β₂), agrees with the exact
+    eigenvector angle of the pair's 2×2 block of ``S + β₂Δ``, ``½·atan(2a/δ)``, to third
+    order, and never exceeds ``1/(2κ) ≈ 0.43`` rad; a (near-)tied pair, whose rotation barely
+    changes ``S`` (by at most ``|δ|``), is left (nearly) still instead of blowing up
+    (docs/math.md, "Tie-damped basis update").
 
     ``U_ij`` is set to 0 where ``|d_i − d_j| ≤ tie_tol · max(|d_i|, |d_j|)`` (the paper's
     "near 0" rule, made relative so that it is scale-free). Only the strict lower triangle
@@ -115,13 +152,13 @@ def rotation_generator(
 
     ``symmetric=True`` is a fast path for a ``W`` known to be symmetric (the curvature
     matrices of :mod:`spectral_curv.kron`): both triangles of ``W`` are read,
-    ``X_ij = −scale · W_ij / (d_i − d_j)`` for every untied ``i ≠ j``, which needs no
-    transposed pass over an n×n array. The result equals the default one to round-off; it
-    is exactly skew when ``W`` is exactly symmetric (numpy's ``A @ A.T``, a syrk, is), and
-    skew up to ``W``'s own asymmetry otherwise. ``W`` must then be finite (a tied pair is
-    zeroed by dividing by ``inf``).
+    ``X_ij = −scale · U_ij`` for every untied ``i ≠ j``, which needs no transposed pass
+    over an n×n array. The result equals the default one to round-off; it is exactly skew
+    when ``W`` is exactly symmetric (numpy's ``A @ A.T``, a syrk, is), and skew up to
+    ``W``'s own asymmetry otherwise. ``W`` must then be finite (a tied pair is zeroed by
+    dividing by ``inf``).
 
-    Example (the tied pair ``d₀ = d₁`` gives no rotation)::
+    Example (the tied pair ``d₀ = d₁`` gives no rotation; a near tie is damped)::
 
         >>> import numpy as np
         >>> from spectral_curv import maps
@@ -129,11 +166,22 @@ def rotation_generator(
         >>> x = maps.rotation_generator(w, np.array([1.0, 1.0, 2.0]), 0.1)
         >>> bool(np.allclose(x, -x.T)), bool(x[1, 0] == 0)
         (True, True)
-        >>> x = maps.rotation_generator(w, np.array([3.0, 1.0, 2.0]), 10.0, max_step_norm=0.25)
+        >>> d = np.array([1.0, 1.0 + 1e-6, 2.0])
+        >>> paper = maps.rotation_generator(w, d, 0.1, rotation="paper")
+        >>> damped = maps.rotation_generator(w, d, 0.1)
+        >>> round(float(paper[1, 0]), 1), bool(abs(damped[1, 0]) < 1e-4)
+        (-50000.0, True)
+        >>> bool(np.isclose(damped[2, 0], paper[2, 0], rtol=1e-2))  # a wide gap: as the paper
+        True
+        >>> d = np.array([3.0, 1.0, 2.0])
+        >>> x = maps.rotation_generator(w, d, 10.0, max_step_norm=0.25, rotation="paper")
         >>> bool(np.isclose(np.linalg.norm(x), 0.25))
+        True
+        >>> bool(np.linalg.norm(maps.rotation_generator(w, d, 10.0)) < 0.25)  # bounded per pair
         True
     """
     xp = array_namespace(w, d)
+    check_rotation(rotation)
     n = d.shape[-1]
     tol = default_tie_tol(xp, d.dtype) if tie_tol is None else tie_tol
     # Few n×n passes (they, not flops, are this function's cost): tol·max(|d_i|, |d_j|) is
@@ -145,14 +193,28 @@ def rotation_generator(
     gap = xp.abs(diff)
     gap_ok = (gap > t[..., :, None]) & (gap > t[..., None, :])
     del gap
+    if rotation == "damped":
+        # q = W δ / (δ² + κ² a²), a = 2·scale·W: the denominator is > 0 wherever δ ≠ 0.
+        c = DAMPED_KAPPA2 * (2.0 * scale) ** 2
+        num = w * diff
+        den = diff * diff + c * (w * w)
+    else:
+        num, den = w, diff
     if symmetric:
-        # Tied pairs and the diagonal divide a finite W_ij by inf: ±0, no second `where`.
-        q = w / xp.where(gap_ok, diff, math.inf)
+        # Tied pairs and the diagonal divide a finite numerator by inf: ±0, no second `where`.
+        q = num / xp.where(gap_ok, den, math.inf)
     else:
         mask = gap_ok & strict_lower_mask(xp, n, d)
-        q = xp.where(mask, w / xp.where(mask, diff, 1.0), 0.0)
+        q = xp.where(mask, num / xp.where(mask, den, 1.0), 0.0)
+    del num, den
     if max_step_norm is not None:
         if symmetric:
+            q_skew = q
+        else:
+            q_skew = skew(q)
+        if rotation == "damped":
+            sq = spectral_norm_sq(q_skew)
+        elif symmetric:
             # ‖X‖_F² from one dot product (a BLAS dot in numpy): no n×n temporary.
             flat = xp.reshape(q, (*q.shape[:-2], n * n))
             sq = xp.vecdot(flat, flat)
@@ -163,6 +225,37 @@ def rotation_generator(
         floor = xp.finfo(q.dtype).smallest_normal * xp.ones_like(norm)
         scale = scale * xp.minimum(xp.ones_like(norm), max_step_norm / xp.maximum(norm, floor))
     return (-scale) * (q if symmetric else skew(q))
+
+
+#: Power iterations of :func:`spectral_norm_sq` (the damped rule's step guard).
+POWER_ITERS = 4
+
+
+def spectral_norm_sq(x: Array, *, iters: int | None = None) -> Array:
+    """``‖X‖₂²`` per stacked matrix, estimated by power iteration on ``XᵀX`` (matvecs only).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import maps
+        >>> x = maps.skew(np.tril(np.random.default_rng(0).normal(size=(6, 6)), -1))
+        >>> est = float(maps.spectral_norm_sq(x, iters=50))
+        >>> bool(np.isclose(est, np.linalg.norm(x, 2) ** 2))
+        True
+    """
+    xp = array_namespace(x)
+    n = x.shape[-1]
+    k = POWER_ITERS if iters is None else iters
+    from ._array import device
+
+    v = xp.cos(xp.arange(n, dtype=x.dtype, device=device(x)) * 1.7 + 0.3)
+    v = xp.broadcast_to(v[:, None], (*x.shape[:-2], n, 1))
+    tiny = xp.finfo(x.dtype).smallest_normal
+    for _ in range(k):
+        v = x.mT @ (x @ v)
+        v = v / xp.maximum(xp.sqrt(xp.sum(v * v, axis=(-2, -1), keepdims=True)), tiny)
+    xv = x @ v
+    return xp.sum(xv * xv, axis=(-2, -1))
 
 
 def cayley(x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:

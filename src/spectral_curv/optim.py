@@ -157,6 +157,8 @@ def check_options(o: Any) -> None:
             raise ValueError(f"`{name}` must be an int >= {lo}, got {o[name]!r}")
     if "cayley" in o and o["cayley"] not in maps.CAYLEY_MODES:
         raise ValueError(f"`cayley` must be one of {maps.CAYLEY_MODES}, got {o['cayley']!r}")
+    if "rotation" in o and o["rotation"] not in maps.ROTATION_MODES:
+        raise ValueError(f"`rotation` must be one of {maps.ROTATION_MODES}, got {o['rotation']!r}")
     if "exp" in o and o["exp"] not in maps.EXP_MODES:
         raise ValueError(f"`exp` must be one of {maps.EXP_MODES}, got {o['exp']!r}")
     if o.get("exp") == "first_order" and "gamma" in o and "precond_lr" in o:
@@ -289,7 +291,7 @@ def schedule(
     first = step == 0
     refresh = first | (step < precond_warmup) | (step % update_interval == 0)
     static = isinstance(reorth_interval, int)
-    if cayley == "exact" or (static and reorth_interval <= 0):
+    if static and reorth_interval <= 0:
         return first, refresh, refresh & False
     if static:
         return first, refresh, refresh & ((refreshes + 1) % reorth_interval == 0)
@@ -351,6 +353,7 @@ def refresh(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
+    rotation: str = "damped",
 ) -> tuple[Precond, Array]:
     """The core's GOP update (``kron.update_gop`` / ``diag.update_gop``) with keep-last-good.
 
@@ -388,6 +391,7 @@ def refresh(
         cayley_terms=cayley_terms,
         tie_tol=tie_tol,
         max_step_norm=max_step_norm,
+        rotation=rotation,
         check=False,
     )
     lead = newk.alpha.ndim

@@ -265,6 +265,7 @@ def _refresh_opts(opts: dict[str, Any]) -> dict[str, Any]:
         "cayley_terms": opts["cayley_terms"],
         "tie_tol": opts["tie_tol"],
         "max_step_norm": opts["max_step_norm"],
+        "rotation": opts["rotation"],
     }
 
 
@@ -288,6 +289,7 @@ def spectral_kron(
     exp: str,
     tie_tol: float | None,
     max_step_norm: float | None,
+    rotation: str,
     max_update_rms: float | None,
     graft: str | None,
     betas: tuple[float, float],
@@ -327,6 +329,7 @@ def spectral_kron(
         exp=exp,
         tie_tol=tie_tol,
         max_step_norm=max_step_norm,
+        rotation=rotation,
         max_update_rms=max_update_rms,
         graft=graft,
         betas=betas,
@@ -421,6 +424,9 @@ class SpectralKron(Optimizer):
             (``spectral_curv.kron.update_gop``); defaults: matmul-only truncated maps
             (``cayley="quadratic"``: ``I + 2X + 2X²``, 2 matmuls per factor, orthogonal to
             O(X⁴) like Neumann with one term at 3).
+        rotation: the basis-update rule: ``"damped"`` (default) bounds each eigenvector
+            pair's rotation where two eigenvalues nearly tie; ``"paper"`` is the paper's
+            ``U_ij = −W_ij/(d_i − d_j)`` (``spectral_curv.maps.rotation_generator``).
         max_update_rms: clip the preconditioned update's RMS per parameter (None: off).
         graft: ``"adam"`` rescales each update to the norm of Adam's update (None: off).
         betas, eps: Adam's constants for grafting.
@@ -474,6 +480,7 @@ class SpectralKron(Optimizer):
         exp: str = "first_order",
         tie_tol: float | None = None,
         max_step_norm: float | None = None,
+        rotation: str = "damped",
         max_update_rms: float | None = None,
         graft: str | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -500,6 +507,7 @@ class SpectralKron(Optimizer):
             exp=exp,
             tie_tol=tie_tol,
             max_step_norm=max_step_norm,
+            rotation=rotation,
             max_update_rms=max_update_rms,
             graft=graft,
             betas=betas,
@@ -566,6 +574,8 @@ class SpectralKron(Optimizer):
                     plan = optim.plan(tuple(prm.shape), group["max_precond_dim"])
                     state.update(_init_state(prm, plan, group["precond_dtype"], group["graft"]))
                 states.append(state)
+            for k in _GROUP_KEYS:  # a group saved before an option existed gets its default
+                group.setdefault(k, self.defaults[k])
             spectral_kron(
                 params,
                 [prm.grad for prm in params],
@@ -623,6 +633,7 @@ _GROUP_KEYS = (
     "exp",
     "tie_tol",
     "max_step_norm",
+    "rotation",
     "max_update_rms",
     "graft",
     "betas",

@@ -1,4 +1,4 @@
-"""``python -m spectral_curv.bench {precond,optim,train} [options]``.
+"""``python -m spectral_curv.bench {precond,optim,train,soak} [options]``.
 
 See :mod:`spectral_curv.bench.precond`, :mod:`spectral_curv.bench.optim` and
 :mod:`spectral_curv.bench.train`.
@@ -122,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
             "(see spectral_curv.bench.train).",
         )
     )
+    from .soak import add_arguments as soak_arguments
+
+    soak_arguments(
+        sub.add_parser(
+            "soak",
+            help="stability soak: 5,000-step bf16 MLP runs and a 10^5-step drift run",
+            description="Long bf16 training runs (bf16 and f32 factors, several seeds, default "
+            "and exact modes) and a 10^5-step orthogonality-drift run; writes "
+            "docs/benchmarks_soak.md (see spectral_curv.bench.soak).",
+        )
+    )
     return parser
 
 
@@ -148,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import train
 
         return train.main(args)
+    if args.bench == "soak":
+        from . import soak
+
+        return soak.main(args)
     return 2  # pragma: no cover - argparse rejects unknown subcommands
 
 

@@ -1,0 +1,322 @@
+"""Stability soak: long bf16 training runs and a 10⁵-step drift run (``bench soak``).
+
+Two measurements, both written to ``docs/benchmarks_soak.md`` (+ JSON):
+
+1. **bf16 MLP soak.** A 64→128→128→10 MLP with bfloat16 parameters trained on scikit-learn's
+   bundled digits (minibatches of 64, so the curvature is noisy and eigenvalues of the
+   factors tie and cross) for ``steps`` steps, per seed, per factor dtype (bf16 and f32) and
+   per mode: the default options, exact Cayley with the default safeguards, and (for
+   comparison) exact Cayley with the paper's basis update and no re-orthonormalisation.
+   Recorded: whether every value stayed finite, the final full-batch training loss, and the
+   largest ``‖BᵀB − I‖_max`` over the run (sampled every ``record_every`` steps).
+2. **Long drift run.** The functional core on one 16×24 layer, ``long_steps`` refreshes
+   with the optimizer's default options on gradients with a fixed anisotropic covariance
+   (f32): ``‖BᵀB − I‖_max`` every ``long_steps / 20`` steps, and whether the last half's
+   maximum stays at or below the first half's (drift bounded, not growing).
+
+Acceptance (issue "One default that is fast, accurate and never diverges"): every run
+finite, final loss within 2× of the best run of its group, drift ≤ 2e-2 (bf16 factors) /
+1e-4 (f32 factors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MODES", "add_arguments", "drift_run", "main", "mlp_soak", "orth_drift"]
+
+#: The modes of the soak: name -> SpectralKron options (beyond lr / precond_lr).
+MODES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "exact": {"cayley": "exact"},
+    "exact_paper_unguarded": {"cayley": "exact", "rotation": "paper", "reorth_interval": 0},
+}
+
+MD_PATH = "docs/benchmarks_soak.md"
+JSON_PATH = "docs/benchmarks_soak.json"
+BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+
+
+def orth_drift(b: Any) -> float:
+    """``max |BᵀB − I|`` of one (possibly batched) basis, computed in float64.
+
+    >>> import numpy as np
+    >>> orth_drift(np.eye(3))
+    0.0
+    """
+    b64 = np.asarray(b, dtype=np.float64)
+    n = b64.shape[-1]
+    return float(np.abs(np.swapaxes(b64, -1, -2) @ b64 - np.eye(n)).max())
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def mlp_soak(
+    *,
+    steps: int,
+    seed: int,
+    precond_dtype: str,
+    options: dict[str, Any],
+    lr: float = 3e-4,
+    precond_lr: float = 0.1,
+    record_every: int = 50,
+    batch: int = 64,
+) -> dict[str, Any]:
+    """Train the bf16 MLP; returns ``finite``, ``final_loss``, ``max_drift``, ``drift`` (the
+    sampled curve), ``rejected`` refreshes and wall time."""
+    import torch
+
+    from ..torch import SpectralKron
+
+    x_np, y_np = _digits()
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 10),
+    ).to(torch.bfloat16)
+    dt = {"bf16": torch.bfloat16, "f32": torch.float32}[precond_dtype]
+    opt = SpectralKron(
+        model.parameters(), lr=lr, precond_lr=precond_lr, precond_dtype=dt, **options
+    )
+    gen = torch.Generator().manual_seed(seed)
+    xb16 = x.to(torch.bfloat16)
+    drift: list[float] = []
+    finite = True
+    t0 = time.perf_counter()
+    for t in range(steps):
+        idx = torch.randint(0, x.shape[0], (batch,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(xb16[idx]).float(), y[idx])
+        if not torch.isfinite(loss):
+            finite = False
+            break
+        opt.zero_grad()
+        loss.backward()
+        try:
+            opt.step()
+        except ValueError:  # a non-finite gradient (nonfinite="raise")
+            finite = False
+            break
+        if (t + 1) % record_every == 0 or t + 1 == steps:
+            drift.append(
+                max(
+                    (orth_drift(s[k].float()) for s in opt.state.values() for k in ("B_C", "B_K")
+                     if k in s),
+                    default=0.0,
+                )
+            )
+            if not math.isfinite(drift[-1]):
+                finite = False
+                break
+    with torch.no_grad():
+        final = float(torch.nn.functional.cross_entropy(model(xb16).float(), y))
+    finite = finite and math.isfinite(final) and all(
+        bool(torch.isfinite(p).all()) for p in model.parameters()
+    )
+    return {
+        "finite": finite,
+        "final_loss": final if finite else float("nan"),
+        "max_drift": max(drift) if drift and finite else float("nan"),
+        "drift": drift,
+        "steps_done": t + 1,
+        "rejected": int(sum(int(s["rejected"]) for s in opt.state.values())),
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def drift_run(
+    *, steps: int, seed: int = 0, rows: int = 16, cols: int = 24, samples: int = 20
+) -> dict[str, Any]:
+    """The optimizer's default refresh (``optim.refresh`` + its re-orthonormalisation
+    schedule) on one f32 ``rows × cols`` layer for ``steps`` refreshes; ``‖BᵀB − I‖_max``
+    at ``samples`` evenly spaced points."""
+    from .. import optim
+
+    rng = np.random.default_rng(seed)
+    # A fixed anisotropic covariance with near-tied eigenvalues (pairs 1 % apart).
+    ev_c = np.repeat(np.geomspace(1.0, 10.0, rows // 2), 2)[:rows] * (
+        1 + 0.01 * (np.arange(rows) % 2)
+    )
+    ev_k = np.repeat(np.geomspace(1.0, 10.0, cols // 2), 2)[:cols] * (
+        1 + 0.01 * (np.arange(cols) % 2)
+    )
+    qc, _ = np.linalg.qr(rng.normal(size=(rows, rows)))
+    qk, _ = np.linalg.qr(rng.normal(size=(cols, cols)))
+    lc = (qc * np.sqrt(ev_c)).astype(np.float32)
+    lk = (qk * np.sqrt(ev_k)).astype(np.float32)
+    pl = optim.plan((rows, cols))
+    xp = optim.namespace(np.zeros(1, dtype=np.float32))
+    st = optim.init(pl, (rows, cols), dtype=np.float32, xp=xp)
+    every = max(1, steps // samples)
+    curve: list[tuple[int, float]] = []
+    refreshes = 0
+    t0 = time.perf_counter()
+    chunk = 1000
+    for start in range(0, steps, chunk):
+        zs = rng.standard_normal(size=(min(chunk, steps - start), rows, cols), dtype=np.float32)
+        for i, z in enumerate(zs):
+            t = start + i
+            g = lc @ z @ lk.T
+            if t == 0:
+                st = optim.first_state(st, g, damping=1e-8)
+            st, _ = optim.refresh(st, g, precond_lr=0.1, damping=1e-8)
+            refreshes += 1
+            if refreshes % 10 == 0:  # the optimizers' default reorth_interval
+                st = optim.reorthonormalize(st)
+            if (t + 1) % every == 0:
+                curve.append((t + 1, max(orth_drift(st.B_C), orth_drift(st.B_K))))
+    half = len(curve) // 2
+    first = max(v for _, v in curve[:half])
+    last = max(v for _, v in curve[half:])
+    return {
+        "steps": steps,
+        "curve": curve,
+        "max_first_half": first,
+        "max_last_half": last,
+        "bounded": bool(last <= max(first, 1e-4)),
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    finals = [r["final_loss"] for r in runs]
+    ok = [f for f in finals if math.isfinite(f)]
+    best = min(ok) if ok else float("nan")
+    return {
+        "finite": sum(r["finite"] for r in runs),
+        "seeds": len(runs),
+        "final_min": best,
+        "final_max": max(ok) if ok else float("nan"),
+        "within_2x": bool(ok) and len(ok) == len(runs) and max(ok) <= 2 * best,
+        "max_drift": max((r["max_drift"] for r in runs if r["finite"]), default=float("nan")),
+        "rejected": sum(r["rejected"] for r in runs),
+    }
+
+
+def _markdown(data: dict[str, Any]) -> str:
+    cfg = data["config"]
+    lines = [
+        BEGIN,
+        f"Generated {data['generated']} by `{data['command']}` "
+        f"({data['wall_s']:.0f} s, load average {data.get('loadavg')}).",
+        "",
+        f"bf16 MLP (64→128→128→10, digits, batch 64), {cfg['steps']} steps, "
+        f"{cfg['seeds']} seeds, lr {cfg['lr']}, precond_lr {cfg['precond_lr']}; drift = "
+        "largest `max|BᵀB − I|` over the run (every "
+        f"{cfg['record_every']} steps), float64 check. Target: every run finite, final loss "
+        "within 2× of the group's best, drift ≤ 2e-2 (bf16 factors) / 1e-4 (f32).",
+        "",
+        "| mode | factors | finite | final loss (min – max) | within 2× | max drift | "
+        "rejected refreshes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        s = row["summary"]
+        lines.append(
+            f"| {row['mode']} | {row['precond_dtype']} | {s['finite']}/{s['seeds']} | "
+            f"{s['final_min']:.4f} – {s['final_max']:.4f} | {'yes' if s['within_2x'] else 'no'} "
+            f"| {s['max_drift']:.2e} | {s['rejected']} |"
+        )
+    d = data.get("drift")
+    if d:
+        lines += [
+            "",
+            f"Long drift run: {d['steps']} f32 refreshes of a 16×24 layer (default options, "
+            "Newton–Schulz every 10 refreshes), gradients with a fixed covariance whose "
+            f"eigenvalues come in pairs 1 % apart: max drift first half {d['max_first_half']:.2e}, "
+            f"last half {d['max_last_half']:.2e} → "
+            f"{'bounded, not growing' if d['bounded'] else 'GROWING'} ({d['wall_s']:.0f} s).",
+        ]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``bench soak``."""
+    p.add_argument("--steps", type=int, default=5000, help="MLP steps per run (default 5000)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per mode (default 5)")
+    p.add_argument(
+        "--modes", nargs="+", choices=tuple(MODES), default=list(MODES), help="modes to run"
+    )
+    p.add_argument("--lr", type=float, default=3e-4, help="lr (default 3e-4)")
+    p.add_argument("--precond-lr", type=float, default=0.1, help="precond_lr (default 0.1)")
+    p.add_argument("--record-every", type=int, default=50, help="drift sampling interval")
+    p.add_argument(
+        "--long-steps", type=int, default=100_000, help="drift-run refreshes (0: skip)"
+    )
+    p.add_argument("--out", default=MD_PATH, help=f"markdown file (default {MD_PATH})")
+    p.add_argument("--json", default=JSON_PATH, help=f"JSON file (default {JSON_PATH})")
+    p.add_argument("--no-write", action="store_true", help="print only")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the soak, print the table, write the report (unless ``--no-write``)."""
+    import os
+    import sys
+
+    import torch
+
+    from .report import replace_section
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    rows = []
+    for mode in args.modes:
+        for pdt in ("bf16", "f32"):
+            runs = [
+                mlp_soak(
+                    steps=args.steps,
+                    seed=s,
+                    precond_dtype=pdt,
+                    options=MODES[mode],
+                    lr=args.lr,
+                    precond_lr=args.precond_lr,
+                    record_every=args.record_every,
+                )
+                for s in range(args.seeds)
+            ]
+            summ = _summary(runs)
+            print(f"{mode:24s} {pdt:5s} {summ}", flush=True)
+            rows.append({"mode": mode, "precond_dtype": pdt, "summary": summ, "runs": runs})
+    drift = drift_run(steps=args.long_steps) if args.long_steps else None
+    if drift:
+        print(
+            f"drift run {drift['steps']}: first half {drift['max_first_half']:.2e}, "
+            f"last half {drift['max_last_half']:.2e}, bounded={drift['bounded']}"
+        )
+    data = {
+        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python -m spectral_curv.bench soak " + " ".join(sys.argv[2:]),
+        "loadavg": [round(v, 2) for v in os.getloadavg()],
+        "wall_s": time.perf_counter() - t0,
+        "config": {
+            "steps": args.steps,
+            "seeds": args.seeds,
+            "lr": args.lr,
+            "precond_lr": args.precond_lr,
+            "record_every": args.record_every,
+        },
+        "rows": rows,
+        "drift": drift,
+    }
+    if not args.no_write:
+        Path(args.json).write_text(json.dumps(data, indent=1))
+        replace_section(args.out, _markdown(data), BEGIN, END, "# Stability soak\n")
+        print(f"wrote {args.out} and {args.json}")
+    return 0
