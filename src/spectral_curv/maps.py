@@ -208,12 +208,8 @@ def rotation_generator(
         q = xp.where(mask, num / xp.where(mask, den, 1.0), 0.0)
     del num, den
     if max_step_norm is not None:
-        if symmetric:
-            q_skew = q
-        else:
-            q_skew = skew(q)
         if rotation == "damped":
-            sq = spectral_norm_sq(q_skew)
+            sq = spectral_norm_sq(q if symmetric else skew(q))
         elif symmetric:
             # ‖X‖_F² from one dot product (a BLAS dot in numpy): no n×n temporary.
             flat = xp.reshape(q, (*q.shape[:-2], n * n))

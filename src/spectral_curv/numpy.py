@@ -134,7 +134,8 @@ class SpectralKron:
             any array-API namespace are accepted (``optim.namespace``); NumPy is the target.
         lr, precond_lr, p, gamma, damping, momentum, weight_decay, update_interval,
         precond_warmup, reorth_interval, cayley, cayley_terms, exp, tie_tol, max_step_norm,
-        max_update_rms, graft, betas, eps, max_precond_dim: as in the torch optimizer.
+        rotation, max_update_rms, graft, betas, eps, max_precond_dim: as in the torch
+        optimizer.
         precond_dtype: dtype of the factors, momentum and graft moments (a NumPy floating
             dtype); None (default): each parameter's own dtype.
         nonfinite: ``"raise"`` (default): a NaN/inf gradient raises a ValueError before any
@@ -177,6 +178,7 @@ class SpectralKron:
         exp: str = "first_order",
         tie_tol: float | None = None,
         max_step_norm: float | None = None,
+        rotation: str = "damped",
         max_update_rms: float | None = None,
         graft: str | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -204,6 +206,7 @@ class SpectralKron:
                 exp=exp,
                 tie_tol=tie_tol,
                 max_step_norm=max_step_norm,
+                rotation=rotation,
                 max_update_rms=max_update_rms,
                 graft=graft,
                 betas=betas,
@@ -406,8 +409,9 @@ class SpectralKron:
             "cayley_terms",
             "tie_tol",
             "max_step_norm",
+            "rotation",
         )
-        return {k: o[k] for k in keys}
+        return {k: o.get(k, "damped") if k == "rotation" else o[k] for k in keys}
 
     def _update(
         self, ps: list[Array], gs: list[Array], states: list[dict[str, Any]], active: list[int]

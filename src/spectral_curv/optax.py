@@ -227,6 +227,7 @@ def scale_by_spectral_kron(
     exp: str = "first_order",
     tie_tol: Any = None,
     max_step_norm: Any = None,
+    rotation: str = "damped",
     max_precond_dim: Any = optim.DEFAULT_MAX_PRECOND_DIM,
     precond_dtype: Any = _F32,
     graft: str | None = None,
@@ -246,8 +247,9 @@ def scale_by_spectral_kron(
     optax.add_decayed_weights(wd), optax.scale_by_learning_rate(lr))`` (no momentum), or
     use :func:`spectral_kron`. The options are those of
     :class:`spectral_curv.torch.SpectralKron`; float options may be 0-d (traced) arrays,
-    ``cayley``, ``exp``, ``graft``, ``betas``, ``tie_tol=None``/``max_step_norm=None`` and
-    ``precond_dtype`` must be Python values, ``max_precond_dim`` must be concrete at
+    ``cayley``, ``exp``, ``rotation``, ``graft``, ``betas``,
+    ``tie_tol=None``/``max_step_norm=None`` and ``precond_dtype`` must be Python values,
+    ``max_precond_dim`` must be concrete at
     ``init`` (it fixes the state's structure) and ``cayley_terms`` concrete with
     ``cayley="neumann"``.
 
@@ -283,6 +285,7 @@ def scale_by_spectral_kron(
         exp=exp,
         tie_tol=tie_tol,
         max_step_norm=max_step_norm,
+        rotation=rotation,
         max_precond_dim=max_precond_dim,
         precond_dtype=precond_dtype,
         graft=graft,
@@ -339,6 +342,7 @@ def scale_by_spectral_kron(
             cayley_terms=terms,
             tie_tol=_hp(tie_tol, pdt),
             max_step_norm=_hp(max_step_norm, pdt),
+            rotation=rotation,
         )
         first, refresh, reorth = _schedule(
             state.count,
@@ -530,6 +534,7 @@ def spectral_kron(
     exp: str = "first_order",
     tie_tol: Any = None,
     max_step_norm: Any = None,
+    rotation: str = "damped",
     max_update_rms: Any = None,
     graft: str | None = None,
     betas: tuple[Any, Any] = (0.9, 0.999),
@@ -594,6 +599,7 @@ def spectral_kron(
             exp=exp,
             tie_tol=tie_tol,
             max_step_norm=max_step_norm,
+            rotation=rotation,
             max_precond_dim=max_precond_dim,
             precond_dtype=precond_dtype,
             graft=graft,

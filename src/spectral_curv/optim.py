@@ -6,8 +6,8 @@ refresh); every number it computes comes from here, so that the adapters agree t
 round-off (``tests/test_cross_framework.py``). Per parameter, with ``t`` its 0-based step:
 
 1. :func:`schedule`: ``first = t == 0``; ``refresh = first or t < precond_warmup or
-   t % update_interval == 0``; ``reorth`` on every ``reorth_interval``-th refresh of a
-   truncated Cayley map.
+   t % update_interval == 0``; ``reorth`` on every ``reorth_interval``-th refresh (every
+   Cayley mode: exact Cayley is orthogonal only to round-off, which accumulates).
 2. ``first``: :func:`first_state` sets ``S₀ = α₀ I``, ``α₀ = mean(G²) + λ`` (diagonal:
    ``d₀ = g² + λ``), so the first step is a scale-free gradient step.
 3. ``refresh``: :func:`refresh` (the core's GOP update, keep-last-good where it yields
@@ -277,7 +277,8 @@ def schedule(
     """``(first, refresh, reorth)`` for 0-based step ``t`` after ``refreshes`` refreshes.
 
     Python ints give Python bools; integer arrays (e.g. traced JAX counters) give boolean
-    arrays. ``reorth_interval`` may be an int or an integer array (≤ 0: never).
+    arrays. ``reorth_interval`` may be an int or an integer array (≤ 0: never); it applies
+    to every ``cayley`` mode (the argument is kept for callers that pass it).
 
     Example::
 

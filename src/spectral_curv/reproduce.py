@@ -80,7 +80,14 @@ def _fig3(quick: bool, cache: dict[str, Any]) -> dict[str, Any]:
         curves: dict[str, list[float]] = {}
         for method in ("spectral", "rgd_expm", "cholesky"):
             res = spd.minimize(
-                pb.grad, pb.s0, lr=lr, steps=steps, method=method, loss_fn=pb.gap, target=1e-12
+                pb.grad,
+                pb.s0,
+                lr=lr,
+                steps=steps,
+                method=method,
+                loss_fn=pb.gap,
+                target=1e-12,
+                warn=False,
             )
             curves[method] = [max(float(v), 0.0) for v in res.losses]
         out["problems"][name] = {

@@ -46,6 +46,7 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -55,12 +56,14 @@ from ._array import Array, Namespace, array_namespace
 
 __all__ = [
     "METHODS",
+    "KarcherMean",
     "LogDet",
     "MetricNearness",
     "SPDResult",
     "cholesky_step",
     "init",
     "iterations_to",
+    "karcher_mean",
     "log_det",
     "metric_nearness",
     "minimize",
@@ -152,11 +155,13 @@ def step(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
+    rotation: str = "damped",
 ) -> full.SpectralState:
     """One spectral step ``full.update(state, −2 S G S, beta2=lr)``, ``G = sym(grad)`` (SPEC §2).
 
     ``grad`` is ``∇_S f`` at ``S = B Diag(d) Bᵀ = full.dense(state)``. The remaining options are
-    those of :func:`spectral_curv.full.update`.
+    those of :func:`spectral_curv.full.update`; ``rotation`` is its basis-update rule
+    (``"damped"``, the default, or the paper's ``"paper"``; docs/spd.md, "Near ties").
 
     Example (``S = I``, ``G = I``: ``d ← exp(−2·lr)``, the ``rgd_expm`` step exactly)::
 
@@ -183,6 +188,7 @@ def step(
         cayley_terms=cayley_terms,
         tie_tol=tie_tol,
         max_step_norm=max_step_norm,
+        rotation=rotation,
     )
 
 
@@ -254,8 +260,15 @@ def cholesky_step(
 
 
 class SPDResult(NamedTuple):
-    """Outcome of :func:`minimize`: final ``S`` (dense), the method's final state, and
-    ``losses[k] = loss_fn(S_k)`` for ``k = 0..K`` (``S_0 = s0``; empty without ``loss_fn``).
+    """Outcome of :func:`minimize`: final ``S`` (dense), the method's final state,
+    ``losses[k] = loss_fn(S_k)`` for ``k = 0..K`` (``S_0 = s0``; empty without ``loss_fn``),
+    and whether the run converged.
+
+    ``converged`` is True when ``target`` was given and reached, False when it was given and
+    not reached or when a loss was not finite, and None when there is nothing to judge by
+    (no ``target`` and only finite losses). ``message`` says why the run ended in words
+    (including a stall: the best loss not improved over the last ``max(20, steps // 10)``
+    iterations while still above ``target``).
 
     Example (``losses`` holds ``K + 1`` values for ``K`` steps)::
 
@@ -263,15 +276,54 @@ class SPDResult(NamedTuple):
         >>> from spectral_curv import full, spd
         >>> prob = spd.log_det(3, seed=0)
         >>> res = spd.minimize(prob.grad, prob.s0, lr=0.5, steps=5, loss_fn=prob.gap)
-        >>> len(res.losses), type(res.state).__name__
-        (6, 'SpectralState')
+        >>> len(res.losses), type(res.state).__name__, res.converged
+        (6, 'SpectralState', None)
         >>> bool(np.allclose(res.S, full.dense(res.state)))
         True
+        >>> res = spd.minimize(prob.grad, prob.s0, lr=0.5, steps=50, loss_fn=prob.gap, target=1e-8)
+        >>> res.converged, res.message.startswith("reached target")
+        (True, True)
     """
 
     S: Array
     state: Any
     losses: list[float]
+    converged: bool | None = None
+    message: str = ""
+
+
+def _stall_window(steps: int) -> int:
+    return max(20, steps // 10)
+
+
+def _verdict(losses: list[float], steps: int, target: float | None) -> tuple[bool | None, str]:
+    """``(converged, message)`` of a finished run (see :class:`SPDResult`)."""
+    if not losses:
+        return None, f"ran {steps} steps (no loss_fn: convergence not assessed)"
+    k = len(losses) - 1
+    last = losses[-1]
+    if not math.isfinite(last):
+        return False, f"loss not finite ({last}) after {k} steps: stopped"
+    if target is not None and last <= target:
+        return True, f"reached target {target:.3g} after {k} steps (loss {last:.3g})"
+    best = min(losses)
+    k_best = losses.index(best)
+    window = _stall_window(steps)
+    if target is None:
+        return None, f"ran {steps} steps, no target given (final loss {last:.3g}, best {best:.3g})"
+    msg = (
+        f"did not reach target {target:.3g} in {steps} steps: final loss {last:.3g}, "
+        f"best {best:.3g} at step {k_best}"
+    )
+    if k - k_best >= window:
+        tail = losses[-window:]
+        msg += (
+            f"; stalled: no decrease of the best loss over the last {k - k_best} steps "
+            f"(loss in [{min(tail):.3g}, {max(tail):.3g}] over the last {window})"
+        )
+    else:
+        msg += "; still decreasing: more steps (or another lr) may reach it"
+    return False, msg
 
 
 def minimize(
@@ -286,6 +338,8 @@ def minimize(
     cayley: str = "exact",
     exp: str = "exact",
     max_step_norm: float | None = None,
+    rotation: str = "damped",
+    warn: bool = True,
 ) -> SPDResult:
     """Minimise ``f`` over SPD matrices from ``grad_fn(S) = ∇_S f(S)`` (SPEC §2, §6).
 
@@ -294,8 +348,13 @@ def minimize(
     docstring. ``loss_fn(S)`` (optional) is recorded before the first and after every step;
     with ``target`` the loop stops once ``loss_fn(S) ≤ target``. ``cayley``/``exp`` are the
     spectral maps (``exp`` also selects the Cholesky baseline's exact / first-order factor
-    update). Steps stop early once a loss is not finite (that iterate is returned, its
-    loss recorded).
+    update), ``rotation`` the spectral basis-update rule (:func:`step`). Steps stop early
+    once a loss is not finite (that iterate is returned, its loss recorded).
+
+    No silent plateau: the result's ``converged`` / ``message`` say whether and why the run
+    did not converge (:class:`SPDResult`), and a ``RuntimeWarning`` is emitted when a
+    ``target`` was given and not reached (steps exhausted, stalled, or a non-finite loss);
+    ``warn=False`` leaves it to the result (for a ``target`` used only as an early stop).
 
     Example (``f(S) = Tr(S) − log det S``, minimised at ``S* = I``; every method)::
 
@@ -309,6 +368,16 @@ def minimize(
         >>> [bool(np.allclose(spd.minimize(grad, s0, lr=0.25, steps=40, method=m).S,
         ...                   np.eye(3), atol=1e-4)) for m in spd.METHODS]
         [True, True, True, True]
+
+    A target that is not reached is reported, not hidden::
+
+        >>> import warnings
+        >>> loss = lambda s: np.linalg.norm(s - np.eye(3))
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     res = spd.minimize(grad, s0, lr=0.25, steps=3, loss_fn=loss, target=1e-8)
+        >>> res.converged, w[0].category.__name__, res.message.split(":")[0]
+        (False, 'RuntimeWarning', 'did not reach target 1e-08 in 3 steps')
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
@@ -343,23 +412,33 @@ def minimize(
         losses.append(val)
         return (not math.isfinite(val)) or (target is not None and val <= target)
 
-    if record(s):
-        return SPDResult(s, state, losses)
-    for _ in range(steps):
-        g = grad_fn(s)
-        if method == "spectral":
-            state = step(state, g, lr=lr, cayley=cayley, exp=exp, max_step_norm=max_step_norm)
-            s = full.dense(state)
-        elif method == "cholesky":
-            state = cholesky_step(state, g, lr=lr, exp=exp)
-            s = baselines.cholesky_dense(state)
-        else:
-            retraction = "expm" if method == "rgd_expm" else "second_order"
-            s = rgd_step(s, g, lr=lr, retraction=retraction)
-            state = s
-        if record(s):
-            break
-    return SPDResult(s, state, losses)
+    if not record(s):
+        for _ in range(steps):
+            g = grad_fn(s)
+            if method == "spectral":
+                state = step(
+                    state,
+                    g,
+                    lr=lr,
+                    cayley=cayley,
+                    exp=exp,
+                    max_step_norm=max_step_norm,
+                    rotation=rotation,
+                )
+                s = full.dense(state)
+            elif method == "cholesky":
+                state = cholesky_step(state, g, lr=lr, exp=exp)
+                s = baselines.cholesky_dense(state)
+            else:
+                retraction = "expm" if method == "rgd_expm" else "second_order"
+                s = rgd_step(s, g, lr=lr, retraction=retraction)
+                state = s
+            if record(s):
+                break
+    converged, message = _verdict(losses, steps, target)
+    if warn and target is not None and not converged:
+        warnings.warn(f"spd.minimize({method!r}, lr={lr}): {message}", RuntimeWarning, stacklevel=2)
+    return SPDResult(s, state, losses, converged, message)
 
 
 def iterations_to(losses: Sequence[float], tol: float) -> int | None:
@@ -608,6 +687,151 @@ def log_det(
     f_star = float(n + np.linalg.slogdet(q)[1])
     return LogDet(
         _to(xp, q, dtype, device),
+        _to(xp, s_star, dtype, device),
+        f_star,
+        _to(xp, s0, dtype, device),
+    )
+
+
+def _eigh_fn(np: Any, m: Any, fn: Callable[[Any], Any]) -> Any:
+    """``V fn(Λ) Vᵀ`` for a symmetric (stack of) matrix ``m`` (numpy, ``eigh``)."""
+    w, v = np.linalg.eigh(0.5 * (m + np.swapaxes(m, -1, -2)))
+    return (v * fn(w)[..., None, :]) @ np.swapaxes(v, -1, -2)
+
+
+def _karcher_reference(a: Any, *, tol: float = 1e-12, max_iter: int = 1000) -> Any:
+    """Riemannian (affine-invariant) mean of the stack ``a`` by the fixed-point iteration
+    ``S ← S^{1/2} expm((1/N) Σ logm(S^{-1/2} A_i S^{-1/2})) S^{1/2}`` (numpy ``eigh``),
+    started at the log-Euclidean mean, run until the step ``‖(1/N) Σ logm(·)‖_F ≤ tol`` and then
+    three more times (the step's round-off floor is ≈ 1e-14; it contracts ≈ 8× per iteration)."""
+    np = _numpy()
+    s = _eigh_fn(np, np.mean(_eigh_fn(np, a, np.log), axis=0), np.exp)
+    extra = 3
+    for _ in range(max_iter):
+        r = _eigh_fn(np, s, np.sqrt)
+        ri = _eigh_fn(np, s, lambda w: 1.0 / np.sqrt(w))
+        t = np.mean(_eigh_fn(np, ri @ a @ ri, np.log), axis=0)
+        s = r @ _eigh_fn(np, t, np.exp) @ r
+        s = 0.5 * (s + s.T)
+        if np.linalg.norm(t) <= tol:
+            if extra == 0:
+                return s
+            extra -= 1
+    raise RuntimeError(f"Karcher fixed-point iteration did not converge in {max_iter} steps")
+
+
+class KarcherMean(NamedTuple):
+    """Riemannian (affine-invariant) Karcher mean of SPD matrices ``A_1 … A_N``:
+    ``f(S) = (1/2N) Σ ‖log(A_i^{-1/2} S A_i^{-1/2})‖_F²``.
+
+    ``A`` is the ``(N, n, n)`` stack, ``A_isqrt`` the stack of ``A_i^{-1/2}``. ``f`` is
+    geodesically strictly convex, so its minimiser, the Karcher mean ``S_star``, is unique
+    (computed by the fixed-point iteration of :func:`karcher_mean`); ``f_star = f(S_star)``.
+    ``rel_error(S) = ‖S − S*‖_F / ‖S*‖_F`` is the convergence measure of the experiments.
+
+    With ``M_i = A_i^{-1/2} S A_i^{-1/2} = V_i Diag(λ) V_iᵀ`` the Euclidean gradient is
+    ``∇f(S) = (1/N) Σ S⁻¹ log(S A_i⁻¹) = (1/N) Σ A_i^{-1/2} V_i Diag(log λ / λ) V_iᵀ A_i^{-1/2}``
+    (symmetric as written: ``M_i⁻¹`` and ``log M_i`` commute).
+
+    Example (``f* = f(S*)``, ``∇f(S*) = 0``; the mean of a single matrix is that matrix)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import spd
+        >>> prob = spd.karcher_mean(4, 5, seed=0)
+        >>> bool(np.isclose(prob.loss(prob.S_star), prob.f_star))
+        True
+        >>> bool(np.linalg.norm(prob.grad(prob.S_star)) < 1e-12), float(prob.rel_error(prob.S_star))
+        (True, 0.0)
+        >>> one = spd.karcher_mean(3, 1, seed=0)
+        >>> bool(np.allclose(one.S_star, one.A[0])), bool(abs(one.f_star) < 1e-20)
+        (True, True)
+    """
+
+    A: Array
+    A_isqrt: Array
+    S_star: Array
+    f_star: float
+    s0: Array
+
+    def _eig(self, s: Array) -> tuple[Array, Array]:
+        xp = array_namespace(s)
+        m = self.A_isqrt @ s[None, ...] @ self.A_isqrt
+        return xp.linalg.eigh(0.5 * (m + m.mT))
+
+    def loss(self, s: Array) -> Array:
+        """``(1/2N) Σ Σ_k log² λ_k(A_i^{-1/2} S A_i^{-1/2})``; ``+inf`` unless ``S ≻ 0``."""
+        xp = array_namespace(s)
+        w, _ = self._eig(s)
+        pd = xp.min(w) > 0
+        lg = xp.log(xp.where(w > 0, w, 1.0))
+        return xp.where(pd, xp.sum(lg * lg) / (2.0 * self.A.shape[0]), math.inf)
+
+    def gap(self, s: Array) -> Array:
+        """``f(S) − f(S*)``."""
+        return self.loss(s) - self.f_star
+
+    def rel_error(self, s: Array) -> Array:
+        """``‖S − S*‖_F / ‖S*‖_F``."""
+        xp = array_namespace(s)
+        return xp.linalg.vector_norm(s - self.S_star) / xp.linalg.vector_norm(self.S_star)
+
+    def grad(self, s: Array) -> Array:
+        """``(1/N) Σ S⁻¹ log(S A_i⁻¹)`` (symmetric; see the class docstring)."""
+        xp = array_namespace(s)
+        w, v = self._eig(s)
+        h = (v * (xp.log(w) / w)[..., None, :]) @ v.mT
+        g = xp.mean(self.A_isqrt @ h @ self.A_isqrt, axis=0)
+        return 0.5 * (g + g.mT)
+
+
+def karcher_mean(
+    n: int = 10,
+    n_matrices: int = 20,
+    *,
+    cond: float = 10.0,
+    seed: int = 0,
+    start: str | Any = "random",
+    xp: Namespace | None = None,
+    dtype: Any = None,
+    device: Any = None,
+) -> KarcherMean:
+    """Karcher-mean problem: ``n_matrices`` random ``n×n`` SPD ``A_i`` (each ``U Diag(λ) Uᵀ``,
+    ``U`` Haar-random, ``λ`` log-spaced with condition number ``cond``); ``start`` as in
+    :func:`metric_nearness`. ``S*`` is the fixed point of
+    ``S ← S^{1/2} expm((1/N) Σ logm(S^{-1/2} A_i S^{-1/2})) S^{1/2}`` (numpy ``eigh``, float64,
+    run to a step ``≤ 1e-12``, then three more). Data are drawn with numpy (``seed``) and
+    converted to ``xp``.
+
+    Example (``S*`` is the fixed point: the mean of the logs seen from ``S*`` vanishes)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import spd
+        >>> prob = spd.karcher_mean(seed=0)
+        >>> prob.A.shape, prob.s0.shape
+        ((20, 10, 10), (10, 10))
+        >>> w, v = np.linalg.eigh(prob.S_star)
+        >>> ri = (v / np.sqrt(w)) @ v.T
+        >>> mu, u = np.linalg.eigh(ri @ prob.A @ ri)
+        >>> t = np.mean((u * np.log(mu)[:, None, :]) @ np.swapaxes(u, 1, 2), axis=0)
+        >>> bool(np.linalg.norm(t) < 1e-13)
+        True
+    """
+    np = _numpy()
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"`n` must be a positive int, got {n!r}")
+    if not isinstance(n_matrices, int) or n_matrices < 1:
+        raise ValueError(f"`n_matrices` must be a positive int, got {n_matrices!r}")
+    A.check_positive("cond", cond)
+    rng = np.random.default_rng(seed)
+    a = np.stack([_random_spd(rng, n, cond) for _ in range(n_matrices)])
+    s0 = _start(rng, n, start)
+    a_isqrt = _eigh_fn(np, a, lambda w: 1.0 / np.sqrt(w))
+    s_star = _karcher_reference(a)
+    prob = KarcherMean(a, a_isqrt, s_star, 0.0, s0)
+    f_star = float(prob.loss(s_star))
+    return KarcherMean(
+        _to(xp, a, dtype, device),
+        _to(xp, a_isqrt, dtype, device),
         _to(xp, s_star, dtype, device),
         f_star,
         _to(xp, s0, dtype, device),

@@ -417,9 +417,8 @@ class SpectralKron(Optimizer):
         weight_decay: decoupled (AdamW-style) weight decay.
         update_interval: refresh the preconditioner every ``T`` steps.
         precond_warmup: refresh at every step during the first ``precond_warmup`` steps.
-        reorth_interval: with a truncated Cayley (``"quadratic"``, ``"neumann"``), every
-            this many refreshes pull ``B`` back to orthogonal with one Newton–Schulz step
-            (``maps.orthonormalize``; 0: off).
+        reorth_interval: every this many refreshes pull ``B`` back to orthogonal with one
+            Newton–Schulz step (``maps.orthonormalize``; every Cayley mode; 0: off).
         cayley, cayley_terms, exp, tie_tol, max_step_norm: the core's modes
             (``spectral_curv.kron.update_gop``); defaults: matmul-only truncated maps
             (``cayley="quadratic"``: ``I + 2X + 2X²``, 2 matmuls per factor, orthogonal to

@@ -116,8 +116,12 @@ def mlp_soak(
         if (t + 1) % record_every == 0 or t + 1 == steps:
             drift.append(
                 max(
-                    (orth_drift(s[k].float()) for s in opt.state.values() for k in ("B_C", "B_K")
-                     if k in s),
+                    (
+                        orth_drift(s[k].float())
+                        for s in opt.state.values()
+                        for k in ("B_C", "B_K")
+                        if k in s
+                    ),
                     default=0.0,
                 )
             )
@@ -126,8 +130,10 @@ def mlp_soak(
                 break
     with torch.no_grad():
         final = float(torch.nn.functional.cross_entropy(model(xb16).float(), y))
-    finite = finite and math.isfinite(final) and all(
-        bool(torch.isfinite(p).all()) for p in model.parameters()
+    finite = (
+        finite
+        and math.isfinite(final)
+        and all(bool(torch.isfinite(p).all()) for p in model.parameters())
     )
     return {
         "finite": finite,
@@ -257,9 +263,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=3e-4, help="lr (default 3e-4)")
     p.add_argument("--precond-lr", type=float, default=0.1, help="precond_lr (default 0.1)")
     p.add_argument("--record-every", type=int, default=50, help="drift sampling interval")
-    p.add_argument(
-        "--long-steps", type=int, default=100_000, help="drift-run refreshes (0: skip)"
-    )
+    p.add_argument("--long-steps", type=int, default=100_000, help="drift-run refreshes (0: skip)")
     p.add_argument("--out", default=MD_PATH, help=f"markdown file (default {MD_PATH})")
     p.add_argument("--json", default=JSON_PATH, help=f"JSON file (default {JSON_PATH})")
     p.add_argument("--no-write", action="store_true", help="print only")

@@ -96,7 +96,23 @@ __all__ = [
 
 MODELS = ("mlp", "cnn", "vit")
 SPECTRAL_KEYS = ("spectral_p2_quad", "spectral_p2_exact", "spectral_p1_quad", "spectral_p1_exact")
-ALL_OPTIMIZERS = ("adamw", "muon_bf16", "muon_fp32", *SPECTRAL_KEYS, "soap", "shampoo", "psgd_kron")
+#: The paper's basis update (the default before the damped rule), kept for comparison.
+PAPER_KEYS = (
+    "spectral_p2_quad_paper",
+    "spectral_p2_exact_paper",
+    "spectral_p1_quad_paper",
+    "spectral_p1_exact_paper",
+)
+ALL_OPTIMIZERS = (
+    "adamw",
+    "muon_bf16",
+    "muon_fp32",
+    *SPECTRAL_KEYS,
+    *PAPER_KEYS,
+    "soap",
+    "shampoo",
+    "psgd_kron",
+)
 DEFAULT_BENCH_OPTIMIZERS = (
     "adamw",
     "muon_bf16",
@@ -320,7 +336,7 @@ def optimizer_registry() -> dict[str, OptSpec]:
 
         return build
 
-    def spectral(p: float, cayley: str) -> Callable[[Any, dict[str, Any]], Any]:
+    def spectral(p: float, cayley: str, **extra: Any) -> Callable[[Any, dict[str, Any]], Any]:
         def build(model: Any, hp: dict[str, Any]) -> Any:
             return SpectralKron(
                 model.parameters(),
@@ -330,6 +346,7 @@ def optimizer_registry() -> dict[str, OptSpec]:
                 precond_lr=hp["precond_lr"],
                 weight_decay=hp["weight_decay"],
                 update_interval=hp.get("update_interval", 2),
+                **extra,
             )
 
         return build
@@ -398,18 +415,36 @@ def optimizer_registry() -> dict[str, OptSpec]:
             notes="bench.optim.MuonFP32: torch.optim.Muon's update, fp32 NS",
         )
     )
+    # Each variant: (key suffix, cayley, extra options, label suffix, description).
+    # "_paper": the paper's basis update U_ij = −W_ij/(d_i − d_j) with the Frobenius cap and
+    # (exact mode) no re-orthonormalisation — the library's default before the damped rule.
+    variants = (
+        ("quad", "quadratic", {}, "quad", "truncated (quadratic) Cayley, damped basis update"),
+        ("exact", "exact", {}, "exact", "exact Cayley, damped basis update"),
+        (
+            "quad_paper",
+            "quadratic",
+            {"rotation": "paper"},
+            "quad (paper rule)",
+            "quadratic Cayley, paper's basis update, Frobenius cap 0.25",
+        ),
+        (
+            "exact_paper",
+            "exact",
+            {"rotation": "paper", "reorth_interval": 0},
+            "exact (paper rule)",
+            "exact Cayley, paper's basis update, no re-orthonormalisation",
+        ),
+    )
     for p in (2, 1):
-        for c, cayley, desc in (
-            ("quad", "quadratic", "truncated (quadratic) Cayley"),
-            ("exact", "exact", "exact Cayley"),
-        ):
+        for c, cayley, extra, lab, desc in variants:
             lo, hi, lr0 = (1e-4, 3e-3, 3e-4) if p == 2 else (1e-6, 1e-3, 1e-5)
             specs.append(
                 OptSpec(
                     f"spectral_p{p}_{c}",
-                    f"SpectralKron p={p} {c}",
+                    f"SpectralKron p={p} {lab}",
                     "spectral",
-                    spectral(float(p), cayley),
+                    spectral(float(p), cayley, **extra),
                     {"lr": lr0, "weight_decay": 1e-2, "precond_lr": 0.1},
                     {"lr": ("log", lo, hi), **lr_wd, "precond_lr": ("log", 0.01, 0.5)},
                     "precond_lr",
