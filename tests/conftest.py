@@ -96,3 +96,13 @@ def to_numpy(x: Any) -> np.ndarray:
 def asarray(xp: Any, a: Any, dtype: Any = None) -> Any:
     """numpy data → ``xp`` array (float64 by default)."""
     return xp.asarray(np.asarray(a), dtype=xp.float64 if dtype is None else dtype)
+
+
+@pytest.fixture
+def paper_rule(monkeypatch):
+    """The paper's basis update ``U_ij = −W_ij/(d_i − d_j)`` as the core's default
+    (``maps.DEFAULT_ROTATION``), for tests that check SPEC §2/§4's formulas against an
+    explicit reference. The damped default is tested in tests/test_tie_damping.py."""
+    from spectral_curv import maps
+
+    monkeypatch.setattr(maps, "DEFAULT_ROTATION", "paper")

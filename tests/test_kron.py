@@ -23,6 +23,10 @@ import pytest
 from conftest import asarray, backend, to_numpy
 from spectral_curv import kron, maps
 
+# These tests check the paper's formulas (SPEC §2/§4) against explicit references: the
+# core runs with the paper's basis update (the damped default: tests/test_tie_damping.py).
+pytestmark = pytest.mark.usefixtures("paper_rule")
+
 R, C = 5, 4
 RTOL = 1e-12
 

@@ -15,6 +15,10 @@ import pytest
 from conftest import asarray, to_numpy
 from spectral_curv import full, maps
 
+# These tests check the paper's formulas (SPEC §2/§4) against explicit references: the
+# core runs with the paper's basis update (the damped default: tests/test_tie_damping.py).
+pytestmark = pytest.mark.usefixtures("paper_rule")
+
 
 def rand_skew(
     rng: np.random.Generator, n: int, fro: float, batch: tuple[int, ...] = ()

@@ -120,7 +120,7 @@ def _options(
     cayley_terms: int,
     tie_tol: float | None,
     max_step_norm: float | None,
-    rotation: str = "damped",
+    rotation: str | None = None,
 ) -> tuple[float, float | None]:
     A.check_positive("beta2", beta2)
     maps.check_rotation(rotation)
@@ -145,13 +145,15 @@ def _apply(
     cayley_terms: int,
     tol: float,
     max_step_norm: float | None,
-    rotation: str,
+    rotation: str | None,
 ) -> SpectralState:
     """Shared step from ``Q`` (off-diagonal part read) and ``diag(Q)`` (SPEC §2)."""
     d = maps.exp_scale(state.d, beta2 * diag_q, mode=exp)  # type: ignore[arg-type]
+    # The damped rule takes the pair gaps after the d update (the 2×2 Jacobi angle of
+    # S + β₂Δ uses the new diagonal; docs/math.md); the paper's rule, before it.
     x = maps.rotation_generator(
         q,
-        state.d,
+        d if maps.resolve_rotation(rotation) == "damped" else state.d,
         beta2 / 2.0,
         tie_tol=tol,
         max_step_norm=max_step_norm,
@@ -171,7 +173,7 @@ def update(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
-    rotation: str = "damped",
+    rotation: str | None = None,
 ) -> SpectralState:
     """One spectral step for a generic symmetric curvature change ``Δ`` (SPEC §2).
 
@@ -225,7 +227,7 @@ def update_gop(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
-    rotation: str = "damped",
+    rotation: str | None = None,
 ) -> SpectralState:
     """Spectral step for the gradient outer product ``Δ = ggᵀ + λI − γS`` (SPEC §2).
 

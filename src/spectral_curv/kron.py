@@ -274,7 +274,7 @@ def _refresh(
     cayley_terms: int,
     tie_tol: float | None,
     max_step_norm: float | None,
-    rotation: str = "damped",
+    rotation: str | None = None,
 ) -> KronState:
     """The SPEC §4 update from the rotated gradient ``R`` (``(*L, r, c)``, or a sample batch
     ``(b, *L, r, c)`` whose GOP is averaged)."""
@@ -323,6 +323,9 @@ def _refresh(
         new_dc = d_c * xp.exp(beta2 * (m_c - mc_mean))
         new_dk = d_k * xp.exp(beta2 * (m_k - mk_mean))
         new_alpha = alpha * xp.exp((beta2 / 2.0) * (mc_mean + mk_mean)[..., 0])
+        # the new diagonal in the old scale α (its centring is a common factor): gaps for
+        # the damped rule
+        gap_c, gap_k = new_dc * xp.exp(beta2 * mc_mean), new_dk * xp.exp(beta2 * mk_mean)
     else:
         log_nc = xp.log((1.0 - gamma * beta2) * d_c + (beta2 / (a * k_c)) * (diag_c + lam_c))
         log_nk = xp.log((1.0 - gamma * beta2) * d_k + (beta2 / (a * k_k)) * (diag_k + lam_k))
@@ -331,6 +334,7 @@ def _refresh(
         new_dc = xp.exp(log_nc - lc)
         new_dk = xp.exp(log_nk - lk)
         new_alpha = alpha * xp.exp((lc / 2.0 + lk / 2.0)[..., 0])
+        gap_c, gap_k = xp.exp(log_nc), xp.exp(log_nk)  # the new diagonal in the old scale α
     del diag_c, diag_k  # views of W
     # One factor at a time, each W and X dropped once used (lower peak memory). In the
     # truncated modes W is taken as symmetric and both triangles are read (no transposed
@@ -352,9 +356,13 @@ def _refresh(
         )
         return maps.cayley_apply(b, x, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
 
-    b_c = rotate(state.B_C, w_c, d_c, k_c)
+    # The damped rule takes the pair gaps after the d update (the 2×2 Jacobi angle of the
+    # refreshed S uses its new diagonal; docs/math.md); the paper's rule, before it.
+    if maps.resolve_rotation(rotation) != "damped":
+        gap_c, gap_k = d_c, d_k
+    b_c = rotate(state.B_C, w_c, gap_c, k_c)
     del w_c
-    b_k = rotate(state.B_K, w_k, d_k, k_k)
+    b_k = rotate(state.B_K, w_k, gap_k, k_k)
     return KronState(new_alpha, b_c, new_dc, b_k, new_dk)
 
 
@@ -367,7 +375,7 @@ def _options(
     cayley_terms: int,
     tie_tol: float | None,
     max_step_norm: float | None,
-    rotation: str = "damped",
+    rotation: str | None = None,
 ) -> float | None:
     A.check_positive("beta2", beta2)
     maps.check_rotation(rotation)
@@ -395,7 +403,7 @@ def update_gop(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
-    rotation: str = "damped",
+    rotation: str | None = None,
     check: bool = True,
 ) -> KronState:
     """Kronecker spectral step for the GOP of ``G`` (SPEC §4).
@@ -481,7 +489,7 @@ def precondition_and_update(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
-    rotation: str = "damped",
+    rotation: str | None = None,
     check: bool = True,
 ) -> tuple[KronState, Array]:
     """Fused refresh + step sharing ``R = B_Cᵀ G B_K`` (SPEC §4): returns ``(new_state, step)``.

@@ -21,6 +21,9 @@ CAYLEY_MODES = ("exact", "neumann", "quadratic")
 EXP_MODES = ("exact", "first_order")
 ROTATION_MODES = ("damped", "paper")
 
+#: The basis-update rule used where ``rotation=None`` (every core function's default).
+DEFAULT_ROTATION: RotationMode = "damped"
+
 #: ``κ²`` of the damped rotation rule ``θ = aδ/(δ² + κ²a²)``: 4/3 makes it agree with the
 #: exact (Jacobi) eigenvector angle ``½·atan(2a/δ)`` of the pair to third order in ``a/δ``.
 DAMPED_KAPPA2 = 4.0 / 3.0
@@ -31,8 +34,21 @@ DAMPED_KAPPA2 = 4.0 / 3.0
 DEFAULT_MAX_STEP_NORM = 0.25
 
 
-def check_rotation(rotation: str) -> None:
-    """Validate the basis-update rule name.
+def resolve_rotation(rotation: str | None) -> str:
+    """The rule name ``rotation`` stands for (``None``: :data:`DEFAULT_ROTATION`), validated.
+
+    Example::
+
+        >>> from spectral_curv import maps
+        >>> maps.resolve_rotation(None), maps.resolve_rotation("paper")
+        ('damped', 'paper')
+    """
+    check_rotation(rotation)
+    return DEFAULT_ROTATION if rotation is None else rotation
+
+
+def check_rotation(rotation: str | None) -> None:
+    """Validate the basis-update rule name (``None``: :data:`DEFAULT_ROTATION`).
 
     Example::
 
@@ -44,7 +60,7 @@ def check_rotation(rotation: str) -> None:
         ...
         ValueError: `rotation` must be one of ('damped', 'paper'), got 'jacobi'
     """
-    if rotation not in ROTATION_MODES:
+    if rotation is not None and rotation not in ROTATION_MODES:
         raise ValueError(f"`rotation` must be one of {ROTATION_MODES}, got {rotation!r}")
 
 
@@ -127,7 +143,7 @@ def rotation_generator(
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
     symmetric: bool = False,
-    rotation: RotationMode = "damped",
+    rotation: RotationMode | None = None,
 ) -> Array:
     """``X = scale · Skew(Tril(U))``, the Cayley argument of the basis update (SPEC §2, §4).
 
@@ -136,13 +152,17 @@ def rotation_generator(
     ``a_ij = 2·scale·W_ij`` (the pair's coupling in ``S + β₂Δ``) and ``δ_ij = d_i − d_j``,
     which is unbounded as the two eigenvalues tie.
 
-    ``rotation="damped"`` (the default): ``U_ij = −W_ij δ_ij / (δ_ij² + κ² a_ij²)``, i.e.
+    ``rotation="damped"`` (the default, :data:`DEFAULT_ROTATION`, used for ``None``):
+    ``U_ij = −W_ij δ_ij / (δ_ij² + κ² a_ij²)``, i.e.
     ``θ_ij = a δ / (δ² + κ² a²)`` with ``κ² = 4/3`` (:data:`DAMPED_KAPPA2`). It equals the
     paper's angle to first order in ``a/δ`` (so to first order in β₂), agrees with the exact
     eigenvector angle of the pair's 2×2 block of ``S + β₂Δ``, ``½·atan(2a/δ)``, to third
     order, and never exceeds ``1/(2κ) ≈ 0.43`` rad; a (near-)tied pair, whose rotation barely
     changes ``S`` (by at most ``|δ|``), is left (nearly) still instead of blowing up
-    (docs/math.md, "Tie-damped basis update").
+    (docs/math.md, "Tie-damped basis update"). ``d`` supplies the gaps: the paper's rule
+    takes the current spectrum, the damped rule's callers (:mod:`~spectral_curv.full`,
+    :mod:`~spectral_curv.kron`) pass the spectrum *after* the step's ``d`` update, the gap of
+    the exact 2×2 (Jacobi) angle.
 
     ``U_ij`` is set to 0 where ``|d_i − d_j| ≤ tie_tol · max(|d_i|, |d_j|)`` (the paper's
     "near 0" rule, made relative so that it is scale-free). Only the strict lower triangle
@@ -181,7 +201,7 @@ def rotation_generator(
         True
     """
     xp = array_namespace(w, d)
-    check_rotation(rotation)
+    rotation = resolve_rotation(rotation)  # type: ignore[assignment]
     n = d.shape[-1]
     tol = default_tie_tol(xp, d.dtype) if tie_tol is None else tie_tol
     # Few n×n passes (they, not flops, are this function's cost): tol·max(|d_i|, |d_j|) is
@@ -249,7 +269,7 @@ def spectral_norm_sq(x: Array, *, iters: int | None = None) -> Array:
     tiny = xp.finfo(x.dtype).smallest_normal
     for _ in range(k):
         v = x.mT @ (x @ v)
-        v = v / xp.maximum(xp.sqrt(xp.sum(v * v, axis=(-2, -1), keepdims=True)), tiny)
+        v = v / (xp.sqrt(xp.sum(v * v, axis=(-2, -1), keepdims=True)) + tiny)
     xv = x @ v
     return xp.sum(xv * xv, axis=(-2, -1))
 

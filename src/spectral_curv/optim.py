@@ -354,7 +354,7 @@ def refresh(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
-    rotation: str = "damped",
+    rotation: str | None = None,
 ) -> tuple[Precond, Array]:
     """The core's GOP update (``kron.update_gop`` / ``diag.update_gop``) with keep-last-good.
 

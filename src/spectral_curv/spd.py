@@ -155,7 +155,7 @@ def step(
     cayley_terms: int = 1,
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
-    rotation: str = "damped",
+    rotation: str | None = None,
 ) -> full.SpectralState:
     """One spectral step ``full.update(state, −2 S G S, beta2=lr)``, ``G = sym(grad)`` (SPEC §2).
 
@@ -338,7 +338,7 @@ def minimize(
     cayley: str = "exact",
     exp: str = "exact",
     max_step_norm: float | None = None,
-    rotation: str = "damped",
+    rotation: str | None = None,
     warn: bool = True,
 ) -> SPDResult:
     """Minimise ``f`` over SPD matrices from ``grad_fn(S) = ∇_S f(S)`` (SPEC §2, §6).

@@ -289,13 +289,13 @@ def spectral_kron(
     exp: str,
     tie_tol: float | None,
     max_step_norm: float | None,
-    rotation: str,
     max_update_rms: float | None,
     graft: str | None,
     betas: tuple[float, float],
     eps: float,
     max_precond_dim: int,
     precond_dtype: torch.dtype,
+    rotation: str = "damped",
 ) -> None:
     """Functional form of :class:`SpectralKron` (one step; states are mutated in place).
 

@@ -5,7 +5,8 @@ Two measurements, both written to ``docs/benchmarks_soak.md`` (+ JSON):
 1. **bf16 MLP soak.** A 64→128→128→10 MLP with bfloat16 parameters trained on scikit-learn's
    bundled digits (minibatches of 64, so the curvature is noisy and eigenvalues of the
    factors tie and cross) for ``steps`` steps, per seed, per factor dtype (bf16 and f32) and
-   per mode: the default options, exact Cayley with the default safeguards, and (for
+   per mode: the default options, the default with a Newton–Schulz step after every
+   refresh (``reorth_interval=1``), exact Cayley with the default safeguards, and (for
    comparison) exact Cayley with the paper's basis update and no re-orthonormalisation.
    Recorded: whether every value stayed finite, the final full-batch training loss, and the
    largest ``‖BᵀB − I‖_max`` over the run (sampled every ``record_every`` steps).
@@ -35,6 +36,7 @@ __all__ = ["MODES", "add_arguments", "drift_run", "main", "mlp_soak", "orth_drif
 #: The modes of the soak: name -> SpectralKron options (beyond lr / precond_lr).
 MODES: dict[str, dict[str, Any]] = {
     "default": {},
+    "default_reorth1": {"reorth_interval": 1},
     "exact": {"cayley": "exact"},
     "exact_paper_unguarded": {"cayley": "exact", "rotation": "paper", "reorth_interval": 0},
 }
