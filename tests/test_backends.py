@@ -65,6 +65,12 @@ def test_fast_path_equals_generic_route(op, be, batch):
             assert backends.lookup(op, xp) is None
             generic = maps.cayley_apply(b, x, mode=mode, terms=terms)
         assert backends.lookup(op, xp) is impl  # the context manager restores dispatch
+        # the damped rule's step guard (max_norm) takes the same path in both
+        for rho in (0.1, 10.0):
+            guarded = maps.cayley_apply(b, x, mode=mode, terms=terms, max_norm=rho)
+            with backends.generic_only():
+                ref_g = maps.cayley_apply(b, x, mode=mode, terms=terms, max_norm=rho)
+            np.testing.assert_allclose(to_numpy(guarded), to_numpy(ref_g), rtol=0, atol=1e-12)
         assert fast.dtype == generic.dtype == xp.float64
         assert tuple(fast.shape) == tuple(generic.shape) == (*batch, n, n)
         f, gen = to_numpy(fast), to_numpy(generic)

@@ -151,15 +151,24 @@ def _apply(
     d = maps.exp_scale(state.d, beta2 * diag_q, mode=exp)  # type: ignore[arg-type]
     # The damped rule takes the pair gaps after the d update (the 2×2 Jacobi angle of
     # S + β₂Δ uses the new diagonal; docs/math.md); the paper's rule, before it.
+    # Step guard: the paper's rule caps ‖X‖_F in the generator (SPEC §5); the damped rule
+    # bounds ‖X‖₂ inside the Cayley map (maps.cayley_apply).
+    damped = maps.resolve_rotation(rotation) == "damped"
     x = maps.rotation_generator(
         q,
-        d if maps.resolve_rotation(rotation) == "damped" else state.d,
+        d if damped else state.d,
         beta2 / 2.0,
         tie_tol=tol,
-        max_step_norm=max_step_norm,
+        max_step_norm=None if damped else max_step_norm,
         rotation=rotation,  # type: ignore[arg-type]
     )
-    b = maps.cayley_apply(state.B, x, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
+    b = maps.cayley_apply(
+        state.B,
+        x,
+        mode=cayley,  # type: ignore[arg-type]
+        terms=cayley_terms,
+        max_norm=max_step_norm if damped else None,
+    )
     return SpectralState(b, d)
 
 

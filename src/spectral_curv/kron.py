@@ -350,15 +350,24 @@ def _refresh(
             d,
             beta2 / (2.0 * k * a2),
             tie_tol=tie_tol,
-            max_step_norm=max_step_norm,
+            max_step_norm=None if damped else max_step_norm,
             symmetric=cayley != "exact",
             rotation=rotation,  # type: ignore[arg-type]
         )
-        return maps.cayley_apply(b, x, mode=cayley, terms=cayley_terms)  # type: ignore[arg-type]
+        return maps.cayley_apply(
+            b,
+            x,
+            mode=cayley,  # type: ignore[arg-type]
+            terms=cayley_terms,
+            max_norm=max_step_norm if damped else None,
+        )
 
     # The damped rule takes the pair gaps after the d update (the 2×2 Jacobi angle of the
     # refreshed S uses its new diagonal; docs/math.md); the paper's rule, before it.
-    if maps.resolve_rotation(rotation) != "damped":
+    # Step guard: the paper's rule caps ‖X‖_F in the generator (SPEC §5); the damped rule
+    # bounds ‖X‖₂ inside the Cayley map (maps.cayley_apply).
+    damped = maps.resolve_rotation(rotation) == "damped"
+    if not damped:
         gap_c, gap_k = d_c, d_k
     b_c = rotate(state.B_C, w_c, gap_c, k_c)
     del w_c

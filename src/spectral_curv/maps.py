@@ -8,7 +8,7 @@ registered fast path when the namespace has one (``spectral_curv.backends``).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from . import backends
 from ._array import Array, Namespace, array_namespace, eps, eye
@@ -164,8 +164,10 @@ def rotation_generator(
     :mod:`~spectral_curv.kron`) pass the spectrum *after* the step's ``d`` update, the gap of
     the exact 2×2 (Jacobi) angle.
 
-    ``U_ij`` is set to 0 where ``|d_i − d_j| ≤ tie_tol · max(|d_i|, |d_j|)`` (the paper's
-    "near 0" rule, made relative so that it is scale-free). Only the strict lower triangle
+    With the paper's rule ``U_ij`` is set to 0 where ``|d_i − d_j| ≤ tie_tol · max(|d_i|,
+    |d_j|)`` (the paper's "near 0" rule, made relative so that it is scale-free); the damped
+    rule needs no threshold (``tie_tol`` is ignored): it is 0 at an exact tie and tends to 0
+    continuously as the gap closes. Only the strict lower triangle
     of ``W`` is read, so ``X`` is exactly skew-symmetric whatever round-off ``W`` carries.
     With ``max_step_norm`` the result is rescaled to ``‖X‖_F ≤ max_step_norm`` (it only
     ever shrinks; SPEC §5), which keeps the Neumann series convergent.
@@ -203,34 +205,35 @@ def rotation_generator(
     xp = array_namespace(w, d)
     rotation = resolve_rotation(rotation)  # type: ignore[assignment]
     n = d.shape[-1]
-    tol = default_tie_tol(xp, d.dtype) if tie_tol is None else tie_tol
-    # Few n×n passes (they, not flops, are this function's cost): tol·max(|d_i|, |d_j|) is
-    # max(t_i, t_j) with t = tol·|d| bitwise (rounding is monotone), and "> max(t_i, t_j)"
-    # is "> t_i and > t_j": two boolean broadcast compares, no n×n float threshold.
-    # U = −q is kept as q, its sign folded into the scale at the end.
-    t = tol * xp.abs(d)
     diff = d[..., :, None] - d[..., None, :]
-    gap = xp.abs(diff)
-    gap_ok = (gap > t[..., :, None]) & (gap > t[..., None, :])
-    del gap
+    # U = −q is kept as q, its sign folded into the scale at the end. Few n×n passes (they,
+    # not flops, are this function's cost).
     if rotation == "damped":
-        # q = W δ / (δ² + κ² a²), a = 2·scale·W: the denominator is > 0 wherever δ ≠ 0.
+        # q = W δ / (δ² + κ² a²), a = 2·scale·W. No tie threshold is needed: q → 0
+        # continuously as δ → 0 and is exactly 0 at δ = 0 (the tiny term keeps 0/0, W_ij = 0
+        # at a tie, at 0); the diagonal (δ = 0) is 0 too.
         c = DAMPED_KAPPA2 * (2.0 * scale) ** 2
-        num = w * diff
-        den = diff * diff + c * (w * w)
+        tiny = xp.finfo(w.dtype).smallest_normal
+        q = (w * diff) / (diff * diff + c * (w * w) + tiny)
+        if not symmetric:
+            q = xp.where(strict_lower_mask(xp, n, d), q, 0.0)
     else:
-        num, den = w, diff
-    if symmetric:
-        # Tied pairs and the diagonal divide a finite numerator by inf: ±0, no second `where`.
-        q = num / xp.where(gap_ok, den, math.inf)
-    else:
-        mask = gap_ok & strict_lower_mask(xp, n, d)
-        q = xp.where(mask, num / xp.where(mask, den, 1.0), 0.0)
-    del num, den
+        tol = default_tie_tol(xp, d.dtype) if tie_tol is None else tie_tol
+        # tol·max(|d_i|, |d_j|) is max(t_i, t_j) with t = tol·|d| bitwise (rounding is
+        # monotone), and "> max(t_i, t_j)" is "> t_i and > t_j": two boolean broadcast
+        # compares, no n×n float threshold.
+        t = tol * xp.abs(d)
+        gap = xp.abs(diff)
+        gap_ok = (gap > t[..., :, None]) & (gap > t[..., None, :])
+        del gap
+        if symmetric:
+            # Tied pairs and the diagonal divide a finite W by inf: ±0, no second `where`.
+            q = w / xp.where(gap_ok, diff, math.inf)
+        else:
+            mask = gap_ok & strict_lower_mask(xp, n, d)
+            q = xp.where(mask, w / xp.where(mask, diff, 1.0), 0.0)
     if max_step_norm is not None:
-        if rotation == "damped":
-            sq = spectral_norm_sq(q if symmetric else skew(q))
-        elif symmetric:
+        if symmetric:
             # ‖X‖_F² from one dot product (a BLAS dot in numpy): no n×n temporary.
             flat = xp.reshape(q, (*q.shape[:-2], n * n))
             sq = xp.vecdot(flat, flat)
@@ -241,37 +244,6 @@ def rotation_generator(
         floor = xp.finfo(q.dtype).smallest_normal * xp.ones_like(norm)
         scale = scale * xp.minimum(xp.ones_like(norm), max_step_norm / xp.maximum(norm, floor))
     return (-scale) * (q if symmetric else skew(q))
-
-
-#: Power iterations of :func:`spectral_norm_sq` (the damped rule's step guard).
-POWER_ITERS = 4
-
-
-def spectral_norm_sq(x: Array, *, iters: int | None = None) -> Array:
-    """``‖X‖₂²`` per stacked matrix, estimated by power iteration on ``XᵀX`` (matvecs only).
-
-    Example::
-
-        >>> import numpy as np
-        >>> from spectral_curv import maps
-        >>> x = maps.skew(np.tril(np.random.default_rng(0).normal(size=(6, 6)), -1))
-        >>> est = float(maps.spectral_norm_sq(x, iters=50))
-        >>> bool(np.isclose(est, np.linalg.norm(x, 2) ** 2))
-        True
-    """
-    xp = array_namespace(x)
-    n = x.shape[-1]
-    k = POWER_ITERS if iters is None else iters
-    from ._array import device
-
-    v = xp.cos(xp.arange(n, dtype=x.dtype, device=device(x)) * 1.7 + 0.3)
-    v = xp.broadcast_to(v[:, None], (*x.shape[:-2], n, 1))
-    tiny = xp.finfo(x.dtype).smallest_normal
-    for _ in range(k):
-        v = x.mT @ (x @ v)
-        v = v / (xp.sqrt(xp.sum(v * v, axis=(-2, -1), keepdims=True)) + tiny)
-    xv = x @ v
-    return xp.sum(xv * xv, axis=(-2, -1))
 
 
 def cayley(x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:
@@ -299,8 +271,22 @@ def cayley(x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:
     return cayley_apply(i, x, mode=mode, terms=terms)
 
 
-def cayley_apply(b: Array, x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:
+def cayley_apply(
+    b: Array,
+    x: Array,
+    *,
+    mode: CayleyMode = "exact",
+    terms: int = 1,
+    max_norm: Any = None,
+) -> Array:
     """``B · Cayley(X)`` without forming an inverse in ``neumann`` mode (SPEC §1, §5).
+
+    ``max_norm`` (the damped rule's step guard, docs/math.md): ``X`` is first shrunk,
+    ``X ← X·min(1, max_norm/ν)``, by a guaranteed upper bound ``ν ≥ ‖X‖₂``:
+    ``ν = ‖XXᵀ‖_F^{1/2}`` in the truncated modes, which form ``XXᵀ`` anyway (one dot
+    product more), ``ν = ‖X‖_F`` in exact mode. ``‖XXᵀ‖_F^{1/2}`` is ``(Σ σ⁴)^{1/4}`` over
+    ``X``'s singular values: at most ``n^{1/4}`` times ``‖X‖₂``, against ``n^{1/2}`` for
+    the Frobenius norm, so a step of many small pair rotations is not throttled.
 
     Example::
 
@@ -313,16 +299,49 @@ def cayley_apply(b: Array, x: Array, *, mode: CayleyMode = "exact", terms: int =
         >>> b = maps.cayley_apply(b, x, mode="quadratic")
         >>> bool(np.abs(b.T @ b - np.eye(3)).max() < 1e-3)
         True
+        >>> big = 100 * x  # guarded: the step actually taken has ‖X‖₂ ≤ 0.25
+        >>> q = maps.cayley_apply(np.eye(3), big, mode="quadratic", max_norm=0.25)
+        >>> bool(np.abs(q.T @ q - np.eye(3)).max() <= 4 * 0.25**4)
+        True
     """
     xp = array_namespace(b, x)
     impl = backends.lookup(f"cayley_apply_{mode}", xp)
     if impl is not None:
-        return impl(b, x, terms)
+        return impl(b, x, terms, max_norm)
     if mode == "exact":
+        if max_norm is not None:
+            x = x * guard_scale(xp, x, max_norm)
         return cayley_apply_exact(xp, b, x)
     if mode == "quadratic":
-        return cayley_apply_quadratic(xp, b, x)
-    return cayley_apply_neumann(xp, b, x, terms)
+        return cayley_apply_quadratic(xp, b, x, max_norm=max_norm)
+    return cayley_apply_neumann(xp, b, x, terms, max_norm=max_norm)
+
+
+def guard_scale(xp: Namespace, m: Array, bound: Any, *, root: bool = False) -> Array:
+    """``min(1, bound/ν)`` per stacked matrix, ``ν = ‖m‖_F`` (``‖m‖_F^{1/2}`` with ``root``).
+
+    With ``m = X`` it bounds ``‖X‖₂ ≤ ‖X‖_F``; with ``m = XXᵀ`` and ``root=True`` it bounds
+    ``‖X‖₂ ≤ ‖XXᵀ‖_F^{1/2}`` (:func:`cayley_apply`). The result has shape ``(..., 1, 1)``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from array_api_compat import array_namespace
+        >>> from spectral_curv import maps
+        >>> xp = array_namespace(np.empty(0))
+        >>> maps.guard_scale(xp, np.full((2, 2), 1.0), 1.0).tolist()  # ‖m‖_F = 2
+        [[0.5]]
+        >>> maps.guard_scale(xp, np.eye(2), 5.0).tolist()  # only ever shrinks
+        [[1.0]]
+    """
+    n = m.shape[-1]
+    flat = xp.reshape(m, (*m.shape[:-2], n * m.shape[-2]))
+    nu = xp.sqrt(xp.vecdot(flat, flat))
+    if root:
+        nu = xp.sqrt(nu)
+    nu = nu[..., None, None]
+    floor = xp.finfo(m.dtype).smallest_normal * xp.ones_like(nu)
+    return xp.minimum(xp.ones_like(nu), bound / xp.maximum(nu, floor))
 
 
 def cayley_apply_exact(xp: Namespace, b: Array, x: Array) -> Array:
@@ -343,7 +362,9 @@ def cayley_apply_exact(xp: Namespace, b: Array, x: Array) -> Array:
     return b @ xp.linalg.solve(i - x, i + x)
 
 
-def cayley_apply_neumann(xp: Namespace, b: Array, x: Array, terms: int) -> Array:
+def cayley_apply_neumann(
+    xp: Namespace, b: Array, x: Array, terms: int, *, max_norm: Any = None
+) -> Array:
     """Reference ``B (I + X)² Π_{k=1..K} (I + X^{2^k})`` with ``2K + 1`` matmuls (2 at K = 0).
 
     The factors are applied to ``B`` one at a time, ``B ← B + B·N`` (SPEC §1), so no
@@ -367,6 +388,9 @@ def cayley_apply_neumann(xp: Namespace, b: Array, x: Array, terms: int) -> Array
         (True, True)
     """
     y = x @ x.mT  # −X²
+    if max_norm is not None:
+        g = guard_scale(xp, y, max_norm, root=True)
+        x, y = g * x, (g * g) * y
     p = b + b @ (2.0 * x - y)  # B (I + X)² = B (I + 2X + X²)
     for k in range(terms):
         # k = 0: P(I + X²) = P − P·y; afterwards y = X^{2^{k+1}} itself.
@@ -376,7 +400,7 @@ def cayley_apply_neumann(xp: Namespace, b: Array, x: Array, terms: int) -> Array
     return p
 
 
-def cayley_apply_quadratic(xp: Namespace, b: Array, x: Array) -> Array:
+def cayley_apply_quadratic(xp: Namespace, b: Array, x: Array, *, max_norm: Any = None) -> Array:
     """Reference ``B (I + 2X + 2X²)``: the Cayley map's Taylor polynomial of degree 2 (2 matmuls).
 
     ``Cayley(X) = I + 2X + 2X² + 2X³ + …``. For skew ``X`` the quadratic ``Q = I + bX + cX²``
@@ -399,7 +423,10 @@ def cayley_apply_quadratic(xp: Namespace, b: Array, x: Array) -> Array:
         True
     """
     y = x @ x.mT  # −X²
-    return b + b @ (2.0 * (x - y))
+    if max_norm is None:
+        return b + b @ (2.0 * (x - y))
+    g = guard_scale(xp, y, max_norm, root=True)  # X ← gX, X² ← g²X²
+    return b + b @ ((2.0 * g) * (x - g * y))
 
 
 def orthonormalize(b: Array, *, steps: int = 1) -> Array:

@@ -6,6 +6,8 @@ and the exact Cayley uses one LU solve; results equal the generic route to round
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from . import _loaded, register
@@ -25,11 +27,25 @@ def _addmm(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ).reshape(p.shape)
 
 
+def _guard(x: torch.Tensor, m: torch.Tensor, max_norm: Any, root: bool) -> torch.Tensor:
+    """``min(1, max_norm/ν)`` with ``ν = ‖m‖_F`` (``‖m‖_F^{1/2}`` with ``root``): the generic
+    ``maps.guard_scale``."""
+    nu = torch.linalg.vector_norm(m, dim=(-2, -1), keepdim=True)
+    if root:
+        nu = nu.sqrt()
+    return torch.clamp(max_norm / nu.clamp_min(torch.finfo(m.dtype).smallest_normal), max=1.0)
+
+
 @register("cayley_apply_neumann", "torch")
-def cayley_apply_neumann(b: torch.Tensor, x: torch.Tensor, terms: int) -> torch.Tensor:
+def cayley_apply_neumann(
+    b: torch.Tensor, x: torch.Tensor, terms: int, max_norm: Any = None
+) -> torch.Tensor:
     """``B (I + X)² Π_{k=1..K}(I + X^{2^k})`` with fused multiply-adds."""
     i = _eye_like(x)
     y = x @ x
+    if max_norm is not None:
+        g = _guard(x, y, max_norm, True)
+        x, y = x * g, y * (g * g)
     p = torch.add(i, x, alpha=2.0).add_(y)
     for k in range(terms):
         p = _addmm(p, p, y)
@@ -39,10 +55,15 @@ def cayley_apply_neumann(b: torch.Tensor, x: torch.Tensor, terms: int) -> torch.
 
 
 @register("cayley_apply_quadratic", "torch")
-def cayley_apply_quadratic(b: torch.Tensor, x: torch.Tensor, terms: int) -> torch.Tensor:
-    """``B (I + 2X + 2X²)`` as one fused ``B + 2 B (X + X²)``."""
-    q = torch.add(x, x @ x)
-    return _addmm(b, b, q.mul_(2.0))
+def cayley_apply_quadratic(
+    b: torch.Tensor, x: torch.Tensor, terms: int, max_norm: Any = None
+) -> torch.Tensor:
+    """``B (I + 2X + 2X²)`` as one fused ``B + 2 B (X + X²)`` (guarded: ``X ← gX``)."""
+    y = x @ x
+    if max_norm is None:
+        return _addmm(b, b, torch.add(x, y).mul_(2.0))
+    g = _guard(x, y, max_norm, True)
+    return _addmm(b, b, torch.addcmul(x, y, g).mul_(2.0 * g))
 
 
 def _solve(a: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -58,8 +79,12 @@ def _solve(a: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 
 @register("cayley_apply_exact", "torch")
-def cayley_apply_exact(b: torch.Tensor, x: torch.Tensor, terms: int) -> torch.Tensor:
+def cayley_apply_exact(
+    b: torch.Tensor, x: torch.Tensor, terms: int, max_norm: Any = None
+) -> torch.Tensor:
     """``B (I − X)⁻¹(I + X)``; low-precision inputs are solved in float32 and cast back."""
+    if max_norm is not None:
+        x = x * _guard(x, x, max_norm, False)
     i = _eye_like(x)
     if x.dtype in (torch.float16, torch.bfloat16):
         c = _solve((i - x).float(), (i + x).float()).to(x.dtype)

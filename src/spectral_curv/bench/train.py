@@ -151,6 +151,9 @@ DEMO: dict[str, Any] = {
         "muon_fp32": {"lr": 7.85e-3, "weight_decay": 1.13e-4, "adam_lr": 7.26e-3},
         "spectral_p2_quad": {"lr": 1.22e-4, "weight_decay": 1.95e-3, "precond_lr": 0.448},
         "spectral_p2_exact": {"lr": 1.22e-4, "weight_decay": 1.95e-3, "precond_lr": 0.448},
+        # the paper's basis update (the default before the damped rule), for comparison
+        "spectral_p2_quad_paper": {"lr": 1.22e-4, "weight_decay": 1.95e-3, "precond_lr": 0.448},
+        "spectral_p2_exact_paper": {"lr": 1.22e-4, "weight_decay": 1.95e-3, "precond_lr": 0.448},
     },
     "hparams_source": (
         "a 4-trial random search per optimizer (150 steps, seed 0, validation loss on 5000 "
@@ -810,7 +813,7 @@ def tune(
 
 #: Refresh intervals of the step-time sweep (issue: report T = 1, 2, 10).
 SWEEP_INTERVALS = (1, 2, 10)
-SWEEP_KEYS = ("spectral_p2_quad", "spectral_p2_exact")
+SWEEP_KEYS = ("spectral_p2_quad", "spectral_p2_exact", "spectral_p2_quad_paper")
 
 
 def step_time_sweep(
