@@ -62,9 +62,9 @@ def test_damped_generator_is_skew_and_matches_both_paths():
 
 @pytest.mark.parametrize("mode", ["quadratic", "neumann", "exact"])
 def test_step_guard_bounds_the_two_norm(mode):
-    """``cayley_apply(max_norm=ρ)`` takes the step ``gX`` with ``‖gX‖₂ ≤ ρ`` (a guaranteed
-    bound: ``‖XXᵀ‖_F^{1/2}`` for the truncated maps, ``‖X‖_F`` for exact), and shrinks a
-    step of many small pair rotations far less than a Frobenius cap would."""
+    """``cayley_apply(max_norm=ρ)`` takes the step ``gX``: ``‖gX‖₂ ≈ ρ`` in the truncated maps
+    (power iterations on ``XXᵀ``), ``‖gX‖_F ≤ ρ`` in exact mode; a step of many small pair
+    rotations is shrunk far less than by a Frobenius cap."""
     rng = np.random.default_rng(1)
     n = 64
     x = rng.normal(size=(n, n))
@@ -77,11 +77,11 @@ def test_step_guard_bounds_the_two_norm(mode):
     errs = [np.abs(out - maps.cayley_apply(b, g * x, mode=mode, terms=2)).max() for g in gs]
     g = gs[int(np.argmin(errs))]
     assert min(errs) < 1e-2 * g  # it is a rescaled step
-    assert g * two <= 0.25 * 1.01
-    if mode != "exact":
-        assert g * fro > 2 * 0.25  # a Frobenius cap at 0.25 would have taken < half of it
-        yf = np.linalg.norm(x @ x.T)
-        assert g == pytest.approx(0.25 / np.sqrt(yf), abs=3e-3)
+    if mode == "exact":
+        assert g * fro <= 0.25 * 1.01
+    else:
+        assert 0.25 * 0.95 <= g * two <= 0.25 * 1.1  # the estimate is within a few per cent
+        assert g * fro > 3 * 0.25  # a Frobenius cap at 0.25 would have taken < 1/3 of it
     # unguarded: the whole step; a small step passes unchanged
     small = 0.01 * x
     np.testing.assert_allclose(
@@ -96,8 +96,8 @@ def test_regression_slow_basis_tracking_under_the_cap():
     """Fig. 2-style fixed-point matching, quadratic map (the optimizers' default map).
 
     The paper's rule + Frobenius cap throttles every pair because near-tied ones set
-    ‖X‖_F: after 100 steps its error is still 0.46 (measured); the default damped rule with
-    the spectral guard is at the noise floor of exact mode (≈ 0.19)."""
+    ‖X‖_F: after 100 steps its error is still 0.46 (measured); the default (damped rule,
+    ‖X‖₂ guard) is at 0.17, the noise floor of exact mode (0.19)."""
     rng = np.random.default_rng(0)
     n = 24
     q, _ = np.linalg.qr(rng.normal(size=(n, n)))
