@@ -144,3 +144,23 @@ def test_regression_exact_mode_drift_in_a_long_bf16_run():
     old = mlp_soak(options=MODES["exact_paper_unguarded"], **kw)
     assert new["finite"] and new["max_drift"] <= 1e-4, new["max_drift"]
     assert old["max_drift"] > 1e-4, old["max_drift"]
+
+
+def test_torch_checkpoint_without_the_rotation_option_resumes():
+    """A checkpoint saved before ``rotation`` existed (no such key in its param groups) loads
+    and steps with the optimizer's default."""
+    torch = pytest.importorskip("torch")
+    from spectral_curv.torch import SpectralKron
+
+    w = torch.nn.Parameter(torch.ones(3, 4))
+    opt = SpectralKron([w], lr=0.1)
+    w.grad = torch.arange(12.0).reshape(3, 4)
+    opt.step()
+    sd = opt.state_dict()
+    for g in sd["param_groups"]:
+        del g["rotation"]
+    opt2 = SpectralKron([w], lr=0.1, rotation="paper")
+    opt2.load_state_dict(sd)
+    opt2.step()
+    assert opt2.param_groups[0]["rotation"] == "paper"  # the new optimizer's default
+    assert torch.isfinite(w).all()
