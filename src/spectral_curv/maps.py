@@ -170,15 +170,18 @@ def rotation_generator(
     continuously as the gap closes. Only the strict lower triangle
     of ``W`` is read, so ``X`` is exactly skew-symmetric whatever round-off ``W`` carries.
     With ``max_step_norm`` the result is rescaled to ``‖X‖_F ≤ max_step_norm`` (it only
-    ever shrinks; SPEC §5), which keeps the Neumann series convergent.
+    ever shrinks; SPEC §5), which keeps the Neumann series convergent: the paper's rule's
+    cap. :mod:`~spectral_curv.kron` and :mod:`~spectral_curv.full` pass it only with
+    ``rotation="paper"``; the damped rule's step guard bounds ``‖X‖₂`` inside the Cayley map
+    (:func:`cayley_apply` ``max_norm``).
 
     ``symmetric=True`` is a fast path for a ``W`` known to be symmetric (the curvature
     matrices of :mod:`spectral_curv.kron`): both triangles of ``W`` are read,
     ``X_ij = −scale · U_ij`` for every untied ``i ≠ j``, which needs no transposed pass
     over an n×n array. The result equals the default one to round-off; it is exactly skew
     when ``W`` is exactly symmetric (numpy's ``A @ A.T``, a syrk, is), and skew up to
-    ``W``'s own asymmetry otherwise. ``W`` must then be finite (a tied pair is zeroed by
-    dividing by ``inf``).
+    ``W``'s own asymmetry otherwise. ``W`` must then be finite (with the paper's rule a tied
+    pair is zeroed by dividing by ``inf``).
 
     Example (the tied pair ``d₀ = d₁`` gives no rotation; a near tie is damped)::
 
@@ -343,22 +346,24 @@ def guard_scale(xp: Namespace, m: Array, bound: Any, *, square: bool = False) ->
         [[0.5]]
     """
     floor = xp.finfo(m.dtype).smallest_normal
-    n = m.shape[-1]
-    flat = xp.reshape(m, (*m.shape[:-2], n * m.shape[-2]))
-    nu = xp.sqrt(xp.vecdot(flat, flat))[..., None, None]  # ‖m‖_F
     if square:
-        # Power iterations on m/‖m‖_F (eigenvalues in [0, 1]: no overflow, no per-step
-        # normalisation); the last ratio ‖m v_k‖/‖v_k‖ ≤ ‖m‖₂ is the estimate.
+        # Power iterations, normalised at every step (no overflow, and no underflow of a
+        # tiny m, whose squared entries a Frobenius norm would flush to 0); the norm of the
+        # last product ‖m v‖ (unit v) is the estimate, a lower bound of ‖m‖₂.
         from ._array import device
 
-        mn = m / xp.maximum(nu, floor * xp.ones_like(nu))
+        n = m.shape[-1]
         v = xp.cos(xp.arange(n, dtype=m.dtype, device=device(m)) * 1.7 + 0.3)[:, None]
-        prev = v
+        v = v / xp.sqrt(xp.sum(v * v))
         for _ in range(GUARD_POWER_ITERS):
-            prev, v = v, mn @ v
-        num = xp.sqrt(xp.sum(v * v, axis=(-2, -1), keepdims=True))
-        den = xp.sqrt(xp.sum(prev * prev, axis=(-2, -1), keepdims=True))
-        nu = xp.sqrt(nu * num / xp.maximum(den, floor * xp.ones_like(den)))
+            w = m @ v
+            nu = xp.sqrt(xp.sum(w * w, axis=(-2, -1), keepdims=True))  # ‖m v‖, v unit
+            v = w / xp.maximum(nu, floor * xp.ones_like(nu))
+        nu = xp.sqrt(nu)
+    else:
+        n = m.shape[-1]
+        flat = xp.reshape(m, (*m.shape[:-2], n * m.shape[-2]))
+        nu = xp.sqrt(xp.vecdot(flat, flat))[..., None, None]
     return xp.minimum(xp.ones_like(nu), bound / xp.maximum(nu, floor * xp.ones_like(nu)))
 
 

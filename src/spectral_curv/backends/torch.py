@@ -33,19 +33,19 @@ def _guard(m: torch.Tensor, max_norm: Any, square: bool) -> torch.Tensor:
     from ..maps import GUARD_POWER_ITERS
 
     floor = torch.finfo(m.dtype).smallest_normal
-    nu = torch.linalg.vector_norm(m, dim=(-2, -1), keepdim=True)
     if square:
-        n = m.shape[-1]
-        mn = m / nu.clamp_min(floor)
         # row vectors and an elementwise product + sum: torch's batched (n×n)·(n×1) matmul
         # is ~10× slower than this on the CPU
+        n = m.shape[-1]
         v = torch.cos(torch.arange(n, dtype=m.dtype, device=m.device) * 1.7 + 0.3)
-        prev = v
+        v = v / torch.linalg.vector_norm(v)
         for _ in range(GUARD_POWER_ITERS):
-            prev, v = v, (mn * v.unsqueeze(-2)).sum(-1)
-        num = torch.linalg.vector_norm(v, dim=-1, keepdim=True).unsqueeze(-1)
-        den = torch.linalg.vector_norm(prev, dim=-1, keepdim=True).unsqueeze(-1)
-        nu = (nu * num / den.clamp_min(floor)).sqrt()
+            w = (m * v.unsqueeze(-2)).sum(-1)
+            nu = torch.linalg.vector_norm(w, dim=-1, keepdim=True)  # ‖m v‖, v unit
+            v = w / nu.clamp_min(floor)
+        nu = nu.unsqueeze(-1).sqrt()
+    else:
+        nu = torch.linalg.vector_norm(m, dim=(-2, -1), keepdim=True)
     return torch.clamp(max_norm / nu.clamp_min(floor), max=1.0)
 
 
