@@ -367,7 +367,7 @@ def refresh(
         >>> from spectral_curv import optim
         >>> st0 = optim.init(optim.plan((4, 3)), (4, 3))
         >>> st, ok = optim.refresh(st0, np.arange(12.0).reshape(4, 3) / 10, precond_lr=0.1)
-        >>> bool(ok), bool(np.allclose(st.B_C.T @ st.B_C, np.eye(4), atol=1e-3))
+        >>> bool(ok), bool(np.allclose(st.B_C.T @ st.B_C, np.eye(4), atol=0.02))  # ≤ 4·0.25⁴
         (True, True)
         >>> with np.errstate(all="ignore"):
         ...     st, ok = optim.refresh(st0, np.full((4, 3), np.inf), precond_lr=0.1)
