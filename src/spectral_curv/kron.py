@@ -323,6 +323,9 @@ def _refresh(
         new_dc = d_c * xp.exp(beta2 * (m_c - mc_mean))
         new_dk = d_k * xp.exp(beta2 * (m_k - mk_mean))
         new_alpha = alpha * xp.exp((beta2 / 2.0) * (mc_mean + mk_mean)[..., 0])
+        # the new diagonal in the old scale α (its centring is a common factor): gaps for
+        # the damped rule
+        gap_c, gap_k = new_dc * xp.exp(beta2 * mc_mean), new_dk * xp.exp(beta2 * mk_mean)
     else:
         log_nc = xp.log((1.0 - gamma * beta2) * d_c + (beta2 / (a * k_c)) * (diag_c + lam_c))
         log_nk = xp.log((1.0 - gamma * beta2) * d_k + (beta2 / (a * k_k)) * (diag_k + lam_k))
@@ -331,6 +334,7 @@ def _refresh(
         new_dc = xp.exp(log_nc - lc)
         new_dk = xp.exp(log_nk - lk)
         new_alpha = alpha * xp.exp((lc / 2.0 + lk / 2.0)[..., 0])
+        gap_c, gap_k = xp.exp(log_nc), xp.exp(log_nk)  # the new diagonal in the old scale α
     del diag_c, diag_k  # views of W
     # One factor at a time, each W and X dropped once used (lower peak memory). In the
     # truncated modes W is taken as symmetric and both triangles are read (no transposed
@@ -359,12 +363,12 @@ def _refresh(
         )
 
     # The damped rule takes the pair gaps after the d update (the 2×2 Jacobi angle of the
-    # refreshed S uses its new diagonal; docs/math.md), scale-free: the new d has the old
-    # one's geometric mean 1 (its mean log change went into α). The paper's rule: before it.
+    # refreshed S uses its new diagonal; docs/math.md); the paper's rule, before it.
     # Step guard: the paper's rule caps ‖X‖_F in the generator (SPEC §5); the damped rule
     # bounds ‖X‖₂ inside the Cayley map (maps.cayley_apply).
     damped = maps.resolve_rotation(rotation) == "damped"
-    gap_c, gap_k = (new_dc, new_dk) if damped else (d_c, d_k)
+    if not damped:
+        gap_c, gap_k = d_c, d_k
     b_c = rotate(state.B_C, w_c, gap_c, k_c)
     del w_c
     b_k = rotate(state.B_K, w_k, gap_k, k_k)

@@ -161,8 +161,9 @@ def rotation_generator(
     changes ``S`` (by at most ``|δ|``), is left (nearly) still instead of blowing up
     (docs/math.md, "Tie-damped basis update"). ``d`` supplies the gaps: the paper's rule
     takes the current spectrum, the damped rule's callers (:mod:`~spectral_curv.full`,
-    :mod:`~spectral_curv.kron`) pass the spectrum *after* the step's ``d`` update, the gap of
-    the exact 2×2 (Jacobi) angle.
+    :mod:`~spectral_curv.kron`) pass the spectrum *after* the step's ``d`` update, in the
+    units of ``W`` (Kronecker: the refreshed diagonal before its normalisation, in the old
+    scale ``α``): the gap of the exact 2×2 (Jacobi) angle.
 
     With the paper's rule ``U_ij`` is set to 0 where ``|d_i − d_j| ≤ tie_tol · max(|d_i|,
     |d_j|)`` (the paper's "near 0" rule, made relative so that it is scale-free); the damped
