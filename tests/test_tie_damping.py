@@ -185,3 +185,23 @@ def test_step_guard_of_a_tiny_step_is_finite(backend, mode):
     out, ref = np.asarray(out), np.asarray(ref)
     assert np.isfinite(out).all()
     np.testing.assert_array_equal(out, ref)
+
+
+def test_numpy_checkpoint_without_the_rotation_option_loads():
+    """The NumPy optimizer's state dict names every option; one saved before ``rotation``
+    existed still loads (with the optimizer's own value) and steps."""
+    from spectral_curv.numpy import SpectralKron
+
+    params = {"w": np.ones((3, 4))}
+    grads = {"w": np.arange(12.0).reshape(3, 4)}
+    opt = SpectralKron(params, lr=0.1)
+    params = opt.step(params, grads)
+    sd = opt.state_dict()
+    del sd["options"]["rotation"]
+    opt2 = SpectralKron(params, lr=0.1, rotation="paper")
+    opt2.load_state_dict(sd)
+    assert opt2.state_dict()["options"]["rotation"] == "paper"
+    assert np.isfinite(opt2.step(params, grads)["w"]).all()
+    sd["options"]["surplus"] = 1  # an unknown option is still an error
+    with pytest.raises(ValueError, match="options"):
+        opt2.load_state_dict(sd)

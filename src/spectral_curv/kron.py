@@ -323,9 +323,7 @@ def _refresh(
         new_dc = d_c * xp.exp(beta2 * (m_c - mc_mean))
         new_dk = d_k * xp.exp(beta2 * (m_k - mk_mean))
         new_alpha = alpha * xp.exp((beta2 / 2.0) * (mc_mean + mk_mean)[..., 0])
-        # the new diagonal in the old scale α (its centring is a common factor): gaps for
-        # the damped rule
-        gap_c, gap_k = new_dc * xp.exp(beta2 * mc_mean), new_dk * xp.exp(beta2 * mk_mean)
+        lc, lk = beta2 * mc_mean, beta2 * mk_mean  # the mean log change of each d
     else:
         log_nc = xp.log((1.0 - gamma * beta2) * d_c + (beta2 / (a * k_c)) * (diag_c + lam_c))
         log_nk = xp.log((1.0 - gamma * beta2) * d_k + (beta2 / (a * k_k)) * (diag_k + lam_k))
@@ -334,7 +332,6 @@ def _refresh(
         new_dc = xp.exp(log_nc - lc)
         new_dk = xp.exp(log_nk - lk)
         new_alpha = alpha * xp.exp((lc / 2.0 + lk / 2.0)[..., 0])
-        gap_c, gap_k = xp.exp(log_nc), xp.exp(log_nk)  # the new diagonal in the old scale α
     del diag_c, diag_k  # views of W
     # One factor at a time, each W and X dropped once used (lower peak memory). In the
     # truncated modes W is taken as symmetric and both triangles are read (no transposed
@@ -367,7 +364,9 @@ def _refresh(
     # Step guard: the paper's rule caps ‖X‖_F in the generator (SPEC §5); the damped rule
     # bounds ‖X‖₂ inside the Cayley map (maps.cayley_apply).
     damped = maps.resolve_rotation(rotation) == "damped"
-    if not damped:
+    if damped:  # the new diagonal before its normalisation, i.e. in the old scale α
+        gap_c, gap_k = new_dc * xp.exp(lc), new_dk * xp.exp(lk)
+    else:
         gap_c, gap_k = d_c, d_k
     b_c = rotate(state.B_C, w_c, gap_c, k_c)
     del w_c

@@ -53,6 +53,8 @@ __all__ = ["FORMAT", "SpectralKron"]
 #: Tag of :meth:`SpectralKron.state_dict` (checked by :meth:`SpectralKron.load_state_dict`).
 FORMAT = "spectral_curv.numpy.SpectralKron/1"
 
+#: Options added after the first release: a state dict without them still loads.
+_LATER_OPTIONS = ("rotation",)
 _NONFINITE = ("raise", "skip")
 _SD_KEYS = ("format", "params", "options", "skipped_steps", "state")
 _COUNTERS = ("step", "refreshes", "rejected")
@@ -411,7 +413,7 @@ class SpectralKron:
             "max_step_norm",
             "rotation",
         )
-        return {k: o.get(k, "damped") if k == "rotation" else o[k] for k in keys}
+        return {k: o[k] for k in keys}
 
     def _update(
         self, ps: list[Array], gs: list[Array], states: list[dict[str, Any]], active: list[int]
@@ -583,6 +585,9 @@ class SpectralKron:
                 )
         saved = sd["options"]
         want = set(self._opts) | {"nonfinite"}
+        if isinstance(saved, Mapping) and set(_LATER_OPTIONS) & (want - set(saved)):
+            # a state dict saved before an option existed: that option keeps this optimizer's
+            saved = {**{k: self._opts[k] for k in _LATER_OPTIONS if k not in saved}, **saved}
         if not isinstance(saved, Mapping) or set(saved) != want:
             raise ValueError(f"state dict `options` must have the keys {sorted(want)}")
         raw = {k: v for k, v in saved.items() if k != "nonfinite"}

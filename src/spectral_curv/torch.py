@@ -573,8 +573,6 @@ class SpectralKron(Optimizer):
                     plan = optim.plan(tuple(prm.shape), group["max_precond_dim"])
                     state.update(_init_state(prm, plan, group["precond_dtype"], group["graft"]))
                 states.append(state)
-            for k in _GROUP_KEYS:  # a group saved before an option existed gets its default
-                group.setdefault(k, self.defaults[k])
             spectral_kron(
                 params,
                 [prm.grad for prm in params],
@@ -600,6 +598,9 @@ class SpectralKron(Optimizer):
 
         saved_state = state_dict["state"]
         super().load_state_dict({**state_dict, "state": {}})
+        for group in self.param_groups:  # a group saved before an option existed: its default
+            for k in _GROUP_KEYS:
+                group.setdefault(k, self.defaults[k])
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [prm for g in self.param_groups for prm in g["params"]]
         id_to_param = dict(zip(saved_ids, params))
