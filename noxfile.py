@@ -78,6 +78,18 @@ def package(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
+    """Maintainers: regenerate the published numbers in docs/ (--write-docs; run from the
+    repository root). Users' runs write to ./spectral-curv-results/ instead."""
     session.install("-e", ".[bench]", TORCH)
-    session.run("python", "-m", "spectral_curv.bench", "precond")
-    session.run("python", "-m", "spectral_curv.bench", "train", *session.posargs)
+    session.run("python", "-m", "spectral_curv.bench", "precond", "--write-docs")
+    session.run("spectral-curv", "demo", "--write-docs")
+    session.run("python", "-m", "spectral_curv.bench", "train", "--write-docs", *session.posargs)
+
+
+@nox.session(name="bench-gpu")
+def bench_gpu(session: nox.Session) -> None:
+    """Maintainers, on a machine with a CUDA GPU: the GPU benchmark (one run of at most
+    5 minutes on one H100/H200), written to docs/benchmarks_gpu.md + JSON. Installs torch
+    from PyPI (a CUDA build on Linux) and CuPy; run from the repository root."""
+    session.install("-e", ".[bench,cupy]", TORCH)
+    session.run("python", "-m", "spectral_curv.bench", "device", "--write-docs", *session.posargs)

@@ -4,6 +4,17 @@ numpy, array-api-strict (strict flags: no boolean indexing, no data-dependent sh
 torch (CPU, or CUDA when present), jax (float64 enabled; functions run under
 ``jax.jit`` via the ``jit`` fixture) and cupy when a GPU is present. Backends that are
 not installed are skipped cleanly. Set ``SPECTRAL_CURV_BACKENDS=numpy,torch`` to pick.
+
+Also here:
+
+- ``@pytest.mark.skip_backends("array_api_strict", "jax", reason="...")`` skips those
+  parameters of the ``xp`` fixture (:func:`skip_marked_backends`);
+- ``xp_assert_close`` / ``xp_assert_equal``: SciPy-style assertions that check the array
+  namespace, dtype and shape before the values (a dtype-dependent default ``rtol``);
+- hypothesis profiles (``tests/test_properties.py``): ``ci`` (the default, 25 examples,
+  derandomized) and ``nightly`` (1000 examples): ``pytest --hypothesis-profile=nightly``;
+- ``@pytest.mark.slow`` marks the long tests (≥ 10⁴ steps, reproductions):
+  ``pytest -m "not slow"`` is the quick loop, CI runs everything.
 """
 
 from __future__ import annotations
@@ -50,9 +61,25 @@ def _load(name: str) -> Any:
     raise ValueError(name)
 
 
+def skip_marked_backends(request: pytest.FixtureRequest, name: str) -> None:
+    """Skip the test when its closest ``skip_backends`` marker names backend ``name``.
+
+    ``@pytest.mark.skip_backends("jax", "array_api_strict", reason="why")`` on a test, class
+    or module; any fixture parametrised over backend names may call this."""
+    marker = request.node.get_closest_marker("skip_backends")
+    if marker is None:
+        return
+    unknown = set(marker.args) - set(ALL_BACKENDS)
+    if unknown:
+        raise ValueError(f"skip_backends: unknown backends {sorted(unknown)}")
+    if name in marker.args:
+        pytest.skip(f"{name}: {marker.kwargs.get('reason', 'skipped by skip_backends')}")
+
+
 @pytest.fixture(params=BACKENDS)
 def xp(request: pytest.FixtureRequest) -> Any:
-    """The array namespace under test."""
+    """The array namespace under test (honours ``@pytest.mark.skip_backends``)."""
+    skip_marked_backends(request, request.param)
     ns = _load(request.param)
     if request.param == "torch":
         import torch
@@ -101,8 +128,102 @@ def asarray(xp: Any, a: Any, dtype: Any = None) -> Any:
 @pytest.fixture
 def paper_rule(monkeypatch):
     """The paper's basis update ``U_ij = −W_ij/(d_i − d_j)`` as the core's default
-    (``maps.DEFAULT_ROTATION``), for tests that check SPEC §2/§4's formulas against an
+    (``maps.DEFAULT_ROTATION``), for tests that check math §2/§4's formulas against an
     explicit reference. The damped default is tested in tests/test_tie_damping.py."""
     from spectral_curv import maps
 
     monkeypatch.setattr(maps, "DEFAULT_ROTATION", "paper")
+
+
+# ----------------------------------------------------------------------------- assertions
+def _default_rtol(dtype: Any) -> float:
+    """``4·√eps`` of ``dtype`` (floating/complex), 0 for exact dtypes (ints, bools)."""
+    name = str(dtype).rsplit(".", 1)[-1]
+    if "float" in name or "complex" in name:
+        eps = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23}.get(name, 2.0**-52)
+        if name == "complex64":
+            eps = 2.0**-23
+        return 4.0 * eps**0.5
+    return 0.0
+
+
+def _check_like(actual: Any, desired: Any, xp: Any, err_msg: str) -> None:
+    """Namespace, dtype and shape equality (the checks before any value comparison)."""
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            raise AssertionError(f"{what} ({err_msg})" if err_msg else what)
+
+    want_ns = array_api_compat.array_namespace(desired) if xp is None else xp
+    got_ns = array_api_compat.array_namespace(actual)
+    check(got_ns is want_ns, f"namespace: got {got_ns.__name__}, want {want_ns.__name__}")
+    desired_ns = array_api_compat.array_namespace(desired)
+    check(
+        desired_ns is want_ns,
+        f"namespace of `desired`: got {desired_ns.__name__}, want {want_ns.__name__}",
+    )
+    check(actual.dtype == desired.dtype, f"dtype: got {actual.dtype}, want {desired.dtype}")
+    got, want = tuple(actual.shape), tuple(desired.shape)
+    check(got == want, f"shape: got {got}, want {want}")
+
+
+def xp_assert_close(
+    actual: Any,
+    desired: Any,
+    *,
+    rtol: float | None = None,
+    atol: float = 0,
+    xp: Any = None,
+    err_msg: str = "",
+) -> None:
+    """Assert ``actual`` ≈ ``desired``: same array namespace (``xp`` when given), same dtype,
+    same shape, then ``|actual − desired| ≤ atol + rtol·|desired|`` elementwise (NaNs must
+    match). ``rtol=None``: ``4·√eps`` of the dtype (float64 ≈ 6e-8, float32 ≈ 1.4e-3), as
+    SciPy's ``_lib._array_api.xp_assert_close``.
+
+    >>> import numpy as np
+    >>> xp_assert_close(np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-9]))
+    >>> xp_assert_close(np.float32([1.0]), np.array([1.0]))
+    Traceback (most recent call last):
+    ...
+    AssertionError: dtype: got float32, want float64
+    """
+    _check_like(actual, desired, xp, err_msg)
+    if rtol is None:
+        rtol = _default_rtol(desired.dtype)
+    np.testing.assert_allclose(
+        to_numpy(actual), to_numpy(desired), rtol=rtol, atol=atol, equal_nan=True, err_msg=err_msg
+    )
+
+
+def xp_assert_equal(actual: Any, desired: Any, *, xp: Any = None, err_msg: str = "") -> None:
+    """Assert ``actual`` equals ``desired`` exactly (same namespace, dtype, shape and values;
+    NaNs in the same places count as equal).
+
+    >>> import numpy as np
+    >>> xp_assert_equal(np.arange(3), np.arange(3))
+    """
+    _check_like(actual, desired, xp, err_msg)
+    np.testing.assert_array_equal(to_numpy(actual), to_numpy(desired), err_msg=err_msg)
+
+
+# ----------------------------------------------------------------------------- hypothesis
+try:  # profiles of tests/test_properties.py; `--hypothesis-profile=nightly` picks the other
+    from hypothesis import HealthCheck, settings
+
+    _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile(
+        "ci",
+        max_examples=25,
+        deadline=None,
+        derandomize=True,  # the same examples on every run: no flaky CI
+        database=None,
+        print_blob=True,
+        suppress_health_check=_SLOW_OK,
+    )
+    settings.register_profile(
+        "nightly", max_examples=1000, deadline=None, print_blob=True, suppress_health_check=_SLOW_OK
+    )
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # pragma: no cover - hypothesis is in the `test` extra
+    pass

@@ -1,4 +1,4 @@
-"""Smoke tests of the preconditioner-cost benchmark (``python -m spectral_curv.bench``).
+"""Smoke tests of the preconditioner-cost benchmark (``spectral-curv bench precond``).
 
 Tiny sizes, one round: the structure of the output is checked, never a timing.
 """
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from spectral_curv import kron
-from spectral_curv.bench import precond
+from spectral_curv.bench import precond, reference, report
+from spectral_curv.bench import precond_report as rep
 from spectral_curv.bench.__main__ import main as bench_main
 
 
@@ -61,19 +62,20 @@ def test_run_structure(data):
 
 
 def test_analytic_counts():
-    # SPEC §4: R 2 + W 2 + step 2 + per factor (X², P·X², B·P) = 12 at K = 1.
-    a = precond.analytic("spectral_neumann", terms=1)
-    assert a["products"] == 12 and a["syrk"] == 4
-    assert precond.flop_eq("spectral_neumann", "numpy") == 10.0
-    assert precond.flop_eq("spectral_neumann", "torch") == 12.0
+    # A refresh step as the optimizers run it: optim.refresh (R 2 + W 2 + per factor the
+    # Cayley products) then optim.direction (R 2 + step 2).
+    a = precond.analytic("spectral_neumann", terms=1)  # per factor X², P·X², B·P
+    assert a["products"] == 14 and a["syrk"] == 4
+    assert precond.flop_eq("spectral_neumann", "numpy") == 12.0
+    assert precond.flop_eq("spectral_neumann", "torch") == 14.0
     # K = 0: X², B·P; K = 2: X², 2 P·Y, 1 squaring, B·P.
-    assert precond.analytic("spectral_neumann", terms=0)["products"] == 6 + 2 * 2
-    assert precond.analytic("spectral_neumann", terms=2)["products"] == 6 + 2 * 5
-    # quadratic Cayley: per factor X², B·Q: 10 products, 4 of them syrk-able.
+    assert precond.analytic("spectral_neumann", terms=0)["products"] == 8 + 2 * 2
+    assert precond.analytic("spectral_neumann", terms=2)["products"] == 8 + 2 * 5
+    # quadratic Cayley: per factor X², B·Q: 12 products, 4 of them syrk-able.
     q = precond.analytic("spectral_quadratic")
-    assert q["products"] == 10 and q["syrk"] == 4
-    assert precond.flop_eq("spectral_quadratic", "numpy") == 8.0
-    assert precond.analytic("spectral_exact")["products"] == 8
+    assert q["products"] == 12 and q["syrk"] == 4
+    assert precond.flop_eq("spectral_quadratic", "numpy") == 10.0
+    assert precond.analytic("spectral_exact")["products"] == 10
     assert precond.analytic("eigh_refresh")["products"] == 6
     assert precond.analytic("muon_ns5")["products"] == 15
     assert precond.flop_eq("eigh_refresh", "numpy") is None
@@ -84,10 +86,10 @@ def test_analytic_counts():
 @pytest.mark.parametrize(
     ("method", "expected"),
     [
-        ("spectral_quadratic", 10),
-        ("spectral_neumann", 12),
-        ("spectral_generic", 10),
-        ("spectral_exact", 8),
+        ("spectral_quadratic", 12),
+        ("spectral_neumann", 14),
+        ("spectral_generic", 12),
+        ("spectral_exact", 10),
         ("eigh_refresh", 6),
         ("muon_ns5", 15),
     ],
@@ -116,16 +118,14 @@ def test_newton_schulz_matches_torch_optim_muon_loop():
     """The generic NS5 equals torch.optim.Muon's loop (fp32 here) and shrinks σ towards 1."""
     rng = np.random.default_rng(0)
     g = rng.standard_normal((12, 8)).astype(np.float32)
-    from spectral_curv._array import array_namespace
-
-    x = precond.newton_schulz5(array_namespace(g), g)
+    x = reference.newton_schulz5(g)
     assert x.shape == g.shape and x.dtype == np.float32
     sv = np.linalg.svd(x, compute_uv=False)
     assert np.all((sv > 0.3) & (sv < 1.5))
     if _has_torch():
         import torch
 
-        xt = precond._newton_schulz5_torch(torch.from_numpy(g)).numpy()
+        xt = reference.newton_schulz5(torch.from_numpy(g)).numpy()
         np.testing.assert_allclose(x, xt, rtol=0, atol=1e-4)
 
 
@@ -136,7 +136,7 @@ def test_eigh_refresh_is_the_kronecker_root():
 
     g = rng.standard_normal((5, 4))
     left, right = np.eye(5), np.eye(4)
-    (lf, rf, *_), step = precond.eigh_refresh(array_namespace(g), left, right, g, p=2)
+    (lf, rf, *_), step = reference.eigh_refresh(array_namespace(g), left, right, g, p=2)
 
     def mpow(s, t):
         w, v = np.linalg.eigh(s)
@@ -145,7 +145,10 @@ def test_eigh_refresh_is_the_kronecker_root():
     np.testing.assert_allclose(step, mpow(lf, -0.25) @ g @ mpow(rf, -0.25), atol=1e-12)
 
 
-def test_spectral_route_is_float32():
+def test_spectral_route_is_float32_and_what_the_optimizer_computes():
+    """The timed call is optim.refresh then optim.direction (a refresh step of SpectralKron)."""
+    from spectral_curv import optim
+
     _, fns = precond._callables(
         "numpy", 16, 1, 0, ["spectral_quadratic", "spectral_neumann", "spectral_exact"]
     )
@@ -154,28 +157,55 @@ def test_spectral_route_is_float32():
         assert isinstance(new, kron.KronState)
         assert step.dtype == np.float32
         assert all(a.dtype == np.float32 for a in new)
+    raw = precond._inputs(16, 0)
+    st = kron.KronState(np.float32(1.0), raw["B_C"], raw["d_C"], raw["B_K"], raw["d_K"])
+    ref, _ = optim.refresh(
+        st, raw["G"], precond_lr=precond.BETA2, damping=precond.DAMPING, cayley="quadratic"
+    )
+    new, step = fns["spectral_quadratic"]()
+    np.testing.assert_array_equal(step, optim.direction(ref, raw["G"], p=precond.P_ROOT))
 
 
 def test_report_table_markdown_plot(data, tmp_path):
-    text = precond.table(data)
+    text = rep.table(data)
     for label in ("spectral, Neumann Cayley K=1", "eigh refresh", "Muon NS5", "products"):
         assert label in text
+    assert "mm-eq  " in text and "optim.refresh" in text  # the legend under the table
     md = tmp_path / "bench.md"
     md.write_text("# Benchmarks\n\nhand-written intro\n")
-    sec = precond.markdown_section(data, plot_path="img/p.png")
-    precond.write_markdown(md, sec)
-    precond.write_markdown(md, sec)  # idempotent: replaces its own section
+    sec = rep.markdown_section(data, plot_path="img/p.png")
+    report.write_markdown(md, sec)
+    report.write_markdown(md, sec)  # idempotent: replaces its own section
     out = md.read_text()
     assert out.count("precond-bench:begin") == 1 and "hand-written intro" in out
-    assert "| 32 |" in out and "img/p.png" in out
+    assert "| 32 |" in out and "img/p.png" in out and "optim.refresh" in out
     pytest.importorskip("matplotlib")
     png = tmp_path / "p.png"
-    precond.plot(data, png)
+    rep.plot(data, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_baseline_ratios():
+    def row(b, n, m, r):
+        return {"backend": b, "n": n, "method": m, "ratio": r}
+
+    data = {
+        "config": {"backends": ["numpy"]},
+        "results": [
+            row("numpy", 512, "spectral_quadratic", 1.0),
+            row("numpy", 512, "eigh_refresh", 9.0),  # n < 1024: not quoted
+            row("numpy", 1024, "spectral_quadratic", 10.0),
+            row("numpy", 1024, "eigh_refresh", 25.0),
+            row("numpy", 2048, "spectral_quadratic", 10.0),
+            row("numpy", 2048, "eigh_refresh", 31.0),
+        ],
+    }
+    assert rep.baseline_ratios(data) == {"numpy": (2.5, 3.1)}
+    assert rep.ratio_range(2.5, 3.1) == "2.5–3.1" and rep.ratio_range(1.71, 1.74) == "1.7"
+
+
 def test_cli_quick_smoke(capsys, tmp_path):
-    js = tmp_path / "out.json"
+    out = tmp_path / "results"
     rc = bench_main(
         [
             "precond",
@@ -186,14 +216,19 @@ def test_cli_quick_smoke(capsys, tmp_path):
             "--backend",
             "numpy",
             "--quick",
-            "--json",
-            str(js),
+            "--out",
+            str(out),
             "--quiet",
         ]
     )
     assert rc == 0
-    out = capsys.readouterr().out
-    assert "spectral, Neumann Cayley K=1" in out and "Muon NS5" in out
-    payload = json.loads(js.read_text())
+    printed = capsys.readouterr().out
+    assert "spectral, Neumann Cayley K=1" in printed and "Muon NS5" in printed
+    assert printed.startswith("bench precond (quick): 1 backends × 1 sizes")
+    assert "threads: " in printed.splitlines()[0]
+    payload = json.loads((out / "precond_quick.json").read_text())
     assert {r["method"] for r in payload["results"]} == set(precond.methods_for("numpy"))
-    assert not (tmp_path / "docs").exists()  # --quick writes no markdown or plot
+    assert payload["config"]["quick"] and payload["config"]["threads"]["requested"] == 1
+    assert "(quick run)" in (out / "precond_quick.md").read_text()
+    assert (out / "precond_quick.png").exists()
+    assert not (tmp_path / "docs").exists()

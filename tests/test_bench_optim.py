@@ -1,4 +1,4 @@
-"""Smoke tests of the optimizer step-time benchmark (``python -m spectral_curv.bench optim``).
+"""Smoke tests of the optimizer step-time benchmark (``spectral-curv bench optim``).
 
 A tiny model and a few steps: the structure of the results is checked, never a timing.
 """
@@ -11,7 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from spectral_curv.bench import optim  # noqa: E402
+from spectral_curv.bench import reference, report, step  # noqa: E402
+from spectral_curv.bench import step_report as rep  # noqa: E402
 from spectral_curv.bench.__main__ import main as bench_main  # noqa: E402
 
 HAS_MUON = hasattr(torch.optim, "Muon")  # torch >= 2.9
@@ -42,12 +43,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def data(one_thread):
-    return optim.run(optim.Config(**TINY))
+    return step.run(step.Config(**TINY))
 
 
 def test_every_optimizer_present(data):
     keys = [r["key"] for r in data["results"]]
-    assert keys == [s.key for s in optim.optimizer_specs(optim.Config(**TINY))]
+    assert keys == [s.key for s in step.optimizer_specs(step.Config(**TINY))]
     assert keys[0] == "adamw" and "muon_fp32" in keys
     assert ("muon_bf16" in keys) == HAS_MUON
     assert {
@@ -60,7 +61,7 @@ def test_every_optimizer_present(data):
     } <= set(keys)
     assert any("eigh refresh (Shampoo-style reference)" in r["label"] for r in data["results"])
     # by default the second power is timed at T = 2 only
-    default = [s.key for s in optim.optimizer_specs(optim.Config(intervals=(1, 2, 10)))]
+    default = [s.key for s in step.optimizer_specs(step.Config(intervals=(1, 2, 10)))]
     assert [k for k in default if k.startswith("spectral")] == [
         "spectral_T1_p2",
         "spectral_T2_p2",
@@ -107,10 +108,10 @@ def test_spectral_schedule_matches_optimizer(data):
 
 
 def test_lane_budget_stops_after_every_step_kind():
-    cfg = optim.Config(
+    cfg = step.Config(
         **{**TINY, "steps": 30, "min_steps": 2, "lane_budget_s": 1e-9, "intervals": (2,)}
     )
-    out = optim.run(cfg, keys=["spectral_T2_p2"])
+    out = step.run(cfg, keys=["spectral_T2_p2"])
     by = {r["key"]: r for r in out["results"]}
     assert set(by) == {"adamw", "spectral_T2_p2"}
     assert by["adamw"]["opt"]["n"] == 2  # no schedule: min_steps, then the budget stops it
@@ -119,11 +120,11 @@ def test_lane_budget_stops_after_every_step_kind():
     assert spec["phases"].count("plain") == 2 and spec["opt"]["n"] < 30
     assert spec["opt"]["amortized_s"] > 0 and "unsampled_phases" not in spec["opt"]
     with pytest.raises(ValueError, match="unknown optimizer"):
-        optim.run(cfg, keys=["nope"])
+        step.run(cfg, keys=["nope"])
 
 
 def test_schedule_and_summary():
-    phase, w = optim.schedule(2, precond_warmup=3, reorth_interval=2)
+    phase, w = step.schedule(2, precond_warmup=3, reorth_interval=2)
     # refresh on k = 0, 1, 2 (warm-up), then every even k; every 2nd refresh reorthogonalises
     assert [phase(k) for k in range(8)] == [
         "refresh",
@@ -136,7 +137,7 @@ def test_schedule_and_summary():
         "plain",
     ]
     assert w == pytest.approx({"plain": 0.5, "refresh": 0.25, "reorth": 0.25})
-    s = optim.summarize(
+    s = step.summarize(
         [1.0, 3.0, 1.0, 3.0],
         ["plain", "refresh", "plain", "refresh"],
         {"plain": 0.9, "refresh": 0.1},
@@ -144,7 +145,7 @@ def test_schedule_and_summary():
     assert s["amortized_s"] == pytest.approx(0.9 * 1.0 + 0.1 * 3.0)
     assert s["median_s"] == 2.0 and s["phase_n"] == {"plain": 2, "refresh": 2}
     # an unsampled reorth phase counts as a refresh
-    s = optim.summarize(
+    s = step.summarize(
         [1.0, 3.0], ["plain", "refresh"], {"plain": 0.5, "refresh": 0.25, "reorth": 0.25}
     )
     assert s["amortized_s"] == pytest.approx(0.5 + 0.5 * 3.0)
@@ -152,7 +153,7 @@ def test_schedule_and_summary():
 
 def test_reference_optimizers():
     g = torch.randn(12, 8)
-    x = optim.newton_schulz5_fp32(g)
+    x = reference.newton_schulz5(g)
     assert x.dtype == torch.float32 and x.shape == g.shape
     sv = torch.linalg.svdvals(x)
     assert bool(((sv > 0.3) & (sv < 1.5)).all())
@@ -160,7 +161,7 @@ def test_reference_optimizers():
     # restricted to G's range, i.e. the polar factor of G at p = 2.
     w = torch.nn.Parameter(torch.zeros(6, 4, dtype=torch.float64))
     w.grad = torch.randn(6, 4, dtype=torch.float64)
-    opt = optim.EighRefresh([w], lr=1.0, beta=0.0, momentum=0.0)
+    opt = reference.EighRefresh([w], lr=1.0, beta=0.0, momentum=0.0)
     opt.step()
     u, _, vh = torch.linalg.svd(w.grad, full_matrices=False)
     torch.testing.assert_close(-w.detach(), u @ vh, atol=1e-4, rtol=0)
@@ -175,7 +176,7 @@ def test_muon_fp32_copy_matches_torch_muon():
     ws = [torch.nn.Parameter(w0.clone()) for _ in range(2)]
     for w in ws:
         w.grad = g.clone()
-    ours, ref = optim.MuonFP32([ws[0]], lr=0.1), torch.optim.Muon([ws[1]], lr=0.1)
+    ours, ref = reference.MuonFP32([ws[0]], lr=0.1), torch.optim.Muon([ws[1]], lr=0.1)
     for _ in range(2):
         ours.step()
         ref.step()
@@ -184,7 +185,7 @@ def test_muon_fp32_copy_matches_torch_muon():
 
 
 def test_report_markdown_plot(data, tmp_path):
-    text = optim.table(data)
+    text = rep.table(data)
     for label in (
         "AdamW",
         "Muon (fp32 NS",
@@ -195,21 +196,20 @@ def test_report_markdown_plot(data, tmp_path):
     assert ("Muon (torch.optim.Muon, bf16 NS)" in text) == HAS_MUON
     md = tmp_path / "b.md"
     md.write_text("# Optimizer step-time benchmark\n\nhand-written notes\n")
-    sec = optim.markdown_section(data, plot_path="img/o.png", json_path="b.json")
-    optim.write_markdown(md, sec)
-    optim.write_markdown(md, sec)  # idempotent: replaces its own section
+    sec = rep.markdown_section(data, plot_path="img/o.png", json_path="b.json")
+    report.write_markdown(md, sec)
+    report.write_markdown(md, sec)  # idempotent: replaces its own section
     out = md.read_text()
     assert out.count("optim-bench:begin") == 1 and "hand-written notes" in out
     assert "img/o.png" in out and "b.json" in out and "python -m spectral_curv.bench optim" in out
     pytest.importorskip("matplotlib")
     png = tmp_path / "o.png"
-    optim.plot(data, png)
+    rep.plot(data, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_quick_smoke(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    js = tmp_path / "o.json"
     rc = bench_main(
         [
             "optim",
@@ -226,21 +226,22 @@ def test_cli_quick_smoke(capsys, tmp_path, monkeypatch):
             "2",
             "--powers",
             "2",
-            "--json",
-            str(js),
-            "--threads",
-            "1",
             "--quiet",
         ]
     )
     assert rc == 0
     out = capsys.readouterr().out
+    assert out.startswith("bench optim (quick): ") and "threads: torch 1" in out.splitlines()[0]
     assert "SpectralKron T=2 p=2" in out and "Muon (fp32 NS" in out
-    payload = json.loads(js.read_text())
+    assert "zero_grad + forward + loss + backward + opt.step()" in out  # the legend
+    folder = tmp_path / report.DEFAULT_OUT  # the default output folder, in the cwd
+    payload = json.loads((folder / "optim_quick.json").read_text())
     assert {r["key"] for r in payload["results"]} == {
         "adamw",
         "muon_fp32",
         "spectral_T2_p2",
         "eigh_T2",
     } | ({"muon_bf16"} if HAS_MUON else set())
-    assert not (tmp_path / "docs").exists()  # --quick writes no markdown or plot
+    assert "(quick run)" in (folder / "optim_quick.md").read_text()
+    assert (folder / "optim_quick.png").exists()
+    assert not (tmp_path / "docs").exists()

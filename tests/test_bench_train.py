@@ -20,8 +20,10 @@ from spectral_curv.bench import data
 torch = pytest.importorskip("torch")
 
 from spectral_curv import cli  # noqa: E402
-from spectral_curv.bench import train  # noqa: E402
+from spectral_curv.bench import report, train  # noqa: E402
 from spectral_curv.bench.__main__ import build_parser  # noqa: E402
+from spectral_curv.bench.train import registry, runner  # noqa: E402
+from spectral_curv.bench.train import report as train_report  # noqa: E402
 
 HAS_HEAVYBALL = train.unavailable(train.optimizer_registry()["soap"]) is None
 
@@ -56,6 +58,7 @@ def _fake_fashion(tmp_path, n_train: int = 60000, n_test: int = 10000):
 # --------------------------------------------------------------------------- loaders
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not data.fashion_mnist_available(), reason="dataset-fashion-mnist absent")
 def test_fashion_mnist_shapes_and_checksums():
     ds = data.load_fashion_mnist()
@@ -136,7 +139,7 @@ def test_models_forward(name, shape):
 
 def test_muon_split_leaves_head_and_non_matrices_to_adamw():
     model = train.build_model("mlp", (1, 8, 8))
-    hidden, rest = train._muon_split(model)
+    hidden, rest = registry._muon_split(model)
     assert [p.shape for p in hidden] == [(256, 64), (256, 256)]
     assert any(p is model.head.weight for p in rest)
     assert all(p.ndim == 1 or p is model.head.weight for p in rest)
@@ -162,8 +165,8 @@ def test_reach_and_summary_ratio():
         "loss": [2.0, 1.0, 0.5],
         "acc": [0.1, 0.5, 0.8],
     }
-    assert train.reach(curve, 1.0) == (5, 1.0)
-    assert train.reach(curve, 0.1) == (None, None)
+    assert runner.reach(curve, 1.0) == (5, 1.0)
+    assert runner.reach(curve, 0.1) == (None, None)
     run = {
         "curve": curve,
         "final_loss": 0.5,
@@ -189,20 +192,22 @@ def test_steady_mean_counts_refresh_steps():
     k = train.STEADY_SKIP
     xs = [100.0] * k + [1.0, 3.0] * 30  # warm-up, then T = 2: cheap / refresh
     assert statistics.median(xs[k:]) in (1.0, 2.0, 3.0)
-    assert train._steady_mean(xs) == pytest.approx(2.0)
-    assert train._steady_mean([5.0, 7.0]) == pytest.approx(6.0)  # too short: all steps
-    assert train._steady_mean([]) is None
+    assert runner._steady_mean(xs) == pytest.approx(2.0)
+    assert runner._steady_mean([5.0, 7.0]) == pytest.approx(6.0)  # too short: all steps
+    assert runner._steady_mean([]) is None
 
 
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_bench_train_end_to_end(tmp_path, capsys):
     opts = ["adamw", "muon_fp32", "spectral_p2_quad", "spectral_p1_exact", "shampoo"]
     if HAS_HEAVYBALL:
         opts += ["soap", "psgd_kron"]
-    out, js, img = tmp_path / "b.md", tmp_path / "b.json", tmp_path / "img"
-    # the preconditioner-cost table is folded in from the JSON next to the report
+    out = tmp_path / "res"
+    out.mkdir()
+    # the preconditioner-cost table is folded in from bench precond's JSON in the same folder
     precond = {
         "config": {"backends": ["numpy"], "date": "today"},
         "results": [
@@ -215,7 +220,7 @@ def test_bench_train_end_to_end(tmp_path, capsys):
             )
         ],
     }
-    (tmp_path / train.PRECOND_JSON).write_text(json.dumps(precond))
+    (out / "precond.json").write_text(json.dumps(precond))
     rc = cli.main(
         [
             "bench",
@@ -250,16 +255,18 @@ def test_bench_train_end_to_end(tmp_path, capsys):
             "1",
             "--out",
             str(out),
-            "--json",
-            str(js),
-            "--plot-dir",
-            str(img),
             "--quiet",
         ]
     )
     assert rc == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "mlp: target test loss" in printed and "SpectralKron p=2 quad" in printed
+    assert "steps→target" in printed and "first evaluated step with test loss" in printed
+    assert "will run: 1 model × 5 optimizers × 2 seeds × 4 steps" in captured.err.replace(
+        f"{len(opts)} optimizers", "5 optimizers"
+    )
+    js, md = out / "train.json", out / "train.md"
     d = json.loads(js.read_text())["bench"]
     assert d["config"]["optimizers"] == opts and d["dataset"]["name"] == "digits"
     for model in ("mlp",):
@@ -276,26 +283,40 @@ def test_bench_train_end_to_end(tmp_path, capsys):
             assert (
                 res["tuning"][k]["trials"][0]["hparams"] == train.optimizer_registry()[k].defaults
             )
-        assert (img / f"train_digits_{model}.png").stat().st_size > 10_000
-    md = out.read_text()
-    assert train.markers("bench")[0] in md and "| AdamW |" in md
-    assert "train_digits_mlp.png" in md
+        assert (out / f"train_digits_{model}.png").stat().st_size > 10_000
+    text = md.read_text()
+    assert train_report.markers("bench")[0] in text and "| AdamW |" in text
+    assert "(train_digits_mlp.png)" in text and "(train.json)" in text
     sweep = d["results"]["mlp"]["sweep"]  # SpectralKron p=2 quad: the only sweep key run
     assert [(r["key"], r["T"]) for r in sweep] == [("adamw", None)] + [
         ("spectral_p2_quad", t) for t in train.SWEEP_INTERVALS
     ]
     assert sweep[0]["whole_ratio"] == 1.0 and all(r["whole_ms"] > 0 for r in sweep)
-    assert "Step time vs refresh interval T (mlp" in md
-    assert "| method | numpy n=512 | numpy n=1024 |" in md  # the two largest sizes
-    assert "| SPECTRAL_QUADRATIC | 12.5 | 11.2 |" in md and "| EIGH_REFRESH | — | 34.0 |" in md
+    assert "Step time vs refresh interval T (mlp" in text
+    assert "| method | numpy n=512 | numpy n=1024 |" in text  # the two largest sizes
+    assert "| SPECTRAL_QUADRATIC | 12.5 | 11.2 |" in text and "| EIGH_REFRESH | — | 34.0 |" in text
     # --from-json re-renders the same report without running anything
-    out2 = tmp_path / "again.md"
-    args = ["--from-json", str(js), "--out", str(out2), "--plot-dir", str(tmp_path), "--quiet"]
+    out2 = tmp_path / "again"
+    out2.mkdir()
+    (out2 / "precond.json").write_text(json.dumps(precond))
+    args = ["--from-json", str(js), "--out", str(out2), "--quiet"]
     assert cli.main(["bench", "train", *args]) == 0
-    assert (tmp_path / "train_digits_mlp.png").exists()
-    table = [line for line in md.splitlines() if line.startswith("| ")]
-    assert [line for line in out2.read_text().splitlines() if line.startswith("| ")] == table
+    assert (out2 / "train_digits_mlp.png").exists() and not (out2 / "train.json").exists()
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    again = (out2 / "train.md").read_text()
+    assert [line for line in again.splitlines() if line.startswith("| ")] == table
     assert json.loads(js.read_text())["bench"]["command"].startswith("spectral-curv bench train")
+
+
+@pytest.mark.slow
+def test_bench_train_quick_is_labelled(tmp_path, capsys):
+    out = tmp_path / "q"
+    assert cli.main(["bench", "train", "--quick", "--out", str(out), "--quiet"]) == 0
+    assert "(quick run)" in (out / "train_quick.md").read_text()
+    assert "bench" in json.loads((out / "train_quick.json").read_text())
+    assert (out / "train_digits_mlp_quick.png").exists()
+    with pytest.raises(SystemExit, match="--write-docs"):
+        cli.main(["bench", "train", "--quick", "--write-docs", "--quiet"])
 
 
 def test_cnn_and_vit_train_with_fixed_hparams():
@@ -323,8 +344,9 @@ def test_cnn_and_vit_train_with_fixed_hparams():
 
 
 def test_demo_cli_tiny_with_fallback_note(tmp_path, capsys):
-    out, js = tmp_path / "d.md", tmp_path / "d.json"
-    js.write_text(json.dumps({"bench": {"kept": True}}))
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "demo.json").write_text(json.dumps({"bench": {"kept": True}}))
     rc = cli.main(
         [
             "demo",
@@ -339,25 +361,22 @@ def test_demo_cli_tiny_with_fallback_note(tmp_path, capsys):
             "spectral_p2_exact",
             "--out",
             str(out),
-            "--json",
-            str(js),
-            "--plot-dir",
-            str(tmp_path),
             "--quiet",
         ]
     )
     assert rc == 0
     printed = capsys.readouterr().out
+    assert printed.startswith("demo: threads: torch 1")
     assert "NOTE: Fashion-MNIST is not installed" in printed
     assert "SpectralKron p=2 exact" in printed
-    whole = json.loads(js.read_text())
+    whole = json.loads((out / "demo.json").read_text())
     assert whole["bench"] == {"kept": True}  # the other section survives
     assert (
         whole["demo"]["results"]["mlp"]["rows"][1]["hparams"]
         == train.DEMO["hparams"]["spectral_p2_exact"]
     )
-    assert train.markers("demo")[0] in out.read_text()
-    assert (tmp_path / "train_demo_mlp.png").exists()
+    assert train_report.markers("demo")[0] in (out / "demo.md").read_text()
+    assert (out / "demo_mlp.png").exists()
 
 
 def test_missing_data_is_exit_2(tmp_path, capsys):
@@ -380,12 +399,16 @@ def test_cli_parses():
     a = build_parser().parse_args(["train", "--models", "mlp", "cnn", "--seeds", "5"])
     assert a.models == ["mlp", "cnn"] and a.seeds == 5 and a.tune_budget == 8
     assert a.optimizers == list(train.DEFAULT_BENCH_OPTIMIZERS)
+    assert a.out == report.DEFAULT_OUT and a.threads == 1 and not a.write_docs
     d = cli.demo_parser().parse_args([])
-    assert d.steps == train.DEMO["steps"] and d.out == "docs/benchmarks_train.md"
+    assert d.steps == train.DEMO["steps"] and d.out == report.DEFAULT_OUT
     assert build_parser().parse_args(["optim", "--quick"]).bench == "optim"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--optimizers", "sgd"])
-    assert cli.main([]) == 2 and cli.main(["nope"]) == 2
+    for argv in ([], ["nope"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
         cli.main(["demo", "--help"])
     assert e.value.code == 0

@@ -65,8 +65,8 @@ DEFAULTS: dict[str, Any] = {
     "exp": "first_order",
     "max_update_rms": None,
     "graft": None,
-    "betas": (0.9, 0.999),
-    "eps": 1e-8,
+    "graft_betas": (0.9, 0.999),
+    "graft_eps": 1e-8,
     "max_precond_dim": 4096,
 }
 
@@ -157,10 +157,17 @@ def _core(hp: dict[str, Any]) -> list[dict[str, np.ndarray]]:
                 s["refreshes"] += 1
                 if reorth:
                     s["pre"] = optim.reorthonormalize(s["pre"])
-            u = optim.direction(s["pre"], g, p=hp["p"]).reshape(P[k].shape)
+            norm_p = 2.0 if hp.get("step_scale", "p2") == "p2" else None
+            u = optim.direction(s["pre"], g, p=hp["p"], norm_p=norm_p).reshape(P[k].shape)
             if hp["graft"] == "adam":
                 u, s["ea"], s["eas"] = optim.graft_adam(
-                    u, G[k], s["ea"], s["eas"], step=t + 1, betas=hp["betas"], eps=hp["eps"]
+                    u,
+                    G[k],
+                    s["ea"],
+                    s["eas"],
+                    step=t + 1,
+                    betas=hp["graft_betas"],
+                    eps=hp["graft_eps"],
                 )
             if hp["max_update_rms"] is not None:
                 u = optim.clip_rms(u, hp["max_update_rms"])
@@ -228,6 +235,7 @@ def reference(request: pytest.FixtureRequest) -> tuple[dict[str, Any], list[dict
     return hp, _core(hp)
 
 
+@pytest.mark.slow  # the quick loop has tests/test_contract.py's cross-adapter trajectories
 @pytest.mark.parametrize("route", ["numpy", "torch", "optax"])
 def test_same_trajectory_as_the_functional_core(reference, route, record_property):
     hp, ref = reference

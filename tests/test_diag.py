@@ -1,4 +1,4 @@
-"""Tests of the diagonal scheme ``spectral_curv.diag`` (SPEC §3).
+"""Tests of the diagonal scheme ``spectral_curv.diag`` (math §3).
 
 References: ``torch.optim.RMSprop`` / ``torch.optim.Adagrad`` (torch's own optimizers)
 and plain numpy formulas written out here.
@@ -36,7 +36,7 @@ def grad_fn(a, c):
 
 
 def _step(state, mu, g, lr, beta2, gamma, damping, p, exp):
-    """One step of the scheme: curvature first, then the preconditioned step (SPEC §3)."""
+    """One step of the scheme: curvature first, then the preconditioned step (math §3)."""
     state = diag.update_gop(state, g, beta2=beta2, gamma=gamma, damping=damping, exp=exp)
     return state, mu - lr * diag.precondition(state, g, p=p)
 
@@ -65,7 +65,7 @@ def run_ours(xp, jit, exp, *, d0, lr, beta2, gamma, damping, p, seed=0):
 
 
 def run_numpy_ref(exp, *, d0, lr, beta2, gamma, damping, p, seed=0):
-    """The SPEC §3 formulas written out in numpy."""
+    """The math §3 formulas written out in numpy."""
     a, c, mu = _problem(seed)
     d = np.full(SHAPE, d0)
     traj = []
@@ -282,3 +282,19 @@ def test_init(xp):
     out = diag.update_gop(st32, g, beta2=0.1)
     assert out.d.dtype == xp.float32
     assert diag.precondition(out, g, p=2).dtype == xp.float32
+
+
+@pytest.mark.parametrize(("gamma", "beta2"), [(1.0, 1.0), (1.0, 2.0), (2.0, 0.5)])
+def test_first_order_gop_needs_gamma_beta2_below_one(gamma, beta2):
+    """``exp="first_order"`` with ``γβ₂ ≥ 1``: ``d ← (1 − γβ₂)d + β₂g²`` gave ``d = −1`` (from
+    ``d = 1, g = 0, γβ₂ = 2``) and NaN roots after (issue 15): a ValueError naming both."""
+    st = diag.init(3)
+    g = np.array([0.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match=r"`gamma` \* `beta2` must be < 1"):
+        diag.update_gop(st, g, beta2=beta2, gamma=gamma, exp="first_order")
+    with pytest.raises(ValueError, match=r"`gamma` \* `beta2` must be < 1"):
+        diag.update_gop(st, g, beta2=beta2, gamma=gamma, exp="first_order", check=False)
+    assert np.all(diag.update_gop(st, g, beta2=beta2, gamma=gamma).d > 0)  # exact map: fine
+    st1 = diag.update_gop(st, g, beta2=0.99 / gamma, gamma=gamma, exp="first_order")
+    assert np.all(st1.d > 0)
+    assert np.all(diag.update_gop(st, g, beta2=5.0, gamma=0.0, exp="first_order").d > 0)

@@ -33,6 +33,8 @@ except ImportError:  # pragma: no cover - older torch
     pytest.skip("FSDP2 / DTensor / DCP unavailable", allow_module_level=True)
 
 import torch.multiprocessing as mp  # noqa: E402
+
+pytestmark = pytest.mark.slow  # spawns gloo process groups (~10 s)
 from torch import nn  # noqa: E402
 
 from spectral_curv.distributed import DistributedSpectralKron  # noqa: E402

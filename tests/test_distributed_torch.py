@@ -23,6 +23,8 @@ if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is unavailable", allow_module_level=True)
 
 import torch.multiprocessing as mp  # noqa: E402
+
+pytestmark = pytest.mark.slow  # spawns gloo process groups (~6 s)
 from torch import nn  # noqa: E402
 
 from spectral_curv.distributed import (  # noqa: E402

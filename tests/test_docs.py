@@ -32,3 +32,37 @@ def test_doc_block_runs(name, index, code):
 
 def test_blocks_found():
     assert len(_blocks()) >= 3
+
+
+ROOT = DOCS.parent
+PKG = ROOT / "src" / "spectral_curv"
+
+
+def test_module_map_lists_every_module():
+    """docs/contributing.md's module map names every module and subpackage of the package."""
+    text = (DOCS / "contributing.md").read_text(encoding="utf-8")
+    section = text.split("## Module map", 1)[1].split("\n## ", 1)[0]
+    (tree,) = re.findall(r"```\n(.*?)```", section, flags=re.S)
+    names = {p.name for p in PKG.iterdir() if p.suffix == ".py" and p.name != "_version.py"}
+    names |= {f"{p.name}/" for p in PKG.iterdir() if (p / "__init__.py").is_file()}
+    missing = sorted(n for n in names if not re.search(rf"(?<![\w/]){re.escape(n)}", tree))
+    assert not missing, f"modules missing from the module map in docs/contributing.md: {missing}"
+
+
+def test_install_from_checkout_while_unreleased():
+    """While CHANGELOG calls the version unreleased, no page tells users to install from PyPI."""
+    from spectral_curv import __version__
+
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    if not re.search(rf"^## {re.escape(__version__)} — unreleased", changelog, flags=re.M):
+        pytest.skip(f"{__version__} is released")
+    for path in (ROOT / "README.md", DOCS / "index.md"):
+        text = path.read_text(encoding="utf-8")
+        blocks = "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S))
+        pypi = [
+            line
+            for line in blocks.splitlines()
+            if re.match(r"\s*pip install \"?spectral-curv(\[[\w,]+\])?\"?(?!\s*@)(\s|$)", line)
+        ]
+        assert not pypi, f"{path.name} installs the unreleased package from PyPI: {pypi}"
+        assert "pip install ." in blocks, f"{path.name} does not say how to install a checkout"

@@ -10,7 +10,9 @@ One pytest case per module runs the module's doctests (``doctest.DocTestFinder``
 ``doctest.DocTestRunner`` with ``ELLIPSIS | NORMALIZE_WHITESPACE``) and fails with the runner's
 report. A second case per module lists its public functions and classes (``__all__``, or the
 public names defined in the module when it has none) and checks that each has a docstring
-citing ``SPEC §`` itself or through its module docstring. The framework modules (``torch``,
+citing a section of the mathematics, ``math §x`` (``docs/math.md``; the former ``SPEC §x`` is
+accepted until the citation sweep), itself or through its module docstring, and that every
+section cited there has its anchor in ``docs/math.md``. The framework modules (``torch``,
 ``optax``, ``distributed``) are skipped when their framework is not installed. A third case
 checks that every one of those public functions and classes carries a ``>>>`` example in its
 own docstring.
@@ -22,6 +24,8 @@ import doctest
 import importlib
 import inspect
 import io
+import re
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -42,6 +46,14 @@ CORE = (
 FRAMEWORK = {"torch": "torch", "optax": "optax", "distributed": "torch"}
 MODULES = CORE + tuple(FRAMEWORK)
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+MATH = Path(__file__).resolve().parent.parent / "docs" / "math.md"
+# ``math §4.1``: a numbered section of docs/math.md
+CITE = re.compile(r"\bmath §(\d+(?:\.\d+)*)")
+
+
+def _math_anchors() -> set[str]:
+    """Explicit heading anchors of docs/math.md (``{#s4-1}`` for §4.1)."""
+    return set(re.findall(r"^#{2,6} .*\{#([\w-]+)\}\s*$", MATH.read_text(encoding="utf-8"), re.M))
 
 
 def _module(name: str) -> ModuleType:
@@ -80,15 +92,24 @@ def test_doctests(name: str) -> None:
 @pytest.mark.parametrize("name", MODULES)
 def test_public_docstrings(name: str) -> None:
     mod = _module(name)
-    module_cites = "SPEC §" in (mod.__doc__ or "")
+    module_cites = bool(CITE.search(mod.__doc__ or ""))
     public = _public(mod)
     assert public, f"{mod.__name__} exposes no public functions or classes"
     missing = sorted(n for n, o in public.items() if not (o.__doc__ or "").strip())
     assert not missing, f"{mod.__name__}: public names without a docstring: {missing}"
     uncited = sorted(
-        n for n, o in public.items() if not module_cites and "SPEC §" not in (o.__doc__ or "")
+        n for n, o in public.items() if not module_cites and not CITE.search(o.__doc__ or "")
     )
-    assert not uncited, f"{mod.__name__}: public names citing no SPEC §: {uncited}"
+    assert not uncited, f"{mod.__name__}: public names citing no math §: {uncited}"
+    anchors = _math_anchors()
+    docs = {"<module>": mod.__doc__ or "", **{n: o.__doc__ or "" for n, o in public.items()}}
+    dangling = sorted(
+        f"{n}: §{num}"
+        for n, doc in docs.items()
+        for num in CITE.findall(doc)
+        if "s" + num.replace(".", "-") not in anchors
+    )
+    assert not dangling, f"{mod.__name__}: cited sections missing from docs/math.md: {dangling}"
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,4 +1,4 @@
-"""Acceptance of the paper's Fig. 2 / 7 / 8 curvature-matching experiments (SPEC §6).
+"""Acceptance of the paper's Fig. 2 / 7 / 8 curvature-matching experiments (math §6).
 
 Set-up (``spectral_curv.experiments.matching``): ``Σ`` = Haar ``Q`` × log-uniform spectrum
 on [0.01, 1]; one sequence ``g_k ~ N(0, Σ)`` for every scheme; γ = 1, β₂ = 1e-3, 10⁴ steps;

@@ -1,4 +1,4 @@
-"""Tests of the full-matrix scheme ``spectral_curv.full`` (SPEC §1, §2; Claims 2, 3, 9).
+"""Tests of the full-matrix scheme ``spectral_curv.full`` (math §1, §2; Claims 2, 3, 9).
 
 References: explicit float64 numpy matrices (``S``, ``ggᵀ``, ``(I+X)(I−X)⁻¹`` with
 ``numpy.linalg.inv``), numpy ``eigh`` / ``slogdet``.
@@ -12,7 +12,7 @@ import pytest
 from conftest import asarray, backend, to_numpy
 from spectral_curv import _array, full
 
-# These tests check the paper's formulas (SPEC §2/§4) against explicit references: the
+# These tests check the paper's formulas (math §2/§4) against explicit references: the
 # core runs with the paper's basis update (the damped default: tests/test_tie_damping.py).
 pytestmark = pytest.mark.usefixtures("paper_rule")
 
@@ -38,7 +38,7 @@ def dense_np(b: np.ndarray, d: np.ndarray) -> np.ndarray:
 def ref_step(
     b: np.ndarray, d: np.ndarray, delta: np.ndarray, beta2: float, exp: str = "exact"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC §2 with explicit matrices, loops and an explicit inverse (exact Cayley)."""
+    """math §2 with explicit matrices, loops and an explicit inverse (exact Cayley)."""
     n = len(d)
     q = b.T @ delta @ b
     dq = np.diag(q)
@@ -102,6 +102,53 @@ def test_update_indefinite_delta_matches_explicit_reference(xp, jit):
     np.testing.assert_allclose(d1, rd, rtol=1e-13)
     np.testing.assert_allclose(b1, rb, rtol=0, atol=1e-13)
     assert np.linalg.norm(b1.T @ b1 - np.eye(n), 2) <= 1e-13
+
+
+def _update_rotated(s, q, beta2):
+    return full.update_rotated(s, q, beta2=beta2)
+
+
+@pytest.mark.parametrize("rotation", ["paper", "damped"])
+@pytest.mark.parametrize("cayley", ["exact", "neumann", "quadratic"])
+def test_update_rotated_equals_update(xp, jit, cayley, rotation):
+    """``update_rotated(state, BᵀΔB)`` is ``update(state, Δ)`` (issue 14 §2), every option."""
+    rng = np.random.default_rng(10)
+    n = 6
+    b, d = rand_state(rng, n)
+    a = rng.standard_normal((n, n))
+    delta = a + a.T
+    q = b.T @ delta @ b
+    q = 0.5 * (q + q.T)
+    st = to_state(xp, b, d)
+    kw = {"beta2": 0.05, "cayley": cayley, "rotation": rotation}
+    b1, d1 = np_state(jit(lambda s, m: full.update_rotated(s, m, **kw))(st, asarray(xp, q)))
+    b2, d2 = np_state(jit(lambda s, m: full.update(s, m, **kw))(st, asarray(xp, delta)))
+    np.testing.assert_allclose(d1, d2, rtol=1e-13)
+    np.testing.assert_allclose(b1, b2, rtol=0, atol=1e-13)
+    if cayley == "exact" and rotation == "paper":
+        rb, rd = ref_step(b, d, delta, 0.05)
+        np.testing.assert_allclose(d1, rd, rtol=1e-13)
+        np.testing.assert_allclose(b1, rb, rtol=0, atol=1e-13)
+    # diag_q, when given, replaces diag(q); check=False skips the value checks only
+    d3 = to_numpy(full.update_rotated(st, asarray(xp, q), beta2=0.05, diag_q=asarray(xp, 0 * d)).d)
+    np.testing.assert_allclose(d3, d, rtol=1e-15)
+
+
+def test_update_rotated_input_validation():
+    st = full.init(3)
+    q = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"`q` must be symmetric"):
+        full.update_rotated(st, q, beta2=0.1)
+    with pytest.raises(ValueError, match=r"`q`.*non-finite"):
+        full.update_rotated(st, np.full((3, 3), np.nan), beta2=0.1)
+    with pytest.raises(ValueError, match=r"`q`"):
+        full.update_rotated(st, np.eye(2), beta2=0.1)
+    with pytest.raises(ValueError, match=r"`diag_q`"):
+        full.update_rotated(st, np.eye(3), beta2=0.1, diag_q=np.ones(2))
+    with pytest.raises(ValueError, match=r"`beta2`"):
+        full.update_rotated(st, np.eye(3), beta2=0.0, check=False)
+    with pytest.raises(TypeError, match=r"`q`"):
+        full.update_rotated(st, np.eye(3, dtype=np.int64), beta2=0.1)
 
 
 @pytest.mark.parametrize(
@@ -239,7 +286,7 @@ def test_neumann_drift_10k_steps_bounded_by_cap(record_property):
 
 def test_default_step_cap_per_mode():
     """Default ``max_step_norm``: 0.25 in neumann mode (keeps the series convergent), none
-    in exact mode (SPEC §5). Close eigenvalues make the uncapped generator large."""
+    in exact mode (math §5). Close eigenvalues make the uncapped generator large."""
     rng = np.random.default_rng(11)
     n = 5
     b, _ = rand_state(rng, n)
@@ -300,6 +347,50 @@ def test_from_dense_roundtrip(xp, jit):
     np.testing.assert_allclose(np.sort(d1), np.linalg.eigvalsh(s), rtol=1e-13)
     assert np.linalg.norm(b1.T @ b1 - np.eye(6), 2) <= 1e-13
     np.testing.assert_allclose(to_numpy(jit(full.dense)(st)), s, rtol=0, atol=1e-13)
+
+
+def test_from_dense_rejects_non_symmetric(xp):
+    """A non-symmetric matrix used to be read from one triangle by ``eigh`` (issue 15)."""
+    s = np.array([[2.0, 1.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    if _array.is_lazy(asarray(xp, s)):
+        pytest.skip("value checks are skipped for lazy arrays (jax)")
+    with pytest.raises(ValueError, match=r"`s` must be symmetric"):
+        full.from_dense(asarray(xp, s))
+    with pytest.raises(ValueError, match=r"`s`.*non-finite"):
+        full.from_dense(asarray(xp, np.full((2, 2), np.inf)))
+
+
+def test_from_dense_symmetry_tolerance_is_dtype_relative():
+    """Round-off asymmetry of the matrix's own dtype passes; the same absolute asymmetry in
+    float64 does not."""
+    rng = np.random.default_rng(11)
+    b, d = rand_state(rng, 5)
+    s = dense_np(b, d)
+    s32 = ((b * d).astype(np.float32) @ b.T.astype(np.float32)) * np.float32(1e3)
+    assert np.abs(s32 - s32.T).max() > 0  # float32 round-off asymmetry
+    st = full.from_dense(s32)
+    assert st.d.dtype == np.float32
+    bumped = s.copy()
+    bumped[0, 1] += 1e-7 * np.abs(s).max()  # ~1e-7 relative: float32 round-off, not float64
+    full.from_dense(bumped.astype(np.float32))
+    with pytest.raises(ValueError, match="symmetric"):
+        full.from_dense(bumped)
+    full.from_dense(s + 1e-15 * (s - s.T + np.triu(np.ones((5, 5)))))  # float64 round-off: ok
+
+
+@pytest.mark.parametrize(("gamma", "beta2"), [(1.0, 1.0), (1.0, 2.0), (2.0, 0.5), (4.0, 0.9)])
+def test_first_order_gop_needs_gamma_beta2_below_one(gamma, beta2):
+    """``exp="first_order"`` with ``γβ₂ ≥ 1`` gave ``d = (1 − γβ₂)d + β₂g² ≤ 0`` (d = −1 from
+    ``d = 1, g = 0, γβ₂ = 2``) and NaN after (issue 15): a ValueError naming both."""
+    st = full.init(3)
+    g = np.array([0.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match=r"`gamma` \* `beta2` must be < 1"):
+        full.update_gop(st, g, beta2=beta2, gamma=gamma, exp="first_order")
+    # the exact map keeps d > 0 for any γβ₂, and γβ₂ < 1 is fine in first order
+    assert np.all(full.update_gop(st, g, beta2=beta2, gamma=gamma).d > 0)
+    st1 = full.update_gop(st, g, beta2=0.99 / gamma, gamma=gamma, exp="first_order")
+    assert np.all(st1.d > 0)
+    assert np.all(full.update_gop(st, g, beta2=5.0, gamma=0.0, exp="first_order").d > 0)
 
 
 def test_init_is_scaled_identity(xp):

@@ -26,6 +26,8 @@ import pytest
 pytest.importorskip("jax")
 pytest.importorskip("optax")
 
+pytestmark = pytest.mark.slow  # one 4-device subprocess run shared by the module (~25 s)
+
 SCRIPT = r"""
 import json
 import jax

@@ -1,4 +1,4 @@
-"""Kronecker scheme ``S = α S_C ⊗ S_K`` (SPEC §4) against independent dense references.
+"""Kronecker scheme ``S = α S_C ⊗ S_K`` (math §4) against independent dense references.
 
 Every reference here is built in float64 numpy from explicit matrices (``numpy.linalg.inv``,
 ``eigh``, ``kron``), never from outputs of ``spectral_curv``: the naive Fig. 1 / Fig. 6
@@ -23,7 +23,7 @@ import pytest
 from conftest import asarray, backend, to_numpy
 from spectral_curv import kron, maps
 
-# These tests check the paper's formulas (SPEC §2/§4) against explicit references: the
+# These tests check the paper's formulas (math §2/§4) against explicit references: the
 # core runs with the paper's basis update (the damped default: tests/test_tie_damping.py).
 pytestmark = pytest.mark.usefixtures("paper_rule")
 
@@ -305,6 +305,7 @@ def _orth_err(b: np.ndarray) -> float:
     return float(np.linalg.norm(b.T @ b - np.eye(b.shape[0]), 2))
 
 
+@pytest.mark.slow
 def test_claim3_invariants_after_1e4_exact_steps(record_property):
     pb = _problem(5)
     st = kron.from_factors(pb["S_C"], pb["S_K"], pb["alpha"])
@@ -322,6 +323,7 @@ def test_claim3_invariants_after_1e4_exact_steps(record_property):
     assert max(abs(x) for x in logdets) <= 1e-10
 
 
+@pytest.mark.slow
 def test_neumann_drift_after_1e4_steps(record_property):
     """Default neumann mode (K = 1, cap 0.25): B = B₀ P₀ P₁ …, P_k = Cayley(X_k)(I − X_k⁴).
 
@@ -446,7 +448,7 @@ def test_claim7_identity_both_factors():
     lhs_c = np.mean(np.diag(wc) / dc) / (a * C)  # k_C = c
     lhs_k = np.mean(np.diag(wk) / dk) / (a * R)  # k_K = r
     np.testing.assert_allclose([lhs_c, lhs_k], [rhs, rhs], rtol=1e-13)
-    # the rotated-gradient rewrite of SPEC §4 (R = B_Cᵀ G B_K)
+    # the rotated-gradient rewrite of math §4 (R = B_Cᵀ G B_K)
     rot = bc.T @ G @ bk
     _assert_close(rot @ np.diag(1 / dk) @ rot.T, wc, 1e-13, "W_C rotated")
     _assert_close(rot.T @ np.diag(1 / dc) @ rot, wk, 1e-13, "W_K rotated")
@@ -559,7 +561,7 @@ def test_first_order_vs_default_kronecker_update(xp, jit):
     assert all(3.5 <= q <= 4.5 for q in _ratios(errs)), _ratios(errs)
 
 
-# ------------------------------------------------------- normalised B step (SPEC §4/§5)
+# ------------------------------------------------------- normalised B step (math §4/§5)
 @pytest.mark.parametrize(
     ("mode", "msn", "terms"), [("neumann", None, 1), ("neumann", 0.1, 2), ("quadratic", None, 1)]
 )

@@ -1,4 +1,4 @@
-"""Layer-batched Kronecker states and diagonal sides (``spectral_curv.kron``, SPEC §4).
+"""Layer-batched Kronecker states and diagonal sides (``spectral_curv.kron``, math §4).
 
 A state whose leading axes ``L = alpha.shape`` stack independent layers must behave
 exactly like ``L`` independent single-layer states (every function: ``update_gop``,
@@ -24,7 +24,7 @@ import pytest
 from conftest import asarray, to_numpy
 from spectral_curv import kron
 
-# These tests check the paper's formulas (SPEC §2/§4) against explicit references: the
+# These tests check the paper's formulas (math §2/§4) against explicit references: the
 # core runs with the paper's basis update (the damped default: tests/test_tie_damping.py).
 pytestmark = pytest.mark.usefixtures("paper_rule")
 
@@ -210,7 +210,7 @@ def _ref_update(
     terms: int,
     msn: float | None,
 ) -> tuple[Any, ...]:
-    """SPEC §4 for one layer from explicit matrices; ``gs`` is ``(r, c)`` or ``(b, r, c)``
+    """math §4 for one layer from explicit matrices; ``gs`` is ``(r, c)`` or ``(b, r, c)``
     (the GOP is averaged over b). A None side is ``B = I`` fixed: its ``d`` update uses the
     same formula with ``diag(W)`` of the unrotated ``W`` and it is never rotated."""
     a, bc, dc, bk, dk = st

@@ -1,4 +1,4 @@
-"""Tests of ``spectral_curv.maps`` (SPEC §1, §2, §5).
+"""Tests of ``spectral_curv.maps`` (math §1, §2, §5).
 
 References are computed independently in float64 numpy: explicit inverses
 (``numpy.linalg.inv``), eigenvalues of the skew argument, explicit loops for
@@ -15,7 +15,7 @@ import pytest
 from conftest import asarray, to_numpy
 from spectral_curv import full, maps
 
-# These tests check the paper's formulas (SPEC §2/§4) against explicit references: the
+# These tests check the paper's formulas (math §2/§4) against explicit references: the
 # core runs with the paper's basis update (the damped default: tests/test_tie_damping.py).
 pytestmark = pytest.mark.usefixtures("paper_rule")
 
@@ -302,7 +302,7 @@ def _spd(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def test_skew_convention_first_order_sec5(record_property):
-    """SPEC §5: ``Skew(M) = M − Mᵀ`` with the argument ``(β₂/2)Skew(Tril(U))`` reproduces
+    """math §5: ``Skew(M) = M − Mᵀ`` with the argument ``(β₂/2)Skew(Tril(U))`` reproduces
     ``S + β₂Δ`` to first order; the ``(M − Mᵀ)/2`` convention moves the off-diagonal
     (eigenbasis) entries by only half of ``β₂ Q`` — off by a factor 2.
     """

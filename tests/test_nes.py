@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import asarray, to_numpy
-from spectral_curv import full, nes
+from spectral_curv import baselines, full, nes
 
-METHODS = (nes.SpectralNES, nes.XNES, nes.CholeskyNES)
+METHODS = (nes.SpectralNES, baselines.XNES, baselines.CholeskyNES)
 
 
 def _quadratic(h: np.ndarray, xs: np.ndarray):
@@ -205,7 +205,7 @@ def test_spectral_update_matches_explicit_to_first_order():
     assert np.linalg.norm(S_ref - S0) > 10 * errs[-1] * np.linalg.norm(S_ref)
 
 
-@pytest.mark.parametrize("cls", [nes.XNES, nes.CholeskyNES])
+@pytest.mark.parametrize("cls", [baselines.XNES, baselines.CholeskyNES])
 def test_baselines_match_explicit_to_first_order(cls):
     """xNES and Cholesky NES equal the explicit step up to O(lr²) (from a generic Σ)."""
     rng = np.random.default_rng(8)
@@ -217,7 +217,7 @@ def test_baselines_match_explicit_to_first_order(cls):
     errs = []
     for lr in (0.02, 0.01):
         es = cls(mu0, 1.0, seed=3, lr_cov=lr, lr_mean=0.5)
-        if cls is nes.XNES:
+        if cls is baselines.XNES:
             w, v = np.linalg.eigh(cov0)
             es.A = (v * np.sqrt(w)) @ v.T
         else:
@@ -232,7 +232,7 @@ def test_baselines_match_explicit_to_first_order(cls):
 
 
 def test_spectral_tie_masking_from_isotropic_start(monkeypatch):
-    """From S = σ⁻²I every eigenvalue ties. The paper's rule (SPEC §2, Moore–Penrose masking)
+    """From S = σ⁻²I every eigenvalue ties. The paper's rule (math §2, Moore–Penrose masking)
     cannot rotate B in the first step: only d moves. The damped default measures the gaps
     after the d update (the Jacobi angle of S + β₂Δ), so B already turns, by a bounded,
     small angle (docs/math.md)."""
@@ -285,6 +285,181 @@ def test_lr_sigma_only_changes_scale(monkeypatch):
     np.testing.assert_allclose(n1, n2, rtol=1e-10, atol=1e-12)
 
 
+def _old_spectral_update(es, eps, u):
+    """The former ``SpectralNES._update``: dense ``S^{1/2}``, dense ``Δ``, ``full.update(Δ)``."""
+    st = es.state
+    h = eps @ full.dense(st, 0.5)
+    delta = -((h * u[:, None]).T @ h)
+    if es.lr_sigma != es.lr_cov:
+        tr = -np.sum(u * np.sum(eps * eps, axis=1))
+        delta = delta + ((es.lr_sigma / es.lr_cov - 1.0) * tr / es.n) * full.dense(st)
+    delta = 0.5 * (delta + delta.T)
+    mean = es.mean - es.lr_mean * full.precondition(st, -(u @ h), p=1)
+    return mean, full.update(st, delta, beta2=es.lr_cov, cayley="exact", exp="exact")
+
+
+@pytest.mark.parametrize("rotation", ["damped", "paper"])
+@pytest.mark.parametrize("lr_sigma", [None, 0.3])
+def test_spectral_update_in_factored_frame_matches_dense_formula(monkeypatch, rotation, lr_sigma):
+    """``SpectralNES`` forms ``Q = −Diag(√d)(EB)ᵀDiag(u)(EB)Diag(√d)`` for
+    ``full.update_rotated`` (issue 14 §2): the same step as the former dense round trip
+    through ``S^{1/2}`` and ``Δ`` to round-off (float64, a generic ``S``)."""
+    from spectral_curv import maps
+
+    monkeypatch.setattr(maps, "DEFAULT_ROTATION", rotation)
+    rng = np.random.default_rng(9)
+    n = 7
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    es = nes.SpectralNES(rng.standard_normal(n), 1.0, seed=4, lr_cov=0.05, lr_sigma=lr_sigma)
+    es.state = full.from_dense(q @ np.diag(np.linspace(0.5, 4.0, n)) @ q.T)
+    for _ in range(3):
+        X = es.ask()
+        f = nes.rosenbrock(X)
+        u = nes.rank_utilities(f)
+        mean_ref, st_ref = _old_spectral_update(es, es._eps, u)
+        es.tell(X, f)
+        np.testing.assert_allclose(es.mean, mean_ref, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(es.state.d, st_ref.d, rtol=1e-13)
+        np.testing.assert_allclose(es.state.B, st_ref.B, rtol=0, atol=1e-12)
+        es.state, es._mean = st_ref, mean_ref  # compare one step at a time
+
+
+# ------------------------------------------------------------------ issue 15: tell is atomic
+
+
+def _snapshot(es):
+    attrs = {"state": "state", "A": "A", "K": "K"}
+    dist = {k: getattr(es, k) for k in attrs if hasattr(es, k)}
+    return (
+        to_numpy(es.mean).copy(),
+        {
+            k: [to_numpy(a).copy() for a in (v if isinstance(v, tuple) else (v,))]
+            for k, v in dist.items()
+        },
+        es.countevals,
+        es.countiter,
+        es.result.fbest,
+        list(es._hist),
+    )
+
+
+def _assert_same(a, b):
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[1].keys() == b[1].keys()
+    for k in a[1]:
+        for x, y in zip(a[1][k], b[1][k]):
+            np.testing.assert_array_equal(x, y)
+    assert a[2:] == b[2:]
+
+
+@pytest.mark.parametrize("cls", [nes.SpectralNES, baselines.XNES])
+def test_failed_tell_leaves_the_state_unchanged(cls):
+    """An update that leaves the representable range (here: a huge ``lr_cov``) used to commit
+    a NaN / inf distribution and the counters (issue 15). Now ``tell`` computes the whole new
+    state, checks it, and raises before committing anything."""
+    es = cls(np.ones(3), 1.0, seed=0)
+    X = es.ask()
+    es.tell(X, nes.rosenbrock(X))  # one good step
+    es.lr_cov = 1e6
+    X = es.ask()
+    before = _snapshot(es)
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match="unchanged"):
+        es.tell(X, nes.rosenbrock(X))
+    _assert_same(_snapshot(es), before)
+    # with warnings as errors (this suite's setting) the overflow warning surfaces first:
+    # still nothing is committed
+    with pytest.raises((FloatingPointError, RuntimeWarning)):
+        es.tell(X, nes.rosenbrock(X))
+    _assert_same(_snapshot(es), before)
+    es.lr_cov = 0.1  # the same ask() can still be told
+    es.tell(X, nes.rosenbrock(X))
+    assert es.countiter == 2 and np.all(np.isfinite(to_numpy(es.covariance)))
+
+
+@pytest.mark.parametrize("cls", METHODS)
+@pytest.mark.parametrize(
+    ("dtype", "sigma0"),
+    [
+        (np.float32, 1e-20),
+        (np.float64, 1e-300),
+        (np.float64, 1e300),
+        (np.float32, 1e20),
+        (np.float64, 1e-140),
+    ],
+)
+def test_extreme_sigma0_is_refused_naming_it(cls, dtype, sigma0):
+    """``sigma0 = 1e-20`` in float32 made ``tell`` fail after the mean was already NaN; 1e-300 /
+    1e300 gave an OverflowError or an error naming ``scale`` (issue 15). Now the constructor
+    refuses a ``sigma0`` whose ``σ0²`` or ``σ0⁻²`` the dtype cannot hold, naming ``sigma0``."""
+    with pytest.raises(ValueError, match=r"`sigma0` = .* out of range for dtype"):
+        cls(np.zeros(3, dtype=dtype), sigma0)
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_sigma0_near_the_range_still_runs(cls):
+    for dtype, sigma0 in (
+        (np.float32, 1e-7),
+        (np.float32, 1e7),
+        (np.float64, 1e-70),
+        (np.float64, 1e70),
+    ):
+        es = cls(np.zeros(3, dtype=dtype), sigma0, seed=0)
+        X = es.ask()
+        es.tell(X, np.sum((X / sigma0) ** 2, axis=1))
+        assert es.countiter == 1 and np.all(np.isfinite(to_numpy(es.covariance)))
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_complex_values_are_refused(cls):
+    """Complex objective values were cast to float64, dropping the imaginary part (issue 15)."""
+    es = cls(np.zeros(3), 1.0, seed=0)
+    X = es.ask()
+    f = np.sum(X**2, axis=1)
+    for bad in (f + 1j, f.astype(np.complex128), [complex(v) for v in f]):
+        with pytest.raises(ValueError, match=r"`values` must be real"):
+            es.tell(X, bad)
+    with pytest.raises(ValueError, match=r"`X` must be real"):
+        es.tell(X.astype(np.complex128), f)
+    with pytest.raises(ValueError, match=r"`values` must hold real numbers"):
+        es.tell(X, np.array(["a"] * es.popsize))
+    assert es.countiter == 0
+    es.tell(X, f)
+    assert es.countiter == 1
+
+
+# ------------------------------------------------------------------ moved names
+
+
+def test_moved_names_remain_importable():
+    """Baselines moved to ``baselines``, the benchmark to ``experiments.nes`` (issue 14 §3);
+    the old names are aliases of the same objects, loaded lazily."""
+    import subprocess
+    import sys
+
+    from spectral_curv.experiments import nes as ex
+
+    assert nes.XNES is baselines.XNES and nes.CholeskyNES is baselines.CholeskyNES
+    assert nes.benchmark is ex.benchmark and nes.summarise is ex.summarise
+    assert nes.main is ex.main and nes.FUNCTIONS is ex.FUNCTIONS and nes._plot is ex._plot
+    from spectral_curv.nes import XNES, benchmark  # from-imports work too
+
+    assert XNES is baselines.XNES and benchmark is ex.benchmark
+    assert "XNES" in dir(nes) and "XNES" not in nes.__all__
+    with pytest.raises(AttributeError, match="no_such_name"):
+        nes.no_such_name  # noqa: B018
+    # core modules import no experiments (no cycle); both CLIs answer
+    code = (
+        "import sys, spectral_curv, spectral_curv.nes, spectral_curv.baselines, "
+        "spectral_curv.spd; print(any(m.startswith('spectral_curv.experiments') "
+        "for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    for mod in ("spectral_curv.nes", "spectral_curv.experiments.nes"):
+        r = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "--budget-scale" in r.stdout, r.stderr
+
+
 # ------------------------------------------------------------------ test functions
 
 
@@ -299,7 +474,9 @@ def test_lr_sigma_only_changes_scale(monkeypatch):
     ],
 )
 def test_functions_minimum_and_shapes(fun, xopt):
-    assert nes.FUNCTIONS[fun.__name__].fun is fun and nes.FUNCTIONS[fun.__name__].xopt == xopt
+    from spectral_curv.experiments.nes import FUNCTIONS
+
+    assert FUNCTIONS[fun.__name__].fun is fun and FUNCTIONS[fun.__name__].xopt == xopt
     x = np.full(60, xopt)
     assert fun(x).shape == ()
     assert abs(float(fun(x))) < 1e-12

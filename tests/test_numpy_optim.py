@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import spectral_curv.numpy as scn
+from _configs import CONFIGS
 from spectral_curv import optim
 from spectral_curv.numpy import FORMAT, SpectralKron
 
@@ -115,42 +116,6 @@ def test_hand_written_gradients_match_central_differences():
 
 
 # --------------------------------------------------------------------------- configs
-CONFIGS: dict[str, dict[str, Any]] = {
-    # every default (warmup 10, interval 2, reorth every 10th refresh, quadratic Cayley)
-    "defaults": dict(lr=0.01),
-    "exact-exact-p1": dict(
-        lr=0.003,
-        precond_lr=0.2,
-        p=1.0,
-        gamma=0.5,
-        damping=1e-2,
-        momentum=0.0,
-        update_interval=3,
-        precond_warmup=2,
-        cayley="exact",
-        exp="exact",
-        max_step_norm=0.5,
-        tie_tol=1e-6,
-    ),
-    "graft-clip-wd-momentum-diag-side": dict(
-        lr=0.05,
-        precond_lr=0.25,
-        p=3.0,
-        damping=1e-4,
-        momentum=0.3,
-        weight_decay=0.1,
-        update_interval=2,
-        precond_warmup=2,
-        reorth_interval=3,
-        cayley="neumann",
-        cayley_terms=2,
-        graft="adam",
-        max_update_rms=0.3,
-        betas=(0.8, 0.95),
-        eps=1e-6,
-        max_precond_dim=10,  # T (6 × 15): diagonal column side
-    ),
-}
 STEPS = 50
 
 
@@ -187,7 +152,14 @@ def _run_torch(hp: dict[str, Any], batches: list[Any]):
     return opt, tp, traj
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+#: The shared configurations (tests/_configs.py) but "quadratic-first_order": lr 0.05 with
+#: momentum 0.9 makes this model's 50-step run chaotic (a 1e-15 relative change of the
+#: initial weights reaches 2.5e-8 by step 45), so two correct implementations part by more
+#: than TOL through round-off alone; test_contract.py compares that configuration.
+NUMPY_CONFIGS = [n for n in CONFIGS if n != "quadratic-first_order"]
+
+
+@pytest.mark.parametrize("name", NUMPY_CONFIGS)
 def test_trajectory_equals_torch_float64(name, monkeypatch, record_property):
     hp = CONFIGS[name]
     batches = _batches(STEPS)
@@ -312,7 +284,7 @@ def _sd_equal(a: Any, b: Any, path: str = "") -> None:
 
 
 RESUME = {
-    "dict-float64-graft": (dict, np.float64, CONFIGS["graft-clip-wd-momentum-diag-side"]),
+    "dict-float64-graft": (dict, np.float64, CONFIGS["graft-adam-clip-diag-sides"]),
     "list-float32-defaults": (list, np.float32, dict(lr=0.02, reorth_interval=2)),
 }
 
@@ -524,9 +496,9 @@ BAD = [
     ("max_update_rms", 0.0),
     ("max_update_rms", -1.0),
     ("graft", "sgd"),
-    ("betas", (1.0, 0.999)),
-    ("betas", (0.9,)),
-    ("eps", -1e-8),
+    ("graft_betas", (1.0, 0.999)),
+    ("graft_betas", (0.9,)),
+    ("graft_eps", -1e-8),
     ("max_precond_dim", 0),
     ("precond_dtype", np.int32),
     ("precond_dtype", "complex64"),
@@ -682,7 +654,7 @@ def test_routing_and_plans():
     plans = opt.plans
     assert plans["T"] == ("kron", 6, 15, False, False)
     assert plans["E"] == ("kron", 40, 3, True, False)
-    assert plans["s"] == plans["b1"] == plans["empty"] == ("diag",)
+    assert plans["s"] == plans["b1"] == plans["empty"] == optim.Plan("diag")
     st = opt.state
     assert st["T"]["B_K"].shape == (15, 15) and st["T"]["momentum_buffer"].shape == (6, 3, 5)
     assert "B_C" not in st["E"] and st["E"]["d_C"].shape == (40,)

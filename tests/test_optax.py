@@ -1,4 +1,4 @@
-"""Tests of the optax adapter ``spectral_curv.optax`` (SPEC §3–§5 through ``optim``).
+"""Tests of the optax adapter ``spectral_curv.optax`` (math §3–§5 through ``optim``).
 
 Trajectories are compared with a hand-written NumPy float64 loop over ``spectral_curv.optim``
 and with the torch optimizer; then jit, ``inject_hyperparams``, schedules, dtypes, chaining,
@@ -91,8 +91,8 @@ def _numpy_reference(
         "exp": "first_order",
         "max_update_rms": None,
         "graft": None,
-        "betas": (0.9, 0.999),
-        "eps": 1e-8,
+        "graft_betas": (0.9, 0.999),
+        "graft_eps": 1e-8,
         "max_precond_dim": 4096,
         **cfg,
     }
@@ -131,10 +131,11 @@ def _numpy_reference(
                 if reorth:
                     prec = optim.reorthonormalize(prec)
             s["prec"] = prec
-            u = optim.direction(prec, G, p=c["p"]).reshape(g.shape)
+            norm_p = 2.0 if c.get("step_scale", "p2") == "p2" else None
+            u = optim.direction(prec, G, p=c["p"], norm_p=norm_p).reshape(g.shape)
             if c["graft"] == "adam":
                 u, s["ea"], s["eas"] = optim.graft_adam(
-                    u, g, s["ea"], s["eas"], step=t + 1, betas=c["betas"], eps=c["eps"]
+                    u, g, s["ea"], s["eas"], step=t + 1, betas=c["graft_betas"], eps=c["graft_eps"]
                 )
             if c["max_update_rms"] is not None:
                 clipped.append(bool(np.sqrt(np.mean(u * u)) > c["max_update_rms"]))
@@ -243,6 +244,7 @@ def test_trajectory_matches_numpy_and_torch(name: str, x64: None) -> None:
     assert terr <= 1e-10
 
 
+@pytest.mark.slow
 def test_inject_hyperparams_matches_numpy_and_controls_lr(x64: None) -> None:
     cfg = CONFIGS["quadratic"]
     params, batches = _problem(1)
@@ -275,6 +277,7 @@ def test_inject_hyperparams_matches_numpy_and_controls_lr(x64: None) -> None:
         np.testing.assert_allclose(np.asarray(u_s[k]), np.asarray(u1[k]), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_schedule_direct_and_injected(x64: None) -> None:
     params, batches = _problem(2)
     sched = optax.piecewise_constant_schedule(0.02, {5: 0.0})  # lr = 0 from step 5 on
@@ -309,6 +312,7 @@ def test_jit_init_and_update_and_chain(x64: None) -> None:
     assert all(int(r) == 0 for r in jax.tree.leaves(sp.rejected))
 
 
+@pytest.mark.slow
 def test_routing_others(x64: None) -> None:
     params, batches = _problem(4)
     P = {k: jnp.asarray(v) for k, v in params.items()}
@@ -367,6 +371,7 @@ def test_dtypes_preserved(pdt: str) -> None:
     assert float(loss(P)) < l0
 
 
+@pytest.mark.slow
 def test_grad_through_a_step(x64: None) -> None:
     params, batches = _problem(5)
     P = {k: jnp.asarray(v) for k, v in params.items()}
@@ -389,6 +394,7 @@ def test_grad_through_a_step(x64: None) -> None:
         assert sum(float(jnp.sum(x * x)) for x in leaves) > 0
 
 
+@pytest.mark.slow
 def test_equinox_digits() -> None:
     eqx = pytest.importorskip("equinox")
     datasets = pytest.importorskip("sklearn.datasets")
@@ -445,7 +451,7 @@ def test_equinox_digits() -> None:
         ({"cayley_terms": -1}, "cayley_terms"),
         ({"max_update_rms": 0.0}, "max_update_rms"),
         ({"graft": "sgd"}, "graft"),
-        ({"betas": (0.9, 1.0)}, "betas"),
+        ({"graft_betas": (0.9, 1.0)}, "graft_betas"),
         ({"precond_dtype": jnp.int32}, "precond_dtype"),
         ({"max_precond_dim": 0}, "max_precond_dim"),
         ({"precond_lr": 2.0}, "precond_lr"),  # γ·β₂ ≥ 1 with exp="first_order"

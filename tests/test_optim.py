@@ -115,8 +115,10 @@ def test_first_state_diag_fill_rule(xp, jit):
     _close(fn0(st, asarray(xp, np.zeros(4))).d, np.ones(4), what="all zero → 1")
 
 
-def test_first_state_overflow_falls_back(xp, jit):
-    """A finite float32 gradient whose square overflows: α₀ and the bad d₀ entries fall back."""
+def test_first_state_overflow_is_clamped(xp, jit):
+    """A finite float32 gradient whose square overflows: α₀ is clamped to the dtype's largest
+    value (a finite, bounded first step; it used to fall back to 1, i.e. a step ``lr·G``);
+    the diagonal entries too, and a zero entry takes the good entries' mean."""
     st = optim.init(optim.plan((2, 3)), (2, 3), dtype=xp.float32, xp=xp)
     dst = optim.init(("diag",), (3,), dtype=xp.float32, xp=xp)
     g = asarray(xp, np.full((2, 3), 1e25), dtype=xp.float32)
@@ -124,16 +126,17 @@ def test_first_state_overflow_falls_back(xp, jit):
     fn = jit(lambda s, x: optim.first_state(s, x, damping=0.0))
     with np.errstate(over="ignore", invalid="ignore"):
         k, dd = fn(st, g), fn(dst, gd)
-    assert k.alpha.dtype == xp.float32 and float(to_numpy(k.alpha)) == 1.0
-    _close(dd.d, [4.0, 4.0, 4.0], 1e-7, what="inf and 0 entries filled with the good mean")
+    big = float(np.finfo(np.float32).max)
+    assert k.alpha.dtype == xp.float32 and float(to_numpy(k.alpha)) == big
+    _close(dd.d, [big, 4.0, (big + 4.0) / 2], 1e-6, what="clamped; the 0 entry: the good mean")
 
 
 # ------------------------------------------------------------------------- refresh
-GAMMA, BETA2 = 3.0, 0.5  # γβ₂ = 1.5 > 1: first-order (1 − γβ₂) d < 0 unless G is large
+GAMMA, BETA2 = 1.5, 0.5  # γβ₂ = 0.75 < 1 (the core rejects γβ₂ ≥ 1 with exp="first_order")
 
 
 def _first_order_eigs(alpha, d_c, d_k, g, lam):
-    """SPEC §4 first-order eigenvalue/scale update for B = I, from explicit float64 sums."""
+    """math §4 first-order eigenvalue/scale update for B = I, from explicit float64 sums."""
     r, c = g.shape
     diag_c = np.array([sum(g[i, j] ** 2 / d_k[j] for j in range(c)) for i in range(r)])
     diag_k = np.array([sum(g[i, j] ** 2 / d_c[i] for i in range(r)) for j in range(c)])
@@ -148,7 +151,8 @@ def test_refresh_keeps_last_good_per_layer(xp, jit):
     r, c, lam = 3, 4, 1e-4
     d_c, d_k = np.array([0.5, 1.0, 2.0]), np.array([2.0, 0.5, 1.0, 1.0])
     alpha = np.array([1e-2, 1.0])
-    g = np.stack([rng.standard_normal((r, c)), np.zeros((r, c))])  # layer 1: (1−γβ₂)d < 0
+    # layer 1: a gradient whose square overflows float64 gives non-finite factors
+    g = np.stack([rng.standard_normal((r, c)), np.full((r, c), 1e200)])
     st0 = kron.KronState(
         asarray(xp, alpha),
         asarray(xp, np.stack([np.eye(r)] * 2)),
@@ -179,17 +183,20 @@ def test_refresh_keeps_last_good_per_layer(xp, jit):
 
 
 def test_refresh_diag_all_or_nothing(xp, jit):
+    gamma = 1.0  # γβ₂ < 1: a first-order step keeps d > 0; an overflow must be rejected
     fn = jit(
         lambda s, g: optim.refresh(
-            s, g, precond_lr=BETA2, gamma=GAMMA, damping=0.1, exp="first_order"
+            s, g, precond_lr=BETA2, gamma=gamma, damping=0.1, exp="first_order"
         )
     )
     st = diag.DiagState(asarray(xp, [1.0, 1.0, 1.0]))
     good = np.array([2.0, 3.0, -2.0])
     new, ok = fn(st, asarray(xp, good))
     assert bool(to_numpy(ok))
-    _close(new.d, 1.0 + BETA2 * (good**2 + 0.1 - GAMMA * 1.0), what="d + β₂(g² + λ − γd)")
-    new, ok = fn(st, asarray(xp, [2.0, 0.0, 2.0]))  # middle entry: 1 + 0.5(0.1 − 3) < 0
+    _close(new.d, 1.0 + BETA2 * (good**2 + 0.1 - gamma * 1.0), what="d + β₂(g² + λ − γd)")
+    big = 2.0 * float(xp.finfo(st.d.dtype).max) ** 0.5  # middle entry: g² overflows to inf
+    with np.errstate(over="ignore"):
+        new, ok = fn(st, asarray(xp, [2.0, big, 2.0]))
     assert not bool(to_numpy(ok))
     _close(new.d, [1.0, 1.0, 1.0], 0.0, what="kept")
 

@@ -1,4 +1,4 @@
-"""SPD matrix optimisation (``spectral_curv.spd``; SPEC §2, §6, Fig. 3).
+"""SPD matrix optimisation (``spectral_curv.spd``; math §2, §6, Fig. 3).
 
 References are independent: numpy / ``scipy.linalg`` (``expm``, ``eigh``, ``inv``) in
 float64, and central finite differences for the gradients.
@@ -13,7 +13,7 @@ import pytest
 import scipy.linalg as sla
 
 from conftest import to_numpy
-from spectral_curv import full, spd
+from spectral_curv import baselines, full, spd
 
 # Iteration budgets stated in docs/spd.md (measured: 93 / 155 at the shared lr 0.05;
 # 39 / 80 for the spectral method at its tuned lr; counts at lr ≥ 0.2 on log-det move by
@@ -86,16 +86,81 @@ def test_rgd_step_matches_scipy():
     rng = np.random.default_rng(0)
     s, g = _random_spd(rng, 6, 5.0), _sym(rng, 6)
     for lr in (0.01, 0.3):
-        np.testing.assert_allclose(spd.rgd_step(s, g, lr=lr), _rgd_reference(s, g, lr), atol=1e-12)
+        np.testing.assert_allclose(
+            baselines.rgd_step(s, g, lr=lr), _rgd_reference(s, g, lr), atol=1e-12
+        )
         xi = -2.0 * lr * s @ g @ s
         ref2 = s + xi + 0.5 * xi @ np.linalg.inv(s) @ xi
-        out2 = spd.rgd_step(s, g, lr=lr, retraction="second_order")
+        out2 = baselines.rgd_step(s, g, lr=lr, retraction="second_order")
         np.testing.assert_allclose(out2, ref2, atol=1e-12)
     # The symmetric part of a non-symmetric gradient is used.
     a = rng.standard_normal((6, 6))
     np.testing.assert_allclose(
-        spd.rgd_step(s, a, lr=0.1), _rgd_reference(s, 0.5 * (a + a.T), 0.1), atol=1e-12
+        baselines.rgd_step(s, a, lr=0.1), _rgd_reference(s, 0.5 * (a + a.T), 0.1), atol=1e-12
     )
+
+
+def _old_dense_step(state, grad, lr, **kw):
+    """The former ``spd.step``: dense ``S``, ``Δ = −2 sym(S G S)``, ``full.update(Δ)``."""
+    g = 0.5 * (grad + grad.T)
+    s = full.dense(state)
+    t = s @ g @ s
+    return full.update(state, -2.0 * 0.5 * (t + t.T), beta2=lr, **kw)
+
+
+@pytest.mark.parametrize("rotation", ["damped", "paper"])
+@pytest.mark.parametrize(("cayley", "exp"), [("exact", "exact"), ("quadratic", "first_order")])
+def test_step_stays_in_factored_frame_and_matches_dense_formula(cayley, exp, rotation):
+    """``spd.step`` forms ``Q = −2 Diag(d)(BᵀGB)Diag(d)`` for ``full.update_rotated`` (issue 14
+    §2); in float64 it equals the former dense round trip ``full.update(state, −2 S G S)`` to
+    round-off from an orthogonal ``B``, and with the exact Cayley map also after a few steps
+    on a Fig. 3 problem. (A truncated Cayley map leaves ``BᵀB ≠ I``; the dense form then
+    computes ``−2 (BᵀB) D (BᵀGB) D (BᵀB)``, the paper's factored form ``−2 D (BᵀGB) D``: later
+    iterates differ at the level of that drift, not of round-off.)"""
+    rng = np.random.default_rng(12)
+    n = 8
+    state = spd.init(_random_spd(rng, n, 6.0))
+    a = rng.standard_normal((n, n))  # non-symmetric: its symmetric part is used
+    kw = {"cayley": cayley, "exp": exp, "rotation": rotation}
+    new = spd.step(state, a, lr=0.05, **kw)
+    old = _old_dense_step(state, a, 0.05, **kw)
+    np.testing.assert_allclose(new.d, old.d, rtol=1e-13)
+    np.testing.assert_allclose(new.B, old.B, rtol=0, atol=1e-13)
+    if cayley != "exact":
+        return
+    prob = spd.log_det(n, seed=1)
+    s_new = s_old = spd.init(prob.s0)
+    for _ in range(10):
+        s_new = spd.step(s_new, prob.grad(full.dense(s_new)), lr=0.2, **kw)
+        s_old = _old_dense_step(s_old, prob.grad(full.dense(s_old)), 0.2, **kw)
+    # the paper's rule divides by gaps down to ~6e-4 on this path, amplifying the round-off
+    tol = 1e-13 if rotation == "damped" else 1e-10
+    np.testing.assert_allclose(full.dense(s_new), full.dense(s_old), rtol=0, atol=tol)
+
+
+def test_baseline_steps_moved_to_baselines_with_aliases():
+    """The SPD baselines live in ``baselines`` (math §6 in one place); the old names remain."""
+    assert spd.rgd_step is baselines.rgd_step
+    assert spd.cholesky_step is baselines.cholesky_step
+    from spectral_curv.spd import cholesky_step, rgd_step
+
+    assert (rgd_step, cholesky_step) == (baselines.rgd_step, baselines.cholesky_step)
+    assert "rgd_step" not in spd.__all__ and "rgd_step" in baselines.__all__
+
+
+def test_cholesky_step_matches_dense_formula():
+    """``baselines.cholesky_step`` forms ``X = −2 K⁻¹GK⁻ᵀ`` without ``S``: the same step as
+    ``cholesky_update(state, −2 S G S)`` (its former dense form) to round-off."""
+    rng = np.random.default_rng(13)
+    n = 7
+    s = _random_spd(rng, n, 5.0)
+    g = _sym(rng, n)
+    st = baselines.cholesky_from_dense(s)
+    for exp in ("exact", "first_order"):
+        new = baselines.cholesky_step(st, g, lr=0.05, exp=exp)
+        s_dense = baselines.cholesky_dense(st)
+        old = baselines.cholesky_update(st, -2.0 * s_dense @ g @ s_dense, beta2=0.05, exp=exp)
+        np.testing.assert_allclose(new.K, old.K, rtol=1e-11, atol=1e-13)
 
 
 @pytest.mark.parametrize(
@@ -112,11 +177,9 @@ def test_first_order_agreement_with_riemannian_gd(method, expected, record_prope
         if method == "spectral":
             return full.dense(spd.step(spd.init(s), g, lr=lr))
         if method == "cholesky":
-            from spectral_curv import baselines
-
             st = baselines.cholesky_from_dense(s)
-            return baselines.cholesky_dense(spd.cholesky_step(st, g, lr=lr))
-        return spd.rgd_step(s, g, lr=lr, retraction="second_order")
+            return baselines.cholesky_dense(baselines.cholesky_step(st, g, lr=lr))
+        return baselines.rgd_step(s, g, lr=lr, retraction="second_order")
 
     errs = [np.linalg.norm(one_step(lr) - _rgd_reference(s, g, lr)) for lr in (4e-3, 2e-3)]
     step_size = np.linalg.norm(_rgd_reference(s, g, 4e-3) - s)
@@ -262,7 +325,9 @@ def test_spectral_equals_rgd_when_basis_diagonalises_q(problems):
     s = (v * d) @ v.T
     for lr in (0.2, 0.5):
         spec = full.dense(spd.step(st, prob.grad(s), lr=lr))
-        np.testing.assert_allclose(spec, spd.rgd_step(s, prob.grad(s), lr=lr), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            spec, baselines.rgd_step(s, prob.grad(s), lr=lr), rtol=0, atol=1e-12
+        )
     # From this start both reach the target in the same (Newton-like) number of steps.
     ks = [
         spd.iterations_to(
@@ -495,20 +560,20 @@ def test_bad_input_raises_naming_the_argument():
     with pytest.raises(ValueError, match=r"`grad`.*shape"):
         spd.step(spd.init(s), np.ones((4, 5)), lr=0.1)
     with pytest.raises(ValueError, match=r"`grad`.*shape"):
-        spd.rgd_step(s, np.ones(4), lr=0.1)
+        baselines.rgd_step(s, np.ones(4), lr=0.1)
     for lr in (0.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="`lr`"):
             spd.minimize(grad, s, lr=lr, steps=1)
         with pytest.raises(ValueError, match="`lr`"):
             spd.step(spd.init(s), g, lr=lr)
         with pytest.raises(ValueError, match="`lr`"):
-            spd.rgd_step(s, g, lr=lr)
+            baselines.rgd_step(s, g, lr=lr)
     with pytest.raises(ValueError, match="`method`"):
         spd.minimize(grad, s, lr=0.1, steps=1, method="sgd")
     with pytest.raises(ValueError, match="`steps`"):
         spd.minimize(grad, s, lr=0.1, steps=-1)
     with pytest.raises(ValueError, match="`retraction`"):
-        spd.rgd_step(s, g, lr=0.1, retraction="cayley")
+        baselines.rgd_step(s, g, lr=0.1, retraction="cayley")
     with pytest.raises(ValueError, match=r"`grad`.*non-finite"):
         spd.step(spd.init(s), g * np.nan, lr=0.1)
     with pytest.raises(ValueError, match="`batch_size`"):

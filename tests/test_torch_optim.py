@@ -28,6 +28,7 @@ from torch.func import functional_call  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 import spectral_curv.torch as sct  # noqa: E402
+from _configs import CONFIGS  # noqa: E402
 from spectral_curv import diag, kron, maps  # noqa: E402
 from spectral_curv.torch import SpectralKron, spectral_kron  # noqa: E402
 
@@ -205,6 +206,9 @@ class RefOptimizer:
                         self.stats["reorth"] += 1
                     s["st"] = st
                 u = kron.precondition(st, G, p=hp["p"]).reshape(prm.shape)
+                if hp.get("step_scale", "p2") == "p2":  # the size of the p = 2 step
+                    u2 = kron.precondition(st, G, p=2.0)
+                    u = u * (np.linalg.norm(u2) / np.linalg.norm(u))
             else:
                 if first:
                     s["d"] = diag.DiagState(g * g + lam)
@@ -214,12 +218,15 @@ class RefOptimizer:
                         s["d"] = new
                     s["refreshes"] += 1
                 u = diag.precondition(s["d"], g, p=hp["p"])
+                if hp.get("step_scale", "p2") == "p2" and np.linalg.norm(u) > 0:
+                    u2 = diag.precondition(s["d"], g, p=2.0)
+                    u = u * (np.linalg.norm(u2) / np.linalg.norm(u))
             t1 = t + 1
             if hp["graft"] == "adam":
-                b1, b2 = hp["betas"]
+                b1, b2 = hp["graft_betas"]
                 s["m"] = b1 * s.get("m", 0.0) + (1 - b1) * g
                 s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * g * g
-                adam = (s["m"] / (1 - b1**t1)) / (np.sqrt(s["v"] / (1 - b2**t1)) + hp["eps"])
+                adam = (s["m"] / (1 - b1**t1)) / (np.sqrt(s["v"] / (1 - b2**t1)) + hp["graft_eps"])
                 u = u * (np.linalg.norm(adam) / np.linalg.norm(u))
             if hp["max_update_rms"] is not None:
                 rms = np.sqrt(np.mean(u * u))
@@ -252,66 +259,10 @@ DEFAULTS = dict(
     max_step_norm=None,
     max_update_rms=None,
     graft=None,
-    betas=(0.9, 0.999),
-    eps=1e-8,
+    graft_betas=(0.9, 0.999),
+    graft_eps=1e-8,
     max_precond_dim=4096,
 )
-
-CONFIGS = {
-    "quadratic-first_order": dict(
-        lr=0.05,
-        precond_lr=0.3,
-        damping=1e-4,
-        momentum=0.9,
-        weight_decay=0.01,
-        update_interval=2,
-        precond_warmup=3,
-        reorth_interval=2,
-    ),
-    "neumann-first_order": dict(
-        cayley="neumann",
-        lr=0.05,
-        precond_lr=0.3,
-        damping=1e-4,
-        momentum=0.5,
-        weight_decay=0.01,
-        update_interval=2,
-        precond_warmup=3,
-        reorth_interval=3,
-    ),
-    "exact-exact-p1": dict(
-        lr=0.003,
-        precond_lr=0.2,
-        p=1.0,
-        gamma=0.5,
-        damping=1e-2,
-        momentum=0.0,
-        update_interval=3,
-        precond_warmup=2,
-        cayley="exact",
-        exp="exact",
-        max_step_norm=0.5,
-        tie_tol=1e-6,
-    ),
-    "graft-adam-clip-diag-sides": dict(
-        lr=0.05,
-        precond_lr=0.25,
-        p=3.0,
-        damping=1e-4,
-        momentum=0.3,
-        weight_decay=0.1,
-        update_interval=2,
-        precond_warmup=2,
-        reorth_interval=3,
-        cayley="neumann",
-        cayley_terms=2,
-        graft="adam",
-        max_update_rms=0.5,  # binds on 40 of the 144 parameter updates
-        betas=(0.8, 0.95),
-        eps=1e-6,
-        max_precond_dim=10,  # conv (3×18) and fc1 (8×27): diagonal column side
-    ),
-}
 
 
 def _grads_at(model: nn.Module, params: list[np.ndarray], x: Any, y: Any) -> list[np.ndarray]:
@@ -718,9 +669,9 @@ BAD = [
     ("max_update_rms", 0.0),
     ("max_update_rms", -1.0),
     ("graft", "sgd"),
-    ("betas", (1.0, 0.999)),
-    ("betas", (0.9,)),
-    ("eps", -1e-8),
+    ("graft_betas", (1.0, 0.999)),
+    ("graft_betas", (0.9,)),
+    ("graft_eps", -1e-8),
     ("max_precond_dim", 0),
     ("precond_dtype", torch.int32),
     ("precond_dtype", "float32"),
@@ -773,10 +724,26 @@ def test_nonfinite_skip_counts_and_continues():
         model.conv.weight.grad[0, 0, 0, 0] = float("nan")
         opt.step()
     assert opt.skipped_steps == 2
-    _state_equal(opt.state_dict(), sd)
+    now = opt.state_dict()
+    assert [g["skipped_steps"] for g in now["param_groups"]] == [2]  # saved with the state
+    for g in sd["param_groups"]:
+        g["skipped_steps"] = 2
+    _state_equal(now, sd)  # nothing else changed
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
     _train(model, opt, batches[3:])
     assert int(opt.state[model.conv.weight]["step"]) == 3 and opt.skipped_steps == 2
+    for clone in (copy.deepcopy(opt), _reloaded(opt, model)):
+        assert clone.skipped_steps == 2 and clone.param_groups[0]["nonfinite"] == "skip"
+
+
+def _reloaded(opt: SpectralKron, model: nn.Module) -> SpectralKron:
+    """A fresh optimizer for ``model`` loaded from ``opt``'s state dict through bytes."""
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    new = SpectralKron(model.parameters(), lr=1.0)
+    new.load_state_dict(torch.load(buf, weights_only=True))
+    return new
 
 
 def test_rejected_refresh_is_per_layer(monkeypatch):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import BACKENDS, _load, asarray, backend, to_numpy
+from conftest import BACKENDS, _load, asarray, backend, skip_marked_backends, to_numpy
 from spectral_curv import diag, full
 
 N = 4
@@ -17,6 +17,7 @@ N = 4
 def exp_xp(request):
     """Eager backends only: jax arrays (even concrete ones) count as lazy, so their value
     checks are skipped (see ``test_value_checks_skipped_under_jit``)."""
+    skip_marked_backends(request, request.param)
     return _load(request.param)
 
 
@@ -121,13 +122,12 @@ def test_diag_mixed_backends(exp_xp, dst):
 def _other_device(xp):
     if backend(xp) == "array_api_strict":
         return xp.Device("device1")
-    if backend(xp) == "torch":
-        import torch
+    import torch
 
-        return torch.device("meta")
-    pytest.skip(f"{backend(xp)}: no second device to test with")
+    return torch.device("meta")
 
 
+@pytest.mark.skip_backends("numpy", "cupy", "jax", reason="no second device to test with")
 def test_mismatched_devices(exp_xp, st, dst):
     dev = _other_device(exp_xp)
     g = exp_xp.asarray(np.ones(N), dtype=exp_xp.float64, device=dev)

@@ -1,14 +1,14 @@
-"""Reference schemes the paper's figures compare against (SPEC §6).
+"""Reference schemes the paper's figures compare against (math §6).
 
 These are *baselines*: they store full matrices, and may use ``xp.linalg`` (``solve``,
 ``cholesky``, ``svd``) freely. Everything is written against the array API (the namespace
 comes from ``array_api_compat.array_namespace``); pure functions on ``NamedTuple`` states.
 
-* **Default full-matrix scheme** (SPEC §6): ``S ← S + β₂Δ``; for the gradient outer
+* **Default full-matrix scheme** (math §6): ``S ← S + β₂Δ``; for the gradient outer
   product ``S ← (1 − γβ₂) S + β₂ (mean(g gᵀ) + λI)`` (:func:`default_update`,
   :func:`default_update_gop`). Its fixed point under ``g ~ N(0, Σ)``, γ = 1, λ = 0 is
   ``S* = E[ggᵀ] = Σ``.
-* **Cholesky / inverse-free baseline** (Lin et al. 2023, 2024; SPEC §6): keep
+* **Cholesky / inverse-free baseline** (Lin et al. 2023, 2024; math §6): keep
   ``S⁻¹ = K Kᵀ`` with ``K`` lower triangular, ``X = Kᵀ Δ K`` (GOP:
   ``X = (Kᵀg)(Kᵀg)ᵀ + λKᵀK − γI``), ``M = Tril(X) + ½ Diag(X)`` (so ``M + Mᵀ = X``) and
   ``K ← K (I − β₂ M)`` (``exp="first_order"``) or ``K ← K · expm(−β₂ M)`` (``exp="exact"``).
@@ -21,19 +21,33 @@ comes from ``array_api_compat.array_namespace``); pure functions on ``NamedTuple
   ``rc × rc`` matrix in Frobenius norm is the leading singular pair of the rearrangement
   ``R[(i, j), (k, l)] = M[i·c + k, j·c + l]``, because ``R(A ⊗ C) = vec(A) vec(C)ᵀ`` and the
   rearrangement is an isometry.
-* **Kronecker projection baseline** (SPEC §6, "impractical"): ``S = A ⊗ C`` and
+* **Kronecker projection baseline** (math §6, "impractical"): ``S = A ⊗ C`` and
   ``A ⊗ C ← VLP((1 − γβ₂)(A ⊗ C) + β₂ (mean(ggᵀ) + λI))`` each step
   (:func:`projection_update_gop`). It never forms the ``rc × rc`` matrix: the
   rearrangement of ``ggᵀ`` with ``g = vec(G)`` is ``kron(G, G)`` (r² × c²) and that of
   ``A ⊗ C`` is ``vec(A) vec(C)ᵀ``; the leading singular pair comes from warm-started
   power iteration (matmuls with ``G``; SVD fallback) or one r²×c² SVD.
-* **Kronecker Cholesky baseline** (optional in SPEC §6; in the spirit of SINGD, Lin et al.
+* **Kronecker Cholesky baseline** (optional in math §6; in the spirit of SINGD, Lin et al.
   2024): ``S⁻¹ = (K_C K_Cᵀ) ⊗ (K_K K_Kᵀ)``; with ``R = K_Cᵀ G K_K``,
   ``X_C = R Rᵀ / c − γ I`` and ``X_K = Rᵀ R / r − γ I`` (the projections ``K_lᵀ Δ_l K_l``
-  of the GOP onto each factor, normalisers as in SPEC §4); the shared scale is split
+  of the GOP onto each factor, normalisers as in math §4); the shared scale is split
   equally, ``X_l ← X_l − ½ τ I`` with ``τ = tr(X_C)/r = tr(X_K)/c``, so that to first order
   ``log det S`` moves exactly as under the default scheme (and as the spectral ``α``);
   then ``K_l ← K_l (I − β₂ M_l)`` with ``M_l = Tril(X_l) + ½ Diag(X_l)``.
+
+The application baselines (Fig. 3 / 9) live here too, so that every math §6 reference method
+is in this one module:
+
+* **SPD optimisation** (:mod:`spectral_curv.spd`, step-size convention of that module:
+  every method moves ``S ← S − 2·lr·S G S`` to first order): :func:`rgd_step`, Riemannian
+  GD with the affine-invariant ``expm`` or second-order retraction, and
+  :func:`cholesky_step`, the Cholesky baseline with ``Δ = −2 S G S``.
+* **Gradient-free NES** (:mod:`spectral_curv.nes`, same ask/tell interface as
+  :class:`~spectral_curv.nes.SpectralNES`): :class:`XNES` (full covariance ``Σ = AAᵀ``,
+  Glasmachers et al. 2010) and :class:`CholeskyNES` (``Σ = KKᵀ``, Lin et al. 2021).
+
+``spd.rgd_step``, ``spd.cholesky_step``, ``nes.XNES`` and ``nes.CholeskyNES`` remain
+importable from their former modules as deprecated aliases of these objects.
 """
 
 from __future__ import annotations
@@ -42,14 +56,18 @@ from typing import Any, NamedTuple
 
 from . import _array as A
 from ._array import Array, Namespace, array_namespace
+from .nes import _NESBase
 
 __all__ = [
+    "XNES",
+    "CholeskyNES",
     "CholeskyState",
     "DenseState",
     "KronCholeskyState",
     "KronDenseState",
     "cholesky_dense",
     "cholesky_from_dense",
+    "cholesky_step",
     "cholesky_update",
     "cholesky_update_gop",
     "default_init",
@@ -65,6 +83,7 @@ __all__ = [
     "projection_from_factors",
     "projection_update_gop",
     "rearrange",
+    "rgd_step",
 ]
 
 
@@ -97,7 +116,7 @@ def _check_square(name: str, x: Array) -> int:
 
 
 def expm(x: Array, *, order: int = 18) -> Array:
-    """Matrix exponential by scaling and squaring a Taylor polynomial (matmuls only; SPEC §6).
+    """Matrix exponential by scaling and squaring a Taylor polynomial (matmuls only; math §6).
 
     ``x`` is scaled by ``2^-s`` so that ``‖x‖_F 2^-s ≤ 1/2``; the degree-``order`` Taylor
     remainder is then below ``0.5^(order+1)/(order+1)! ≈ 1e-23`` (order 18) relative, and
@@ -135,7 +154,7 @@ def expm(x: Array, *, order: int = 18) -> Array:
 
 
 class DenseState(NamedTuple):
-    """Explicit SPD matrix ``S`` (n × n) of the default full-matrix scheme (SPEC §6).
+    """Explicit SPD matrix ``S`` (n × n) of the default full-matrix scheme (math §6).
 
     Example (updates return a new ``DenseState``)::
 
@@ -150,7 +169,7 @@ class DenseState(NamedTuple):
 
 
 def default_init(s0: Array) -> DenseState:
-    """State holding ``S₀`` (copied by the arithmetic of the first update; no checks; SPEC §6).
+    """State holding ``S₀`` (copied by the arithmetic of the first update; no checks; math §6).
 
     Example (the state holds ``S₀`` itself, not a copy)::
 
@@ -166,7 +185,7 @@ def default_init(s0: Array) -> DenseState:
 
 
 def default_update(state: DenseState, delta: Array, *, beta2: Any) -> DenseState:
-    """Generic default scheme ``S ← S + β₂ Δ`` (SPEC §2, §6); may leave the SPD cone.
+    """Generic default scheme ``S ← S + β₂ Δ`` (math §2, §6); may leave the SPD cone.
 
     Example (``I + 1·(−2I) = −I``: the eigenvalues of the explicit result are ``−1``)::
 
@@ -185,7 +204,7 @@ def default_update(state: DenseState, delta: Array, *, beta2: Any) -> DenseState
 def default_update_gop(
     state: DenseState, g: Array, *, beta2: Any, gamma: Any = 1.0, damping: Any = 0.0
 ) -> DenseState:
-    """``S ← (1 − γβ₂) S + β₂ (mean(g gᵀ) + λ I)`` (SPEC §6; Eq. (3) of the paper).
+    """``S ← (1 − γβ₂) S + β₂ (mean(g gᵀ) + λ I)`` (math §6; Eq. (3) of the paper).
 
     Example (with γ = 1, ``S = mean(g gᵀ) + λI`` of a batch is a fixed point)::
 
@@ -213,7 +232,7 @@ def default_update_gop(
 
 
 class CholeskyState(NamedTuple):
-    """Lower-triangular ``K`` with ``S⁻¹ = K Kᵀ`` (Lin et al. 2023, 2024; SPEC §6).
+    """Lower-triangular ``K`` with ``S⁻¹ = K Kᵀ`` (Lin et al. 2023, 2024; math §6).
 
     Example (``K = Diag(1/√s)`` holds ``S = Diag(s)``)::
 
@@ -228,7 +247,7 @@ class CholeskyState(NamedTuple):
 
 
 def cholesky_from_dense(s: Array) -> CholeskyState:
-    """``K = chol(S⁻¹)`` (lower): the Cholesky state of an explicit SPD ``S`` (set-up; SPEC §6).
+    """``K = chol(S⁻¹)`` (lower): the Cholesky state of an explicit SPD ``S`` (set-up; math §6).
 
     Example (``K`` is lower triangular and ``K Kᵀ S = I``)::
 
@@ -248,7 +267,7 @@ def cholesky_from_dense(s: Array) -> CholeskyState:
 
 
 def cholesky_dense(state: CholeskyState) -> Array:
-    """The explicit ``S = (K Kᵀ)⁻¹ = K⁻ᵀ K⁻¹`` (one triangular-shaped solve; SPEC §6).
+    """The explicit ``S = (K Kᵀ)⁻¹ = K⁻ᵀ K⁻¹`` (one triangular-shaped solve; math §6).
 
     Example (round trip with ``numpy``'s Cholesky factor of ``S⁻¹``)::
 
@@ -280,7 +299,7 @@ def cholesky_update(
 ) -> CholeskyState:
     """Inverse-free step for a generic symmetric ``Δ``: ``X = KᵀΔK``, ``K ← K(I − β₂M)``.
 
-    ``M = Tril(X) + ½ Diag(X)``; ``exp="exact"`` uses ``K · expm(−β₂ M)`` (SPEC §6).
+    ``M = Tril(X) + ½ Diag(X)``; ``exp="exact"`` uses ``K · expm(−β₂ M)`` (math §6).
 
     Example (diagonal ``S``, ``Δ``: the exact step is ``s ⊙ exp(β₂ δ / s)`` in closed form)::
 
@@ -309,7 +328,7 @@ def cholesky_update_gop(
     damping: Any = 0.0,
     exp: str = "first_order",
 ) -> CholeskyState:
-    """GOP inverse-free step, ``X = mean((Kᵀg)(Kᵀg)ᵀ) + λKᵀK − γI`` (SPEC §6).
+    """GOP inverse-free step, ``X = mean((Kᵀg)(Kᵀg)ᵀ) + λKᵀK − γI`` (math §6).
 
     Example (agrees with the default scheme to first order: halving β₂ quarters the gap)::
 
@@ -342,7 +361,7 @@ def rearrange(m: Array, rows: int, cols: int) -> Array:
     """Van Loan–Pitsianis rearrangement ``R[(i,j),(k,l)] = M[i·c + k, j·c + l]`` (r² × c²).
 
     ``rearrange(kron(A, C)) = vec(A) vec(C)ᵀ`` (row-major ``vec``), and
-    ``‖rearrange(M)‖_F = ‖M‖_F`` (SPEC §6).
+    ``‖rearrange(M)‖_F = ‖M‖_F`` (math §6).
 
     Example::
 
@@ -397,7 +416,7 @@ def kl_nearest_kron(
 ) -> tuple[Array, Array]:
     """KL-nearest ``A ⊗ C`` to an SPD ``m``: the noise-free fixed point of the Kronecker schemes.
 
-    The spectral Kronecker scheme (SPEC §4, GOP, γ = 1) is stationary when
+    The spectral Kronecker scheme (math §4, GOP, γ = 1) is stationary when
     ``α S_C = E[G S_K⁻¹ Gᵀ]/c`` and ``α S_K = E[Gᵀ S_C⁻¹ G]/r`` (``mean m_l = 0``, ``U_l = 0``),
     i.e. at the minimiser of ``tr(S⁻¹ Σ) + log det S`` over ``S = A ⊗ C`` (the matrix-normal
     maximum-likelihood / "flip-flop" estimate), *not* at the Frobenius-nearest
@@ -439,7 +458,7 @@ def kl_nearest_kron(
 
 
 class KronDenseState(NamedTuple):
-    """``S = kron(A, C)`` with explicit factors (the projection baseline; SPEC §6).
+    """``S = kron(A, C)`` with explicit factors (the projection baseline; math §6).
 
     Example::
 
@@ -455,7 +474,7 @@ class KronDenseState(NamedTuple):
 
 
 def projection_from_factors(a: Array, c: Array) -> KronDenseState:
-    """Projection-baseline state ``S = kron(a, c)`` (SPEC §6); the factors are not copied.
+    """Projection-baseline state ``S = kron(a, c)`` (math §6); the factors are not copied.
 
     Example (``det(A ⊗ C) = det(A)³ det(C)² = 4³`` for r = 2, c = 3)::
 
@@ -472,7 +491,7 @@ def projection_from_factors(a: Array, c: Array) -> KronDenseState:
 
 
 def kron_dense(state: KronDenseState) -> Array:
-    """The explicit ``kron(A, C)`` (rc × rc; SPEC §6).
+    """The explicit ``kron(A, C)`` (rc × rc; math §6).
 
     Example (same as ``numpy.kron``)::
 
@@ -500,7 +519,7 @@ def projection_update_gop(
     tol: float = 1e-13,
     max_iter: int = 100,
 ) -> KronDenseState:
-    """``A ⊗ C ← VLP((1 − γβ₂)(A ⊗ C) + β₂ (mean(vec G vec Gᵀ) + λI))`` (SPEC §6).
+    """``A ⊗ C ← VLP((1 − γβ₂)(A ⊗ C) + β₂ (mean(vec G vec Gᵀ) + λI))`` (math §6).
 
     ``G`` is one gradient (r, c) or a batch (b, r, c). Works on the r² × c² rearrangement
     ``Rr = (1 − γβ₂) vec(A) vec(C)ᵀ + β₂ mean_b kron(G_b, G_b) + β₂λ vec(I_r) vec(I_c)ᵀ``.
@@ -590,7 +609,7 @@ def projection_update_gop(
 
 
 class KronCholeskyState(NamedTuple):
-    """``S⁻¹ = (K_C K_Cᵀ) ⊗ (K_K K_Kᵀ)``, ``K_C`` (r×r), ``K_K`` (c×c) lower triangular (SPEC §6).
+    """``S⁻¹ = (K_C K_Cᵀ) ⊗ (K_K K_Kᵀ)``, ``K_C`` (r×r), ``K_K`` (c×c) lower triangular (math §6).
 
     Example (``K_C = Diag(1/2, 1)``, ``K_K = I/2``: ``S = Diag(4, 1) ⊗ 4I``)::
 
@@ -606,7 +625,7 @@ class KronCholeskyState(NamedTuple):
 
 
 def kron_cholesky_from_factors(s_c: Array, s_k: Array) -> KronCholeskyState:
-    """State of ``S = s_c ⊗ s_k`` (two Cholesky factorisations of the inverses; set-up; SPEC §6).
+    """State of ``S = s_c ⊗ s_k`` (two Cholesky factorisations of the inverses; set-up; math §6).
 
     Example (``K_C K_Cᵀ = s_c⁻¹``)::
 
@@ -621,7 +640,7 @@ def kron_cholesky_from_factors(s_c: Array, s_k: Array) -> KronCholeskyState:
 
 
 def kron_cholesky_dense(state: KronCholeskyState) -> Array:
-    """The explicit ``S = (K_C K_Cᵀ)⁻¹ ⊗ (K_K K_Kᵀ)⁻¹`` (SPEC §6).
+    """The explicit ``S = (K_C K_Cᵀ)⁻¹ ⊗ (K_K K_Kᵀ)⁻¹`` (math §6).
 
     Example (round trip with ``numpy.kron`` of the factors)::
 
@@ -649,7 +668,7 @@ def kron_cholesky_update_gop(
     damping: Any = 0.0,
     exp: str = "first_order",
 ) -> KronCholeskyState:
-    """Kronecker inverse-free GOP step (module docstring; SPEC §4 normalisers, §6).
+    """Kronecker inverse-free GOP step (module docstring; math §4 normalisers, §6).
 
     ``R = K_Cᵀ G K_K``; ``X_C = mean(R Rᵀ)/c + λ_C K_CᵀK_C − γI`` and
     ``X_K = mean(RᵀR)/r + λ_K K_KᵀK_K − γI`` with ``λ_C = λ tr(S_K⁻¹)/c``,
@@ -696,3 +715,193 @@ def kron_cholesky_update_gop(
     return KronCholeskyState(
         _cholesky_step(xp, kc, x_c, beta2, exp), _cholesky_step(xp, kk, x_k, beta2, exp)
     )
+
+
+# ------------------------------------------------------ SPD optimisation (Fig. 3, spd)
+
+
+def _sym_grad(xp: Namespace, grad: Array, n: int) -> Array:
+    """``sym(grad)`` of an ``(n, n)`` Euclidean gradient, validated (shape, finiteness)."""
+    if grad.ndim != 2 or tuple(grad.shape) != (n, n):
+        raise ValueError(f"`grad` must have shape ({n}, {n}), got {tuple(grad.shape)}")
+    A.check_finite(xp, "grad", grad)
+    return 0.5 * (grad + grad.mT)
+
+
+def _sgs(s: Array, g: Array) -> Array:
+    """``S G S`` made exactly symmetric (``G`` symmetric)."""
+    t = s @ g @ s
+    return 0.5 * (t + t.mT)
+
+
+def rgd_step(s: Array, grad: Array, *, lr: Any, retraction: str = "expm") -> Array:
+    """Riemannian GD on SPD, affine-invariant retraction, Fisher-scaled step (math §6).
+
+    ``retraction="expm"``: ``S^{1/2} expm(−2·lr·S^{1/2} G S^{1/2}) S^{1/2}`` (by ``eigh``);
+    ``retraction="second_order"``: ``S + ξ + ½ ξ S⁻¹ ξ``, ``ξ = −2·lr·S G S``
+    (``½ ξ S⁻¹ ξ = 2 lr² S G S G S`` needs no inverse). ``G = sym(grad)``; math §6's ``β`` is
+    ``2·lr`` (the step-size convention of :mod:`spectral_curv.spd`). Also importable as
+    ``spd.rgd_step`` (deprecated alias).
+
+    Example (diagonal ``S``, ``G``: ``s·exp(−2·lr·s·g)``; ``s + ξ + ξ²/(2s)``, ``ξ = −2·lr·s²g``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import baselines as bl
+        >>> s, g = np.diag([1.0, 4.0]), np.diag([1.0, -1.0])
+        >>> out = bl.rgd_step(s, g, lr=0.1)
+        >>> bool(np.allclose(out, np.diag([np.exp(-0.2), 4 * np.exp(0.8)])))
+        True
+        >>> np.round(np.diag(bl.rgd_step(s, g, lr=0.1, retraction="second_order")), 10).tolist()
+        [0.82, 8.48]
+    """
+    xp = array_namespace(s)
+    n = s.shape[-1]
+    A.check_positive("lr", lr)
+    g = _sym_grad(xp, grad, n)
+    if retraction == "expm":
+        w, v = xp.linalg.eigh(s)
+        root = (v * xp.sqrt(w)[None, :]) @ v.mT
+        inner = root @ g @ root
+        mu, u = xp.linalg.eigh(0.5 * (inner + inner.mT))
+        e = (u * xp.exp((-2.0 * lr) * mu)[None, :]) @ u.mT
+        out = root @ e @ root
+    elif retraction == "second_order":
+        sgs = _sgs(s, g)
+        # ½ ξ S⁻¹ ξ = ½ (−2 lr SGS)(−2 lr GS) = 2 lr² (SGS)(GS): no inverse.
+        out = s - (2.0 * lr) * sgs + (2.0 * lr * lr) * (sgs @ (g @ s))
+    else:
+        raise ValueError(f"`retraction` must be 'expm' or 'second_order', got {retraction!r}")
+    return 0.5 * (out + out.mT)
+
+
+def cholesky_step(
+    state: CholeskyState, grad: Array, *, lr: Any, exp: str = "exact"
+) -> CholeskyState:
+    """SPD Cholesky baseline step: :func:`cholesky_update` with ``Δ = −2 S G S`` (math §6).
+
+    ``S⁻¹ = K Kᵀ``, so ``X = KᵀΔK = −2 K⁻¹ G K⁻ᵀ`` (one triangular-shaped solve; ``S``
+    itself is never formed); then ``K ← K · expm(−lr·M)`` (``exp="exact"``, the default) or
+    ``K (I − lr·M)`` (``exp="first_order"``), ``M = Tril(X) + ½ Diag(X)``. ``G = sym(grad)``.
+    Also importable as ``spd.cholesky_step`` (deprecated alias).
+
+    Example (``S = I``, ``G = I``: the same ``S ← exp(−2·lr) I`` as the spectral step)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import baselines as bl
+        >>> st = bl.cholesky_step(bl.cholesky_from_dense(np.eye(2)), np.eye(2), lr=0.1)
+        >>> bool(np.allclose(bl.cholesky_dense(st), np.exp(-0.2) * np.eye(2)))
+        True
+        >>> bool(np.allclose(st.K, np.tril(st.K)))
+        True
+    """
+    xp = array_namespace(state.K)
+    n = _check_square("state.K", state.K)
+    A.check_positive("lr", lr)
+    g = _sym_grad(xp, grad, n)
+    k_inv = xp.linalg.solve(state.K, A.eye(xp, n, state.K))
+    x = -2.0 * (k_inv @ g @ k_inv.mT)
+    return CholeskyState(_cholesky_step(xp, state.K, 0.5 * (x + x.mT), lr, exp))
+
+
+# ---------------------------------------------------------- gradient-free NES (Fig. 3/9)
+
+
+class XNES(_NESBase):
+    """Exponential NES with full covariance ``Σ = AAᵀ`` (Glasmachers et al. 2010; math §6).
+
+    ``G = Σ u_i (ε_i ε_iᵀ − I)``, ``G_σ = tr(G)/n``, ``G_B = G − G_σ I``;
+    ``A ← A · expm(½(lr_cov G_B + lr_sigma G_σ I))`` (symmetric expm by ``eigh``),
+    ``μ ← μ + lr_mean A Σ u_i ε_i``. Same options and ask/tell interface as
+    :class:`spectral_curv.nes.SpectralNES`. Also importable as ``nes.XNES`` (deprecated alias).
+
+    Example (``Σ₀ = σ₀² I``, then a run on a sphere)::
+
+        >>> import numpy as np
+        >>> from spectral_curv.baselines import XNES
+        >>> bool(np.allclose(XNES(np.zeros(3), 0.5, seed=0).covariance, 0.25 * np.eye(3)))
+        True
+        >>> sphere = lambda X: (X**2).sum(axis=1)
+        >>> es = XNES(np.full(2, 3.0), 1.0, seed=0, ftarget=1e-8).optimize(sphere)
+        >>> bool(es.result.fbest < 1e-8), es.stop()
+        (True, {'ftarget': 1e-08})
+    """
+
+    A: Array
+
+    def _init_state(self, sigma0: float) -> None:
+        xp = self._xp
+        self.A = sigma0 * xp.eye(self.n, dtype=self._dtype, device=self._device)
+
+    def _transform(self, eps: Array) -> Array:
+        return eps @ self.A.mT
+
+    def _propose(self, eps: Array, z: Array, u: Array) -> tuple[Array, dict[str, Any]]:
+        xp, n = self._xp, self.n
+        eye = xp.eye(n, dtype=self._dtype, device=self._device)
+        g = (eps * u[:, None]).mT @ eps - xp.sum(u) * eye
+        gs = xp.sum(xp.linalg.diagonal(g)) / n
+        m = 0.5 * (self.lr_cov * (g - gs * eye) + self.lr_sigma * gs * eye)
+        w, v = xp.linalg.eigh(0.5 * (m + m.mT))
+        mean = self._mean + self.lr_mean * (u @ z)
+        return mean, {"A": self.A @ ((v * xp.exp(w)[None, :]) @ v.mT)}
+
+    @property
+    def covariance(self) -> Array:
+        """The search covariance ``Σ = AAᵀ`` (dense, ``(n, n)``)."""
+        return self.A @ self.A.mT
+
+
+class CholeskyNES(_NESBase):
+    """Cholesky NES (Lin et al. 2021; math §6): ``Σ = S⁻¹ = KKᵀ``, ``K`` lower triangular.
+
+    With ``z = Kε``, ``X = KᵀΔK = −Σ u_i ε_i ε_iᵀ`` (scale part ``tr(X)/n·I`` at rate
+    ``lr_sigma``) and ``K ← K(I − lr_cov M)``, ``M = Tril(X) + ½Diag(X)``
+    (``exp="exact"``: ``K expm(−lr_cov M)``), the step of :func:`cholesky_update`. Same
+    options and ask/tell interface as :class:`spectral_curv.nes.SpectralNES`. Also
+    importable as ``nes.CholeskyNES`` (deprecated alias).
+
+    Example (``K`` stays lower triangular; a run on a sphere)::
+
+        >>> import numpy as np
+        >>> from spectral_curv.baselines import CholeskyNES
+        >>> from spectral_curv.nes import rosenbrock
+        >>> es = CholeskyNES(np.zeros(3), 0.5, seed=0)
+        >>> X = es.ask()
+        >>> es.tell(X, rosenbrock(X))
+        >>> bool(np.array_equal(es.K, np.tril(es.K)))
+        True
+        >>> sphere = lambda X: (X**2).sum(axis=1)
+        >>> es = CholeskyNES(np.full(2, 3.0), 1.0, seed=0, ftarget=1e-8).optimize(sphere)
+        >>> bool(es.result.fbest < 1e-8), es.stop()
+        (True, {'ftarget': 1e-08})
+    """
+
+    K: Array
+
+    def __init__(self, x0: Any, sigma0: float, *, exp: str = "first_order", **kw: Any) -> None:
+        if exp not in ("first_order", "exact"):
+            raise ValueError(f"`exp` must be 'first_order' or 'exact', got {exp!r}")
+        self.exp = exp
+        super().__init__(x0, sigma0, **kw)
+
+    def _init_state(self, sigma0: float) -> None:
+        xp = self._xp
+        self.K = sigma0 * xp.eye(self.n, dtype=self._dtype, device=self._device)
+
+    def _transform(self, eps: Array) -> Array:
+        return eps @ self.K.mT
+
+    def _propose(self, eps: Array, z: Array, u: Array) -> tuple[Array, dict[str, Any]]:
+        xp, n = self._xp, self.n
+        x = -((eps * u[:, None]).mT @ eps)
+        if self.lr_sigma != self.lr_cov:
+            eye = xp.eye(n, dtype=self._dtype, device=self._device)
+            tr = xp.sum(xp.linalg.diagonal(x))
+            x = x + ((self.lr_sigma / self.lr_cov - 1.0) * tr / n) * eye
+        mean = self._mean + self.lr_mean * (u @ z)
+        return mean, {"K": _cholesky_step(xp, self.K, x, self.lr_cov, self.exp)}
+
+    @property
+    def covariance(self) -> Array:
+        """The search covariance ``Σ = KKᵀ`` (dense, ``(n, n)``)."""
+        return self.K @ self.K.mT

@@ -1,4 +1,4 @@
-"""Diagonal spectral scheme: ``B = I`` fixed, ``S = Diag(d)`` (SPEC §3).
+"""Diagonal spectral scheme: ``B = I`` fixed, ``S = Diag(d)`` (math §3).
 
 ``d ← d ⊙ exp(β₂ δ / d)`` (exact) or ``d ← d + β₂ δ`` (first order), where ``δ`` is the
 diagonal of the curvature change; for the GOP ``δ = g² + λ − γd``. The step is
@@ -22,12 +22,13 @@ from typing import Any, NamedTuple
 from . import _array as A
 from . import maps
 from ._array import Array, Namespace, array_namespace
+from .full import _check_first_order
 
 __all__ = ["DiagState", "dense", "init", "logdet", "precondition", "update", "update_gop"]
 
 
 class DiagState(NamedTuple):
-    """Diagonal ``S = Diag(d)``, ``d > 0`` of any shape (SPEC §3).
+    """Diagonal ``S = Diag(d)``, ``d > 0`` of any shape (math §3).
 
     Example (``d`` keeps the parameter's shape)::
 
@@ -49,7 +50,7 @@ def init(
     device: Any = None,
     xp: Namespace | None = None,
 ) -> DiagState:
-    """``d = scale`` everywhere (numpy float64 unless ``xp``/``dtype`` say; SPEC §3).
+    """``d = scale`` everywhere (numpy float64 unless ``xp``/``dtype`` say; math §3).
 
     Example::
 
@@ -73,7 +74,7 @@ def init(
 def update(
     state: DiagState, delta: Array, *, beta2: Any, exp: str = "exact", check: bool = True
 ) -> DiagState:
-    """One step for a generic diagonal curvature change ``δ`` (may be negative; SPEC §3).
+    """One step for a generic diagonal curvature change ``δ`` (may be negative; math §3).
 
     ``check=False`` skips the value checks (backend, finiteness) for adapters that have
     already done them.
@@ -107,9 +108,11 @@ def update_gop(
     exp: str = "exact",
     check: bool = True,
 ) -> DiagState:
-    """GOP step ``δ = g² + λ − γd``; ``g`` has ``d``'s shape or a leading batch axis (SPEC §3).
+    """GOP step ``δ = g² + λ − γd``; ``g`` has ``d``'s shape or a leading batch axis (math §3).
 
-    A leading batch axis of ``g`` averages the ``g²`` over the batch.
+    A leading batch axis of ``g`` averages the ``g²`` over the batch. With
+    ``exp="first_order"`` (``d ← (1 − γβ₂)d + β₂(g² + λ)``) ``gamma * beta2`` must be ``< 1``,
+    else ``d`` leaves the cone ``d > 0`` (a ValueError naming both; checked for Python numbers).
 
     Example (``γ = 1`` with the first-order map is RMSprop's second moment)::
 
@@ -122,6 +125,10 @@ def update_gop(
         >>> st = diag.update_gop(st, np.ones((4, 2)), beta2=0.5)
         >>> st.d.shape
         (2,)
+        >>> diag.update_gop(st, np.zeros(2), beta2=1.0, exp="first_order")
+        Traceback (most recent call last):
+        ...
+        ValueError: `gamma` * `beta2` must be < 1 with exp='first_order' (got gamma=1.0, ...
     """
     xp = array_namespace(state.d)
     if check:
@@ -138,11 +145,17 @@ def update_gop(
         A.check_finite(xp, "g", g)
     A.check_positive("gamma", gamma, allow_zero=True)
     A.check_positive("damping", damping, allow_zero=True)
+    A.check_positive("beta2", beta2)
+    _check_first_order(exp, gamma, beta2)
     return update(state, gg + damping - gamma * state.d, beta2=beta2, exp=exp, check=False)
 
 
-def precondition(state: DiagState, v: Array, *, p: Any, check: bool = True) -> Array:
-    """``d^{-1/p} ⊙ v`` (``v`` broadcastable against ``d``; SPEC §3).
+def precondition(
+    state: DiagState, v: Array, *, p: Any, norm_p: Any = None, check: bool = True
+) -> Array:
+    """``d^{-1/p} ⊙ v`` (``v`` broadcastable against ``d``; math §3). With ``norm_p`` (e.g. 2)
+    the result is rescaled to the 2-norm of ``d^{-1/norm_p} ⊙ v`` over ``d``'s axes
+    (``maps.match_norm``: no overflow for any ``p``).
 
     Example::
 
@@ -153,6 +166,9 @@ def precondition(state: DiagState, v: Array, *, p: Any, check: bool = True) -> A
         [0.5, 0.25]
         >>> diag.precondition(st, np.ones((3, 2)), p=4).shape
         (3, 2)
+        >>> u = diag.precondition(st, np.ones(2), p=1, norm_p=2)
+        >>> round(float(np.linalg.norm(u)), 6) == round(float(np.hypot(0.5, 0.25)), 6)
+        True
     """
     xp = array_namespace(state.d)
     if check:
@@ -160,11 +176,19 @@ def precondition(state: DiagState, v: Array, *, p: Any, check: bool = True) -> A
     A.check_positive("p", p)
     if tuple(v.shape[v.ndim - state.d.ndim :]) != tuple(state.d.shape):
         raise ValueError(f"`v` must end with shape {tuple(state.d.shape)}, got {tuple(v.shape)}")
-    return v * state.d ** (-1.0 / p)
+    if norm_p is None or (_static(p) and _static(norm_p) and p == norm_p):
+        return v * state.d ** (-1.0 / p)
+    axes = tuple(range(-state.d.ndim, 0))
+    ref = v * state.d ** (-1.0 / norm_p)
+    return maps.match_norm(v, [state.d], p=p, ref=ref, axes=axes)
+
+
+def _static(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def dense(state: DiagState, power: Any = 1.0) -> Array:
-    """The explicit ``Diag(d)^power`` of the flattened ``d`` (for tests; SPEC §3).
+    """The explicit ``Diag(d)^power`` of the flattened ``d`` (for tests; math §3).
 
     Example::
 
@@ -180,7 +204,7 @@ def dense(state: DiagState, power: Any = 1.0) -> Array:
 
 
 def logdet(state: DiagState) -> Array:
-    """``log det S = Σ log d`` (SPEC §1).
+    """``log det S = Σ log d`` (math §1).
 
     Example (the log of the product of all entries, whatever ``d``'s shape)::
 

@@ -1,6 +1,6 @@
 """Data-parallel ``torch.distributed`` support: :class:`DistributedSpectralKron` (ZeRO-1 style).
 
-The math is the core's (SPEC §3 diagonal scheme, §4 Kronecker scheme, §5 conventions),
+The math is the core's (math §3 diagonal scheme, §4 Kronecker scheme, §5 conventions),
 reached through :func:`spectral_curv.torch.spectral_kron`; this module only distributes it.
 As in Distributed Shampoo, the preconditioner work is split across the data-parallel ranks:
 

@@ -1,4 +1,4 @@
-"""Full-matrix spectral scheme ``S = B Diag(d) Bᵀ`` for generic curvature (SPEC §2).
+"""Full-matrix spectral scheme ``S = B Diag(d) Bᵀ`` for generic curvature (math §2).
 
 One step with ``Q = Bᵀ Δ B`` (simultaneous in ``d`` and ``B``, both from the current point)::
 
@@ -6,6 +6,10 @@ One step with ``Q = Bᵀ Δ B`` (simultaneous in ``d`` and ``B``, both from the 
     d ← d + β₂ diag(Q)                                  (exp="first_order", PSD Δ only)
     U_ij = −Q_ij / (d_i − d_j)   (i > j, 0 on ties)
     B ← B · Cayley((β₂/2) · Skew(Tril(U)))
+
+:func:`update_rotated` takes ``Q`` itself: applications that know the curvature in the
+rotated frame (SPD optimisation: ``Q = −2 Diag(d)(BᵀGB)Diag(d)``; NES) stay there and never
+form the dense ``S`` or ``Δ`` (docs/math.md); :func:`update` is ``update_rotated(Bᵀ Δ B)``.
 
 Example::
 
@@ -18,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, NamedTuple
 
 from . import _array as A
@@ -33,11 +38,12 @@ __all__ = [
     "precondition",
     "update",
     "update_gop",
+    "update_rotated",
 ]
 
 
 class SpectralState(NamedTuple):
-    """Spectral factors of ``S = B Diag(d) Bᵀ`` (SPEC §1): ``B`` (n, n) orthogonal, ``d > 0``.
+    """Spectral factors of ``S = B Diag(d) Bᵀ`` (math §1): ``B`` (n, n) orthogonal, ``d > 0``.
 
     Example (a rotation ``B`` and eigenvalues ``d`` give ``S = B Diag(d) Bᵀ``)::
 
@@ -63,7 +69,7 @@ def init(
 ) -> SpectralState:
     """``S = scale · I`` (``B = I``, ``d = scale``); numpy float64 unless ``xp``/``dtype`` say.
 
-    The initial state ``S₀ = λ₀I`` of the spectral scheme (SPEC §2).
+    The initial state ``S₀ = λ₀I`` of the spectral scheme (math §2).
 
     Example::
 
@@ -88,6 +94,10 @@ def init(
 def from_dense(s: Array) -> SpectralState:
     """Spectral state of an explicit SPD matrix (one eigendecomposition; for set-up and tests).
 
+    ``s`` must be symmetric to round-off (``max |S − Sᵀ| ≤ 1e3·eps·max |S|`` in its dtype; a
+    non-symmetric matrix is refused rather than read from one triangle) and positive
+    definite (math §1).
+
     Example::
 
         >>> import numpy as np
@@ -95,14 +105,49 @@ def from_dense(s: Array) -> SpectralState:
         >>> st = full.from_dense(np.diag([1.0, 4.0]))
         >>> bool(np.allclose(full.dense(st), np.diag([1.0, 4.0])))
         True
+        >>> full.from_dense(np.array([[1.0, 0.5], [0.0, 1.0]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: `s` must be symmetric (max |S − Sᵀ| = 0.5)
     """
     xp = array_namespace(s)
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
         raise ValueError(f"`s` must be a square matrix, got shape {tuple(s.shape)}")
+    A.check_floating(xp, "s", s)
+    A.check_finite(xp, "s", s)
+    _check_symmetric(xp, "s", "S", s)
     d, b = xp.linalg.eigh(s)
     if not A.is_lazy(d) and not bool(xp.all(d > 0)):
         raise ValueError("`s` is not positive definite")
     return SpectralState(b, d)
+
+
+def _check_symmetric(xp: Namespace, name: str, sym: str, m: Array) -> None:
+    """Refuse an eager matrix that is not symmetric to round-off (dtype-relative tolerance)."""
+    if A.is_lazy(m):
+        return
+    asym = float(xp.max(xp.abs(m - m.mT)))
+    if asym > 1e3 * A.eps(xp, m.dtype) * max(float(xp.max(xp.abs(m))), 1e-300):
+        raise ValueError(f"`{name}` must be symmetric (max |{sym} − {sym}ᵀ| = {asym:.3g})")
+
+
+def _check_first_order(exp: str, gamma: Any, beta2: Any) -> None:
+    """``exp="first_order"`` GOP step ``d ← (1 − γβ₂)d + β₂(h² + λ)`` needs ``γβ₂ < 1``.
+
+    With ``γβ₂ ≥ 1`` the old ``d`` gets a weight ``≤ 0``: ``d`` reaches 0 (or flips sign)
+    wherever ``h² + λ`` is small, and the next root is inf / NaN (math §2, §3). Checked for
+    Python numbers only (arrays may be traced).
+    """
+    if exp != "first_order" or not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (gamma, beta2)
+    ):
+        return
+    if float(gamma) * float(beta2) >= 1.0:
+        raise ValueError(
+            f"`gamma` * `beta2` must be < 1 with exp='first_order' (got gamma={gamma!r}, "
+            f"beta2={beta2!r}): d ← (1 − γβ₂)d + β₂(g² + λ) leaves the cone d > 0; "
+            "use exp='exact' or a smaller beta2"
+        )
 
 
 def _check_state(xp: Namespace, state: SpectralState) -> int:
@@ -147,11 +192,11 @@ def _apply(
     max_step_norm: float | None,
     rotation: str | None,
 ) -> SpectralState:
-    """Shared step from ``Q`` (off-diagonal part read) and ``diag(Q)`` (SPEC §2)."""
+    """Shared step from ``Q`` (off-diagonal part read) and ``diag(Q)`` (math §2)."""
     d = maps.exp_scale(state.d, beta2 * diag_q, mode=exp)  # type: ignore[arg-type]
     # The damped rule takes the pair gaps after the d update (the 2×2 Jacobi angle of
     # S + β₂Δ uses the new diagonal; docs/math.md); the paper's rule, before it.
-    # Step guard: the paper's rule caps ‖X‖_F in the generator (SPEC §5); the damped rule
+    # Step guard: the paper's rule caps ‖X‖_F in the generator (math §4.5); the damped rule
     # bounds ‖X‖₂ inside the Cayley map (maps.cayley_apply).
     damped = maps.resolve_rotation(rotation) == "damped"
     x = maps.rotation_generator(
@@ -184,7 +229,7 @@ def update(
     max_step_norm: float | None = None,
     rotation: str | None = None,
 ) -> SpectralState:
-    """One spectral step for a generic symmetric curvature change ``Δ`` (SPEC §2).
+    """One spectral step for a generic symmetric curvature change ``Δ`` (math §2).
 
     ``Δ`` is what the classical scheme would add per unit step (``S ← S + β₂Δ``); it may be
     indefinite (Hessians, SPD-problem gradients, NES estimates), in which case use the
@@ -192,7 +237,7 @@ def update(
     (default ``sqrt(eps)``); ``max_step_norm`` caps ``‖(β₂/2)Skew(Tril(U))‖_F`` (default:
     none in exact mode, 0.25 in the truncated modes ``neumann``/``quadratic``).
     ``rotation="damped"`` (default) bounds each pair's rotation near eigenvalue ties;
-    ``rotation="paper"`` is SPEC §2's ``U_ij = −Q_ij/(d_i − d_j)``
+    ``rotation="paper"`` is math §2's ``U_ij = −Q_ij/(d_i − d_j)``
     (:func:`maps.rotation_generator`).
 
     Example (an indefinite ``Δ``; ``B`` stays orthogonal and ``d`` positive)::
@@ -211,16 +256,76 @@ def update(
     A.check_floating(xp, "delta", delta)
     A.check_shape("delta", delta, (n, n))
     A.check_finite(xp, "delta", delta)
-    if not A.is_lazy(delta):
-        asym = float(xp.max(xp.abs(delta - delta.mT)))
-        if asym > 1e3 * A.eps(xp, delta.dtype) * max(float(xp.max(xp.abs(delta))), 1e-300):
-            raise ValueError(f"`delta` must be symmetric (max |Δ − Δᵀ| = {asym:.3g})")
+    _check_symmetric(xp, "delta", "Δ", delta)
+    tmp = delta @ state.B
+    return update_rotated(
+        state,
+        state.B.mT @ tmp,
+        beta2=beta2,
+        cayley=cayley,
+        exp=exp,
+        cayley_terms=cayley_terms,
+        tie_tol=tie_tol,
+        max_step_norm=max_step_norm,
+        rotation=rotation,
+        diag_q=xp.sum(state.B * tmp, axis=-2),
+        check=False,
+    )
+
+
+def update_rotated(
+    state: SpectralState,
+    q: Array,
+    *,
+    beta2: Any,
+    cayley: str = "exact",
+    exp: str = "exact",
+    cayley_terms: int = 1,
+    tie_tol: float | None = None,
+    max_step_norm: float | None = None,
+    rotation: str | None = None,
+    diag_q: Array | None = None,
+    check: bool = True,
+) -> SpectralState:
+    """One spectral step from the curvature change in the rotated frame, ``Q = BᵀΔB`` (math §2).
+
+    The step of :func:`update` without the dense round trip: applications that can form
+    ``Q`` directly stay in the factored frame (SPD optimisation: ``Q = −2 Diag(d)(BᵀGB)
+    Diag(d)``; NES: ``Q = −Diag(√d)(EB)ᵀ Diag(u) (EB) Diag(√d)``, ``E`` the rows ``ε_iᵀ``).
+    ``q`` must be symmetric to round-off (as ``Δ`` in :func:`update`: ``max |Q − Qᵀ| ≤
+    1e3·eps·max |Q|``; symmetrise a product such as ``Bᵀ(ΔB)`` first); only its diagonal and
+    strict lower triangle are read. ``diag_q`` optionally supplies ``diag(Q)`` (e.g.
+    computed more accurately from the un-rotated factors); default ``linalg.diagonal(q)``.
+    ``check=False`` skips the value checks of ``q`` (namespace, finiteness, symmetry; host
+    syncs) for callers that have validated their inputs; options are validated either way.
+    The options are those of :func:`update`.
+
+    Example (the same step as ``update(state, Δ)`` with ``Q = BᵀΔB``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import full
+        >>> st = full.from_dense(np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.1], [0.0, 0.1, 3.0]]))
+        >>> delta = np.array([[1.0, 0.5, 0.0], [0.5, -1.0, 0.2], [0.0, 0.2, 0.3]])
+        >>> a = full.update_rotated(st, st.B.T @ delta @ st.B, beta2=0.1)
+        >>> b = full.update(st, delta, beta2=0.1)
+        >>> bool(np.allclose(a.B, b.B, atol=1e-14)), bool(np.allclose(a.d, b.d, rtol=1e-14))
+        (True, True)
+    """
+    xp = array_namespace(state.B, state.d)
+    n = _check_state(xp, state)
+    A.check_shape("q", q, (n, n))
+    if check:
+        A.check_same_namespace(xp, B=state.B, q=q)
+        A.check_floating(xp, "q", q)
+        A.check_finite(xp, "q", q)
+        _check_symmetric(xp, "q", "Q", q)
     tol, msn = _options(
         xp, state.d.dtype, beta2, cayley, exp, cayley_terms, tie_tol, max_step_norm, rotation
     )
-    tmp = delta @ state.B
-    q = state.B.mT @ tmp
-    diag_q = xp.sum(state.B * tmp, axis=-2)
+    if diag_q is None:
+        diag_q = xp.linalg.diagonal(q)
+    else:
+        A.check_shape("diag_q", diag_q, (n,))
     return _apply(state, q, diag_q, beta2, cayley, exp, cayley_terms, tol, msn, rotation)
 
 
@@ -238,7 +343,7 @@ def update_gop(
     max_step_norm: float | None = None,
     rotation: str | None = None,
 ) -> SpectralState:
-    """Spectral step for the gradient outer product ``Δ = ggᵀ + λI − γS`` (SPEC §2).
+    """Spectral step for the gradient outer product ``Δ = ggᵀ + λI − γS`` (math §2).
 
     ``g`` is one gradient ``(n,)`` or a batch ``(b, n)``, whose GOP is the batch mean
     ``(1/b) Σ g_i g_iᵀ``; ``ggᵀ`` is never formed (``BᵀggᵀB = (Bᵀg)(Bᵀg)ᵀ``).
@@ -266,6 +371,7 @@ def update_gop(
     tol, msn = _options(
         xp, state.d.dtype, beta2, cayley, exp, cayley_terms, tie_tol, max_step_norm, rotation
     )
+    _check_first_order(exp, gamma, beta2)
     h = g @ state.B  # rows are (Bᵀ g_i)ᵀ
     if g.ndim == 1:
         q = h[:, None] * h[None, :]
@@ -278,7 +384,7 @@ def update_gop(
 
 
 def precondition(state: SpectralState, v: Array, *, p: Any) -> Array:
-    """``S^{-1/p} v = B Diag(d^{-1/p}) Bᵀ v``, ``v`` of shape ``(n,)`` or ``(..., n)`` (SPEC §1).
+    """``S^{-1/p} v = B Diag(d^{-1/p}) Bᵀ v``, ``v`` of shape ``(n,)`` or ``(..., n)`` (math §1).
 
     Example::
 
@@ -300,7 +406,7 @@ def precondition(state: SpectralState, v: Array, *, p: Any) -> Array:
 
 
 def dense(state: SpectralState, power: Any = 1.0) -> Array:
-    """The explicit ``S^power = B Diag(d^power) Bᵀ`` (for tests and small problems; SPEC §1).
+    """The explicit ``S^power = B Diag(d^power) Bᵀ`` (for tests and small problems; math §1).
 
     Example (``S^{1/2}`` squares to ``S``)::
 
@@ -315,7 +421,7 @@ def dense(state: SpectralState, power: Any = 1.0) -> Array:
 
 
 def logdet(state: SpectralState) -> Array:
-    """``log det S = Σ log d`` (SPEC §1).
+    """``log det S = Σ log d`` (math §1).
 
     Example (agrees with the determinant of the dense matrix)::
 

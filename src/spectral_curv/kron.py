@@ -1,10 +1,10 @@
-"""Kronecker spectral scheme ``S = α · S_C ⊗ S_K`` with ``det S_C = det S_K = 1`` (SPEC §4).
+"""Kronecker spectral scheme ``S = α · S_C ⊗ S_K`` with ``det S_C = det S_K = 1`` (math §4).
 
 ``S_C = B_C Diag(d_C) B_Cᵀ`` (r×r) acts on the rows of a weight ``M ∈ R^{r×c}``,
 ``S_K = B_K Diag(d_K) B_Kᵀ`` (c×c) on its columns; with row-major ``vec``,
 ``S^{-1/p} vec(G) = vec(α^{-1/p} S_C^{-1/p} G S_K^{-1/p})``.
 
-Rotated-gradient form (SPEC §4): with ``R = B_Cᵀ G B_K``,
+Rotated-gradient form (math §4.1): with ``R = B_Cᵀ G B_K``,
 ``W_C = R Diag(1/d_K) Rᵀ``, ``W_K = Rᵀ Diag(1/d_C) R`` and the step
 ``α^{-1/p} B_C [Diag(d_C^{-1/p}) R Diag(d_K^{-1/p})] B_Kᵀ``.
 Derivation: ``W_C = B_Cᵀ G S_K⁻¹ Gᵀ B_C = (B_CᵀGB_K) Diag(d_K)⁻¹ (B_CᵀGB_K)ᵀ`` since
@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 from . import _array as A
 from . import maps
 from ._array import Array, Namespace, array_namespace
+from .full import _check_first_order
 
 __all__ = [
     "KronState",
@@ -48,7 +49,7 @@ __all__ = [
 
 
 class KronState(NamedTuple):
-    """``S = α (B_C Diag(d_C) B_Cᵀ) ⊗ (B_K Diag(d_K) B_Kᵀ)``, ``Π d_C = Π d_K = 1`` (SPEC §4).
+    """``S = α (B_C Diag(d_C) B_Cᵀ) ⊗ (B_K Diag(d_K) B_Kᵀ)``, ``Π d_C = Π d_K = 1`` (math §4).
 
     Leading axes ``L = alpha.shape`` stack independent layers of the same shape (one
     batched matmul chain refreshes them all). ``B_C`` or ``B_K`` may be ``None``: that side
@@ -85,7 +86,7 @@ def init(
     """``S = scale · I`` (``α = scale``, ``B = I``, ``d = 1``); numpy float64 by default.
 
     ``batch`` stacks independent layers; ``diag_rows``/``diag_cols`` keep that side diagonal
-    (SPEC §4).
+    (math §4).
 
     Example::
 
@@ -128,7 +129,7 @@ def from_factors(s_c: Array, s_k: Array, alpha: Any = 1.0) -> KronState:
     """The unique normalised state of ``alpha · s_c ⊗ s_k`` (Claim 5; uses ``eigh``, set-up only).
 
     Leading axes of ``s_c``/``s_k`` stack layers (``alpha`` broadcasts against them);
-    SPEC §4.
+    math §4.
 
     Example::
 
@@ -158,7 +159,7 @@ def _factor(b: Array | None, d: Array, power: Any) -> Array:
 
 
 def factors(state: KronState, power: Any = 1.0) -> tuple[Array, Array, Array]:
-    """``(α^power, S_C^power, S_K^power)`` as explicit matrices (SPEC §4).
+    """``(α^power, S_C^power, S_K^power)`` as explicit matrices (math §4).
 
     Example (round-trips :func:`from_factors`)::
 
@@ -178,7 +179,7 @@ def factors(state: KronState, power: Any = 1.0) -> tuple[Array, Array, Array]:
 
 
 def dense(state: KronState, power: Any = 1.0) -> Array:
-    """The explicit ``(α S_C ⊗ S_K)^power`` (rc × rc; for tests and small problems; SPEC §4).
+    """The explicit ``(α S_C ⊗ S_K)^power`` (rc × rc; for tests and small problems; math §4).
 
     Example (equals ``np.kron`` of the factors)::
 
@@ -201,7 +202,7 @@ def dense(state: KronState, power: Any = 1.0) -> Array:
 def logdet(state: KronState) -> Array:
     """``log det S = rc log α + c Σ log d_C + r Σ log d_K`` (= rc log α under the constraints).
 
-    SPEC §1, §4.
+    math §1, §4.
 
     Example (agrees with the dense Kronecker product)::
 
@@ -233,6 +234,11 @@ def _check(xp: Namespace, state: KronState, g: Array, name: str, check: bool) ->
     for nm, b, n in (("B_C", state.B_C, r), ("B_K", state.B_K, c)):
         if b is not None and tuple(b.shape) != (*lead, n, n):
             raise ValueError(f"`state.{nm}` must have shape {(*lead, n, n)}, got {tuple(b.shape)}")
+    if g.dtype != state.d_C.dtype:
+        raise ValueError(
+            f"`{name}` has dtype {g.dtype} but the state's factors are {state.d_C.dtype}: "
+            f"cast `{name}` to the state's dtype"
+        )
     if check:
         A.check_same_namespace(xp, d_C=state.d_C, **{name: g})
         A.check_floating(xp, name, g)
@@ -250,15 +256,7 @@ def _rotate(state: KronState, g: Array) -> Array:
 
 def _direction(state: KronState, r_rot: Array, p: Any) -> Array:
     """``α^{-1/p} B_C [Diag(d_C^{-1/p}) R Diag(d_K^{-1/p})] B_Kᵀ``."""
-    e = -1.0 / p
-    # α^{-1/p} folded into the row scale: two passes over R, not three.
-    row = (state.alpha**e)[..., None] * state.d_C**e
-    core = r_rot * row[..., :, None] * (state.d_K**e)[..., None, :]
-    if state.B_C is not None:
-        core = state.B_C @ core
-    if state.B_K is not None:
-        core = core @ state.B_K.mT
-    return core
+    return _unrotate(state, _direction_core(state, r_rot, p))
 
 
 def _refresh(
@@ -276,7 +274,7 @@ def _refresh(
     max_step_norm: float | None,
     rotation: str | None = None,
 ) -> KronState:
-    """The SPEC §4 update from the rotated gradient ``R`` (``(*L, r, c)``, or a sample batch
+    """The math §4 update from the rotated gradient ``R`` (``(*L, r, c)``, or a sample batch
     ``(b, *L, r, c)`` whose GOP is averaged)."""
     r, c = state.d_C.shape[-1], state.d_K.shape[-1]
     alpha, d_c, d_k = state.alpha, state.d_C, state.d_K
@@ -361,7 +359,7 @@ def _refresh(
 
     # The damped rule takes the pair gaps after the d update (the 2×2 Jacobi angle of the
     # refreshed S uses its new diagonal; docs/math.md); the paper's rule, before it.
-    # Step guard: the paper's rule caps ‖X‖_F in the generator (SPEC §5); the damped rule
+    # Step guard: the paper's rule caps ‖X‖_F in the generator (math §4.5); the damped rule
     # bounds ‖X‖₂ inside the Cayley map (maps.cayley_apply).
     damped = maps.resolve_rotation(rotation) == "damped"
     if damped:  # the new diagonal before its normalisation, i.e. in the old scale α
@@ -390,6 +388,7 @@ def _options(
     A.check_positive("gamma", gamma, allow_zero=True)
     A.check_positive("damping", damping, allow_zero=True)
     maps.check_modes(cayley, exp, cayley_terms)
+    _check_first_order(exp, gamma, beta2)
     if tie_tol is not None:
         A.check_positive("tie_tol", tie_tol, allow_zero=True)
     if max_step_norm is None and cayley != "exact":
@@ -414,20 +413,20 @@ def update_gop(
     rotation: str | None = None,
     check: bool = True,
 ) -> KronState:
-    """Kronecker spectral step for the GOP of ``G`` (SPEC §4).
+    """Kronecker spectral step for the GOP of ``G`` (math §4).
 
     ``G`` has the state's shape ``(*L, r, c)`` (one gradient per stacked layer), or a leading
     sample axis ``(b, *L, r, c)`` whose GOP is averaged. ``check=False`` skips the value
     checks (finiteness, backend) for adapters that have already done them once.
 
-    ``exp="exact"`` is SPEC §4's exact update (``m_l``, mean-centred exp, ``α`` update);
+    ``exp="exact"`` is math §4.2's exact update (``m_l``, mean-centred exp, ``α`` update);
     ``exp="first_order"`` the truncated form of Fig. 6 / Claim 8. ``damping`` ``λ`` enters
-    as ``λ_l = λ Tr(S_other⁻¹)`` (SPEC §5). In the truncated modes (``neumann``, or
+    as ``λ_l = λ Tr(S_other⁻¹)`` (math §4.4). In the truncated modes (``neumann``, or
     ``quadratic``: ``I + 2X + 2X²`` in 2 matmuls, :func:`maps.cayley_apply_quadratic`) each
     factor's Cayley argument is rescaled to ``‖X_l‖_F ≤ max_step_norm`` (default 0.25): the
-    block-specific normalised step of SPEC §4; in exact mode nothing is rescaled unless asked.
+    block-specific normalised step of math §4.5; in exact mode nothing is rescaled unless asked.
     ``rotation="damped"`` (default) bounds each pair's rotation where two eigenvalues nearly
-    tie; ``rotation="paper"`` is SPEC §4's ``U_ij = −W_ij/(d_i − d_j)``
+    tie; ``rotation="paper"`` is math §4's ``U_ij = −W_ij/(d_i − d_j)``
     (:func:`maps.rotation_generator`).
 
     Example (``B_C``, ``B_K`` stay orthogonal; ``Π d_C = 1`` is kept)::
@@ -463,10 +462,15 @@ def update_gop(
     )
 
 
-def precondition(state: KronState, G: Array, *, p: Any, check: bool = True) -> Array:
-    """``α^{-1/p} S_C^{-1/p} G S_K^{-1/p}`` in the rotated form (4 matmuls; SPEC §4).
+def precondition(
+    state: KronState, G: Array, *, p: Any, norm_p: Any = None, check: bool = True
+) -> Array:
+    """``α^{-1/p} S_C^{-1/p} G S_K^{-1/p}`` in the rotated form (4 matmuls; math §4).
 
-    ``G`` is ``(*L, r, c)`` or ``(b, *L, r, c)`` (each slice preconditioned).
+    ``G`` is ``(*L, r, c)`` or ``(b, *L, r, c)`` (each slice preconditioned). With
+    ``norm_p`` (e.g. 2), each slice is rescaled to the Frobenius norm of the root-``norm_p``
+    step ``S^{-1/norm_p} G``: the direction of root ``p``, the size of root ``norm_p``
+    (``maps.match_norm``; no overflow for any ``p``, the same matmuls).
 
     Example (``α = 4``, ``p = 2``: the step is ``G / 2``)::
 
@@ -477,11 +481,43 @@ def precondition(state: KronState, G: Array, *, p: Any, check: bool = True) -> A
         [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]
         >>> kron.precondition(st, np.ones((7, 2, 3)), p=2).shape
         (7, 2, 3)
+        >>> st = st._replace(d_C=np.array([4.0, 0.25]))
+        >>> u1 = kron.precondition(st, np.ones((2, 3)), p=1, norm_p=2)
+        >>> u2 = kron.precondition(st, np.ones((2, 3)), p=2)
+        >>> bool(np.isclose(np.linalg.norm(u1), np.linalg.norm(u2))), (u1[1] / u1[0]).tolist()
+        (True, [16.0, 16.0, 16.0])
     """
     xp = array_namespace(state.d_C)
     _check(xp, state, G, "G", check)
     A.check_positive("p", p)
-    return _direction(state, _rotate(state, G), p)
+    r_rot = _rotate(state, G)
+    if norm_p is None or (_static(p) and _static(norm_p) and p == norm_p):
+        return _direction(state, r_rot, p)
+    A.check_positive("norm_p", norm_p)
+    ds = [state.d_C[..., :, None], state.d_K[..., None, :]]
+    ref = _direction_core(state, r_rot, norm_p)
+    return _unrotate(state, maps.match_norm(r_rot, ds, p=p, ref=ref, axes=(-2, -1)))
+
+
+def _static(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _direction_core(state: KronState, r_rot: Array, p: Any) -> Array:
+    """``α^{-1/p} Diag(d_C^{-1/p}) R Diag(d_K^{-1/p})`` (the rotated-frame step)."""
+    e = -1.0 / p
+    # α^{-1/p} folded into the row scale: two passes over R, not three.
+    row = (state.alpha**e)[..., None] * state.d_C**e
+    return r_rot * row[..., :, None] * (state.d_K**e)[..., None, :]
+
+
+def _unrotate(state: KronState, core: Array) -> Array:
+    """``B_C core B_Kᵀ`` (a diagonal side is the identity)."""
+    if state.B_C is not None:
+        core = state.B_C @ core
+    if state.B_K is not None:
+        core = core @ state.B_K.mT
+    return core
 
 
 def precondition_and_update(
@@ -500,7 +536,7 @@ def precondition_and_update(
     rotation: str | None = None,
     check: bool = True,
 ) -> tuple[KronState, Array]:
-    """Fused refresh + step sharing ``R = B_Cᵀ G B_K`` (SPEC §4): returns ``(new_state, step)``.
+    """Fused refresh + step sharing ``R = B_Cᵀ G B_K`` (math §4): returns ``(new_state, step)``.
 
     The step is preconditioned with the factors *before* this refresh (one refresh of lag,
     as in SOAP); call :func:`update_gop` then :func:`precondition` for the un-lagged order,

@@ -1,6 +1,6 @@
 """The maps of the spectral scheme: Skew(Tril(U)) with the tie mask, Cayley, and the exp map on d.
 
-SPEC §1 (notation, truncated Cayley) and §5 (ties, normalised factor step).
+math §1 (notation, truncated Cayley) and §5 (ties, normalised factor step).
 All functions are pure and backend-agnostic; the Cayley products dispatch to a
 registered fast path when the namespace has one (``spectral_curv.backends``).
 """
@@ -28,7 +28,7 @@ DEFAULT_ROTATION: RotationMode = "damped"
 #: exact (Jacobi) eigenvector angle ``½·atan(2a/δ)`` of the pair to third order in ``a/δ``.
 DAMPED_KAPPA2 = 4.0 / 3.0
 
-#: Default Frobenius cap on the Cayley argument in the truncated modes (SPEC §5): the Neumann
+#: Default Frobenius cap on the Cayley argument in the truncated modes (math §4.5): the Neumann
 #: product then converges and a step's orthogonality error is at most ``0.25**(2**(K+1))``
 #: (``neumann``) or ``4·0.25**4`` (``quadratic``).
 DEFAULT_MAX_STEP_NORM = 0.25
@@ -104,7 +104,7 @@ def default_tie_tol(xp: Namespace, dtype: object) -> float:
 
 
 def skew(m: Array) -> Array:
-    """``Skew(M) = M − Mᵀ`` (SPEC §1; note: no factor 1/2, SPEC §5).
+    """``Skew(M) = M − Mᵀ`` (math §1; note: no factor 1/2, math §5.2).
 
     Example::
 
@@ -145,7 +145,7 @@ def rotation_generator(
     symmetric: bool = False,
     rotation: RotationMode | None = None,
 ) -> Array:
-    """``X = scale · Skew(Tril(U))``, the Cayley argument of the basis update (SPEC §2, §4).
+    """``X = scale · Skew(Tril(U))``, the Cayley argument of the basis update (math §2, §4).
 
     ``rotation="paper"``: ``U_ij = −W_ij / (d_i − d_j)``, the paper's formula. A pair
     ``(i, j)`` then turns by the angle ``θ_ij ≈ 2X_ij = a_ij / δ_ij`` with
@@ -171,7 +171,7 @@ def rotation_generator(
     continuously as the gap closes. Only the strict lower triangle
     of ``W`` is read, so ``X`` is exactly skew-symmetric whatever round-off ``W`` carries.
     With ``max_step_norm`` the result is rescaled to ``‖X‖_F ≤ max_step_norm`` (it only
-    ever shrinks; SPEC §5), which keeps the Neumann series convergent: the paper's rule's
+    ever shrinks; math §5.4), which keeps the Neumann series convergent: the paper's rule's
     cap. :mod:`~spectral_curv.kron` and :mod:`~spectral_curv.full` pass it only with
     ``rotation="paper"``; the damped rule's step guard bounds ``‖X‖₂`` inside the Cayley map
     (:func:`cayley_apply` ``max_norm``).
@@ -251,7 +251,7 @@ def rotation_generator(
 
 
 def cayley(x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:
-    """The Cayley map ``(I + X)(I − X)⁻¹`` of a skew ``X`` (SPEC §1), exact or truncated.
+    """The Cayley map ``(I + X)(I − X)⁻¹`` of a skew ``X`` (math §1), exact or truncated.
 
     ``mode="neumann"`` uses ``(I + X)² Π_{k=1..terms} (I + X^{2^k})`` — matmuls only, valid
     while ``‖X‖ < 1``; its singular values deviate from 1 by about ``‖X‖^{2^{terms+1}}``.
@@ -283,7 +283,7 @@ def cayley_apply(
     terms: int = 1,
     max_norm: Any = None,
 ) -> Array:
-    """``B · Cayley(X)`` without forming an inverse in ``neumann`` mode (SPEC §1, §5).
+    """``B · Cayley(X)`` without forming an inverse in ``neumann`` mode (math §1, §5).
 
     ``max_norm`` (the damped rule's step guard, docs/math.md): ``X`` is first shrunk,
     ``X ← X·min(1, max_norm/ν)`` (:func:`guard_scale`): in the truncated modes ``ν ≈ ‖X‖₂``
@@ -391,7 +391,7 @@ def cayley_apply_neumann(
 ) -> Array:
     """Reference ``B (I + X)² Π_{k=1..K} (I + X^{2^k})`` with ``2K + 1`` matmuls (2 at K = 0).
 
-    The factors are applied to ``B`` one at a time, ``B ← B + B·N`` (SPEC §1), so no
+    The factors are applied to ``B`` one at a time, ``B ← B + B·N`` (math §1), so no
     identity matrix is formed. For skew ``X`` (all the Cayley map is defined for)
     ``X² = −X Xᵀ``; it is formed as ``X @ X.mT`` and each later square as ``Y @ Y.mT`` of
     the symmetric ``Y``: products of one operand with its own transpose, which numpy runs
@@ -458,7 +458,7 @@ def orthonormalize(b: Array, *, steps: int = 1) -> Array:
 
     One step ``B ← B (3I − BᵀB)/2`` maps singular values ``σ ↦ σ(3 − σ²)/2``, squaring the
     error ``1 − σ`` (up to a factor 3/2); it undoes the drift that the truncated Cayley map
-    accumulates (SPEC §1: "measure the drift ‖BᵀB − I‖"). Costs 2 matmuls a step.
+    accumulates (math §1: "measure the drift ‖BᵀB − I‖"). Costs 2 matmuls a step.
 
     Example::
 
@@ -477,7 +477,7 @@ def orthonormalize(b: Array, *, steps: int = 1) -> Array:
 
 
 def exp_scale(d: Array, rate: Array, *, mode: ExpMode = "exact") -> Array:
-    """``d ⊙ exp(rate / d)`` exactly, or its first-order truncation ``d + rate`` (SPEC §2).
+    """``d ⊙ exp(rate / d)`` exactly, or its first-order truncation ``d + rate`` (math §2).
 
     Example::
 
@@ -492,3 +492,29 @@ def exp_scale(d: Array, rate: Array, *, mode: ExpMode = "exact") -> Array:
     if mode == "exact":
         return d * xp.exp(rate / d)
     return d + rate
+
+
+def match_norm(v: Array, ds: list[Array], *, p: Any, ref: Array, axes: tuple[int, ...]) -> Array:
+    """``v ⊙ Π_k d_k^{-1/p}`` (each ``d_k`` broadcastable against ``v``) rescaled so that its
+    2-norm over ``axes`` equals that of ``ref``: the root-``p`` direction with the size of
+    ``ref``. Each ``d_k^{-1/p}`` is formed as ``exp(−(log d_k − min log d_k)/p) ≤ 1`` (the
+    minimum over ``axes``), so no ``p`` overflows; a zero ``v`` gives zero. math §4.
+
+    Example (``d = (4, 1)``, ``p = 1``: direction ``(1/4, 1)``, rescaled to ``|ref| = 5``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import maps
+        >>> u = maps.match_norm(np.ones(2), [np.array([4.0, 1.0])], p=1,
+        ...                     ref=np.array([3.0, 4.0]), axes=(-1,))
+        >>> [round(float(x), 6) for x in u], round(float(np.linalg.norm(u)), 6)
+        ([1.212678, 4.850713], 5.0)
+    """
+    xp = array_namespace(v)
+    out = v
+    for d in ds:
+        ld = xp.log(d)
+        out = out * xp.exp(-(ld - xp.min(ld, axis=axes, keepdims=True)) / p)
+    n_ref = xp.sqrt(xp.sum(ref * ref, axis=axes, keepdims=True))
+    n_out = xp.sqrt(xp.sum(out * out, axis=axes, keepdims=True))
+    tiny = xp.finfo(out.dtype).smallest_normal
+    return out * (n_ref / xp.maximum(n_out, xp.asarray(tiny, dtype=out.dtype)))

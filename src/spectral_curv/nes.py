@@ -1,7 +1,7 @@
-"""Gradient-free optimisation with natural evolution strategies (ask/tell; SPEC §2, §6).
+"""Gradient-free optimisation with natural evolution strategies (ask/tell; math §2, §6).
 
 The search distribution is ``q = N(μ, S⁻¹)``. With ``γ = 0`` and the 1-root (``p = 1``),
-the Gaussian problem ``min E_q[ℓ(w)]`` is solved by the spectral scheme of SPEC §2 with the
+the Gaussian problem ``min E_q[ℓ(w)]`` is solved by the spectral scheme of math §2 with the
 REINFORCE curvature estimate (paper Sec. 4.3, Appx. C)::
 
     Δ = E[ℓ(w) (S z zᵀ S − S)],      z = w − μ
@@ -15,18 +15,31 @@ sum to zero, so the ``−S`` term drops out), and samples are mirrored (``±ε``
 
     Δ = −S^{1/2} (Σ u_i ε_i ε_iᵀ) S^{1/2},     μ ← μ + lr_mean Σ u_i z_i.
 
-``lr_sigma`` (default ``lr_cov``) optionally gives the scale part of ``Δ`` (its component
-along ``S``, ``tr(S⁻¹Δ)/n · S``) its own rate, as in xNES; with ``lr_sigma == lr_cov`` the
-update is exactly the paper's. ``Δ`` is indefinite, so the exact exp and Cayley maps are used.
+In the factored frame (``S = B Diag(d) Bᵀ``, ``E`` the matrix of rows ``ε_iᵀ``) this is
+``Q = BᵀΔB = −Diag(√d) (Bᵀ Eᵀ Diag(u) E B) Diag(√d)`` (passed to
+:func:`spectral_curv.full.update_rotated`; neither ``S``, ``S^{1/2}`` nor ``Δ`` is formed)
+and ``μ ← μ + lr_mean S^{-1/2} Σ u_i ε_i = μ + lr_mean B Diag(d^{-1/2}) Bᵀ Σ u_i ε_i``.
 
-Baselines with the same interface (SPEC §6): :class:`XNES` (full covariance ``Σ = AAᵀ``,
-``A ← A expm(½(lr_cov G_B + lr_sigma G_σ I))`` via ``eigh``; Glasmachers et al. 2010) and
-:class:`CholeskyNES` (``Σ = KKᵀ``, ``K`` lower triangular, the inverse-free step of
-``baselines``; Lin et al. 2021). All three agree to first order in the step size.
+``lr_sigma`` (default ``lr_cov``) optionally gives the scale part of ``Δ`` (its component
+along ``S``, ``tr(S⁻¹Δ)/n · S``; in the rotated frame ``tr(S⁻¹Δ)/n · Diag(d)``) its own
+rate, as in xNES; with ``lr_sigma == lr_cov`` the update is exactly the paper's. ``Δ`` is
+indefinite, so the exact exp and Cayley maps are used.
+
+``tell`` is atomic: the new distribution is computed in full and checked (finite, ``d > 0``)
+before anything is committed, so a failed ``tell`` (bad input, or an update that left the
+representable range) leaves the optimiser exactly as it was.
+
+Baselines with the same interface (math §6) live in :mod:`spectral_curv.baselines`:
+:class:`~spectral_curv.baselines.XNES` (full covariance ``Σ = AAᵀ``; Glasmachers et al. 2010)
+and :class:`~spectral_curv.baselines.CholeskyNES` (``Σ = KKᵀ``, ``K`` lower triangular; Lin
+et al. 2021). All three agree to first order in the step size. ``nes.XNES`` and
+``nes.CholeskyNES`` remain importable here as deprecated aliases.
 
 Also here: the five test functions of Appx. C (:func:`ackley`, :func:`rosenbrock`,
-:func:`bohachevsky`, :func:`schaffer`, :func:`griewank`) and :func:`benchmark`
-(``python -m spectral_curv.nes --help``), which compares against pycma's CMA-ES.
+:func:`bohachevsky`, :func:`schaffer`, :func:`griewank`). The benchmark against pycma's
+CMA-ES (Fig. 3 / 9) is :mod:`spectral_curv.experiments.nes`
+(``python -m spectral_curv.experiments.nes --help``); ``nes.benchmark``, ``nes.summarise``,
+``nes.FUNCTIONS`` and ``nes.main`` remain importable here (deprecated aliases, loaded lazily).
 
 Example::
 
@@ -43,7 +56,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -53,13 +66,9 @@ from . import full
 from ._array import Array, Namespace, array_namespace
 
 __all__ = [
-    "FUNCTIONS",
-    "XNES",
-    "CholeskyNES",
     "NESResult",
     "SpectralNES",
     "ackley",
-    "benchmark",
     "bohachevsky",
     "default_lr_cov",
     "default_popsize",
@@ -139,19 +148,48 @@ def rank_utilities(values: Any, *, fitness_shaping: bool = True) -> np.ndarray:
     return u
 
 
-def _host(x: Any) -> np.ndarray:
-    """Any backend's array (or a sequence) → numpy float64 on the host."""
-    if isinstance(x, np.ndarray | list | tuple | float | int):
-        return np.asarray(x, dtype=np.float64)
+def _host_raw(x: Any) -> np.ndarray:
+    """Any backend's array (or a sequence) → numpy array on the host, dtype unchanged."""
+    if isinstance(x, np.ndarray | list | tuple | float | int | complex):
+        return np.asarray(x)
     mod = type(x).__module__
     if mod.startswith("torch"):
-        return np.asarray(x.detach().cpu().numpy(), dtype=np.float64)
+        return np.asarray(x.detach().cpu().numpy())
     if mod.startswith("cupy"):
-        return np.asarray(x.get(), dtype=np.float64)
+        return np.asarray(x.get())
     try:
-        return np.asarray(x, dtype=np.float64)
+        return np.asarray(x)
     except (TypeError, ValueError, RuntimeError):
-        return np.asarray(np.from_dlpack(x), dtype=np.float64)
+        return np.asarray(np.from_dlpack(x))
+
+
+def _host(x: Any, name: str = "x") -> np.ndarray:
+    """Any backend's array (or a sequence) → numpy float64 on the host.
+
+    Complex, boolean and non-numeric input is refused with a ValueError naming ``name`` (a
+    cast to float64 would silently drop imaginary parts or misread the data).
+    """
+    a = _host_raw(x)
+    if np.iscomplexobj(a):
+        raise ValueError(f"`{name}` must be real, got complex values (dtype {a.dtype})")
+    if a.dtype == np.bool_ or not (
+        np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
+    ):
+        raise ValueError(f"`{name}` must hold real numbers, got dtype {a.dtype}")
+    return np.asarray(a, dtype=np.float64)
+
+
+def _sigma0_range(xp: Namespace, dtype: Any) -> tuple[float, float]:
+    """The ``sigma0`` the state can hold in ``dtype``: the initial covariance ``σ0²``, the
+    precision ``σ0⁻²`` and their squares (the spectral update squares eigenvalue gaps) must be
+    finite, normal numbers with a margin of ``1/eps``: ``σ0^{±4} ∈ [tiny/eps, max·eps]``.
+    float64: about ``[1e-73, 1e73]``; float32: about ``[1.8e-8, 5.6e7]``."""
+    fi = xp.finfo(dtype)
+    eps, tiny, big = float(fi.eps), float(fi.smallest_normal), float(fi.max)
+    lo4, hi4 = tiny / eps, big * eps  # allowed range of σ0⁴ and of σ0⁻⁴
+    lo = max(lo4**0.25, hi4**-0.25)
+    hi = min(hi4**0.25, lo4**-0.25)
+    return lo, hi
 
 
 class NESResult(NamedTuple):
@@ -219,8 +257,21 @@ class _NESBase:
         self._device = A.device(x0)
         mean = xp.asarray(x0, dtype=self._dtype, device=self._device)
         A.check_finite(xp, "x0", mean)
-        if not isinstance(sigma0, int | float) or not math.isfinite(sigma0) or sigma0 <= 0:
+        if (
+            not isinstance(sigma0, int | float)
+            or isinstance(sigma0, bool)
+            or not math.isfinite(sigma0)
+            or sigma0 <= 0
+        ):
             raise ValueError(f"`sigma0` must be a finite number > 0, got {sigma0!r}")
+        lo, hi = _sigma0_range(xp, self._dtype)
+        if not lo <= sigma0 <= hi:
+            raise ValueError(
+                f"`sigma0` = {sigma0!r} is out of range for dtype {self._dtype}: the initial "
+                f"covariance sigma0², precision sigma0⁻² and their squares must be "
+                f"representable, so sigma0 must lie in [{lo:.3g}, {hi:.3g}] (rescale the "
+                "problem's coordinates)"
+            )
         popsize = default_popsize(n) if popsize is None else popsize
         if not isinstance(popsize, int) or isinstance(popsize, bool) or popsize < 2:
             raise ValueError(f"`popsize` must be an int >= 2, got {popsize!r}")
@@ -265,8 +316,25 @@ class _NESBase:
         """Rows ``ε_i`` (standard normal) → rows ``z_i ~ N(0, Σ)``."""
         raise NotImplementedError
 
-    def _update(self, eps: Array, z: Array, u: Array) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _propose(self, eps: Array, z: Array, u: Array) -> tuple[Array, dict[str, Any]]:
+        """The new mean and the new distribution attributes ``{name: value}``, computed from
+        the current ones without changing anything (``tell`` checks, then commits them)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _check_proposal(self, mean: Array, attrs: dict[str, Any]) -> str | None:
+        """Why a proposed state is unusable (``None``: usable): every array must be finite."""
+        xp = self._xp
+        leaves: list[tuple[str, Any]] = [("mean", mean)]
+        for name, v in attrs.items():
+            if isinstance(v, tuple):  # a NamedTuple state
+                fields = getattr(v, "_fields", range(len(v)))
+                leaves += [(f"{name}.{f}", a) for f, a in zip(fields, v)]
+            else:
+                leaves.append((name, v))
+        for name, a in leaves:
+            if not bool(xp.all(xp.isfinite(a))):
+                return f"`{name}` is not finite"
+        return None
 
     @property
     def covariance(self) -> Array:  # pragma: no cover - abstract
@@ -321,7 +389,14 @@ class _NESBase:
         return self._X
 
     def tell(self, X: Any, values: Any) -> None:
-        """Update the distribution from the last ``ask()`` and its values (minimisation)."""
+        """Update the distribution from the last ``ask()`` and its values (minimisation).
+
+        Atomic: the new state is computed in full and checked before it is committed. On any
+        error (a ValueError for bad ``X`` / ``values``, including complex values; a
+        FloatingPointError when the update itself leaves the representable range) the
+        optimiser is left exactly as it was, counters included, and the last ``ask()`` may
+        still be told.
+        """
         xp = self._xp
         if self._X is None or self._eps is None:
             raise ValueError("tell() called without a preceding ask()")
@@ -331,10 +406,10 @@ class _NESBase:
                 f"`X` must have shape ({lam}, {n}) (the last ask()), got "
                 f"{tuple(getattr(X, 'shape', np.shape(X)))}"
             )
-        Xh, Xa = _host(X), _host(self._X)
+        Xh, Xa = _host(X, "X"), _host(self._X, "X")
         if not np.allclose(Xh, Xa, rtol=1e-12, atol=1e-12 * (1.0 + np.abs(Xa).max())):
             raise ValueError("`X` does not match the candidates of the last ask()")
-        f = _host(values)
+        f = _host(values, "values")
         if f.shape != (lam,):
             raise ValueError(f"`values` must have shape ({lam},), got {f.shape}")
         if not np.all(np.isfinite(f)):
@@ -345,13 +420,25 @@ class _NESBase:
             dtype=self._dtype,
             device=self._device,
         )
+        # compute everything first ...
+        mean, attrs = self._propose(eps, z, u)
+        why = self._check_proposal(mean, attrs)
+        if why is not None:
+            raise FloatingPointError(
+                f"tell(): the update gave an unusable distribution ({why}); the state is "
+                f"unchanged. The step left the range of dtype {self._dtype}: try a smaller "
+                "lr_cov / lr_mean, or rescale the problem (sigma0)"
+            )
+        # ... then commit
+        i = int(np.argmin(f))
         self.countevals += lam
         self.countiter += 1
-        i = int(np.argmin(f))
         if f[i] < self._fbest:
             self._fbest, self._xbest, self._best_iter = float(f[i]), self._X[i, :], self.countiter
         self._hist.append(float(f[i]))
-        self._update(eps, z, u)
+        self._mean = mean
+        for name, v in attrs.items():
+            setattr(self, name, v)
         self._eps = self._X = None
 
     def stop(self) -> dict[str, Any]:
@@ -389,15 +476,16 @@ class _NESBase:
 
 
 class SpectralNES(_NESBase):
-    """NES with the precision ``S = Σ⁻¹`` kept as a spectral state (SPEC §2, Sec. 4.3).
+    """NES with the precision ``S = Σ⁻¹`` kept as a spectral state (math §2, Sec. 4.3).
 
-    ``S = B Diag(d) Bᵀ`` is updated by ``full.update`` with the REINFORCE estimate
-    ``Δ = −S^{1/2}(Σ u_i ε_i ε_iᵀ)S^{1/2}`` (γ = 0, exact exp/Cayley), the mean by the
-    1-root step ``μ ← μ − lr_mean·full.precondition(state, g, p=1)``,
-    ``g = −S^{1/2} Σ u_i ε_i``. Defaults: ``popsize = 4 + ⌊3 ln n⌋`` (even),
-    ``lr_mean = 1``, ``lr_cov = lr_sigma = (9 + 3 ln n)/(5 n^{3/2})``. Stop options
-    (``maxfevals``, ``maxiter``, ``ftarget``, ``tolx``, ``tolfun``, ``tolstagnation``)
-    follow pycma's names.
+    ``S = B Diag(d) Bᵀ`` is updated by ``full.update_rotated`` with the REINFORCE estimate
+    ``Δ = −S^{1/2}(Σ u_i ε_i ε_iᵀ)S^{1/2}`` in the rotated frame,
+    ``Q = BᵀΔB = −Diag(√d)(Bᵀ Σ u_i ε_i ε_iᵀ B)Diag(√d)`` (γ = 0, exact exp/Cayley), the
+    mean by the 1-root step ``μ ← μ − lr_mean S⁻¹g``, ``g = −S^{1/2} Σ u_i ε_i``, i.e.
+    ``μ ← μ + lr_mean·full.precondition(state, Σ u_i ε_i, p=2)``. Defaults:
+    ``popsize = 4 + ⌊3 ln n⌋`` (even), ``lr_mean = 1``,
+    ``lr_cov = lr_sigma = (9 + 3 ln n)/(5 n^{3/2})``. Stop options (``maxfevals``,
+    ``maxiter``, ``ftarget``, ``tolx``, ``tolfun``, ``tolstagnation``) follow pycma's names.
 
     Example (one ask/tell round, then a full run on a sphere)::
 
@@ -426,18 +514,31 @@ class SpectralNES(_NESBase):
     def _transform(self, eps: Array) -> Array:
         return full.precondition(self.state, eps, p=2)  # rows S^{-1/2} ε_i
 
-    def _update(self, eps: Array, z: Array, u: Array) -> None:
+    def _propose(self, eps: Array, z: Array, u: Array) -> tuple[Array, dict[str, Any]]:
         xp, st = self._xp, self.state
-        h = eps @ full.dense(st, 0.5)  # rows (S^{1/2} ε_i)ᵀ = (S z_i)ᵀ
-        delta = -((h * u[:, None]).mT @ h)  # E[ℓ (S z zᵀ S − S)] with ℓ = −u, Σu = 0
+        # Δ = E[ℓ (S z zᵀ S − S)] = −S^{1/2} Eᵀ Diag(u) E S^{1/2} (ℓ = −u, Σu = 0), rotated:
+        # Q = BᵀΔB = −Diag(√d) (EB)ᵀ Diag(u) (EB) Diag(√d). Only tril(Q) and diag(Q) are read.
+        e = eps @ st.B  # rows (Bᵀ ε_i)ᵀ
+        m = (e * u[:, None]).mT @ e
+        r = xp.sqrt(st.d)
+        q = -(r[:, None] * m * r[None, :])
+        diag_q = -(st.d * xp.linalg.diagonal(m))
         if self.lr_sigma != self.lr_cov:
-            # scale part tr(S⁻¹Δ)/n · S with its own rate: tr(S⁻¹Δ) = −Σ u_i |ε_i|²
+            # scale part tr(S⁻¹Δ)/n · S with its own rate: tr(S⁻¹Δ) = −Σ u_i |ε_i|², BᵀSB = Diag(d)
             tr = -xp.sum(u * xp.sum(eps * eps, axis=1))
-            delta = delta + ((self.lr_sigma / self.lr_cov - 1.0) * tr / self.n) * full.dense(st)
-        delta = 0.5 * (delta + delta.mT)
-        g = -(u @ h)  # E[ℓ S z]
-        self._mean = self._mean - self.lr_mean * full.precondition(st, g, p=1)
-        self.state = full.update(st, delta, beta2=self.lr_cov, cayley="exact", exp="exact")
+            diag_q = diag_q + ((self.lr_sigma / self.lr_cov - 1.0) * tr / self.n) * st.d
+        # μ ← μ − lr_mean S⁻¹ E[ℓ S z] = μ + lr_mean S^{-1/2} Σ u_i ε_i
+        mean = self._mean + self.lr_mean * full.precondition(st, u @ eps, p=2)
+        state = full.update_rotated(
+            st, q, diag_q=diag_q, check=False, beta2=self.lr_cov, cayley="exact", exp="exact"
+        )
+        return mean, {"state": state}
+
+    def _check_proposal(self, mean: Array, attrs: dict[str, Any]) -> str | None:
+        why = super()._check_proposal(mean, attrs)
+        if why is None and not bool(self._xp.all(attrs["state"].d > 0)):
+            return "`state.d` is not positive"
+        return why
 
     @property
     def covariance(self) -> Array:
@@ -448,99 +549,6 @@ class SpectralNES(_NESBase):
     def precision(self) -> Array:
         """The precision ``S = B Diag(d) Bᵀ`` (dense, ``(n, n)``)."""
         return full.dense(self.state, 1.0)
-
-
-class XNES(_NESBase):
-    """Exponential NES with full covariance ``Σ = AAᵀ`` (Glasmachers et al. 2010; SPEC §6).
-
-    ``G = Σ u_i (ε_i ε_iᵀ − I)``, ``G_σ = tr(G)/n``, ``G_B = G − G_σ I``;
-    ``A ← A · expm(½(lr_cov G_B + lr_sigma G_σ I))`` (symmetric expm by ``eigh``),
-    ``μ ← μ + lr_mean A Σ u_i ε_i``. Same options as :class:`SpectralNES`.
-
-    Example (``Σ₀ = σ₀² I``, then a run on a sphere)::
-
-        >>> import numpy as np
-        >>> from spectral_curv.nes import XNES
-        >>> bool(np.allclose(XNES(np.zeros(3), 0.5, seed=0).covariance, 0.25 * np.eye(3)))
-        True
-        >>> sphere = lambda X: (X**2).sum(axis=1)
-        >>> es = XNES(np.full(2, 3.0), 1.0, seed=0, ftarget=1e-8).optimize(sphere)
-        >>> bool(es.result.fbest < 1e-8), es.stop()
-        (True, {'ftarget': 1e-08})
-    """
-
-    def _init_state(self, sigma0: float) -> None:
-        xp = self._xp
-        self.A = sigma0 * xp.eye(self.n, dtype=self._dtype, device=self._device)
-
-    def _transform(self, eps: Array) -> Array:
-        return eps @ self.A.mT
-
-    def _update(self, eps: Array, z: Array, u: Array) -> None:
-        xp, n = self._xp, self.n
-        eye = xp.eye(n, dtype=self._dtype, device=self._device)
-        g = (eps * u[:, None]).mT @ eps - xp.sum(u) * eye
-        gs = xp.sum(xp.linalg.diagonal(g)) / n
-        m = 0.5 * (self.lr_cov * (g - gs * eye) + self.lr_sigma * gs * eye)
-        w, v = xp.linalg.eigh(0.5 * (m + m.mT))
-        self._mean = self._mean + self.lr_mean * (u @ z)
-        self.A = self.A @ ((v * xp.exp(w)[None, :]) @ v.mT)
-
-    @property
-    def covariance(self) -> Array:
-        return self.A @ self.A.mT
-
-
-class CholeskyNES(_NESBase):
-    """Cholesky NES (Lin et al. 2021; SPEC §6): ``Σ = S⁻¹ = KKᵀ``, ``K`` lower triangular.
-
-    With ``z = Kε``, ``X = KᵀΔK = −Σ u_i ε_i ε_iᵀ`` (scale part ``tr(X)/n·I`` at rate
-    ``lr_sigma``) and ``K ← K(I − lr_cov M)``, ``M = Tril(X) + ½Diag(X)``
-    (``exp="exact"``: ``K expm(−lr_cov M)``), the step of ``baselines.cholesky_update``.
-
-    Example (``K`` stays lower triangular; a run on a sphere)::
-
-        >>> import numpy as np
-        >>> from spectral_curv.nes import CholeskyNES, rosenbrock
-        >>> es = CholeskyNES(np.zeros(3), 0.5, seed=0)
-        >>> X = es.ask()
-        >>> es.tell(X, rosenbrock(X))
-        >>> bool(np.array_equal(es.K, np.tril(es.K)))
-        True
-        >>> sphere = lambda X: (X**2).sum(axis=1)
-        >>> es = CholeskyNES(np.full(2, 3.0), 1.0, seed=0, ftarget=1e-8).optimize(sphere)
-        >>> bool(es.result.fbest < 1e-8), es.stop()
-        (True, {'ftarget': 1e-08})
-    """
-
-    def __init__(self, x0: Any, sigma0: float, *, exp: str = "first_order", **kw: Any) -> None:
-        if exp not in ("first_order", "exact"):
-            raise ValueError(f"`exp` must be 'first_order' or 'exact', got {exp!r}")
-        self.exp = exp
-        super().__init__(x0, sigma0, **kw)
-
-    def _init_state(self, sigma0: float) -> None:
-        xp = self._xp
-        self.K = sigma0 * xp.eye(self.n, dtype=self._dtype, device=self._device)
-
-    def _transform(self, eps: Array) -> Array:
-        return eps @ self.K.mT
-
-    def _update(self, eps: Array, z: Array, u: Array) -> None:
-        from .baselines import _cholesky_step
-
-        xp, n = self._xp, self.n
-        x = -((eps * u[:, None]).mT @ eps)
-        if self.lr_sigma != self.lr_cov:
-            eye = xp.eye(n, dtype=self._dtype, device=self._device)
-            tr = xp.sum(xp.linalg.diagonal(x))
-            x = x + ((self.lr_sigma / self.lr_cov - 1.0) * tr / n) * eye
-        self._mean = self._mean + self.lr_mean * (u @ z)
-        self.K = _cholesky_step(xp, self.K, x, self.lr_cov, self.exp)
-
-    @property
-    def covariance(self) -> Array:
-        return self.K @ self.K.mT
 
 
 # ------------------------------------------------------------------ test functions (Appx. C)
@@ -634,256 +642,39 @@ def griewank(x: Array) -> Array:
     return xp.sum(x * x, axis=-1) / 4000.0 - xp.prod(xp.cos(x / xp.sqrt(i)), axis=-1) + 1.0
 
 
-class _Problem(NamedTuple):
-    fun: Callable[[Array], Array]
-    xopt: float  # every coordinate of the minimiser
-    half_width: float  # x0 ~ U(-a, a)^n
-    sigma0: float
-    ftarget: float
-    budget_per_dim: int  # maxfevals = budget_per_dim * n
-    popsize: int | None  # None: default_popsize(n); the same for every method
+# ------------------------------------------------------------------ deprecated aliases
 
-
-# the benchmark set-up (documented in docs/nes.md): x0 uniform in a box, same for all methods
-FUNCTIONS: dict[str, _Problem] = {
-    "ackley": _Problem(ackley, 0.0, 3.0, 2.0, 1e-6, 1000, None),
-    "rosenbrock": _Problem(rosenbrock, 1.0, 2.0, 0.5, 1e-8, 8000, None),
-    "bohachevsky": _Problem(bohachevsky, 0.0, 3.0, 2.0, 1e-8, 2000, 64),
-    "schaffer": _Problem(schaffer, 0.0, 3.0, 2.0, 1e-2, 3000, 128),
-    "griewank": _Problem(griewank, 0.0, 10.0, 5.0, 1e-8, 1000, None),
+# Moved names, loaded on first access (PEP 562): the NES baselines live in
+# spectral_curv.baselines (which imports this module, so they cannot be imported here at load
+# time), the benchmark in spectral_curv.experiments.nes (core modules import no experiments).
+_MOVED = {
+    "XNES": "spectral_curv.baselines",
+    "CholeskyNES": "spectral_curv.baselines",
+    "FUNCTIONS": "spectral_curv.experiments.nes",
+    "benchmark": "spectral_curv.experiments.nes",
+    "summarise": "spectral_curv.experiments.nes",
+    "main": "spectral_curv.experiments.nes",
+    "_Problem": "spectral_curv.experiments.nes",
+    "_run_ours": "spectral_curv.experiments.nes",
+    "_run_cma": "spectral_curv.experiments.nes",
+    "_plot": "spectral_curv.experiments.nes",
 }
 
 
-# ------------------------------------------------------------------ benchmark
+def __getattr__(name: str) -> Any:
+    """Deprecated aliases of names that moved out of this module (loaded lazily)."""
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _run_ours(
-    cls: type[_NESBase],
-    prob: _Problem,
-    x0: np.ndarray,
-    seed: int,
-    maxfevals: int,
-    popsize: int,
-    **kw: Any,
-):
-    es = cls(
-        x0,
-        prob.sigma0,
-        seed=seed,
-        maxfevals=maxfevals,
-        ftarget=prob.ftarget,
-        popsize=popsize,
-        **kw,
-    )
-    ev, fb = [], []
-    while not es.stop():
-        X = es.ask()
-        es.tell(X, prob.fun(X))
-        ev.append(es.countevals)
-        fb.append(es.result.fbest)
-    return ev, fb, es.stop()
-
-
-def _run_cma(prob: _Problem, x0: np.ndarray, seed: int, maxfevals: int, popsize: int):
-    import cma
-
-    opts = {
-        "seed": seed + 1,  # pycma: 0 means "random"
-        "maxfevals": maxfevals,
-        "ftarget": prob.ftarget,
-        "popsize": popsize,
-        "verbose": -9,
-        "verb_log": 0,
-        "verb_disp": 0,
-    }
-    es = cma.CMAEvolutionStrategy(x0, prob.sigma0, opts)
-    ev, fb = [], []
-    while not es.stop():
-        X = es.ask()
-        es.tell(X, [float(v) for v in prob.fun(np.asarray(X))])
-        ev.append(es.countevals)
-        fb.append(float(es.result.fbest))
-    return ev, fb, dict(es.stop())
-
-
-def benchmark(
-    functions: Sequence[str] = tuple(FUNCTIONS),
-    *,
-    dim: int = 60,
-    seeds: int = 5,
-    methods: Sequence[str] = ("spectral", "xnes", "cholesky", "cma"),
-    budget_scale: float = 1.0,
-    lr_sigma: float | None = 0.3,
-    lr_cov: float | None = None,
-    log: Callable[[str], Any] | None = print,
-) -> dict[str, Any]:
-    """Run every method on every function for ``seeds`` seeds (numpy, float64).
-
-    Each run starts at ``x0 ~ U(−a, a)^dim`` (per seed, shared by all methods; ``a`` and
-    ``σ0`` per function in :data:`FUNCTIONS`), uses the default population size of
-    :func:`default_popsize` for all methods (CMA-ES included) and stops at the function's
-    target or after ``budget_per_dim · dim · budget_scale`` evaluations. The three NES
-    methods share ``lr_sigma`` (default 0.3; ``None`` = the paper's single rate) and the
-    default ``lr_mean`` and ``lr_cov`` (unless given). Returns
-    ``{"setup": ..., "runs": {fun: {method: [{"evals", "fbest", "stop"}, ...]}}}`` with the
-    best-so-far value after every iteration; :func:`summarise` makes the table.
-
-    Example (a tiny run: one function, one method, one seed, in 2-D)::
-
-        >>> from spectral_curv import nes
-        >>> res = nes.benchmark(["rosenbrock"], dim=2, seeds=1, methods=["spectral"], log=None)
-        >>> res["setup"]["budget"], res["setup"]["popsizes"]
-        ({'rosenbrock': 16000}, {'rosenbrock': 6})
-        >>> run = res["runs"]["rosenbrock"]["spectral"][0]
-        >>> run["stop"], run["fbest"][-1] <= 1e-8, len(run["evals"]) == len(run["fbest"])
-        (['ftarget'], True, True)
-    """
-    import time
-
-    have_cma = True
-    try:
-        import cma  # noqa: F401
-    except ImportError:
-        have_cma = False
-    classes = {"spectral": SpectralNES, "xnes": XNES, "cholesky": CholeskyNES}
-    out: dict[str, Any] = {
-        "setup": {
-            "dim": dim,
-            "seeds": seeds,
-            "popsize": default_popsize(dim),
-            "lr_sigma": lr_sigma,
-            "lr_cov": lr_cov,
-            "popsizes": {},
-            "budget": {},
-        },
-        "runs": {},
-    }
-    for name in functions:
-        prob = FUNCTIONS[name]
-        budget = int(prob.budget_per_dim * dim * budget_scale)
-        lam = default_popsize(dim) if prob.popsize is None else prob.popsize
-        out["setup"]["budget"][name] = budget
-        out["setup"]["popsizes"][name] = lam
-        out["runs"][name] = {}
-        for m in methods:
-            if m == "cma" and not have_cma:
-                continue
-            runs = []
-            t0 = time.perf_counter()
-            for s in range(seeds):
-                x0 = np.random.default_rng(1000 + s).uniform(-prob.half_width, prob.half_width, dim)
-                if m == "cma":
-                    ev, fb, st = _run_cma(prob, x0, s, budget, lam)
-                else:
-                    ev, fb, st = _run_ours(
-                        classes[m], prob, x0, s, budget, lam, lr_sigma=lr_sigma, lr_cov=lr_cov
-                    )
-                runs.append({"evals": ev, "fbest": fb, "stop": sorted(st)})
-            if log is not None:
-                log(f"{name:12s} {m:9s} {time.perf_counter() - t0:7.1f}s")
-            out["runs"][name][m] = runs
-    return out
-
-
-def summarise(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows ``{function, method, median_evals, solved, median_final}`` (median evaluations to
-    target over the solved runs; ``solved`` = runs reaching the target / all runs)."""
-    rows = []
-    for fname, per in res["runs"].items():
-        tgt = FUNCTIONS[fname].ftarget
-        for m, runs in per.items():
-            hit = [r["evals"][-1] for r in runs if r["fbest"] and r["fbest"][-1] <= tgt]
-            fin = [r["fbest"][-1] for r in runs if r["fbest"]]
-            rows.append(
-                {
-                    "function": fname,
-                    "method": m,
-                    "median_evals": float(np.median(hit)) if hit else None,
-                    "solved": f"{len(hit)}/{len(runs)}",
-                    "median_final": float(np.median(fin)) if fin else None,
-                }
-            )
-    return rows
-
-
-def _plot(res: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(res["runs"])
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.4), squeeze=False)
-    colors = {"spectral": "C3", "xnes": "C0", "cholesky": "C2", "cma": "k"}
-    for ax, fname in zip(axes[0], names):
-        for m, runs in res["runs"][fname].items():
-            grid = np.unique(np.concatenate([np.asarray(r["evals"]) for r in runs]))
-            curves = []
-            for r in runs:
-                ev, fb = np.asarray(r["evals"]), np.asarray(r["fbest"])
-                idx = np.clip(np.searchsorted(ev, grid, side="right") - 1, 0, len(ev) - 1)
-                curves.append(np.maximum(fb[idx], 1e-300))
-            med = np.median(np.stack(curves), axis=0)
-            base = m.split(" ")[0]
-            ls = "--" if base != m else "-"
-            ax.plot(grid, med, color=colors.get(base), ls=ls, label=m)
-        ax.axhline(FUNCTIONS[fname].ftarget, color="grey", ls=":", lw=1)
-        ax.set_yscale("log")
-        ax.set_title(f"{res['setup']['dim']}-dim {fname}")
-        ax.set_xlabel("function evaluations")
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("best value so far (median over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m spectral_curv.nes [--dim 60] [--seeds 5] [--budget-scale 1]``."""
-    import argparse
-    import json
-
-    ap = argparse.ArgumentParser(description="NES benchmark (paper Fig. 3/9, Appx. C)")
-    ap.add_argument("--dim", type=int, default=60)
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--budget-scale", type=float, default=1.0)
-    ap.add_argument("--lr-sigma", type=float, default=0.3, help="NES scale rate (0: = lr_cov)")
-    ap.add_argument("--lr-cov", type=float, default=0.0, help="NES rate (0: xNES default)")
-    ap.add_argument("--functions", default=",".join(FUNCTIONS))
-    ap.add_argument("--methods", default="spectral,xnes,cholesky,cma")
-    ap.add_argument("--json", default=None, help="write the raw runs here")
-    ap.add_argument("--plot", default=None, help="write the value-vs-evaluations plot here")
-    a = ap.parse_args(argv)
-    res = benchmark(
-        a.functions.split(","),
-        dim=a.dim,
-        seeds=a.seeds,
-        methods=a.methods.split(","),
-        budget_scale=a.budget_scale,
-        lr_sigma=a.lr_sigma or None,
-        lr_cov=a.lr_cov or None,
-    )
-    print(f"dim={a.dim} seeds={a.seeds} lr_sigma={a.lr_sigma} lr_cov={a.lr_cov or 'default'}")
-    print(
-        "| function | method | popsize | budget | median evals to target | solved "
-        "| median final f |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for r in summarise(res):
-        me = "—" if r["median_evals"] is None else f"{r['median_evals']:.0f}"
-        b = res["setup"]["budget"][r["function"]]
-        lam = res["setup"]["popsizes"][r["function"]]
-        print(
-            f"| {r['function']} | {r['method']} | {lam} | {b} | {me} | {r['solved']} | "
-            f"{r['median_final']:.3g} |"
-        )
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(res, fh)
-    if a.plot:
-        _plot(res, a.plot)
-    return 0
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MOVED))
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    from spectral_curv.experiments.nes import main as _main
+
+    raise SystemExit(_main())

@@ -1,6 +1,6 @@
 """NumPy adapter: :class:`SpectralKron`, a plain optimizer over a dict or list of arrays.
 
-The math is the core's (SPEC §3 diagonal scheme, §4 Kronecker scheme, §5 damping), reached
+The math is the core's (math §3 diagonal scheme, §4 Kronecker scheme, §5 damping), reached
 only through :mod:`spectral_curv.optim` (schedule, first-step scale, keep-last-good refresh,
 re-orthonormalisation, direction, grafting, clipping, momentum, decoupled weight decay);
 this module owns storage, routing and control flow, and reproduces
@@ -8,9 +8,9 @@ this module owns storage, routing and control flow, and reproduces
 per-parameter counters, bucketing of same-shaped layers into one batched refresh, and
 non-finite policy):
 
-- order ≥ 2: Kronecker ``α S_C ⊗ S_K`` on ``(shape[0], prod(shape[1:]))`` (SPEC §4), a side
+- order ≥ 2: Kronecker ``α S_C ⊗ S_K`` on ``(shape[0], prod(shape[1:]))`` (math §4), a side
   longer than ``max_precond_dim`` kept diagonal;
-- order ≤ 1 (biases, scalars) and empty arrays: the diagonal scheme (SPEC §3).
+- order ≤ 1 (biases, scalars) and empty arrays: the diagonal scheme (math §3).
 
 The optimizer is functional in its parameters: :meth:`SpectralKron.step` takes the
 parameters and their gradients (same container: a ``dict`` of name → array, or a list) and
@@ -37,8 +37,8 @@ Example::
 
 from __future__ import annotations
 
-import math
 import numbers
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,7 +55,6 @@ FORMAT = "spectral_curv.numpy.SpectralKron/1"
 
 #: Options added after the first release: a state dict without them still loads.
 _LATER_OPTIONS = ("rotation",)
-_NONFINITE = ("raise", "skip")
 _SD_KEYS = ("format", "params", "options", "skipped_steps", "state")
 _COUNTERS = ("step", "refreshes", "rejected")
 
@@ -63,36 +62,12 @@ Params = dict[str, Array] | list[Array] | tuple[Array, ...]
 
 
 # ----------------------------------------------------------------------------- options
-def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """Validated (``optim.check_options``), normalised copy of the options: Python
-    floats/ints, ``betas`` a tuple, ``precond_dtype`` a ``np.dtype`` or None."""
-    optim.check_options(opts)
-    o = dict(opts)
-    for k in (
-        "lr",
-        "precond_lr",
-        "p",
-        "gamma",
-        "damping",
-        "weight_decay",
-        "eps",
-        "momentum",
-        "tie_tol",
-        "max_step_norm",
-        "max_update_rms",
-    ):
-        if o[k] is not None:
-            o[k] = float(o[k])
-    for k in (
-        "update_interval",
-        "max_precond_dim",
-        "precond_warmup",
-        "reorth_interval",
-        "cayley_terms",
-    ):
-        o[k] = int(o[k])
-    o["betas"] = (float(o["betas"][0]), float(o["betas"][1]))
-    dt = o["precond_dtype"]
+def _check_options(opts: Mapping[str, Any]) -> optim.Options:
+    """Validated options (``optim.Options``) with Python numbers and a ``np.dtype`` or None."""
+    o = optim.Options(**optim.renamed(opts, stacklevel=4))
+    floats = {k: float(v) for k, v in o.as_dict().items() if k in _FLOATS and v is not None}
+    ints = {k: int(getattr(o, k)) for k in _INTS}
+    dt = o.precond_dtype
     if dt is not None:
         try:
             npdt = np.dtype(dt)
@@ -100,15 +75,25 @@ def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
             npdt = None
         if npdt is None or npdt.kind != "f" or isinstance(dt, bool):
             raise ValueError(f"`precond_dtype` must be a floating numpy dtype or None, got {dt!r}")
-        o["precond_dtype"] = npdt
-    return o
+        dt = npdt
+    betas = (float(o.graft_betas[0]), float(o.graft_betas[1]))
+    return o.replace(**floats, **ints, graft_betas=betas, precond_dtype=dt)
 
 
-def _options_to_sd(o: dict[str, Any]) -> dict[str, Any]:
-    out = dict(o)
-    out["betas"] = list(o["betas"])
-    out["precond_dtype"] = None if o["precond_dtype"] is None else o["precond_dtype"].name
+_FLOATS = ("lr", "precond_lr", "p", "gamma", "damping", "weight_decay", "graft_eps", "momentum")
+_FLOATS += ("tie_tol", "max_step_norm", "max_update_rms")
+_INTS = ("update_interval", "max_precond_dim", "precond_warmup", "reorth_interval", "cayley_terms")
+
+
+def _options_to_sd(o: optim.Options) -> dict[str, Any]:
+    out = o.as_dict()
+    out["graft_betas"] = list(o.graft_betas)
+    out["precond_dtype"] = None if o.precond_dtype is None else o.precond_dtype.name
     return out
+
+
+def _stack(xp: Namespace, states: list[dict[str, Any]], key: str) -> Array | None:
+    return xp.stack([s[key] for s in states]) if key in states[0] else None
 
 
 def _plain(x: Any) -> Any:
@@ -122,28 +107,12 @@ def _plain(x: Any) -> Any:
 class SpectralKron:
     """Kronecker spectral-factorized preconditioner (Lin et al., ICML 2025) for NumPy arrays.
 
-    Same update, options and defaults as :class:`spectral_curv.torch.SpectralKron` (see its
-    docstring; SPEC §3–§5): per parameter with ``t`` its 0-based step, the first step sets
-    ``S₀ = α₀ I`` (``α₀ = mean(G²) + λ``; diagonal ``d₀ = g² + λ``), a refresh happens when
-    ``t == 0 or t < precond_warmup or t % update_interval == 0`` (keep-last-good: a refresh
-    giving non-finite or non-positive factors is discarded and counted in ``rejected``), and
-    ``U = S^{-1/p} G`` goes through Adam grafting, RMS clipping, heavy-ball momentum and
-    ``M ← (1 − lr·wd) M − lr·m``.
-
-    Args:
-        params: a ``dict`` of name (str) → array or a list/tuple of arrays (real floating);
-            it fixes the structure, shapes and dtypes that :meth:`step` accepts. Arrays of
-            any array-API namespace are accepted (``optim.namespace``); NumPy is the target.
-        lr, precond_lr, p, gamma, damping, momentum, weight_decay, update_interval,
-        precond_warmup, reorth_interval, cayley, cayley_terms, exp, tie_tol, max_step_norm,
-        rotation, max_update_rms, graft, betas, eps, max_precond_dim: as in the torch
-        optimizer.
-        precond_dtype: dtype of the factors, momentum and graft moments (a NumPy floating
-            dtype); None (default): each parameter's own dtype.
-        nonfinite: ``"raise"`` (default): a NaN/inf gradient raises a ValueError before any
-            state changes; ``"skip"``: the whole step is skipped (``skipped_steps`` counts).
-
-    Bad hyperparameters raise a ValueError naming the argument; non-array or non-floating
+    The engine's step (:mod:`spectral_curv.optim`, math §3–§5) with the options, names
+    and defaults of :class:`spectral_curv.optim.Options` (``lr`` and ``precond_lr``
+    positionally, the rest by keyword): the same trajectory as the torch optimizer.
+    ``params`` (a ``dict`` of name → array, or a list/tuple of real floating arrays of one
+    array-API namespace) fixes the structure, shapes and dtypes :meth:`step` accepts. Bad
+    hyperparameters raise a ValueError naming the argument; non-array or non-floating
     parameters/gradients a TypeError; a structure, shape or dtype mismatch a ValueError.
 
     Example (a least-squares fit, parameters as a list)::
@@ -162,62 +131,9 @@ class SpectralKron:
     """
 
     def __init__(
-        self,
-        params: Params,
-        lr: float = 1e-3,
-        precond_lr: float = 0.1,
-        *,
-        p: float = 2.0,
-        gamma: float = 1.0,
-        damping: float = 1e-8,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        update_interval: int = 2,
-        precond_warmup: int = 10,
-        reorth_interval: int = 10,
-        cayley: str = "quadratic",
-        cayley_terms: int = 1,
-        exp: str = "first_order",
-        tie_tol: float | None = None,
-        max_step_norm: float | None = None,
-        rotation: str = "damped",
-        max_update_rms: float | None = None,
-        graft: str | None = None,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        max_precond_dim: int = optim.DEFAULT_MAX_PRECOND_DIM,
-        precond_dtype: Any = None,
-        nonfinite: str = "raise",
+        self, params: Params, lr: float = 1e-3, precond_lr: float = 0.1, **options: Any
     ) -> None:
-        if nonfinite not in _NONFINITE:
-            raise ValueError(f"`nonfinite` must be one of {_NONFINITE}, got {nonfinite!r}")
-        self._opts = _check_options(
-            dict(
-                lr=lr,
-                precond_lr=precond_lr,
-                p=p,
-                gamma=gamma,
-                damping=damping,
-                momentum=momentum,
-                weight_decay=weight_decay,
-                update_interval=update_interval,
-                precond_warmup=precond_warmup,
-                reorth_interval=reorth_interval,
-                cayley=cayley,
-                cayley_terms=cayley_terms,
-                exp=exp,
-                tie_tol=tie_tol,
-                max_step_norm=max_step_norm,
-                rotation=rotation,
-                max_update_rms=max_update_rms,
-                graft=graft,
-                betas=betas,
-                eps=eps,
-                max_precond_dim=max_precond_dim,
-                precond_dtype=precond_dtype,
-            )
-        )
-        self.nonfinite = nonfinite
+        self._opts = _check_options({"lr": lr, "precond_lr": precond_lr, **options})
         self.skipped_steps = 0
         if isinstance(params, Mapping):
             bad = [k for k in params if not isinstance(k, str)]
@@ -248,17 +164,21 @@ class SpectralKron:
     @property
     def options(self) -> dict[str, Any]:
         """A copy of the (normalised) hyperparameters."""
-        return dict(self._opts)
+        return self._opts.as_dict()
+
+    @property
+    def nonfinite(self) -> str:
+        """What a step does with a NaN/inf gradient (``"raise"`` or ``"skip"``)."""
+        return self._opts.nonfinite
 
     @property
     def lr(self) -> float:
         """The step size; assign to change it (e.g. for a schedule)."""
-        return self._opts["lr"]
+        return self._opts.lr
 
     @lr.setter
     def lr(self, value: float) -> None:
-        optim.check_options({"lr": value})
-        self._opts["lr"] = float(value)
+        self._opts = self._opts.replace(lr=float(optim.Options(lr=value).lr))
 
     @property
     def state(self) -> dict[str, dict[str, Any]] | list[dict[str, Any]]:
@@ -313,28 +233,23 @@ class SpectralKron:
         if not ns.isdtype(a.dtype, "real floating"):
             raise TypeError(f"`{what}` must have a real floating dtype, got {a.dtype}")
 
-    def _pdtype(self, i: int, opts: dict[str, Any]) -> Any:
-        dt = opts["precond_dtype"]
-        if dt is None:
-            return self._dtypes[i]
-        return dt if self._is_numpy else getattr(self._xp, dt.name)
+    def _pdtype(self, i: int, opts: optim.Options) -> Any:
+        dt = optim.precond_dtype_for(self._xp, opts.precond_dtype, self._dtypes[i])
+        return dt if self._is_numpy else getattr(self._xp, np.dtype(str(dt).split(".")[-1]).name)
 
-    def _plan(self, i: int, opts: dict[str, Any]) -> tuple[Any, ...]:
-        return optim.plan(self._shapes[i], opts["max_precond_dim"])
+    def _plan(self, i: int, opts: optim.Options) -> optim.Plan:
+        return optim.plan(self._shapes[i], opts.max_precond_dim)
 
-    def _fresh(self, i: int, opts: dict[str, Any]) -> dict[str, Any]:
+    def _fresh(self, i: int, opts: optim.Options) -> dict[str, Any]:
         """A new per-parameter state (``S = I``; the first step sets its scale)."""
         xp, shape, dev = self._xp, self._shapes[i], self._devices[i]
         dt = self._pdtype(i, opts)
         pre = optim.init(self._plan(i, opts), shape, dtype=dt, device=dev, xp=xp)
-        st: dict[str, Any] = {"step": 0, "refreshes": 0, "rejected": 0}
-        st["momentum_buffer"] = xp.zeros(shape, dtype=dt, device=dev)
-        for k, v in zip(pre._fields, pre):
+        slots = optim.init_slots(xp, shape, opts, dtype=dt, device=dev)
+        st: dict[str, Any] = dict.fromkeys(_COUNTERS, 0)
+        for k, v in (*zip(pre._fields, pre), *zip(slots._fields, slots)):
             if v is not None:
                 st[k] = v
-        if opts["graft"] == "adam":
-            st["exp_avg"] = xp.zeros(shape, dtype=dt, device=dev)
-            st["exp_avg_sq"] = xp.zeros(shape, dtype=dt, device=dev)
         return st
 
     def _unpack(self, values: Any, what: str, allow_none: bool) -> list[Any]:
@@ -397,127 +312,61 @@ class SpectralKron:
         # Overflow/NaN inside a refresh is expected and handled (keep-last-good): no warnings.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             new = self._update(ps, gs, states, active)
+        if not getattr(self, "_warned", False) and sum(s["rejected"] for s in states) > sum(
+            s["rejected"] for s in self._states
+        ):
+            self._warned = True
+            warnings.warn(optim.REJECTED_MESSAGE, optim.RejectedRefreshWarning, stacklevel=2)
         self._states = states
         return self._pack(new)
-
-    def _refresh_opts(self) -> dict[str, Any]:
-        o = self._opts
-        keys = (
-            "precond_lr",
-            "gamma",
-            "damping",
-            "cayley",
-            "exp",
-            "cayley_terms",
-            "tie_tol",
-            "max_step_norm",
-            "rotation",
-        )
-        return {k: o[k] for k in keys}
 
     def _update(
         self, ps: list[Array], gs: list[Array], states: list[dict[str, Any]], active: list[int]
     ) -> list[Array]:
-        o = self._opts
-        buckets: dict[tuple[Any, ...], list[int]] = {}
-        for i in active:
-            st = states[i]
-            first, refresh, reorth = optim.schedule(
-                st["step"],
-                st["refreshes"],
-                update_interval=o["update_interval"],
-                precond_warmup=o["precond_warmup"],
-                reorth_interval=o["reorth_interval"],
-                cayley=o["cayley"],
-            )
-            key = (self._plans[i], str(self._pdtype(i, o)), first, refresh, reorth)
-            buckets.setdefault(key, []).append(i)
+        """The engine's step (``optim.buckets`` → ``precondition_step`` → ``update_param``)."""
+        xp, o = self._xp, self._opts
+        entries = [
+            (self._plans[i], str(self._pdtype(i, o)), states[i]["step"], states[i]["refreshes"])
+            for i in active
+        ]
         directions: dict[int, Array] = {}
-        for (plan, _, first, refresh, reorth), idx in buckets.items():
-            if plan[0] == "diag":
-                for i in idx:
-                    directions[i] = self._diag_one(i, gs[i], states[i], first, refresh)
+        for key, pos in optim.buckets(entries, o).items():
+            idx = [active[j] for j in pos]
+            sts = [states[i] for i in idx]
+            dt = self._pdtype(idx[0], o)
+            if key.plan.kind == "diag":  # elementwise: one parameter at a time, as stored
+                pre: list[Any] = [diag.DiagState(s["d"]) for s in sts]
+                G = [xp.astype(gs[i], dt) for i in idx]
             else:
-                directions.update(self._kron_bucket(idx, gs, states, plan, first, refresh, reorth))
-        new = list(ps)
+                pre = [kron.KronState(*(_stack(xp, sts, k) for k in kron.KronState._fields))]
+                G = [xp.stack([xp.astype(xp.reshape(gs[i], key.plan[1:3]), dt) for i in idx])]
+            new, oks, us = optim.precondition_step(
+                pre, G, first=key.first, refresh=key.refresh, reorth=key.reorth, options=o
+            )
+            if key.plan.kind == "diag":
+                for i, s, st, ok, u in zip(idx, sts, new, oks, us):
+                    s["d"], directions[i] = st.d, u
+                    s["rejected"] += int(key.refresh and not bool(ok))
+            else:
+                for j, (i, s) in enumerate(zip(idx, sts)):
+                    for k, val in zip(kron.KronState._fields, new[0]):
+                        if val is not None:
+                            s[k] = val[j, ...]
+                    s["rejected"] += int(key.refresh and not bool(oks[0][j]))
+                    directions[i] = xp.reshape(us[0][j, ...], self._shapes[i])
+            for s in sts:
+                s["refreshes"] += int(key.refresh)
+        out = list(ps)
         for i in active:
-            states[i]["step"] += 1
-            new[i] = self._postprocess(i, ps[i], gs[i], directions[i], states[i])
-        return new
-
-    def _kron_bucket(
-        self,
-        idx: list[int],
-        gs: list[Array],
-        states: list[dict[str, Any]],
-        plan: tuple[Any, ...],
-        first: bool,
-        refresh: bool,
-        reorth: bool,
-    ) -> dict[int, Array]:
-        """Refresh (when due) and precondition a stack of same-shaped layers."""
-        xp, o = self._xp, self._opts
-        _, r, c, _, _ = plan
-        dt = self._pdtype(idx[0], o)
-        G = xp.stack([xp.astype(xp.reshape(gs[i], (r, c)), dt) for i in idx])
-
-        def stack(key: str) -> Array | None:
-            return xp.stack([states[i][key] for i in idx]) if key in states[idx[0]] else None
-
-        st: Any = kron.KronState(*(stack(k) for k in kron.KronState._fields))
-        if first:
-            st = optim.first_state(st, G, damping=o["damping"])
-        if refresh:
-            st, ok = optim.refresh(st, G, **self._refresh_opts())
-            for j, i in enumerate(idx):
-                states[i]["rejected"] += 0 if bool(ok[j]) else 1
-                states[i]["refreshes"] += 1
-            if reorth:
-                st = optim.reorthonormalize(st)
-        for key, val in zip(kron.KronState._fields, st):
-            if val is not None:
-                for j, i in enumerate(idx):
-                    states[i][key] = val[j, ...]
-        u = optim.direction(st, G, p=o["p"])
-        return {i: xp.reshape(u[j, ...], self._shapes[i]) for j, i in enumerate(idx)}
-
-    def _diag_one(
-        self, i: int, g: Array, state: dict[str, Any], first: bool, refresh: bool
-    ) -> Array:
-        xp, o = self._xp, self._opts
-        g = xp.astype(g, self._pdtype(i, o))
-        st: Any = diag.DiagState(state["d"])
-        if first:
-            st = optim.first_state(st, g, damping=o["damping"])
-        if refresh:
-            st, ok = optim.refresh(st, g, **self._refresh_opts())
-            state["rejected"] += 0 if bool(ok) else 1
-            state["refreshes"] += 1
-        state["d"] = st.d
-        return optim.direction(st, g, p=o["p"])
-
-    def _postprocess(
-        self, i: int, param: Array, grad: Array, u: Array, state: dict[str, Any]
-    ) -> Array:
-        """Grafting / clipping, momentum, decoupled weight decay and the parameter update."""
-        xp, o = self._xp, self._opts
-        if o["graft"] == "adam":
-            u, state["exp_avg"], state["exp_avg_sq"] = optim.graft_adam(
-                u,
-                xp.astype(grad, self._pdtype(i, o)),
-                state["exp_avg"],
-                state["exp_avg_sq"],
-                step=state["step"],
-                betas=o["betas"],
-                eps=o["eps"],
+            s = states[i]
+            s["step"] += 1
+            slots = optim.Slots(*(s.get(k) for k in optim.Slots._fields))
+            g = xp.astype(gs[i], self._pdtype(i, o))
+            out[i], slots = optim.update_param(
+                ps[i], g, directions[i], slots, step=s["step"], options=o
             )
-        if o["max_update_rms"] is not None and math.prod(self._shapes[i]) > 0:
-            u = optim.clip_rms(u, o["max_update_rms"])
-        if o["momentum"]:
-            u = state["momentum_buffer"] = optim.add_momentum(
-                state["momentum_buffer"], u, o["momentum"]
-            )
-        return optim.apply_update(param, u, lr=o["lr"], weight_decay=o["weight_decay"])
+            s.update({k: v for k, v in zip(slots._fields, slots) if v is not None})
+        return out
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -528,10 +377,10 @@ class SpectralKron:
             {"format": FORMAT,
              "params": {"kind": "dict" | "list" | "tuple", "names": [str, …] | None,
                         "shapes": [[int, …], …], "dtypes": [str, …]},
-             "options": {hyperparameter: value, …, "betas": [b1, b2],
-                         "precond_dtype": str | None, "nonfinite": str},
+             "options": {option: value, …, "graft_betas": [b1, b2],
+                         "precond_dtype": str | None},
              "skipped_steps": int,
-             "state": [ {"plan": ["diag"] | ["kron", r, c, diag_r, diag_c],
+             "state": [ {"plan": ["diag" | "kron", r, c, diag_r, diag_c],
                          "step": int, "refreshes": int, "rejected": int,
                          "momentum_buffer": ndarray,
                          "d": ndarray                                    (diagonal) |
@@ -554,7 +403,7 @@ class SpectralKron:
                 "shapes": [list(s) for s in self._shapes],
                 "dtypes": [np.dtype(str(d).split(".")[-1]).name for d in self._dtypes],
             },
-            "options": {**_options_to_sd(self._opts), "nonfinite": self.nonfinite},
+            "options": _options_to_sd(self._opts),
             "skipped_steps": int(self.skipped_steps),
             "state": state,
         }
@@ -563,8 +412,10 @@ class SpectralKron:
         """Validate and restore :meth:`state_dict` output (arrays may come from ``np.load``).
 
         Checks the format tag, that the parameters (names, shapes, dtypes) are this
-        optimizer's, the options, each parameter's plan and counters, and every array's key,
-        shape and dtype; raises a ValueError naming the problem and changes nothing then.
+        optimizer's, the options, each parameter's plan and counters, every array's key,
+        shape and dtype, and the values (``optim.check_precond``: finite, ``d > 0``,
+        orthogonal ``B``, ``Π d = 1``); raises a ValueError naming the parameter and the
+        field, and changes nothing then.
         The options (learning rate included) are restored as saved, as in ``torch.optim``.
         """
         sd = state_dict
@@ -584,16 +435,17 @@ class SpectralKron:
                     f"this optimizer has {mine[k]!r}"
                 )
         saved = sd["options"]
-        want = set(self._opts) | {"nonfinite"}
-        if isinstance(saved, Mapping) and set(_LATER_OPTIONS) & (want - set(saved)):
-            # a state dict saved before an option existed: that option keeps this optimizer's
-            saved = {**{k: self._opts[k] for k in _LATER_OPTIONS if k not in saved}, **saved}
-        if not isinstance(saved, Mapping) or set(saved) != want:
+        if not isinstance(saved, Mapping):
+            raise ValueError("state dict `options` must be a dict")
+        with warnings.catch_warnings():  # a state dict saved before a rename
+            warnings.simplefilter("ignore", DeprecationWarning)
+            saved = optim.renamed(saved)
+        want = set(optim.Options.names())
+        # a state dict saved before an option existed: that option keeps this optimizer's
+        saved = {**{k: getattr(self._opts, k) for k in _LATER_OPTIONS}, **saved}
+        if set(saved) != want:
             raise ValueError(f"state dict `options` must have the keys {sorted(want)}")
-        raw = {k: v for k, v in saved.items() if k != "nonfinite"}
-        opts = _check_options(raw)
-        if saved["nonfinite"] not in _NONFINITE:
-            raise ValueError(f"`nonfinite` must be one of {_NONFINITE}, got {saved['nonfinite']!r}")
+        opts = _check_options(saved)
         skipped = sd["skipped_steps"]
         if isinstance(skipped, bool) or not isinstance(skipped, numbers.Integral) or skipped < 0:
             raise ValueError(f"state dict `skipped_steps` must be an int >= 0, got {skipped!r}")
@@ -605,19 +457,21 @@ class SpectralKron:
         plans = [self._plan(i, opts) for i in range(n)]
         # commit
         self._opts = opts
-        self.nonfinite = saved["nonfinite"]
         self.skipped_steps = int(skipped)
         self._plans = plans
         self._states = new_states
 
-    def _load_one(self, i: int, saved: Any, opts: dict[str, Any]) -> dict[str, Any]:
+    def _load_one(self, i: int, saved: Any, opts: optim.Options) -> dict[str, Any]:
         where = f"state dict `state[{i}]` (param {self._label(i)})"
         if not isinstance(saved, Mapping):
             raise ValueError(f"{where} must be a dict, got {type(saved)!r}")
         plan = self._plan(i, opts)
-        got_plan = _plain(saved.get("plan"))
-        if got_plan != list(plan):
-            raise ValueError(f"{where}: plan {got_plan!r} does not match {list(plan)!r}")
+        try:
+            got_plan = optim.Plan(*_plain(saved.get("plan")))
+        except TypeError:
+            got_plan = saved.get("plan")
+        if got_plan != plan:
+            raise ValueError(f"{where}: plan {saved.get('plan')!r} does not match {list(plan)!r}")
         template = self._fresh(i, opts)
         if set(saved) != set(template) | {"plan"}:
             raise ValueError(
@@ -625,25 +479,20 @@ class SpectralKron:
                 f"got {sorted(saved)}"
             )
         out: dict[str, Any] = {}
-        for k in _COUNTERS:
-            v = saved[k]
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-                raise ValueError(f"{where}: `{k}` must be an int >= 0, got {v!r}")
-            out[k] = int(v)
-        if not out["rejected"] <= out["refreshes"] <= out["step"]:
-            raise ValueError(f"{where}: counters must satisfy rejected <= refreshes <= step")
         for k, ref in template.items():
-            if k in _COUNTERS:
-                continue
             v = saved[k]
-            if not isinstance(v, (np.ndarray, np.generic)):
-                raise ValueError(f"{where}: `{k}` must be a NumPy array, got {type(v)!r}")
-            want_dt = np.dtype(str(ref.dtype).split(".")[-1])
-            if tuple(v.shape) != tuple(ref.shape) or v.dtype != want_dt:
-                raise ValueError(
-                    f"{where}: `{k}` must have shape {tuple(ref.shape)} and dtype {want_dt}, "
-                    f"got {tuple(v.shape)} {v.dtype}"
-                )
-            arr = np.array(v, copy=True)
-            out[k] = arr if self._is_numpy else self._xp.asarray(arr, device=self._devices[i])
+            if k not in _COUNTERS:
+                if not isinstance(v, (np.ndarray, np.generic)):
+                    raise ValueError(f"{where}: `{k}` must be a NumPy array, got {type(v)!r}")
+                want_dt = np.dtype(str(ref.dtype).split(".")[-1])
+                if v.dtype != want_dt:
+                    raise ValueError(f"{where}: `{k}` must have dtype {want_dt}, got {v.dtype}")
+                v = np.array(v, copy=True)
+            out[k] = v
+        optim.check_state(out, plan, self._shapes[i], opts, where=where)
+        out.update((k, int(out[k])) for k in _COUNTERS)
+        if not self._is_numpy:
+            for k in out:
+                if k not in _COUNTERS:
+                    out[k] = self._xp.asarray(out[k], device=self._devices[i])
         return out

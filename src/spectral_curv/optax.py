@@ -1,15 +1,15 @@
 """Optax adapter: :func:`scale_by_spectral_kron` and the full optimizer :func:`spectral_kron`.
 
-The math is the core's (SPEC §3 diagonal scheme, §4 Kronecker scheme, §5 damping, ties and
+The math is the core's (math §3 diagonal scheme, §4 Kronecker scheme, §5 damping, ties and
 the normalised factor step), reached through :mod:`spectral_curv.optim`; this module owns
 only the optax state pytree, parameter routing and jit-safe control flow (``lax.cond`` for
 the first step, the refresh and the re-orthonormalisation). The semantics are those of
 :class:`spectral_curv.torch.SpectralKron` (same defaults, same step order), so both give
 the same trajectory to round-off:
 
-- leaves of order ≥ 2: Kronecker factors on ``(shape[0], prod(shape[1:]))`` (SPEC §4), a
+- leaves of order ≥ 2: Kronecker factors on ``(shape[0], prod(shape[1:]))`` (math §4), a
   side longer than ``max_precond_dim`` kept diagonal;
-- leaves of order ≤ 1 (biases, scalars): the diagonal scheme (SPEC §3).
+- leaves of order ≤ 1 (biases, scalars): the diagonal scheme (math §3).
 
 Usage::
 
@@ -60,6 +60,7 @@ __all__ = [
     "order_labels",
     "scale_by_spectral_kron",
     "spectral_kron",
+    "validate_state",
 ]
 
 #: The label :func:`spectral_kron` routes to the spectral optimizer (see ``others``).
@@ -76,9 +77,8 @@ STATIC_ARGS = (
     "label_fn",
 )
 
-#: The default ``precond_dtype``: a dtype instance, not the callable ``jnp.float32`` (which
-#: ``inject_hyperparams`` would take for a schedule).
-_F32 = jnp.dtype(jnp.float32)
+#: The defaults of every option (``optim.Options``: one name and one default everywhere).
+_D = optim.Options()
 
 
 class ScaleBySpectralKronState(NamedTuple):
@@ -88,7 +88,7 @@ class ScaleBySpectralKronState(NamedTuple):
     preconditioner refreshes so far; ``rejected``: per leaf, refreshes discarded by
     keep-last-good; ``precond``: per leaf a ``kron.KronState`` or ``diag.DiagState`` in
     ``precond_dtype``; ``exp_avg``/``exp_avg_sq``: Adam's moments for grafting (``None``
-    without grafting).
+    without grafting); ``skipped``: steps skipped for a non-finite gradient (``nonfinite``).
 
     Example (one step with and one without Adam grafting)::
 
@@ -110,6 +110,7 @@ class ScaleBySpectralKronState(NamedTuple):
     precond: Any
     exp_avg: Any
     exp_avg_sq: Any
+    skipped: jax.Array = jnp.zeros([], jnp.int32)
 
 
 class ClipByUpdateRmsState(NamedTuple):
@@ -158,7 +159,25 @@ def _dtype(name: str, v: Any, allow_none: bool = False) -> Any:
 def _check_precond_options(o: dict[str, Any]) -> None:
     """Raise a ValueError naming the first invalid option of :func:`scale_by_spectral_kron`."""
     optim.check_options(o)
-    _dtype("precond_dtype", o["precond_dtype"])
+    optim.check_precond_dtype(o["precond_dtype"])
+    _dtype("precond_dtype", o["precond_dtype"], allow_none=True)
+    if o["nonfinite"] not in optim.NONFINITE:
+        raise ValueError(f"`nonfinite` must be one of {optim.NONFINITE}, got {o['nonfinite']!r}")
+
+
+def _all_finite(leaves: list[Any]) -> jax.Array:
+    ok = jnp.asarray(True)
+    for x in leaves:
+        ok = ok & jnp.all(jnp.isfinite(x))
+    return ok
+
+
+def _raise_if_not(ok: Any) -> None:
+    if not bool(ok):
+        raise ValueError(
+            "spectral_kron: a gradient contains NaN or inf; the state was kept and the update "
+            "zeroed (pass nonfinite='skip' to skip such steps without an error)"
+        )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -214,51 +233,55 @@ def _schedule(
 
 
 def scale_by_spectral_kron(
-    precond_lr: Any = 0.1,
+    precond_lr: Any = _D.precond_lr,
     *,
-    p: Any = 2.0,
-    gamma: Any = 1.0,
-    damping: Any = 1e-8,
-    update_interval: Any = 2,
-    precond_warmup: Any = 10,
-    reorth_interval: Any = 10,
-    cayley: str = "quadratic",
-    cayley_terms: Any = 1,
-    exp: str = "first_order",
-    tie_tol: Any = None,
-    max_step_norm: Any = None,
-    rotation: str = "damped",
-    max_precond_dim: Any = optim.DEFAULT_MAX_PRECOND_DIM,
-    precond_dtype: Any = _F32,
-    graft: str | None = None,
-    betas: tuple[Any, Any] = (0.9, 0.999),
-    eps: Any = 1e-8,
+    p: Any = _D.p,
+    gamma: Any = _D.gamma,
+    damping: Any = _D.damping,
+    update_interval: Any = _D.update_interval,
+    precond_warmup: Any = _D.precond_warmup,
+    reorth_interval: Any = _D.reorth_interval,
+    cayley: str = _D.cayley,
+    cayley_terms: Any = _D.cayley_terms,
+    exp: str = _D.exp,
+    tie_tol: Any = _D.tie_tol,
+    max_step_norm: Any = _D.max_step_norm,
+    rotation: str = _D.rotation,
+    step_scale: str = _D.step_scale,
+    max_precond_dim: Any = _D.max_precond_dim,
+    precond_dtype: Any = _D.precond_dtype,
+    graft: str | None = _D.graft,
+    graft_betas: tuple[Any, Any] = _D.graft_betas,
+    graft_eps: Any = _D.graft_eps,
+    nonfinite: str = _D.nonfinite,
+    betas: Any = None,
+    eps: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Precondition each gradient leaf with its spectral factors (SPEC §3–§5), nothing else.
+    """Precondition each gradient leaf with its spectral factors (math §3–§5), nothing else.
 
-    Per step ``t`` (``state.count``), for every leaf ``G``: ``optim.schedule`` →
-    ``first_state`` on the first step → ``refresh`` (keep-last-good; rejected refreshes are
-    counted) and ``reorthonormalize`` when due → ``U = S^{-1/p} G`` with the refreshed
-    factors → optional Adam grafting (``graft="adam"``, which needs the raw gradient:
-    ``U`` is rescaled to the norm of Adam's update at the 1-based step ``t + 1``). The
-    output ``U`` has each gradient leaf's dtype; the factors live in ``precond_dtype``.
+    Per step ``t`` (``state.count``) the engine's ``optim.precondition_step`` runs on all
+    leaves with ``lax.cond`` for its three flags: ``first_state`` on the first step,
+    ``refresh`` (keep-last-good; rejected refreshes counted) and ``reorthonormalize`` when
+    due, ``U = S^{-1/p} G``; then optional Adam grafting (``graft="adam"``). ``U`` has each
+    gradient leaf's dtype; the factors live in ``precond_dtype`` (None: the leaf's dtype
+    promoted to float32).
+
+    A non-finite gradient (any leaf): the state is kept (``skipped`` counts it) and the
+    update is zero, under ``jit`` too. ``nonfinite="raise"`` (default) also raises a
+    ValueError, at once when the gradients are concrete, and from a host callback under
+    ``jit`` (it reaches the caller as a ``JaxRuntimeError`` at the next sync).
 
     Chain it with the rest of an optimizer, e.g. ``optax.chain(scale_by_spectral_kron(),
     optax.add_decayed_weights(wd), optax.scale_by_learning_rate(lr))`` (no momentum), or
-    use :func:`spectral_kron`. The options are those of
-    :class:`spectral_curv.torch.SpectralKron`; float options may be 0-d (traced) arrays,
-    ``cayley``, ``exp``, ``rotation``, ``graft``, ``betas``,
-    ``tie_tol=None``/``max_step_norm=None`` and ``precond_dtype`` must be Python values,
-    ``max_precond_dim`` must be concrete at
-    ``init`` (it fixes the state's structure) and ``cayley_terms`` concrete with
-    ``cayley="neumann"``.
+    use :func:`spectral_kron`. The options are ``optim.Options``; float options may be 0-d
+    (traced) arrays; ``cayley``, ``exp``, ``rotation``, ``graft``, ``graft_betas``,
+    ``nonfinite``, ``tie_tol=None``/``max_step_norm=None`` and ``precond_dtype`` must be
+    Python values, ``max_precond_dim`` concrete at ``init`` (it fixes the state's
+    structure) and ``cayley_terms`` concrete with ``cayley="neumann"``.
 
-    Differentiating through ``update`` (e.g. ``jax.grad`` of a loss after a step, w.r.t. the
-    parameters) treats the preconditioner as a constant: the gradient fed to
-    ``first_state``/``refresh`` is wrapped in ``lax.stop_gradient``, so ``∂U/∂G = S^{-1/p}``
-    (plus the grafting terms). The refresh itself is not differentiated: its tie masks,
-    ``sqrt`` of a zero Cayley norm and keep-last-good selection give NaN or meaningless
-    derivatives. Values are unchanged.
+    Differentiating through ``update`` treats the preconditioner as a constant: the
+    gradient fed to the refresh is wrapped in ``lax.stop_gradient``, so ``∂U/∂G = S^{-1/p}``
+    (plus the grafting terms).
 
     Example (the state: Kronecker factors for the matrix, a diagonal for the bias)::
 
@@ -272,6 +295,7 @@ def scale_by_spectral_kron(
         >>> type(state.precond["b"]).__name__, state.precond["b"].d.shape, int(state.count)
         ('DiagState', (3,), 0)
     """
+    graft_betas, graft_eps = _deprecated(betas, eps, graft_betas, graft_eps)
     opts = dict(
         precond_lr=precond_lr,
         p=p,
@@ -286,15 +310,20 @@ def scale_by_spectral_kron(
         tie_tol=tie_tol,
         max_step_norm=max_step_norm,
         rotation=rotation,
+        step_scale=step_scale,
         max_precond_dim=max_precond_dim,
         precond_dtype=precond_dtype,
         graft=graft,
-        betas=betas,
-        eps=eps,
+        graft_betas=graft_betas,
+        graft_eps=graft_eps,
+        nonfinite=nonfinite,
     )
     _check_precond_options(opts)
-    pdt = _dtype("precond_dtype", precond_dtype)
-    betas = (betas[0], betas[1])
+    pdt_opt = _dtype("precond_dtype", precond_dtype, allow_none=True)
+    graft_betas = (graft_betas[0], graft_betas[1])
+
+    def pdt_of(x: Any) -> Any:
+        return pdt_opt if pdt_opt is not None else jnp.promote_types(x.dtype, jnp.float32)
 
     def init_fn(params: Any) -> ScaleBySpectralKronState:
         dim = _static_int(max_precond_dim)
@@ -304,14 +333,19 @@ def scale_by_spectral_kron(
                 "outside jax.jit, or pass static_args=('max_precond_dim',) to "
                 "optax.inject_hyperparams"
             )
+        for x in jax.tree.leaves(params):
+            if jnp.iscomplexobj(x) or not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+                dt = jnp.result_type(x)
+                raise TypeError(f"spectral_kron needs real floating parameters, got {dt}")
 
         def one(x: Any) -> optim.Precond:
             pl = optim.plan(tuple(x.shape), dim)
-            return optim.init(pl, optim.matrix_shape(pl, tuple(x.shape)), dtype=pdt, xp=jnp)
+            shape = optim.matrix_shape(pl, tuple(x.shape))
+            return optim.init(pl, shape, dtype=pdt_of(x), xp=jnp)
 
         moments = None
         if graft == "adam":
-            moments = jax.tree.map(lambda x: jnp.zeros(x.shape, dtype=pdt), params)
+            moments = jax.tree.map(lambda x: jnp.zeros(x.shape, dtype=pdt_of(x)), params)
         return ScaleBySpectralKronState(
             count=jnp.zeros([], jnp.int32),
             refreshes=jnp.zeros([], jnp.int32),
@@ -319,6 +353,7 @@ def scale_by_spectral_kron(
             precond=jax.tree.map(one, params),
             exp_avg=moments,
             exp_avg_sq=moments,
+            skipped=jnp.zeros([], jnp.int32),
         )
 
     def update_fn(
@@ -333,101 +368,188 @@ def scale_by_spectral_kron(
                     "pass static_args=('cayley_terms',) to optax.inject_hyperparams"
                 )
             terms = 1  # unused by the "exact" and "quadratic" maps
-        ropts = dict(
-            precond_lr=_hp(precond_lr, pdt),
-            gamma=_hp(gamma, pdt),
-            damping=_hp(damping, pdt),
-            cayley=cayley,
-            exp=exp,
-            cayley_terms=terms,
-            tie_tol=_hp(tie_tol, pdt),
-            max_step_norm=_hp(max_step_norm, pdt),
-            rotation=rotation,
+        leaves, treedef = jax.tree.flatten(updates)
+        precs = treedef.flatten_up_to(state.precond)
+        finite = _all_finite(leaves)
+        if nonfinite == "raise":
+            if all(not isinstance(x, jax.core.Tracer) for x in leaves):
+                _raise_if_not(finite)
+            else:
+                jax.debug.callback(_raise_if_not, finite)
+        pdt = (
+            jnp.result_type(*(s.d if isinstance(s, diag.DiagState) else s.alpha for s in precs))
+            if precs
+            else jnp.float32
         )
-        first, refresh, reorth = _schedule(
+        o = optim.Options.trusted(
+            {
+                **{k: v for k, v in opts.items()},
+                **{
+                    k: _hp(opts[k], pdt)
+                    for k in (
+                        "precond_lr",
+                        "gamma",
+                        "damping",
+                        "tie_tol",
+                        "max_step_norm",
+                        "p",
+                        "graft_eps",
+                    )
+                },
+                "cayley_terms": terms,
+                "lr": 0.0,
+                "momentum": 0.0,
+                "weight_decay": 0.0,
+                "max_update_rms": None,
+                "reorth_interval": _reorth(reorth_interval),
+            }
+        )
+        flags = optim.schedule(
             state.count,
             state.refreshes,
             update_interval=update_interval,
             precond_warmup=precond_warmup,
-            reorth_interval=reorth_interval,
+            reorth_interval=o.reorth_interval,
             cayley=cayley,
         )
-        leaves, treedef = jax.tree.flatten(updates)
-        precs = treedef.flatten_up_to(state.precond)
-        rejs = treedef.flatten_up_to(state.rejected)
-        if graft == "adam":
-            eas = treedef.flatten_up_to(state.exp_avg)
-            eass = treedef.flatten_up_to(state.exp_avg_sq)
-        else:
-            eas = eass = [None] * len(leaves)
-        acc = jnp.promote_types(pdt, jnp.float32)
-        step1 = (state.count + 1).astype(acc)  # Adam's 1-based step
         Gs = []
         for g, st in zip(leaves, precs):
+            dt = st.d.dtype if isinstance(st, diag.DiagState) else st.alpha.dtype
+            G = jnp.asarray(g, dtype=dt)
             if isinstance(st, kron.KronState):
-                G = jnp.reshape(g, (st.d_C.shape[-1], st.d_K.shape[-1]))
-            else:
-                G = g
-            # The factors are constants under differentiation (see the docstring).
-            Gs.append(jax.lax.stop_gradient(jnp.asarray(G, dtype=pdt)))
-
-        # One `lax.cond` per schedule flag for all leaves (the flags are shared): a small
-        # program, so compilation stays fast for models with many leaves.
-        def first_all(ss: list) -> list:
-            return [
-                _cast_like(optim.first_state(s, G, damping=ropts["damping"]), s)
-                for s, G in zip(ss, Gs)
-            ]
-
-        def refresh_all(ss: list) -> tuple[list, list]:
-            new = [optim.refresh(s, G, **ropts) for s, G in zip(ss, Gs)]
-            return (
-                [_cast_like(n, s) for (n, _), s in zip(new, ss)],
-                [jnp.asarray(ok, dtype=bool) for _, ok in new],
+                G = jnp.reshape(G, (st.d_C.shape[-1], st.d_K.shape[-1]))
+            # a skipped step must not see NaN; the factors are constants under differentiation
+            Gs.append(jax.lax.stop_gradient(jnp.where(finite, G, jnp.zeros_like(G))))
+        new_precs, oks, _ = optim.precondition_step(
+            precs,
+            Gs,
+            first=flags[0],
+            refresh=flags[1],
+            reorth=flags[2],
+            options=o,
+            cond=jax.lax.cond,
+        )
+        norm_p = 2.0 if step_scale == "p2" else None
+        slots = (
+            [None] * len(leaves)
+            if graft != "adam"
+            else list(
+                zip(treedef.flatten_up_to(state.exp_avg), treedef.flatten_up_to(state.exp_avg_sq))
             )
-
-        def keep(ss: list) -> tuple[list, list]:
-            return ss, [jnp.asarray(True) for _ in ss]
-
-        def reorth_all(ss: list) -> list:
-            return [_cast_like(optim.reorthonormalize(s), s) for s in ss]
-
-        precs = jax.lax.cond(first, first_all, lambda ss: ss, precs)
-        precs, oks = jax.lax.cond(refresh, refresh_all, keep, precs)
-        new_rejs = [r + (~ok).astype(jnp.int32) for r, ok in zip(rejs, oks)]
-        precs = jax.lax.cond(reorth, reorth_all, lambda ss: ss, precs)
-        out, new_eas, new_eass = [], [], []
-        for g, st, G, ea, eas_ in zip(leaves, precs, Gs, eas, eass):
-            # direction with the (non-stopped) gradient: ∂U/∂G = S^{-1/p}
-            Gd = jnp.reshape(jnp.asarray(g, dtype=pdt), G.shape)
-            u = jnp.reshape(optim.direction(st, Gd, p=_hp(p, pdt)), g.shape)
+        )
+        step1 = (state.count + 1).astype(jnp.promote_types(pdt, jnp.float32))  # Adam's 1-based step
+        out, new_slots = [], []
+        for g, st, G, sl in zip(leaves, new_precs, Gs, slots):
+            # the direction with the (non-stopped) gradient: ∂U/∂G = S^{-1/p}
+            Gd = jnp.reshape(jnp.asarray(g, dtype=G.dtype), G.shape)
+            u = jnp.reshape(optim.direction(st, Gd, p=o.p, norm_p=norm_p), g.shape)
             if graft == "adam":
-                u, ea_new, eas_new = optim.graft_adam(
-                    u,
-                    jnp.asarray(g, dtype=pdt),
-                    ea,
-                    eas_,
-                    step=step1,
-                    betas=betas,
-                    eps=_hp(eps, pdt),
+                u, sl2 = optim.shape_direction(
+                    u, jnp.reshape(Gd, g.shape), optim.Slots(u, *sl), step=step1, options=o
                 )
-                ea, eas_ = ea_new.astype(ea.dtype), eas_new.astype(eas_.dtype)
+                sl = (sl2.exp_avg.astype(sl[0].dtype), sl2.exp_avg_sq.astype(sl[1].dtype))
             out.append(u.astype(g.dtype))
-            new_eas.append(ea)
-            new_eass.append(eas_)
+            new_slots.append(sl)
         new_state = ScaleBySpectralKronState(
             count=optax.safe_int32_increment(state.count),
             refreshes=jnp.where(
-                refresh, optax.safe_int32_increment(state.refreshes), state.refreshes
+                flags[1], optax.safe_int32_increment(state.refreshes), state.refreshes
             ),
-            rejected=treedef.unflatten(new_rejs),
-            precond=treedef.unflatten(precs),
-            exp_avg=treedef.unflatten(new_eas) if graft == "adam" else None,
-            exp_avg_sq=treedef.unflatten(new_eass) if graft == "adam" else None,
+            rejected=treedef.unflatten(
+                [
+                    r + (~ok).astype(jnp.int32)
+                    for r, ok in zip(treedef.flatten_up_to(state.rejected), oks)
+                ]
+            ),
+            precond=treedef.unflatten(new_precs),
+            exp_avg=treedef.unflatten([s[0] for s in new_slots]) if graft == "adam" else None,
+            exp_avg_sq=treedef.unflatten([s[1] for s in new_slots]) if graft == "adam" else None,
+            skipped=state.skipped,
         )
+        kept = state._replace(skipped=optax.safe_int32_increment(state.skipped))
+        new_state = jax.tree.map(lambda n, k: jnp.where(finite, n, k), new_state, kept)
+        out = [jnp.where(finite, u, jnp.zeros_like(u)) for u in out]
         return treedef.unflatten(out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` whose every state is kept (and update zeroed) on a non-finite gradient; the
+    :class:`ScaleBySpectralKronState` inside decides for itself (it counts the skip)."""
+
+    def update_fn(updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
+        ok = _all_finite(jax.tree.leaves(updates))
+        new_u, new_s = tx.update(updates, state, params, **extra)
+        own = lambda x: isinstance(x, ScaleBySpectralKronState)  # noqa: E731
+
+        def keep(n: Any, o: Any) -> Any:
+            return n if own(n) else jax.tree.map(lambda a, b: jnp.where(ok, a, b), n, o)
+
+        new_s = jax.tree.map(keep, new_s, state, is_leaf=own)
+        return jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_u), new_s
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+def validate_state(
+    state: ScaleBySpectralKronState, params: Any, *, max_precond_dim: int = _D.max_precond_dim
+) -> None:
+    """Raise a ValueError naming the leaf and the field unless ``state`` (e.g. restored from a
+    checkpoint) is a valid :func:`scale_by_spectral_kron` state for ``params``.
+
+    Checks the tree structure, the counters (``0 ≤ rejected ≤ refreshes ≤ count``), and per
+    leaf the factors against the leaf's plan (``optim.check_precond``: shapes, finite,
+    ``α, d > 0``, ``Π d = 1``, orthogonal ``B``) and the graft moments. Reads values: call
+    it eagerly, outside ``jit``.
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import scale_by_spectral_kron, validate_state
+        >>> params = {"w": jnp.zeros((4, 3))}
+        >>> state = scale_by_spectral_kron().init(params)
+        >>> validate_state(state, params)
+        >>> bad = state._replace(precond={"w": state.precond["w"]._replace(d_C=-jnp.ones(4))})
+        >>> validate_state(bad, params)
+        Traceback (most recent call last):
+        ...
+        ValueError: state leaf ['w']: `d_C` must be > 0
+    """
+    if not isinstance(state, ScaleBySpectralKronState):
+        raise ValueError(f"expected a ScaleBySpectralKronState, got {type(state)!r}")
+    paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+    try:
+        precs = treedef.flatten_up_to(state.precond)
+        rejs = treedef.flatten_up_to(state.rejected)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"state does not match the params' tree structure: {e}") from e
+    graft = state.exp_avg is not None
+    moments = (
+        zip(treedef.flatten_up_to(state.exp_avg), treedef.flatten_up_to(state.exp_avg_sq))
+        if graft
+        else [(None, None)] * len(precs)
+    )
+    o = optim.Options(graft="adam" if graft else None)
+    for (path, x), pre, rej, (ea, eas) in zip(paths, precs, rejs, moments):
+        where = f"state leaf {jax.tree_util.keystr(path)}"
+        optim.check_counters(state.count, state.refreshes, rej, where=where)
+        pl = optim.plan(tuple(x.shape), max_precond_dim)
+        optim.check_precond(pre, pl, optim.matrix_shape(pl, tuple(x.shape)), where=where)
+        slots = optim.Slots(jnp.zeros(x.shape), ea, eas)
+        optim.check_slots(slots, tuple(x.shape), o, where=where)
+
+
+def _deprecated(betas: Any, eps: Any, graft_betas: Any, graft_eps: Any) -> tuple[Any, Any]:
+    """The graft constants, taking the deprecated ``betas``/``eps`` (``optim.renamed``)."""
+    old = {k: v for k, v in (("betas", betas), ("eps", eps)) if v is not None}
+    new = optim.renamed(old, stacklevel=4)
+    return new.get("graft_betas", graft_betas), new.get("graft_eps", graft_eps)
+
+
+def _reorth(v: Any) -> Any:
+    r = _static_int(v)
+    return r if r is not None else v
 
 
 def clip_by_update_rms(max_rms: Any) -> optax.GradientTransformation:
@@ -519,31 +641,35 @@ def order_labels(params: Any, *, min_order: int = 2, other: str = "other") -> An
 
 def spectral_kron(
     learning_rate: Any,
-    precond_lr: Any = 0.1,
+    precond_lr: Any = _D.precond_lr,
     *,
-    p: Any = 2.0,
-    gamma: Any = 1.0,
-    damping: Any = 1e-8,
-    momentum: Any = 0.9,
-    weight_decay: Any = 0.0,
-    update_interval: Any = 2,
-    precond_warmup: Any = 10,
-    reorth_interval: Any = 10,
-    cayley: str = "quadratic",
-    cayley_terms: Any = 1,
-    exp: str = "first_order",
-    tie_tol: Any = None,
-    max_step_norm: Any = None,
-    rotation: str = "damped",
-    max_update_rms: Any = None,
-    graft: str | None = None,
-    betas: tuple[Any, Any] = (0.9, 0.999),
-    eps: Any = 1e-8,
-    max_precond_dim: Any = optim.DEFAULT_MAX_PRECOND_DIM,
-    precond_dtype: Any = _F32,
+    p: Any = _D.p,
+    gamma: Any = _D.gamma,
+    damping: Any = _D.damping,
+    momentum: Any = _D.momentum,
+    weight_decay: Any = _D.weight_decay,
+    update_interval: Any = _D.update_interval,
+    precond_warmup: Any = _D.precond_warmup,
+    reorth_interval: Any = _D.reorth_interval,
+    cayley: str = _D.cayley,
+    cayley_terms: Any = _D.cayley_terms,
+    exp: str = _D.exp,
+    tie_tol: Any = _D.tie_tol,
+    max_step_norm: Any = _D.max_step_norm,
+    rotation: str = _D.rotation,
+    step_scale: str = _D.step_scale,
+    max_update_rms: Any = _D.max_update_rms,
+    graft: str | None = _D.graft,
+    graft_betas: tuple[Any, Any] = _D.graft_betas,
+    graft_eps: Any = _D.graft_eps,
+    max_precond_dim: Any = _D.max_precond_dim,
+    precond_dtype: Any = _D.precond_dtype,
+    nonfinite: str = _D.nonfinite,
     mu_dtype: Any = None,
     others: Mapping[str, optax.GradientTransformation] | None = None,
     label_fn: Callable[[Any], Any] | None = None,
+    betas: Any = None,
+    eps: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """The spectral Kronecker optimizer (Lin et al., ICML 2025), as torch's ``SpectralKron``.
 
@@ -552,7 +678,10 @@ def spectral_kron(
     scale_by_learning_rate(learning_rate))``, i.e. per leaf
     ``U = S^{-1/p} G`` (grafted, clipped), ``m ← μm + U``, ``M ← M − lr (m + wd M)``.
     ``learning_rate`` may be a schedule. Leaves of order ≥ 2 get the Kronecker factors,
-    order ≤ 1 the diagonal scheme (the routing of the torch optimizer).
+    order ≤ 1 the diagonal scheme (the routing of the torch optimizer). A non-finite
+    gradient skips the whole step: every state is kept (momentum included) and the update
+    is zero; ``nonfinite="raise"`` also raises (see :func:`scale_by_spectral_kron`).
+    ``mu_dtype``: the momentum's dtype (default: each leaf's).
 
     Routing leaves elsewhere: ``others`` maps labels to complete optax optimizers (their
     own learning rate and sign included) and ``label_fn(params)`` returns a pytree of labels;
@@ -576,6 +705,7 @@ def spectral_kron(
         >>> sorted(state.inner_states)
         ['other', 'spectral']
     """
+    graft_betas, graft_eps = _deprecated(betas, eps, graft_betas, graft_eps)
     optim.check_options(
         {
             "learning_rate": learning_rate,
@@ -600,11 +730,13 @@ def spectral_kron(
             tie_tol=tie_tol,
             max_step_norm=max_step_norm,
             rotation=rotation,
+            step_scale=step_scale,
             max_precond_dim=max_precond_dim,
             precond_dtype=precond_dtype,
             graft=graft,
-            betas=betas,
-            eps=eps,
+            graft_betas=graft_betas,
+            graft_eps=graft_eps,
+            nonfinite=nonfinite,
         )
     ]
     if max_update_rms is not None:
@@ -614,7 +746,7 @@ def spectral_kron(
         optax.add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     ]
-    tx = optax.chain(*parts)
+    tx = _skip_nonfinite(optax.chain(*parts))
     if others is None:
         if label_fn is not None:
             raise ValueError("`label_fn` needs `others` (the transforms for its labels)")

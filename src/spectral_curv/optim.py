@@ -1,6 +1,6 @@
 """The optimizer step every adapter shares (torch, optax, NumPy), as pure array-API functions.
 
-SPEC §3–§5 in optimizer form. An adapter owns storage (torch's ``state``, an optax pytree,
+math §3–§5 in optimizer form. An adapter owns storage (torch's ``state``, an optax pytree,
 a NumPy object), parameter routing and control flow (a Python ``if`` or ``lax.cond`` for a
 refresh); every number it computes comes from here, so that the adapters agree to
 round-off (``tests/test_cross_framework.py``). Per parameter, with ``t`` its 0-based step:
@@ -36,9 +36,12 @@ Embedding example (an optimizer of your own that preconditions with the spectral
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
-from typing import Any
+import warnings
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from . import _array as A
 from . import diag, kron, maps
@@ -64,8 +67,28 @@ __all__ = [
     "schedule",
 ]
 
-#: ``("diag",)`` or ``("kron", rows, cols, diag_rows, diag_cols)``: hashable, static.
-Plan = tuple[Any, ...]
+
+class Plan(NamedTuple):
+    """How one parameter is preconditioned: hashable, static (never traced).
+
+    ``kind`` is ``"diag"`` (math §3) or ``"kron"`` (math §4, on the ``rows × cols`` matrix,
+    a side flagged ``diag_*`` kept diagonal). A plain tuple such as ``("diag",)`` or
+    ``("kron", 4, 6, False, False)`` converts with ``Plan(*t)``.
+
+    Example::
+
+        >>> from spectral_curv import optim
+        >>> optim.Plan("kron", 4, 6), optim.Plan(*("diag",)).kind
+        (Plan(kind='kron', rows=4, cols=6, diag_rows=False, diag_cols=False), 'diag')
+    """
+
+    kind: str
+    rows: int = 0
+    cols: int = 0
+    diag_rows: bool = False
+    diag_cols: bool = False
+
+
 Precond = kron.KronState | diag.DiagState
 
 DEFAULT_MAX_PRECOND_DIM = 4096
@@ -73,6 +96,9 @@ DEFAULT_MAX_PRECOND_DIM = 4096
 
 #: Grafting choices of every adapter.
 GRAFTS = (None, "adam")
+
+#: ``step_scale`` choices: the root-``p`` step at the size of the ``p = 2`` step, or raw.
+STEP_SCALES = ("p2", "raw")
 
 # Real options: name -> (zero allowed, None allowed). ``learning_rate`` is optax's ``lr``.
 _REAL_OPTIONS = {
@@ -84,6 +110,7 @@ _REAL_OPTIONS = {
     "damping": (True, False),
     "weight_decay": (True, False),
     "eps": (True, False),
+    "graft_eps": (True, False),
     "tie_tol": (True, True),
     "max_step_norm": (False, True),
     "max_update_rms": (False, True),
@@ -105,7 +132,11 @@ def _scalar(name: str, v: Any) -> Any:
         return None
     if hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, numbers.Number):
         if math.prod(v.shape) != 1:
-            raise ValueError(f"`{name}` must be a real scalar, got shape {tuple(v.shape)}")
+            what = "Tensor lr must be 1-element" if name in ("lr", "learning_rate") else ""
+            raise ValueError(
+                f"`{name}` must be a real scalar{f' ({what})' if what else ''}, "
+                f"got shape {tuple(v.shape)}"
+            )
         return None if A.is_lazy(v) else v.item()
     return v
 
@@ -124,7 +155,7 @@ def check_options(o: Any) -> None:
     ``gamma``, ``damping``, ``momentum``, ``weight_decay``, ``update_interval``, ``cayley``,
     ``cayley_terms``, ``exp``, ``graft``, ``betas``, …) are checked where they are Python or
     eager scalars; traced arrays and learning-rate schedules are accepted unchecked. The
-    framework-specific ``precond_dtype`` is left to the adapter. SPEC §3–§5.
+    framework-specific ``precond_dtype`` is left to the adapter. math §3–§5.
 
     >>> check_options({"precond_lr": 0.1, "cayley": "quadratic"})
     >>> check_options({"p": 0})
@@ -159,6 +190,8 @@ def check_options(o: Any) -> None:
         raise ValueError(f"`cayley` must be one of {maps.CAYLEY_MODES}, got {o['cayley']!r}")
     if "rotation" in o and o["rotation"] not in maps.ROTATION_MODES:
         raise ValueError(f"`rotation` must be one of {maps.ROTATION_MODES}, got {o['rotation']!r}")
+    if "step_scale" in o and o["step_scale"] not in STEP_SCALES:
+        raise ValueError(f"`step_scale` must be one of {STEP_SCALES}, got {o['step_scale']!r}")
     if "exp" in o and o["exp"] not in maps.EXP_MODES:
         raise ValueError(f"`exp` must be one of {maps.EXP_MODES}, got {o['exp']!r}")
     if o.get("exp") == "first_order" and "gamma" in o and "precond_lr" in o:
@@ -171,14 +204,230 @@ def check_options(o: Any) -> None:
             )
     if "graft" in o and o["graft"] not in GRAFTS:
         raise ValueError(f"`graft` must be one of {GRAFTS}, got {o['graft']!r}")
-    if "betas" in o:
-        b = o["betas"]
-        ok = isinstance(b, (tuple, list)) and len(b) == 2
-        if ok:
-            vals = [_scalar("betas", x) for x in b]
-            ok = all(v is None or (_real_ok(v, True) and v < 1) for v in vals)
-        if not ok:
-            raise ValueError(f"`betas` must be two numbers in [0, 1), got {b!r}")
+    for key in ("betas", "graft_betas"):
+        if key in o:
+            _check_betas(key, o[key])
+
+
+def _check_betas(key: str, b: Any) -> None:
+    ok = isinstance(b, (tuple, list)) and len(b) == 2
+    if ok:
+        vals = [_scalar(key, x) for x in b]
+        ok = all(v is None or (_real_ok(v, True) and v < 1) for v in vals)
+    if not ok:
+        raise ValueError(f"`{key}` must be two numbers in [0, 1), got {b!r}")
+
+
+#: Values ``nonfinite`` may take: what a step does with a NaN/inf gradient.
+NONFINITE = ("raise", "skip")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Every hyperparameter of the spectral optimizers, with its one name and one default.
+
+    The torch, optax and NumPy adapters take exactly these keyword arguments (optax spells
+    ``lr`` ``learning_rate``, its convention) and validate them here, once. math §3–§5.
+
+    - ``lr``: step size (a float, or a 0-d array/tensor so that schedules can change it).
+    - ``precond_lr``: the factors' step ``β₂`` (the core's ``beta2``).
+    - ``p``: matrix root, any real ``p > 0`` (2: Shampoo/Adam-like; 1: root-free).
+    - ``gamma``: 1 for a moving average (RMSprop-like), 0 for a sum (AdaGrad-like).
+    - ``damping``: ``λ``; enters each factor as ``λ Tr(S_other⁻¹)``.
+    - ``momentum``: undampened heavy ball ``m ← μm + U`` (the steady step is
+      ``lr/(1 − μ)``: ~10× ``lr`` at 0.9). ``weight_decay``: decoupled (AdamW-style).
+    - ``update_interval``, ``precond_warmup``: refresh when ``t % update_interval == 0`` or
+      ``t < precond_warmup`` (and at ``t = 0``, which also sets ``S₀ = α₀ I``,
+      ``α₀ = mean(G²) + λ``).
+    - ``reorth_interval``: one Newton–Schulz step on each ``B`` every this many refreshes
+      (0: never).
+    - ``cayley``, ``cayley_terms``, ``exp``, ``tie_tol``, ``max_step_norm``, ``rotation``:
+      the factor update's modes (:func:`spectral_curv.kron.update_gop`). ``rotation=
+      "damped"`` (default) bounds each eigenvector pair's turn where eigenvalues nearly tie;
+      ``"paper"`` is the paper's exact rule. ``max_step_norm=None``: the core's guard (0.25 in
+      the truncated Cayley maps, none in exact mode).
+    - ``step_scale``: ``"p2"`` (default) rescales each layer's ``S^{-1/p} G`` to the norm of
+      ``S^{-1/2} G``, so that ``lr`` means the same for every root ``p`` (the direction is
+      root ``p``'s; computed without overflow for any ``p``; for ``p = 2`` a no-op);
+      ``"raw"``: the paper's step ``S^{-1/p} G`` exactly.
+    - ``max_update_rms``: clip each update's RMS (None: off).
+    - ``graft``: ``"adam"`` rescales each update to the norm of Adam's, whose constants are
+      ``graft_betas`` and ``graft_eps`` (None: off).
+    - ``max_precond_dim``: a side longer than this is kept diagonal (O(n) memory).
+    - ``precond_dtype``: the factors', momentum's and graft moments' dtype; None: the
+      parameter's promoted to at least float32 (:func:`precond_dtype_for`). bfloat16 is
+      supported, float16 rejected (its range cannot hold squared gradients).
+    - ``nonfinite``: a NaN/inf gradient ``"raise"``-s before any state changes, or
+      ``"skip"``-s the whole step (counted).
+
+    Example (defaults; a bad value raises a ValueError that names it)::
+
+        >>> from spectral_curv import optim
+        >>> o = optim.Options(lr=0.01)
+        >>> o.lr, o.precond_lr, o.rotation, o.precond_dtype
+        (0.01, 0.1, 'damped', None)
+        >>> o.replace(momentum=0.0).momentum
+        0.0
+        >>> optim.Options(update_interval=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `update_interval` must be an int >= 1, got 0
+    """
+
+    lr: Any = 1e-3
+    precond_lr: Any = 0.1
+    p: Any = 2.0
+    gamma: Any = 1.0
+    damping: Any = 1e-8
+    momentum: Any = 0.9
+    weight_decay: Any = 0.0
+    update_interval: Any = 2
+    precond_warmup: Any = 10
+    reorth_interval: Any = 10
+    cayley: str = "quadratic"
+    cayley_terms: Any = 1
+    exp: str = "first_order"
+    tie_tol: Any = None
+    max_step_norm: Any = None
+    rotation: str = "damped"
+    step_scale: str = "p2"
+    max_update_rms: Any = None
+    graft: str | None = None
+    graft_betas: tuple[Any, Any] = (0.9, 0.999)
+    graft_eps: Any = 1e-8
+    max_precond_dim: Any = DEFAULT_MAX_PRECOND_DIM
+    precond_dtype: Any = None
+    nonfinite: str = "raise"
+
+    def __post_init__(self) -> None:
+        check_options(self.as_dict())
+        check_precond_dtype(self.precond_dtype)
+        if self.nonfinite not in NONFINITE:
+            raise ValueError(f"`nonfinite` must be one of {NONFINITE}, got {self.nonfinite!r}")
+        object.__setattr__(self, "graft_betas", tuple(self.graft_betas))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names, in signature order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def trusted(cls, values: Mapping[str, Any]) -> Options:
+        """Options from a mapping already validated (e.g. a torch param group at every step),
+        without checking again; keys other than :meth:`names` are ignored."""
+        o = object.__new__(cls)
+        for k in _OPTION_NAMES:
+            object.__setattr__(o, k, values[k])
+        return o
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{name: value}`` in signature order."""
+        return {k: getattr(self, k) for k in _OPTION_NAMES}
+
+    def replace(self, **changes: Any) -> Options:
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def refresh_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`refresh` (the factor update's options)."""
+        return {k: getattr(self, k) for k in _REFRESH_NAMES}
+
+
+_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Options))
+
+#: Old option names, accepted for one release with a DeprecationWarning.
+DEPRECATED_NAMES = {"betas": "graft_betas", "eps": "graft_eps"}
+
+
+def renamed(options: Mapping[str, Any], *, stacklevel: int = 3) -> dict[str, Any]:
+    """``options`` with deprecated names (:data:`DEPRECATED_NAMES`) replaced by the current
+    ones, warning once per call; giving both spellings raises a TypeError.
+
+    Example::
+
+        >>> import warnings
+        >>> from spectral_curv import optim
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     optim.renamed({"lr": 0.1, "eps": 1e-6})
+        {'lr': 0.1, 'graft_eps': 1e-06}
+        >>> w[0].category.__name__
+        'DeprecationWarning'
+    """
+    out = dict(options)
+    for old, new in DEPRECATED_NAMES.items():
+        if old in out:
+            if new in out:
+                raise TypeError(f"got both `{old}` (deprecated) and `{new}`")
+            warnings.warn(
+                f"`{old}` is renamed `{new}`; the old name goes in the next release",
+                DeprecationWarning,
+                stacklevel=stacklevel,
+            )
+            out[new] = out.pop(old)
+    return out
+
+
+_REFRESH_NAMES = (
+    "precond_lr",
+    "gamma",
+    "damping",
+    "cayley",
+    "exp",
+    "cayley_terms",
+    "tie_tol",
+    "max_step_norm",
+    "rotation",
+)
+
+
+def check_precond_dtype(dtype: Any) -> None:
+    """Raise a ValueError unless ``dtype`` (any framework's, or None) suits the factors.
+
+    float16 is rejected: squared gradients of ordinary size leave its range (6e-5 … 65504)
+    and most refreshes would be discarded. bfloat16 has float32's range and is accepted.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> optim.check_precond_dtype(np.float32), optim.check_precond_dtype(None)
+        (None, None)
+        >>> optim.check_precond_dtype(np.float16)
+        Traceback (most recent call last):
+        ...
+        ValueError: `precond_dtype` float16 is not supported ...
+    """
+    if dtype is None:
+        return
+    name = str(getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or dtype)
+    name = name.rsplit(".", 1)[-1]
+    if name in ("float16", "half"):
+        raise ValueError(
+            "`precond_dtype` float16 is not supported (range 6e-5 … 65504 cannot hold "
+            "squared gradients): use bfloat16 or float32"
+        )
+    if name not in ("bfloat16", "float32", "float64"):
+        raise ValueError(f"`precond_dtype` must be a real floating dtype, got {dtype!r}")
+
+
+def precond_dtype_for(xp: Namespace, option: Any, param_dtype: Any) -> Any:
+    """The factors' dtype for a parameter of ``param_dtype``: ``option``, or (None) the
+    parameter's dtype promoted to at least float32.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> xp = optim.namespace(np.zeros(1))
+        >>> [str(optim.precond_dtype_for(xp, None, d)) for d in (np.float16, np.float64)]
+        ['float32', 'float64']
+        >>> str(optim.precond_dtype_for(xp, np.dtype("float32"), np.float64))
+        'float32'
+    """
+    if option is not None:
+        return option
+    return xp.result_type(param_dtype, xp.float32)
 
 
 def namespace(*arrays: Array) -> Namespace:
@@ -206,16 +455,16 @@ def plan(shape: tuple[int, ...], max_precond_dim: int = DEFAULT_MAX_PRECOND_DIM)
     Example::
 
         >>> from spectral_curv import optim
-        >>> optim.plan((10,)), optim.plan((4, 3, 2)), optim.plan((8, 5000))
-        (('diag',), ('kron', 4, 6, False, False), ('kron', 8, 5000, False, True))
-        >>> optim.plan((1, 16, 64)), optim.plan((1, 300))
-        (('kron', 16, 64, False, False), ('diag',))
+        >>> tuple(optim.plan((10,))), tuple(optim.plan((4, 3, 2))), tuple(optim.plan((8, 5000)))
+        (('diag', 0, 0, False, False), ('kron', 4, 6, False, False), ('kron', 8, 5000, False, True))
+        >>> optim.plan((1, 16, 64)).rows, optim.plan((1, 300)).kind
+        (16, 'diag')
     """
     shape = tuple(int(s) for s in shape if int(s) != 1)
     if len(shape) < 2 or math.prod(shape) == 0:
-        return ("diag",)
+        return Plan("diag")
     r, c = shape[0], math.prod(shape[1:])
-    return ("kron", r, c, r > max_precond_dim, c > max_precond_dim)
+    return Plan("kron", r, c, r > max_precond_dim, c > max_precond_dim)
 
 
 def matrix_shape(pl: Plan, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -229,7 +478,8 @@ def matrix_shape(pl: Plan, shape: tuple[int, ...]) -> tuple[int, ...]:
         >>> optim.matrix_shape(("diag",), (5,))
         (5,)
     """
-    return tuple(shape) if pl[0] == "diag" else (pl[1], pl[2])
+    pl = Plan(*pl)
+    return tuple(shape) if pl.kind == "diag" else (pl.rows, pl.cols)
 
 
 def init(
@@ -255,13 +505,20 @@ def init(
         >>> optim.init(("diag",), (5,)).d.tolist()
         [1.0, 1.0, 1.0, 1.0, 1.0]
     """
-    if pl[0] == "diag":
+    pl = Plan(*pl)
+    if pl.kind == "diag":
         if batch:
             raise ValueError("`batch` is supported for Kronecker plans only")
         return diag.init(tuple(shape), dtype=dtype, device=device, xp=xp)
-    _, r, c, diag_r, diag_c = pl
     return kron.init(
-        r, c, batch=batch, diag_rows=diag_r, diag_cols=diag_c, dtype=dtype, device=device, xp=xp
+        pl.rows,
+        pl.cols,
+        batch=batch,
+        diag_rows=pl.diag_rows,
+        diag_cols=pl.diag_cols,
+        dtype=dtype,
+        device=device,
+        xp=xp,
     )
 
 
@@ -305,8 +562,10 @@ def schedule(
 def first_state(st: Precond, g: Array, *, damping: Any) -> Precond:
     """``S₀ = α₀ I`` with ``α₀ = mean(G²) + λ`` per stacked layer (diagonal: ``d₀ = g² + λ``).
 
-    A value that is 0 (zero gradient with ``λ = 0``: 0·∞ = NaN in the step) or overflows
-    falls back to 1 (diagonal: to the mean of the good entries, or 1).
+    ``mean(G²)`` is formed as ``s²·mean((G/s)²)`` with ``s = max|G|`` (no overflow in the
+    squares) and clamped to the dtype's largest value, so a huge finite gradient still gives
+    a finite step. A value that is 0 (zero gradient with ``λ = 0``: 0·∞ = NaN in the step)
+    or non-finite falls back to 1 (diagonal: to the mean of the good entries, or 1).
 
     Example (``α₀ = mean(G²) + λ``; a zero diagonal entry falls back to the good mean)::
 
@@ -321,13 +580,21 @@ def first_state(st: Precond, g: Array, *, damping: Any) -> Precond:
     """
     xp = array_namespace(g)
     if isinstance(st, diag.DiagState):
-        d0 = g * g + damping
+        sq, big = g * g, float(xp.finfo(g.dtype).max)
+        d0 = xp.where(sq > big, big, sq) + damping
         good = xp.isfinite(d0) & (d0 > 0)
         n_good = xp.sum(xp.astype(good, d0.dtype))
         fill = xp.sum(xp.where(good, d0, 0.0)) / xp.maximum(n_good, xp.ones_like(n_good))
         fill = xp.where(xp.isfinite(fill) & (fill > 0), fill, 1.0)
         return diag.DiagState(xp.where(good, d0, fill))
-    a0 = xp.mean(g * g, axis=(-2, -1)) + damping
+    # mean(G²) as s²·mean((G/s)²), s = max|G|: no overflow in the squares or the sum; an α₀
+    # beyond the dtype's range is clamped to its largest value (the step stays finite).
+    s = xp.max(xp.abs(g), axis=(-2, -1))
+    s = xp.where(xp.isfinite(s) & (s > 0), s, xp.ones_like(s))
+    gs = g / s[..., None, None]
+    big = float(xp.finfo(g.dtype).max)
+    a0 = s * (s * xp.mean(gs * gs, axis=(-2, -1)))
+    a0 = xp.where(a0 > big, big, a0) + damping
     return st._replace(alpha=xp.where(xp.isfinite(a0) & (a0 > 0), a0, 1.0))
 
 
@@ -359,7 +626,8 @@ def refresh(
     """The core's GOP update (``kron.update_gop`` / ``diag.update_gop``) with keep-last-good.
 
     Returns ``(state, ok)``: ``ok`` (one flag per stacked layer) is False where the update
-    gave non-finite or non-positive factors, which are then left as they were.
+    gave non-finite or non-positive factors, or a basis entry ``|B_ij| > 1.25`` (an exploding
+    rotation: an orthogonal matrix has ``|B_ij| ≤ 1``), which are then left as they were.
 
     Example (a good update is kept; a non-finite gradient leaves the factors as they were)::
 
@@ -400,9 +668,38 @@ def refresh(
     for f in (newk.d_C, newk.d_K):
         ok = ok & _all_finite(xp, f, lead) & xp.all(f > 0, axis=-1)
     for b in (newk.B_C, newk.B_K):
-        if b is not None:
-            ok = ok & _all_finite(xp, b, lead)
+        if b is not None:  # finite, and |B_ij| ≤ 1 as for any orthogonal matrix (cheap)
+            flat = xp.reshape(b, (*b.shape[:lead], -1))
+            ok = ok & xp.all(xp.abs(flat) <= _MAX_BASIS_ENTRY, axis=-1)
     return kron.KronState(*(_select(xp, ok, n, o) for n, o in zip(newk, st))), ok
+
+
+class RejectedRefreshWarning(UserWarning):
+    """A preconditioner refresh was rejected (non-finite or non-positive factors, an exploding
+    rotation, a singular solve): the last good factors were kept. Adapters warn once per
+    optimizer; the per-parameter ``rejected`` counters say how often."""
+
+
+REJECTED_MESSAGE = (
+    "a preconditioner refresh was rejected (non-finite or non-positive factors, an exploding "
+    "rotation or a failed solve) and the last good factors kept; see the `rejected` counters "
+    "(warned once per optimizer). Frequent rejections mean the learning rate or precond_lr "
+    "is too large for the curvature."
+)
+
+
+#: Largest ``|B_ij|`` a refreshed basis may have (orthogonal: ≤ 1; drift allowed for).
+_MAX_BASIS_ENTRY = 1.25
+
+
+def _numerical_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a numerical failure of a refresh (singular solve, overflow) rather
+    than a bug: such a refresh is rejected like one with non-finite factors."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return isinstance(e, ArithmeticError) or bool(names & {"LinAlgError", "_LinAlgError"})
+
+
+_refresh_fn = refresh  # for callers whose argument is named `refresh`
 
 
 def reorthonormalize(st: Precond) -> Precond:
@@ -427,8 +724,9 @@ def reorthonormalize(st: Precond) -> Precond:
     )
 
 
-def direction(st: Precond, g: Array, *, p: Any) -> Array:
-    """``U = S^{-1/p} G`` (Kronecker: rotated form, 4 matmuls; diagonal: ``d^{-1/p} ⊙ g``).
+def direction(st: Precond, g: Array, *, p: Any, norm_p: Any = None) -> Array:
+    """``U = S^{-1/p} G`` (Kronecker: rotated form, 4 matmuls; diagonal: ``d^{-1/p} ⊙ g``);
+    with ``norm_p`` rescaled per layer to the norm of ``S^{-1/norm_p} G`` (``step_scale``).
 
     Example (``S = 4 I`` on both schemes, ``p = 2``: the step halves ``G``)::
 
@@ -443,8 +741,8 @@ def direction(st: Precond, g: Array, *, p: Any) -> Array:
         [0.5, 0.25]
     """
     if isinstance(st, diag.DiagState):
-        return diag.precondition(st, g, p=p, check=False)
-    return kron.precondition(st, g, p=p, check=False)
+        return diag.precondition(st, g, p=p, norm_p=norm_p, check=False)
+    return kron.precondition(st, g, p=p, norm_p=norm_p, check=False)
 
 
 def _norm(xp: Namespace, x: Array) -> Array:
@@ -554,3 +852,448 @@ def check_finite_grads(xp: Namespace, grads: list[Array]) -> bool:
     for f in flags[1:]:
         ok = ok & f
     return bool(ok)
+
+
+# ----------------------------------------------------------------------------- the engine
+# The one place that sequences a step. Adapters own storage (torch's ``state``, an optax
+# pytree, NumPy dicts) and pass their control flow in as ``cond``.
+
+
+def python_cond(
+    pred: Any, true_fn: Callable[[Any], Any], false_fn: Callable[[Any], Any], x: Any
+) -> Any:
+    """``true_fn(x) if pred else false_fn(x)``: the eager adapters' ``cond`` (optax passes
+    ``jax.lax.cond``, which has the same signature).
+
+    Example::
+
+        >>> from spectral_curv import optim
+        >>> optim.python_cond(True, lambda x: x + 1, lambda x: x, 1)
+        2
+    """
+    return true_fn(x) if pred else false_fn(x)
+
+
+class BucketKey(NamedTuple):
+    """What parameters must share to be stepped together: plan, a storage key chosen by
+    the adapter (device, dtype), and the schedule's three flags."""
+
+    plan: Plan
+    storage: Hashable
+    first: bool
+    refresh: bool
+    reorth: bool
+
+
+def buckets(
+    entries: Sequence[tuple[Plan, Hashable, int, int]], options: Options
+) -> dict[BucketKey, list[int]]:
+    """Group parameters for one step: ``entries[i] = (plan, storage, step, refreshes)`` with
+    Python-int counters; returns ``{key: [i, …]}`` in first-seen order (math §4.7 schedule).
+
+    Example (two same-shaped matrices on their first step, a vector refreshed later)::
+
+        >>> from spectral_curv import optim
+        >>> o = optim.Options()
+        >>> pk, pd = optim.plan((4, 3)), optim.plan((3,))
+        >>> b = optim.buckets([(pk, "cpu", 0, 0), (pk, "cpu", 0, 0), (pd, "cpu", 12, 11)], o)
+        >>> [(k.plan.kind, k.first, k.refresh, v) for k, v in b.items()]
+        [('kron', True, True, [0, 1]), ('diag', False, True, [2])]
+    """
+    out: dict[BucketKey, list[int]] = {}
+    for i, (pl, storage, step, refreshes) in enumerate(entries):
+        flags = schedule(
+            step,
+            refreshes,
+            update_interval=options.update_interval,
+            precond_warmup=options.precond_warmup,
+            reorth_interval=options.reorth_interval,
+            cayley=options.cayley,
+        )
+        out.setdefault(BucketKey(Plan(*pl), storage, *flags), []).append(i)
+    return out
+
+
+def _cast_like(xp: Namespace, new: Any, old: Any) -> Any:
+    """``new`` (a factor state) with the dtypes of ``old``: keeps both branches of a
+    ``lax.cond`` alike and the stored state's dtype stable."""
+    vals = [
+        n if n is None or n.dtype == o.dtype else xp.astype(n, o.dtype) for n, o in zip(new, old)
+    ]
+    return type(old)(*vals)
+
+
+def _accepted(xp: Namespace, st: Precond) -> Array:
+    """All-True ``ok`` flags shaped like :func:`refresh`'s for ``st`` (no refresh ran)."""
+    ref = st.d if isinstance(st, diag.DiagState) else st.alpha
+    shape = () if isinstance(st, diag.DiagState) else tuple(ref.shape)
+    return xp.ones(shape, dtype=xp.bool, device=A.device(ref))
+
+
+def precondition_step(
+    states: Sequence[Precond],
+    grads: Sequence[Array],
+    *,
+    first: Any,
+    refresh: Any,
+    reorth: Any,
+    options: Options,
+    cond: Callable[..., Any] = python_cond,
+) -> tuple[list[Precond], list[Array], list[Array]]:
+    """The preconditioner part of a step for several buckets that share the schedule's flags:
+    :func:`first_state` on the first step, :func:`refresh` (keep-last-good) and
+    :func:`reorthonormalize` when due, then :func:`direction` with the new factors.
+
+    ``states[k]``/``grads[k]``: a (stacked) Kronecker state with its ``(…, r, c)`` gradient,
+    or a diagonal state with its gradient, in the factors' dtype. ``cond`` decides each flag:
+    :func:`python_cond` for Python bools, ``jax.lax.cond`` for traced ones (one ``cond`` per
+    flag for all buckets). Returns ``(states, ok, directions)``; ``ok[k]`` is False for each
+    stacked layer whose refresh was rejected (all True when none ran). math §3–§5.
+
+    Example (one 4×3 layer on its first step: a refresh ran and was kept)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> pl = optim.plan((4, 3))
+        >>> st = optim.init(pl, (4, 3), batch=(1,))
+        >>> G = np.arange(12.0).reshape(1, 4, 3) / 10
+        >>> sts, oks, us = optim.precondition_step(
+        ...     [st], [G], first=True, refresh=True, reorth=False, options=optim.Options())
+        >>> oks[0].tolist(), us[0].shape
+        ([True], (1, 4, 3))
+    """
+    if not grads:
+        return [], [], []
+    grads = list(grads)
+    xp = array_namespace(*grads)
+    kw = options.refresh_kwargs()
+
+    def first_all(ss: list) -> list:
+        return [
+            _cast_like(xp, first_state(s, g, damping=options.damping), s) for s, g in zip(ss, grads)
+        ]
+
+    def refresh_one(s: Precond, g: Array) -> tuple[Precond, Array]:
+        if cond is not python_cond:  # traced: failures show as non-finite values
+            return _refresh_fn(s, g, **kw)
+        try:
+            return _refresh_fn(s, g, **kw)
+        except Exception as e:  # a singular solve etc.: a rejected refresh, never an error
+            if not _numerical_failure(e):
+                raise
+            return s, ~_accepted(xp, s)
+
+    def refresh_all(ss: list) -> tuple[list, list]:
+        new = [refresh_one(s, g) for s, g in zip(ss, grads)]
+        return [_cast_like(xp, n, s) for (n, _), s in zip(new, ss)], [ok for _, ok in new]
+
+    def keep(ss: list) -> tuple[list, list]:
+        return ss, [_accepted(xp, s) for s in ss]
+
+    def reorth_all(ss: list) -> list:
+        return [_cast_like(xp, reorthonormalize(s), s) for s in ss]
+
+    def same(ss: list) -> list:
+        return ss
+
+    new = cond(first, first_all, same, list(states))
+    new, oks = cond(refresh, refresh_all, keep, new)
+    new = cond(reorth, reorth_all, same, new)
+    norm_p = 2.0 if options.step_scale == "p2" else None
+    dirs = [direction(s, g, p=options.p, norm_p=norm_p) for s, g in zip(new, grads)]
+    return new, oks, dirs
+
+
+class Slots(NamedTuple):
+    """Per-parameter buffers of the update after the direction: heavy-ball momentum and,
+    with ``graft="adam"``, Adam's moments (None otherwise)."""
+
+    momentum_buffer: Array
+    exp_avg: Array | None = None
+    exp_avg_sq: Array | None = None
+
+
+def init_slots(
+    xp: Namespace, shape: tuple[int, ...], options: Options, *, dtype: Any, device: Any = None
+) -> Slots:
+    """Zero :class:`Slots` for a parameter of ``shape`` in the factors' ``dtype``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> xp = optim.namespace(np.zeros(1))
+        >>> s = optim.init_slots(xp, (2, 3), optim.Options(graft="adam"), dtype=np.float32)
+        >>> s.momentum_buffer.shape, s.exp_avg.dtype
+        ((2, 3), dtype('float32'))
+    """
+
+    def z() -> Array:
+        return xp.zeros(shape, dtype=dtype, device=device)
+
+    if options.graft == "adam":
+        return Slots(z(), z(), z())
+    return Slots(z())
+
+
+def shape_direction(
+    u: Array, g: Array, slots: Slots, *, step: Any, options: Options
+) -> tuple[Array, Slots]:
+    """Adam grafting (``graft="adam"``, 1-based ``step``) then RMS clipping
+    (``max_update_rms``) of a direction ``u``; ``g`` is the raw gradient in ``u``'s dtype.
+
+    Example (clipping an RMS of 3 to 1)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> o = optim.Options(max_update_rms=1.0)
+        >>> u, _ = optim.shape_direction(np.full(4, 3.0), np.ones(4), optim.Slots(np.zeros(4)),
+        ...                              step=1, options=o)
+        >>> u.tolist()
+        [1.0, 1.0, 1.0, 1.0]
+    """
+    if options.graft == "adam":
+        u, ea, eas = graft_adam(
+            u,
+            g,
+            slots.exp_avg,
+            slots.exp_avg_sq,
+            step=step,
+            betas=options.graft_betas,
+            eps=options.graft_eps,
+        )
+        slots = slots._replace(exp_avg=ea, exp_avg_sq=eas)
+    if options.max_update_rms is not None and math.prod(u.shape) > 0:
+        u = clip_rms(u, options.max_update_rms)
+    return u, slots
+
+
+def update_param(
+    param: Array, g: Array, u: Array, slots: Slots, *, step: int, options: Options
+) -> tuple[Array, Slots]:
+    """The rest of a step after the direction ``u``: :func:`shape_direction`, heavy-ball
+    momentum, decoupled weight decay and the parameter update (math §4.7). Returns the new
+    parameter (``param``'s dtype) and slots.
+
+    Example (no momentum: ``M − lr·U``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> o = optim.Options(lr=0.5, momentum=0.0)
+        >>> w, s = optim.update_param(np.ones(2), np.ones(2), np.ones(2),
+        ...                           optim.Slots(np.zeros(2)), step=1, options=o)
+        >>> w.tolist()
+        [0.5, 0.5]
+    """
+    u, slots = shape_direction(u, g, slots, step=step, options=options)
+    if options.momentum:
+        u = add_momentum(slots.momentum_buffer, u, options.momentum)
+        slots = slots._replace(momentum_buffer=u)
+    return apply_update(param, u, lr=options.lr, weight_decay=options.weight_decay), slots
+
+
+# ----------------------------------------------------------------------------- validation
+def orthogonality_tol(dtype_eps: float, n: int) -> float:
+    """Largest ``max|BᵀB − I|`` a stored basis may show: the truncated Cayley maps' drift
+    between re-orthonormalisations (≤ 0.1 at the default guard) plus rounding of an ``n``-wide
+    basis (``4·eps·√n``).
+
+    Example::
+
+        >>> from spectral_curv import optim
+        >>> round(optim.orthogonality_tol(2.0**-23, 100), 6)
+        0.100005
+    """
+    return 0.1 + 4.0 * dtype_eps * math.sqrt(n)
+
+
+def _fail(where: str, field: str, why: str) -> None:
+    raise ValueError(f"{where}: `{field}` {why}")
+
+
+def check_precond(st: Precond, pl: Plan, shape: tuple[int, ...], *, where: str = "state") -> None:
+    """Raise a ValueError naming ``where`` and the field unless ``st`` is a valid factor state
+    for a parameter of ``shape`` under plan ``pl`` (e.g. a restored checkpoint).
+
+    Checks every field's presence, shape (against the plan), real floating dtype and
+    finiteness; ``α > 0`` and ``d > 0``; ``Π d = 1`` per Kronecker factor (math §4's
+    normalisation, within a dtype-relative tolerance); each ``B`` orthogonal within
+    :func:`orthogonality_tol`. Syncs with the host (it reads values).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> pl = optim.plan((3, 2))
+        >>> st = optim.init(pl, (3, 2))
+        >>> optim.check_precond(st, pl, (3, 2))
+        >>> optim.check_precond(st._replace(d_C=-st.d_C), pl, (3, 2), where="param 'w'")
+        Traceback (most recent call last):
+        ...
+        ValueError: param 'w': `d_C` must be > 0
+    """
+    pl = Plan(*pl)
+    if pl.kind == "diag":
+        if not isinstance(st, diag.DiagState):
+            _fail(where, "d", "is missing: the parameter is preconditioned diagonally")
+        want: dict[str, tuple[int, ...] | None] = {"d": tuple(shape)}
+    else:
+        if not isinstance(st, kron.KronState):
+            _fail(
+                where, "alpha", "is missing: the parameter is preconditioned by Kronecker factors"
+            )
+        r, c = pl.rows, pl.cols
+        want = {
+            "alpha": (),
+            "B_C": None if pl.diag_rows else (r, r),
+            "d_C": (r,),
+            "B_K": None if pl.diag_cols else (c, c),
+            "d_K": (c,),
+        }
+    for field, shp in want.items():
+        x = getattr(st, field)
+        if shp is None:
+            if x is not None:
+                _fail(where, field, "must be absent: that side is kept diagonal by the plan")
+            continue
+        if x is None or not hasattr(x, "shape"):
+            _fail(where, field, "is missing")
+        if tuple(x.shape) != shp:
+            _fail(where, field, f"must have shape {shp}, got {tuple(x.shape)}")
+        xp = array_namespace(x)
+        if not xp.isdtype(x.dtype, "real floating"):
+            _fail(where, field, f"must have a real floating dtype, got {x.dtype}")
+        if not bool(xp.all(xp.isfinite(x))):
+            _fail(where, field, "contains NaN or inf")
+        if field in ("alpha", "d", "d_C", "d_K") and not bool(xp.all(x > 0)):
+            _fail(where, field, "must be > 0")
+        eps = float(xp.finfo(x.dtype).eps)
+        if field in ("d_C", "d_K") and shp[0] > 0:
+            drift = abs(
+                float(xp.mean(xp.log(xp.astype(x, xp.float64 if eps < 1e-10 else xp.float32))))
+            )
+            if drift > 1e-3 + 16 * eps:
+                _fail(where, field, f"must have product 1 (mean log is {drift:.3g})")
+        if field in ("B_C", "B_K"):
+            n = shp[0]
+            b = xp.astype(x, xp.float64 if eps < 1e-10 else xp.float32)
+            err = float(xp.max(xp.abs(A.mT(b) @ b - A.eye(xp, n, b)))) if n else 0.0
+            if err > orthogonality_tol(eps, n):
+                _fail(where, field, f"must be orthogonal (max|BᵀB − I| = {err:.3g})")
+
+
+def check_counters(step: Any, refreshes: Any, rejected: Any, *, where: str = "state") -> None:
+    """Raise a ValueError unless ``0 ≤ rejected ≤ refreshes ≤ step`` are integers.
+
+    Example::
+
+        >>> from spectral_curv import optim
+        >>> optim.check_counters(5, 4, 1)
+        >>> optim.check_counters(5, 6, 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: state: counters must satisfy 0 <= rejected <= refreshes <= step, got 0, 6, 5
+    """
+    vals = []
+    for name, v in (("step", step), ("refreshes", refreshes), ("rejected", rejected)):
+        if hasattr(v, "shape") and not isinstance(v, numbers.Number):
+            if math.prod(v.shape) != 1 or not A.is_integer_dtype(v):
+                _fail(where, name, f"must be an integer count, got {v!r}")
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            _fail(where, name, f"must be an int >= 0, got {v!r}")
+        vals.append(int(v))
+    s, f, j = vals
+    if not 0 <= j <= f <= s:
+        raise ValueError(
+            f"{where}: counters must satisfy 0 <= rejected <= refreshes <= step, got {j}, {f}, {s}"
+        )
+
+
+def check_slots(
+    slots: Slots, shape: tuple[int, ...], options: Options, *, where: str = "state"
+) -> None:
+    """Raise a ValueError unless the momentum (and graft moments) have ``shape``, a real
+    floating dtype and finite values (``exp_avg_sq ≥ 0``).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> optim.check_slots(optim.Slots(np.zeros(3)), (3,), optim.Options())
+        >>> optim.check_slots(optim.Slots(np.zeros(2)), (3,), optim.Options())
+        Traceback (most recent call last):
+        ...
+        ValueError: state: `momentum_buffer` must have shape (3,), got (2,)
+    """
+    names = ["momentum_buffer"] + (["exp_avg", "exp_avg_sq"] if options.graft == "adam" else [])
+    for field in names:
+        x = getattr(slots, field)
+        if x is None or not hasattr(x, "shape"):
+            _fail(where, field, "is missing")
+        if tuple(x.shape) != tuple(shape):
+            _fail(where, field, f"must have shape {tuple(shape)}, got {tuple(x.shape)}")
+        xp = array_namespace(x)
+        if not xp.isdtype(x.dtype, "real floating"):
+            _fail(where, field, f"must have a real floating dtype, got {x.dtype}")
+        if not bool(xp.all(xp.isfinite(x))):
+            _fail(where, field, "contains NaN or inf")
+        if field == "exp_avg_sq" and not bool(xp.all(x >= 0)):
+            _fail(where, field, "must be >= 0")
+
+
+def state_keys(pl: Plan, options: Options) -> set[str]:
+    """The keys of one parameter's flat state in every adapter: the counters, the factor
+    fields of plan ``pl`` and the :class:`Slots` that ``options`` use.
+
+    Example::
+
+        >>> from spectral_curv import optim
+        >>> sorted(optim.state_keys(optim.plan((3,)), optim.Options()))
+        ['d', 'momentum_buffer', 'refreshes', 'rejected', 'step']
+    """
+    pl = Plan(*pl)
+    keys = {"step", "refreshes", "rejected", "momentum_buffer"}
+    if pl.kind == "diag":
+        keys.add("d")
+    else:
+        keys |= {"alpha", "d_C", "d_K"}
+        keys |= {"B_C"} - ({"B_C"} if pl.diag_rows else set())
+        keys |= {"B_K"} - ({"B_K"} if pl.diag_cols else set())
+    if options.graft == "adam":
+        keys |= {"exp_avg", "exp_avg_sq"}
+    return keys
+
+
+def check_state(
+    state: Mapping[str, Any], pl: Plan, shape: tuple[int, ...], options: Options, *, where: str
+) -> None:
+    """Validate one parameter's flat saved state (e.g. from a checkpoint) before anything is
+    loaded: the keys (:func:`state_keys`), :func:`check_counters`, :func:`check_precond` and
+    :func:`check_slots`. Raises a ValueError naming ``where`` and the field.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> o, pl = optim.Options(), optim.plan((2,))
+        >>> good = {"step": 1, "refreshes": 1, "rejected": 0, "d": np.ones(2),
+        ...         "momentum_buffer": np.zeros(2)}
+        >>> optim.check_state(good, pl, (2,), o, where="param 'b'")
+        >>> optim.check_state({**good, "d": np.array([1.0, np.nan])}, pl, (2,), o, where="b")
+        Traceback (most recent call last):
+        ...
+        ValueError: b: `d` contains NaN or inf
+    """
+    want = state_keys(pl, options)
+    if not isinstance(state, Mapping) or set(state) != want:
+        got = sorted(map(str, state)) if isinstance(state, Mapping) else type(state)
+        raise ValueError(f"{where} must have the keys {sorted(want)}, got {got}")
+    check_counters(state["step"], state["refreshes"], state["rejected"], where=where)
+    pl = Plan(*pl)
+    if pl.kind == "diag":
+        pre: Precond = diag.DiagState(state["d"])
+    else:
+        pre = kron.KronState(*(state.get(k) for k in kron.KronState._fields))
+    check_precond(pre, pl, matrix_shape(pl, shape), where=where)
+    check_slots(Slots(*(state.get(k) for k in Slots._fields)), shape, options, where=where)

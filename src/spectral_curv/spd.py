@@ -1,25 +1,32 @@
-"""SPD matrix optimisation ``min_{S≻0} f(S)`` with the spectral scheme (SPEC §2, §6; Fig. 3).
+"""SPD matrix optimisation ``min_{S≻0} f(S)`` with the spectral scheme (math §2, §6; Fig. 3).
 
 Given the Euclidean gradient ``G = ∇_S f(S)`` (its symmetric part is used: that is the
 gradient on the space of symmetric matrices), one spectral step is the generic update of
-:func:`spectral_curv.full.update` with ``Δ = −2 S G S`` and ``β₂ = lr`` (SPEC §2); with
-``S = B Diag(d) Bᵀ`` this is ``BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d)``. ``Δ`` is indefinite in
-general, so the exact exp / Cayley maps are the default.
+math §2 with ``Δ = −2 S G S`` and ``β₂ = lr``; with ``S = B Diag(d) Bᵀ`` this is
+``Q = BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d)``, which :func:`step` forms directly and passes to
+:func:`spectral_curv.full.update_rotated` (two matmuls; neither ``S`` nor ``Δ`` is formed).
+``Δ`` is indefinite in general, so the exact exp / Cayley maps are the default.
 
 Step-size convention (one ``lr`` for every method). To first order in ``lr`` every method
 here moves ``S ← S − 2·lr·S G S``, the Riemannian gradient step for the Gaussian (Fisher)
 metric ``½ tr(S⁻¹ U S⁻¹ V)``:
 
-* ``"spectral"``: ``full.update(state, −2 S G S, beta2=lr)`` (exact maps by default).
+* ``"spectral"``: ``full.update_rotated(state, −2 Diag(d)(BᵀGB)Diag(d), beta2=lr)``, i.e.
+  ``full.update(state, −2 S G S, beta2=lr)`` (exact maps by default).
 * ``"rgd_expm"``: Riemannian GD with the affine-invariant exponential retraction,
-  ``S ← S^{1/2} expm(−2·lr·S^{1/2} G S^{1/2}) S^{1/2}`` (SPEC §6 with ``β = 2·lr``).
+  ``S ← S^{1/2} expm(−2·lr·S^{1/2} G S^{1/2}) S^{1/2}`` (math §6.4 with ``β = 2·lr``).
 * ``"rgd_second_order"``: the second-order retraction ``S + ξ + ½ ξ S⁻¹ ξ`` with
-  ``ξ = −2·lr·S G S`` (SPEC §6 with ``β = 2·lr``); ``½ ξ S⁻¹ ξ = 2 lr² S G S G S`` needs no
+  ``ξ = −2·lr·S G S`` (math §6.4 with ``β = 2·lr``); ``½ ξ S⁻¹ ξ = 2 lr² S G S G S`` needs no
   inverse, and ``S + ξ + ½ξS⁻¹ξ = ½S + ½(S + ξ)S⁻¹(S + ξ) ≻ 0``.
-* ``"cholesky"``: the Cholesky / inverse-free baseline of SPEC §6
+* ``"cholesky"``: the Cholesky / inverse-free baseline of math §6.2
   (:func:`spectral_curv.baselines.cholesky_update`, ``S⁻¹ = K Kᵀ``, ``Δ = −2 S G S``,
   ``X = KᵀΔK = −2 K⁻¹ G K⁻ᵀ``, ``K ← K · expm(−lr·M)`` exactly, ``exp="first_order"`` for
   ``K (I − lr·M)``).
+
+The two baselines' steps are :func:`spectral_curv.baselines.rgd_step` and
+:func:`spectral_curv.baselines.cholesky_step` (every math §6 method is in
+:mod:`spectral_curv.baselines`); ``spd.rgd_step`` and ``spd.cholesky_step`` remain importable
+here as deprecated aliases of those functions.
 
 Problems of the paper (Fig. 3, Sec. 4.2), see :func:`metric_nearness` and :func:`log_det`:
 
@@ -53,6 +60,11 @@ from typing import Any, NamedTuple
 from . import _array as A
 from . import baselines, full
 from ._array import Array, Namespace, array_namespace
+from .baselines import _sym_grad
+
+# Deprecated aliases (the baselines moved to spectral_curv.baselines; math §6).
+from .baselines import cholesky_step as cholesky_step
+from .baselines import rgd_step as rgd_step
 
 __all__ = [
     "METHODS",
@@ -60,14 +72,12 @@ __all__ = [
     "LogDet",
     "MetricNearness",
     "SPDResult",
-    "cholesky_step",
     "init",
     "iterations_to",
     "karcher_mean",
     "log_det",
     "metric_nearness",
     "minimize",
-    "rgd_step",
     "step",
 ]
 
@@ -107,19 +117,6 @@ def _check_spd(name: str, s: Array) -> tuple[Namespace, Array, Array]:
     return xp, w, v
 
 
-def _sym_grad(xp: Namespace, grad: Array, n: int) -> Array:
-    if grad.ndim != 2 or tuple(grad.shape) != (n, n):
-        raise ValueError(f"`grad` must have shape ({n}, {n}), got {tuple(grad.shape)}")
-    A.check_finite(xp, "grad", grad)
-    return 0.5 * (grad + grad.mT)
-
-
-def _sgs(s: Array, g: Array) -> Array:
-    """``S G S`` made exactly symmetric (``G`` symmetric)."""
-    t = s @ g @ s
-    return 0.5 * (t + t.mT)
-
-
 # ------------------------------------------------------------------------ the steps
 
 
@@ -157,10 +154,13 @@ def step(
     max_step_norm: float | None = None,
     rotation: str | None = None,
 ) -> full.SpectralState:
-    """One spectral step ``full.update(state, −2 S G S, beta2=lr)``, ``G = sym(grad)`` (SPEC §2).
+    """One spectral step with ``Δ = −2 S G S``, ``G = sym(grad)``, ``β₂ = lr`` (math §2).
 
-    ``grad`` is ``∇_S f`` at ``S = B Diag(d) Bᵀ = full.dense(state)``. The remaining options are
-    those of :func:`spectral_curv.full.update`; ``rotation`` is its basis-update rule
+    ``grad`` is ``∇_S f`` at ``S = B Diag(d) Bᵀ = full.dense(state)``. The step stays in the
+    factored frame: ``Q = BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d)`` goes to
+    :func:`spectral_curv.full.update_rotated` (``S`` and ``Δ`` are never formed; the same
+    step as ``full.update(state, −2 S G S, beta2=lr)`` to round-off). The remaining options
+    are those of :func:`spectral_curv.full.update`; ``rotation`` is its basis-update rule
     (``"damped"``, the default, or the paper's ``"paper"``; docs/spd.md, "Near ties").
 
     Example (``S = I``, ``G = I``: ``d ← exp(−2·lr)``, the ``rgd_expm`` step exactly)::
@@ -170,18 +170,25 @@ def step(
         >>> st = spd.step(spd.init(np.eye(2)), np.eye(2), lr=0.1)
         >>> bool(np.allclose(st.d, np.exp(-0.2)))
         True
-        >>> bool(np.allclose(full.dense(st), spd.rgd_step(np.eye(2), np.eye(2), lr=0.1)))
+        >>> from spectral_curv import baselines
+        >>> bool(np.allclose(full.dense(st), baselines.rgd_step(np.eye(2), np.eye(2), lr=0.1)))
         True
     """
     xp = array_namespace(state.B, state.d)
     n = state.d.shape[-1]
     _check_lr(lr)
+    A.check_same_namespace(xp, B=state.B, grad=grad)
     g = _sym_grad(xp, grad, n)
-    s = full.dense(state)
-    delta = -2.0 * _sgs(s, g)
-    return full.update(
+    b, d = state.B, state.d
+    gb = g @ b
+    # Q = BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d); only its strict lower triangle and diagonal are read.
+    q = (-2.0 * d[:, None]) * (b.mT @ gb) * d[None, :]
+    diag_q = (-2.0 * d * d) * xp.sum(b * gb, axis=-2)
+    return full.update_rotated(
         state,
-        delta,
+        q,
+        diag_q=diag_q,
+        check=False,
         beta2=lr,
         cayley=cayley,
         exp=exp,
@@ -190,70 +197,6 @@ def step(
         max_step_norm=max_step_norm,
         rotation=rotation,
     )
-
-
-def rgd_step(s: Array, grad: Array, *, lr: Any, retraction: str = "expm") -> Array:
-    """Riemannian GD on SPD, affine-invariant retraction, Fisher-scaled step (SPEC §6).
-
-    ``retraction="expm"``: ``S^{1/2} expm(−2·lr·S^{1/2} G S^{1/2}) S^{1/2}`` (by ``eigh``);
-    ``retraction="second_order"``: ``S + ξ + ½ ξ S⁻¹ ξ``, ``ξ = −2·lr·S G S``.
-    ``G = sym(grad)``; SPEC §6's ``β`` is ``2·lr`` (see the module docstring).
-
-    Example (diagonal ``S``, ``G``: ``s·exp(−2·lr·s·g)``; ``s + ξ + ξ²/(2s)``, ``ξ = −2·lr·s²g``)::
-
-        >>> import numpy as np
-        >>> from spectral_curv import spd
-        >>> s, g = np.diag([1.0, 4.0]), np.diag([1.0, -1.0])
-        >>> out = spd.rgd_step(s, g, lr=0.1)
-        >>> bool(np.allclose(out, np.diag([np.exp(-0.2), 4 * np.exp(0.8)])))
-        True
-        >>> np.round(np.diag(spd.rgd_step(s, g, lr=0.1, retraction="second_order")), 10).tolist()
-        [0.82, 8.48]
-    """
-    xp = array_namespace(s)
-    n = s.shape[-1]
-    _check_lr(lr)
-    g = _sym_grad(xp, grad, n)
-    if retraction == "expm":
-        w, v = xp.linalg.eigh(s)
-        root = (v * xp.sqrt(w)[None, :]) @ v.mT
-        inner = root @ g @ root
-        mu, u = xp.linalg.eigh(0.5 * (inner + inner.mT))
-        e = (u * xp.exp((-2.0 * lr) * mu)[None, :]) @ u.mT
-        out = root @ e @ root
-    elif retraction == "second_order":
-        sgs = _sgs(s, g)
-        # ½ ξ S⁻¹ ξ = ½ (−2 lr SGS)(−2 lr GS) = 2 lr² (SGS)(GS): no inverse.
-        out = s - (2.0 * lr) * sgs + (2.0 * lr * lr) * (sgs @ (g @ s))
-    else:
-        raise ValueError(f"`retraction` must be 'expm' or 'second_order', got {retraction!r}")
-    return 0.5 * (out + out.mT)
-
-
-def cholesky_step(
-    state: baselines.CholeskyState, grad: Array, *, lr: Any, exp: str = "exact"
-) -> baselines.CholeskyState:
-    """Cholesky baseline step: :func:`baselines.cholesky_update` with ``Δ = −2 S G S`` (SPEC §6).
-
-    ``S⁻¹ = K Kᵀ``; ``X = KᵀΔK = −2 K⁻¹ G K⁻ᵀ`` is formed from ``S = K⁻ᵀK⁻¹``
-    (:func:`baselines.cholesky_dense`, one solve).
-
-    Example (``S = I``, ``G = I``: the same ``S ← exp(−2·lr) I`` as the spectral step)::
-
-        >>> import numpy as np
-        >>> from spectral_curv import baselines, spd
-        >>> st = spd.cholesky_step(baselines.cholesky_from_dense(np.eye(2)), np.eye(2), lr=0.1)
-        >>> bool(np.allclose(baselines.cholesky_dense(st), np.exp(-0.2) * np.eye(2)))
-        True
-        >>> bool(np.allclose(st.K, np.tril(st.K)))
-        True
-    """
-    xp = array_namespace(state.K)
-    n = state.K.shape[-1]
-    _check_lr(lr)
-    g = _sym_grad(xp, grad, n)
-    s = baselines.cholesky_dense(state)
-    return baselines.cholesky_update(state, -2.0 * _sgs(s, g), beta2=lr, exp=exp)
 
 
 # ------------------------------------------------------------------------- the loop
@@ -341,7 +284,7 @@ def minimize(
     rotation: str | None = None,
     warn: bool = True,
 ) -> SPDResult:
-    """Minimise ``f`` over SPD matrices from ``grad_fn(S) = ∇_S f(S)`` (SPEC §2, §6).
+    """Minimise ``f`` over SPD matrices from ``grad_fn(S) = ∇_S f(S)`` (math §2, §6).
 
     ``s0`` is an SPD matrix (or, for ``method="spectral"``, a :class:`full.SpectralState`).
     ``method`` is one of :data:`METHODS`; all share the step-size convention of the module
@@ -427,11 +370,11 @@ def minimize(
                 )
                 s = full.dense(state)
             elif method == "cholesky":
-                state = cholesky_step(state, g, lr=lr, exp=exp)
+                state = baselines.cholesky_step(state, g, lr=lr, exp=exp)
                 s = baselines.cholesky_dense(state)
             else:
                 retraction = "expm" if method == "rgd_expm" else "second_order"
-                s = rgd_step(s, g, lr=lr, retraction=retraction)
+                s = baselines.rgd_step(s, g, lr=lr, retraction=retraction)
                 state = s
             if record(s):
                 break

@@ -1,18 +1,13 @@
 """``torch.optim`` adapter: :class:`SpectralKron` and the functional :func:`spectral_kron`.
 
-The math is the core's (``spectral_curv.kron`` / ``spectral_curv.diag``, SPEC §3–§5);
-this module owns only mutation, parameter routing and the optimizer conventions:
+Every number and the order of a step come from the engine, :mod:`spectral_curv.optim`
+(``Options``, ``buckets``, ``precondition_step``, ``update_param``; math §3–§5). This module
+owns only torch's conventions: ``state`` storage, param groups, stacking same-shaped layers
+into one batched refresh, ``torch._foreach_*`` kernels for the last step, checkpoints.
 
-- order-2 weights: Kronecker spectral preconditioner ``α S_C ⊗ S_K`` (SPEC §4);
-- order ≥ 3 (conv): flattened to ``(shape[0], prod(shape[1:]))``; size-1 dimensions are
-  dropped first (``optim.plan``: a ``(1, 16, 64)`` position embedding is 16×64);
-- order ≤ 1 (biases, norms, scalars): the diagonal scheme (SPEC §3);
-- a side longer than ``max_precond_dim`` (embeddings, vocabulary heads) is kept diagonal
-  (``B = I`` on that side: the factor is ``Diag(d)``, O(n) memory), the other side stays
-  a full spectral factor; both sides long gives an Adafactor-like ``α d_C d_Kᵀ``.
-
-Same-shaped layers are refreshed together: their factors are stacked and go through one
-batched matmul chain. Example::
+Routing (``optim.plan``): order ≥ 2 weights get the Kronecker factors on
+``(shape[0], prod(shape[1:]))`` (size-1 dimensions dropped first), a side longer than
+``max_precond_dim`` kept diagonal; order ≤ 1 (biases, norms) the diagonal scheme. Example::
 
     >>> import torch
     >>> from spectral_curv.torch import SpectralKron
@@ -24,6 +19,8 @@ batched matmul chain. Example::
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,56 +35,28 @@ from .backends import torch as _torch_fast_paths  # noqa: F401
 
 __all__ = ["SpectralKron", "init_state", "spectral_kron"]
 
-_NONFINITE = ("raise", "skip")
+_XP = optim.namespace(torch.zeros(0))
+_HOST_KEYS = ("step", "refreshes")  # int64 counters on the CPU: read every step, no sync
+_COUNTERS = ("step", "refreshes", "rejected")
+_SKIPPED = "skipped_steps"  # the optimizer-wide counter, a non-parameter key of `state`
 
 
-def _state_plan(state: dict[str, Any]) -> tuple[Any, ...]:
-    """The plan a state was created with (read from its keys, not from the group's options,
-    so that changing ``max_precond_dim`` later cannot mix incompatible states)."""
+def _state_plan(state: dict[str, Any]) -> optim.Plan:
+    """The plan a state was created with (read from its keys, so that changing
+    ``max_precond_dim`` later cannot mix incompatible states)."""
     if "d" in state:
-        return ("diag",)
+        return optim.Plan("diag")
     r, c = state["d_C"].shape[-1], state["d_K"].shape[-1]
-    return ("kron", r, c, "B_C" not in state, "B_K" not in state)
+    return optim.Plan("kron", r, c, "B_C" not in state, "B_K" not in state)
 
 
-def _init_state(p: Tensor, plan: tuple[Any, ...], dtype: torch.dtype, graft: str | None) -> dict:
-    """Fresh per-parameter state (factors are set from the first gradient).
-
-    ``step`` and ``refreshes`` are int64 counters on the CPU (read with ``.item()`` on the
-    host every step: no device sync; int64, so they do not saturate like a float32 count)."""
-    kw = {"dtype": dtype, "device": p.device}
-    state: dict[str, Any] = {
-        "step": torch.tensor(0, dtype=torch.int64),
-        "refreshes": torch.tensor(0, dtype=torch.int64),
-        "rejected": torch.tensor(0, dtype=torch.int64, device=p.device),
-        "momentum_buffer": torch.zeros(p.shape, **kw),
-    }
-    if plan[0] == "diag":
-        state["d"] = torch.ones(p.shape, **kw)
-    else:
-        _, r, c, diag_r, diag_c = plan
-        state["alpha"] = torch.ones((), **kw)
-        state["d_C"] = torch.ones(r, **kw)
-        state["d_K"] = torch.ones(c, **kw)
-        if not diag_r:
-            state["B_C"] = torch.eye(r, **kw)
-        if not diag_c:
-            state["B_K"] = torch.eye(c, **kw)
-    if graft == "adam":
-        state["exp_avg"] = torch.zeros(p.shape, **kw)
-        state["exp_avg_sq"] = torch.zeros(p.shape, **kw)
-    return state
+def _dtype(param: Tensor, option: Any) -> torch.dtype:
+    return optim.precond_dtype_for(_XP, option, param.dtype)
 
 
-def init_state(
-    param: Tensor,
-    *,
-    max_precond_dim: int = optim.DEFAULT_MAX_PRECOND_DIM,
-    precond_dtype: torch.dtype = torch.float32,
-    graft: str | None = None,
-) -> dict[str, Any]:
-    """A fresh state dict for ``param``, as :class:`SpectralKron` creates it (for callers of
-    the functional :func:`spectral_kron`).
+def init_state(param: Tensor, options: optim.Options | None = None, **kw: Any) -> dict[str, Any]:
+    """A fresh state dict for ``param`` (``S = I``; the first step sets its scale), as
+    :class:`SpectralKron` creates it; ``options`` or keyword options as in ``optim.Options``.
 
     Example::
 
@@ -96,29 +65,26 @@ def init_state(
         >>> st = init_state(torch.zeros(3, 4))
         >>> sorted(st)
         ['B_C', 'B_K', 'alpha', 'd_C', 'd_K', 'momentum_buffer', 'refreshes', 'rejected', 'step']
-        >>> tuple(st["B_K"].shape), sorted(init_state(torch.zeros(5)))[0]
-        ((4, 4), ...)
+        >>> tuple(st["B_K"].shape), st["d_C"].dtype
+        ((4, 4), torch.float32)
     """
-    return _init_state(param, optim.plan(tuple(param.shape), max_precond_dim), precond_dtype, graft)
+    o = options if options is not None else optim.Options(**kw)
+    pl = optim.plan(tuple(param.shape), o.max_precond_dim)
+    dt = _dtype(param, o.precond_dtype)
+    pre = optim.init(pl, optim.matrix_shape(pl, tuple(param.shape)), dtype=dt, xp=_XP)
+    slots = optim.init_slots(_XP, tuple(param.shape), o, dtype=dt, device=param.device)
+    state: dict[str, Any] = {k: torch.tensor(0, dtype=torch.int64) for k in _HOST_KEYS}
+    state["rejected"] = torch.tensor(0, dtype=torch.int64, device=param.device)
+    for k, v in (*zip(pre._fields, pre), *zip(slots._fields, slots)):
+        if v is not None:
+            state[k] = v.to(param.device)
+    return state
 
 
-def _kron_bucket(
-    grads: list[Tensor],
-    states: list[dict[str, Any]],
-    plan: tuple[Any, ...],
-    *,
-    first: bool,
-    refresh: bool,
-    reorth: bool,
-    opts: dict[str, Any],
-) -> list[Tensor]:
-    """Refresh (when due) and precondition a stack of same-shaped layers; returns directions."""
-    _, r, c, _, _ = plan
-    dt = opts["precond_dtype"]
-    if len(grads) == 1:
-        G = grads[0].reshape(1, r, c).to(dt)
-    else:
-        G = torch.stack([g.reshape(r, c) for g in grads]).to(dt)
+def _precond(states: list[dict[str, Any]], pl: optim.Plan) -> optim.Precond:
+    """The factor state of a bucket, stacked (Kronecker) or concatenated (diagonal)."""
+    if pl.kind == "diag":
+        return diag.DiagState(torch.cat([s["d"].reshape(-1) for s in states]))
 
     def stack(key: str) -> Tensor | None:
         if key not in states[0]:
@@ -127,180 +93,98 @@ def _kron_bucket(
             return states[0][key].unsqueeze(0)
         return torch.stack([s[key] for s in states])
 
-    st = kron.KronState(stack("alpha"), stack("B_C"), stack("d_C"), stack("B_K"), stack("d_K"))
-    if first:
-        st = optim.first_state(st, G, damping=opts["damping"])
-    if refresh:
-        st, ok = optim.refresh(st, G, **_refresh_opts(opts))
+    return kron.KronState(*(stack(k) for k in kron.KronState._fields))
+
+
+def _bucket(
+    grads: list[Tensor], states: list[dict[str, Any]], key: optim.BucketKey, o: optim.Options
+) -> list[Tensor]:
+    """One engine call for a bucket; writes the factors back; returns the directions.
+
+    Diagonal-scheme parameters are refreshed as one concatenated vector (elementwise math),
+    so keep-last-good decides for the bucket; the first step (a per-parameter mean) and a
+    ``step_scale="p2"`` step with ``p ≠ 2`` (a per-parameter norm) run one at a time."""
+    pl, dt = key.plan, states[0]["momentum_buffer"].dtype
+    whole = o.step_scale == "p2" and o.p != 2  # its norm is per parameter
+    if pl.kind == "diag" and (key.first or whole) and len(grads) > 1:
+        return [u for g, s in zip(grads, states) for u in _bucket([g], [s], key, o)]
+    if pl.kind == "diag":
+        G = torch.cat([g.reshape(-1).to(dt) for g in grads])
+    else:
+        G = torch.stack([g.reshape(pl.rows, pl.cols) for g in grads]).to(dt)
+    (st,), (ok,), (u,) = optim.precondition_step(
+        [_precond(states, pl)],
+        [G],
+        first=key.first,
+        refresh=key.refresh,
+        reorth=key.reorth,
+        options=o,
+    )
+    if key.refresh:
+        bad = (~ok).to(torch.int64)
         for i, s in enumerate(states):
-            s["rejected"].add_((~ok[i]).to(torch.int64))
+            s["rejected"].add_(bad if pl.kind == "diag" else bad[i])
             s["refreshes"].add_(1)
-        if reorth:
-            st = optim.reorthonormalize(st)
-    if first or refresh:  # otherwise the factors are unchanged: nothing to write back
-        for key, val in zip(kron.KronState._fields, st):
+    if pl.kind == "diag":
+        sizes = [g.numel() for g in grads]
+        if key.first or key.refresh:
+            for s, d in zip(states, torch.split(st.d, sizes)):
+                s["d"] = d.view(s["d"].shape).clone() if len(states) > 1 else d.view(s["d"].shape)
+        return [x.view(g.shape) for x, g in zip(torch.split(u, sizes), grads)]
+    if key.first or key.refresh:  # otherwise the factors are unchanged
+        for k, val in zip(kron.KronState._fields, st):
             if val is not None:
                 for i, s in enumerate(states):
-                    s[key] = val[i].clone()
-    u = optim.direction(st, G, p=opts["p"])
+                    s[k] = val[i].clone()
     return [u[i].reshape(g.shape) for i, g in enumerate(grads)]
 
 
-def _diag_one(
-    g: Tensor, state: dict[str, Any], *, first: bool, refresh: bool, opts: dict[str, Any]
-) -> Tensor:
-    dt = opts["precond_dtype"]
-    g = g.to(dt)
-    st: Any = diag.DiagState(state["d"])
-    if first:
-        st = optim.first_state(st, g, damping=opts["damping"])
-    if refresh:
-        st, ok = optim.refresh(st, g, **_refresh_opts(opts))
-        state["rejected"].add_((~ok).to(torch.int64))
-        state["refreshes"].add_(1)
-    state["d"] = st.d
-    return optim.direction(st, g, p=opts["p"])
-
-
-def _diag_bucket(
+def _finish(
+    params: list[Tensor],
     grads: list[Tensor],
-    states: list[dict[str, Any]],
-    *,
-    first: bool,
-    refresh: bool,
-    opts: dict[str, Any],
-) -> list[Tensor]:
-    """The diagonal scheme for several parameters at once: it is elementwise, so their
-    flattened gradients and ``d`` are concatenated and go through one chain of kernels.
-
-    The first step (whose fallback value is a per-parameter mean) runs per parameter.
-    Keep-last-good applies to the block: a refresh with a non-finite or non-positive ``d``
-    anywhere in it is discarded for all of its parameters and counted in each one's
-    ``rejected`` (no host sync)."""
-    if len(grads) == 1 or first:
-        return [
-            _diag_one(g, s, first=first, refresh=refresh, opts=opts) for g, s in zip(grads, states)
-        ]
-    dt = opts["precond_dtype"]
-    g = torch.cat([x.reshape(-1).to(dt) for x in grads])
-    st: Any = diag.DiagState(torch.cat([s["d"].reshape(-1) for s in states]))
-    if refresh:
-        st, ok = optim.refresh(st, g, **_refresh_opts(opts))
-        torch._foreach_copy_([s["d"] for s in states], list(_split(st.d, states, "d")))
-        rejected = (~ok).to(torch.int64)
-        for s in states:
-            s["rejected"].add_(rejected)
-            s["refreshes"].add_(1)
-    u = optim.direction(st, g, p=opts["p"])
-    return list(_split(u, states, "d"))
-
-
-def _split(flat: Tensor, states: list[dict[str, Any]], key: str) -> Any:
-    """Views of ``flat`` shaped like each ``state[key]``."""
-    pieces = torch.split(flat, [s[key].numel() for s in states])
-    return (x.view(s[key].shape) for x, s in zip(pieces, states))
-
-
-def _postprocess(
-    param: Tensor, grad: Tensor, u: Tensor, state: dict[str, Any], step: int, opts: dict[str, Any]
+    us: list[Tensor],
+    states: list[dict],
+    o: optim.Options,
 ) -> None:
-    """Grafting / clipping, momentum, decoupled weight decay and the parameter update."""
-    dt = opts["precond_dtype"]
-    if opts["graft"] == "adam":
-        u, exp_avg, exp_avg_sq = optim.graft_adam(
-            u,
-            grad.to(dt),
-            state["exp_avg"],
-            state["exp_avg_sq"],
-            step=step,
-            betas=opts["betas"],
-            eps=opts["eps"],
+    """``optim.update_param`` for each parameter; where it reduces to momentum and the step
+    (no grafting or clipping, a float lr, the parameter in the factors' dtype), the same
+    operations in the same order as a few ``torch._foreach_*`` kernels."""
+    fused = not isinstance(o.lr, Tensor) and o.graft is None and o.max_update_rms is None
+    fp, fu, fb = [], [], []
+    for prm, g, u, s in zip(params, grads, us, states):
+        s["step"].add_(1)
+        if fused and prm.dtype == u.dtype:
+            fp.append(prm), fu.append(u), fb.append(s["momentum_buffer"])
+            continue
+        slots = optim.Slots(*(s.get(k) for k in optim.Slots._fields))
+        new, slots = optim.update_param(
+            prm, g.to(u.dtype), u, slots, step=int(s["step"].item()), options=o
         )
-        state["exp_avg"].copy_(exp_avg)
-        state["exp_avg_sq"].copy_(exp_avg_sq)
-    if opts["max_update_rms"] is not None:
-        u = optim.clip_rms(u, opts["max_update_rms"])
-    if opts["momentum"]:
-        u = state["momentum_buffer"].copy_(
-            optim.add_momentum(state["momentum_buffer"], u, opts["momentum"])
-        )
-    param.copy_(optim.apply_update(param, u, lr=opts["lr"], weight_decay=opts["weight_decay"]))
-
-
-def _fusable(param: Tensor, opts: dict[str, Any]) -> bool:
-    """Whether :func:`_postprocess_foreach` computes this parameter's update (no grafting or
-    clipping, which need per-parameter norms; a float lr; the parameter in the factors' dtype)."""
-    return (
-        opts["graft"] is None
-        and opts["max_update_rms"] is None
-        and not isinstance(opts["lr"], Tensor)
-        and param.dtype == opts["precond_dtype"]
-    )
-
-
-def _postprocess_foreach(
-    params: list[Tensor], us: list[Tensor], states: list[dict[str, Any]], opts: dict[str, Any]
-) -> None:
-    """:func:`optim.add_momentum` and :func:`optim.apply_update` for a list of parameters as
-    ``torch._foreach_*`` kernels: the same operations in the same order (so the same numbers)
-    in a handful of launches instead of several per parameter."""
-    lr, wd, mom = opts["lr"], opts["weight_decay"], opts["momentum"]
-    if mom:
-        bufs = [s["momentum_buffer"] for s in states]
-        torch._foreach_mul_(bufs, mom)
-        torch._foreach_add_(bufs, us)
-        us = bufs
-    if wd:
-        torch._foreach_mul_(params, 1 - lr * wd)
-    torch._foreach_sub_(params, torch._foreach_mul(us, lr))
-
-
-def _refresh_opts(opts: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "precond_lr": opts["precond_lr"],
-        "gamma": opts["gamma"],
-        "damping": opts["damping"],
-        "cayley": opts["cayley"],
-        "exp": opts["exp"],
-        "cayley_terms": opts["cayley_terms"],
-        "tie_tol": opts["tie_tol"],
-        "max_step_norm": opts["max_step_norm"],
-        "rotation": opts["rotation"],
-    }
+        prm.copy_(new)
+        for k, v in zip(optim.Slots._fields, slots):
+            if v is not None:
+                s[k].copy_(v)
+    if fp:
+        if o.momentum:
+            torch._foreach_mul_(fb, o.momentum)
+            torch._foreach_add_(fb, fu)
+            fu = fb
+        if o.weight_decay:
+            torch._foreach_mul_(fp, 1 - o.lr * o.weight_decay)
+        torch._foreach_sub_(fp, torch._foreach_mul(fu, o.lr))
 
 
 def spectral_kron(
     params: list[Tensor],
     grads: list[Tensor],
     states: list[dict[str, Any]],
-    *,
-    lr: float | Tensor,
-    precond_lr: float,
-    p: float,
-    gamma: float,
-    damping: float,
-    momentum: float,
-    weight_decay: float,
-    update_interval: int,
-    precond_warmup: int,
-    reorth_interval: int,
-    cayley: str,
-    cayley_terms: int,
-    exp: str,
-    tie_tol: float | None,
-    max_step_norm: float | None,
-    max_update_rms: float | None,
-    graft: str | None,
-    betas: tuple[float, float],
-    eps: float,
-    max_precond_dim: int,
-    precond_dtype: torch.dtype,
-    rotation: str = "damped",
+    options: optim.Options | None = None,
+    **kw: Any,
 ) -> None:
-    """Functional form of :class:`SpectralKron` (one step; states are mutated in place).
+    """Functional form of :class:`SpectralKron`: one step, states mutated in place.
 
-    ``states[i]`` must have been created for ``params[i]`` (see ``SpectralKron``). Grads are
-    assumed finite and dense (the class checks them once, before any state changes).
+    ``states[i]`` comes from :func:`init_state` for ``params[i]``; ``options`` or keyword
+    options as in ``optim.Options``. Grads are assumed finite and dense (the class checks).
 
     Example (one functional step equals one :class:`SpectralKron` step)::
 
@@ -316,129 +200,38 @@ def spectral_kron(
         >>> torch.equal(w1, w2), bool((w2 < 1).any())
         (True, True)
     """
-    opts = dict(
-        lr=lr,
-        precond_lr=precond_lr,
-        p=p,
-        gamma=gamma,
-        damping=damping,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        cayley=cayley,
-        cayley_terms=cayley_terms,
-        exp=exp,
-        tie_tol=tie_tol,
-        max_step_norm=max_step_norm,
-        rotation=rotation,
-        max_update_rms=max_update_rms,
-        graft=graft,
-        betas=betas,
-        eps=eps,
-        precond_dtype=precond_dtype,
-    )
-    buckets: dict[tuple[Any, ...], list[int]] = {}
-    steps = []
-    for i, (param, st) in enumerate(zip(params, states)):
-        step = int(st["step"].item())  # CPU tensor: no device sync
-        steps.append(step)
-        first, refresh, reorth = optim.schedule(
-            step,
-            int(st["refreshes"].item()),  # CPU tensor
-            update_interval=update_interval,
-            precond_warmup=precond_warmup,
-            reorth_interval=reorth_interval,
-            cayley=cayley,
+    o = options if options is not None else optim.Options(**kw)
+    entries = [
+        (
+            _state_plan(s),
+            (prm.device, s["momentum_buffer"].dtype),
+            int(s["step"].item()),
+            int(s["refreshes"].item()),
         )
-        key = (_state_plan(st), param.device, first, refresh, reorth)
-        buckets.setdefault(key, []).append(i)
-    directions: dict[int, Tensor] = {}
-    for (plan, _, first, refresh, reorth), idx in buckets.items():
-        if plan[0] == "diag":
-            us = _diag_bucket(
-                [grads[i] for i in idx],
-                [states[i] for i in idx],
-                first=first,
-                refresh=refresh,
-                opts=opts,
-            )
-            directions.update(zip(idx, us))
-        else:
-            us = _kron_bucket(
-                [grads[i] for i in idx],
-                [states[i] for i in idx],
-                plan,
-                first=first,
-                refresh=refresh,
-                reorth=reorth,
-                opts=opts,
-            )
-            directions.update(zip(idx, us))
-    fused: list[int] = []
-    for i, (param, grad, st) in enumerate(zip(params, grads, states)):
-        st["step"].add_(1)
-        if _fusable(param, opts):
-            fused.append(i)
-        else:
-            _postprocess(param, grad, directions[i], st, steps[i] + 1, opts)
-    if fused:
-        _postprocess_foreach(
-            [params[i] for i in fused],
-            [directions[i] for i in fused],
-            [states[i] for i in fused],
-            opts,
-        )
+        for prm, s in zip(params, states)
+    ]
+    us: dict[int, Tensor] = {}
+    for key, idx in optim.buckets(entries, o).items():
+        us.update(zip(idx, _bucket([grads[i] for i in idx], [states[i] for i in idx], key, o)))
+    _finish(params, grads, [us[i] for i in range(len(params))], states, o)
 
 
 class SpectralKron(Optimizer):
     """Kronecker spectral-factorized preconditioner (Lin et al., ICML 2025) as a torch optimizer.
 
-    Update of a matrix weight ``M`` with gradient ``G`` (SPEC §4–§5)::
+    Update of a matrix weight ``M`` with gradient ``G`` (math §4–§5)::
 
         every `update_interval` steps:  (α, S_C, S_K) ← spectral refresh with the GOP of G
         U = α^{-1/p} S_C^{-1/p} G S_K^{-1/p}            (rotated form: no eigh, no inverse)
         U ← graft/clip(U);  m ← momentum·m + U;  M ← (1 − lr·wd) M − lr·m
 
-    Schedule, per parameter, with ``t`` its 0-based step count: the first step sets
-    ``S₀ = α₀ I``, ``α₀ = mean(G²) + λ`` (diagonal scheme: ``d₀ = g² + λ``; a zero or
-    overflowing value falls back to a positive one, so a zero first gradient with ``λ = 0``
-    cannot give 0·∞ = NaN); a refresh happens when ``t == 0 or t < precond_warmup or
-    t % update_interval == 0``, and the direction ``U`` uses the factors after it. The
-    momentum buffer is not dampened (SGD-style), so with ``momentum=0.9`` the steady-state
-    step is ~10× ``lr``: compare learning rates with Adam's accordingly.
-
-    Args:
-        params: parameters or param groups.
-        lr: step size ``β₁`` (float or 0-d tensor, so schedules can change it).
-        precond_lr: preconditioner step ``β₂``.
-        p: matrix root (any real ``p > 0``; 2 is Shampoo/Adam-like, 1 root-free).
-        gamma: 1 for a moving average (RMSprop-like), 0 for a sum (AdaGrad-like).
-        damping: ``λ``; enters each factor as ``λ Tr(S_other⁻¹)``.
-        momentum: heavy-ball momentum on the preconditioned direction.
-        weight_decay: decoupled (AdamW-style) weight decay.
-        update_interval: refresh the preconditioner every ``T`` steps.
-        precond_warmup: refresh at every step during the first ``precond_warmup`` steps.
-        reorth_interval: every this many refreshes pull ``B`` back to orthogonal with one
-            Newton–Schulz step (``maps.orthonormalize``; every Cayley mode; 0: off).
-        cayley, cayley_terms, exp, tie_tol, max_step_norm: the core's modes
-            (``spectral_curv.kron.update_gop``); defaults: matmul-only truncated maps
-            (``cayley="quadratic"``: ``I + 2X + 2X²``, 2 matmuls per factor, orthogonal to
-            O(X⁴) like Neumann with one term at 3).
-        rotation: the basis-update rule: ``"damped"`` (default) bounds each eigenvector
-            pair's rotation where two eigenvalues nearly tie; ``"paper"`` is the paper's
-            ``U_ij = −W_ij/(d_i − d_j)`` (``spectral_curv.maps.rotation_generator``).
-        max_update_rms: clip the preconditioned update's RMS per parameter (None: off).
-        graft: ``"adam"`` rescales each update to the norm of Adam's update (None: off).
-        betas, eps: Adam's constants for grafting.
-        max_precond_dim: sides longer than this are kept diagonal.
-        precond_dtype: dtype of the factors, momentum and graft moments (float32 default;
-            bfloat16 supported).
-        nonfinite: ``"raise"`` (default) raises before any state changes when a gradient
-            has NaN/inf; ``"skip"`` skips the whole step (counted in ``skipped_steps``).
-
-    A refresh that yields non-finite or non-positive factors is discarded and the last
-    good preconditioner kept; ``state[p]["rejected"]`` counts them. This holds per matrix
-    layer; the diagonal-scheme parameters of a group (biases, norms), which are refreshed as
-    one concatenated vector, share the decision.
+    Options: ``lr`` and ``precond_lr`` (β₂) positionally, the rest by keyword, with the
+    names, defaults and meanings of :class:`spectral_curv.optim.Options`; each param group
+    may override any of them. ``nonfinite="raise"`` (default) raises before any state
+    changes when a gradient has NaN/inf; ``"skip"`` skips the whole step (``skipped_steps``).
+    No exception escapes a refresh: one that fails (a singular solve, non-finite or
+    non-positive factors, an exploding rotation) is discarded, the last good factors kept,
+    ``state[p]["rejected"]`` counts it and a ``RejectedRefreshWarning`` is given once.
 
     Example (a linear least-squares fit)::
 
@@ -465,67 +258,35 @@ class SpectralKron(Optimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float | Tensor = 1e-3,
         precond_lr: float = 0.1,
-        *,
-        p: float = 2.0,
-        gamma: float = 1.0,
-        damping: float = 1e-8,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        update_interval: int = 2,
-        precond_warmup: int = 10,
-        reorth_interval: int = 10,
-        cayley: str = "quadratic",
-        cayley_terms: int = 1,
-        exp: str = "first_order",
-        tie_tol: float | None = None,
-        max_step_norm: float | None = None,
-        rotation: str = "damped",
-        max_update_rms: float | None = None,
-        graft: str | None = None,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        max_precond_dim: int = 4096,
-        precond_dtype: torch.dtype = torch.float32,
-        nonfinite: str = "raise",
+        **options: Any,
     ) -> None:
-        if nonfinite not in _NONFINITE:
-            raise ValueError(f"`nonfinite` must be one of {_NONFINITE}, got {nonfinite!r}")
-        defaults = dict(
-            lr=lr,
-            precond_lr=precond_lr,
-            p=p,
-            gamma=gamma,
-            damping=damping,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            update_interval=update_interval,
-            precond_warmup=precond_warmup,
-            reorth_interval=reorth_interval,
-            cayley=cayley,
-            cayley_terms=cayley_terms,
-            exp=exp,
-            tie_tol=tie_tol,
-            max_step_norm=max_step_norm,
-            rotation=rotation,
-            max_update_rms=max_update_rms,
-            graft=graft,
-            betas=betas,
-            eps=eps,
-            max_precond_dim=max_precond_dim,
-            precond_dtype=precond_dtype,
-        )
-        _check_options(defaults)
-        defaults["betas"] = tuple(betas)
-        self.nonfinite = nonfinite
-        self.skipped_steps = 0
-        super().__init__(params, defaults)
+        o = _options({"lr": lr, "precond_lr": precond_lr, **options})
+        super().__init__(params, o.as_dict())
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """``torch.optim`` semantics; the group's own hyperparameters are validated too."""
-        _check_options({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
-        if "betas" in param_group:
-            param_group = {**param_group, "betas": tuple(param_group["betas"])}
-        super().add_param_group(param_group)
+        group = optim.renamed(param_group)
+        names = optim.Options.names()
+        o = _options({**self.defaults, **{k: v for k, v in group.items() if k in names}})
+        group["graft_betas"] = o.graft_betas
+        group.setdefault(_SKIPPED, self.skipped_steps if self.param_groups else 0)
+        super().add_param_group(group)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped by ``nonfinite="skip"``; kept in every param group, so that
+        ``state_dict``, ``copy.deepcopy`` and pickling keep it."""
+        return int(self.param_groups[0].get(_SKIPPED, 0)) if self.param_groups else 0
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        for group in self.param_groups:
+            group[_SKIPPED] = int(value)
+
+    @property
+    def nonfinite(self) -> str:
+        """``"raise"`` when any param group says so, else ``"skip"`` (a step is whole)."""
+        return "raise" if any(g["nonfinite"] == "raise" for g in self.param_groups) else "skip"
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -538,23 +299,15 @@ class SpectralKron(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work: list[tuple[dict[str, Any], list[Tensor]]] = []
-        flags: dict[torch.device, list[Tensor]] = {}  # non-empty grads per device
-        for group in self.param_groups:
-            params = [prm for prm in group["params"] if prm.grad is not None]
-            for prm in params:
-                g = prm.grad
-                if g.is_sparse:
-                    raise RuntimeError("SpectralKron does not support sparse gradients")
-                if torch.is_complex(prm) or torch.is_complex(g):
-                    raise RuntimeError(
-                        "SpectralKron does not support complex parameters or gradients"
-                    )
-                if g.numel():
-                    flags.setdefault(g.device, []).append(g)
-            work.append((group, params))
-        # One host sync per device (the raise/skip decision needs the value).
-        if not all(_all_finite(gs) for gs in flags.values()):
+        work = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        for p in (p for _, ps in work for p in ps):
+            _check_param(p)
+        finite, rejected = _host_flags([p.grad for _, ps in work for p in ps], self.state)
+        if rejected > getattr(self, "_rejected_seen", 0) and not getattr(self, "_warned", False):
+            self._warned = True
+            warnings.warn(optim.REJECTED_MESSAGE, optim.RejectedRefreshWarning, stacklevel=2)
+        self._rejected_seen = rejected
+        if not finite:
             if self.nonfinite == "raise":
                 raise ValueError(
                     "SpectralKron: a gradient contains NaN or inf; no state was changed "
@@ -563,99 +316,141 @@ class SpectralKron(Optimizer):
             self.skipped_steps += 1
             return loss
         for group, params in work:
-            params = [prm for prm in params if self._owns(prm)]
-            if not params:
-                continue
-            states = []
-            for prm in params:
-                state = self.state[prm]
-                if not state:
-                    plan = optim.plan(tuple(prm.shape), group["max_precond_dim"])
-                    state.update(_init_state(prm, plan, group["precond_dtype"], group["graft"]))
-                states.append(state)
-            spectral_kron(
-                params,
-                [prm.grad for prm in params],
-                states,
-                **{k: group[k] for k in _GROUP_KEYS},
-            )
+            params = [p for p in params if self._owns(p)]
+            o = optim.Options.trusted(group)
+            for p in params:
+                if not self.state[p]:
+                    self.state[p].update(init_state(p, o))
+            if params:
+                spectral_kron(params, [p.grad for p in params], [self.state[p] for p in params], o)
         return loss
 
     def _owns(self, param: Tensor) -> bool:
-        """Whether this optimizer updates ``param`` (all of them here; a distributed subclass
-        updates only the parameters its rank owns, after every gradient was validated)."""
+        """Whether this optimizer updates ``param`` (a distributed subclass updates only the
+        parameters its rank owns, after every gradient was validated)."""
         return True
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load state without torch's default cast of floating state to the parameter dtype.
+        """Validate, then load, following ``torch.optim``'s contract (pre-hooks see and may
+        replace the whole state dict, post-hooks see the loaded state, entries not keyed by a
+        parameter are copied as is), except that tensors keep their saved dtype (torch would
+        cast float32 factors of a bf16 model) and integer ``step`` entries are accepted.
 
-        ``torch.optim.Optimizer.load_state_dict`` casts every state tensor but ``step`` to
-        its parameter's dtype, which would silently downcast float32 factors of a bf16 model
-        (and the int64 counters); here tensors keep their saved dtype, the counters ``step``
-        and ``refreshes`` stay on the CPU, everything else moves to the parameter's device.
+        A checkpoint for other shapes, with non-finite, non-positive or non-orthogonal
+        factors, or with bad counters raises a ValueError naming the parameter and the
+        field, and leaves the optimizer exactly as it was.
         """
-        import copy
-
-        saved_state = state_dict["state"]
-        super().load_state_dict({**state_dict, "state": {}})
-        for group in self.param_groups:  # a group saved before an option existed: its default
-            for k in _GROUP_KEYS:
-                group.setdefault(k, self.defaults[k])
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [prm for g in self.param_groups for prm in g["params"]]
-        id_to_param = dict(zip(saved_ids, params))
-        for pid, st in saved_state.items():
-            prm = id_to_param[pid]
-            new: dict[str, Any] = {}
-            for k, v in st.items():
-                if isinstance(v, Tensor):
-                    dev = torch.device("cpu") if k in _HOST_KEYS else prm.device
-                    new[k] = v.detach().to(dev, copy=True)
-                else:
-                    new[k] = copy.deepcopy(v)
-            self.state[prm] = new
-
-
-#: Per-group hyperparameters passed to :func:`spectral_kron`.
-_GROUP_KEYS = (
-    "lr",
-    "precond_lr",
-    "p",
-    "gamma",
-    "damping",
-    "momentum",
-    "weight_decay",
-    "update_interval",
-    "precond_warmup",
-    "reorth_interval",
-    "cayley",
-    "cayley_terms",
-    "exp",
-    "tie_tol",
-    "max_step_norm",
-    "rotation",
-    "max_update_rms",
-    "graft",
-    "betas",
-    "eps",
-    "max_precond_dim",
-    "precond_dtype",
-)
-
-#: State counters that live on the host (read with ``.item()`` every step).
-_HOST_KEYS = ("step", "refreshes")
+        sd = state_dict.copy()
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            out = hook(self, sd)
+            sd = out if out is not None else sd
+        saved_groups = copy.deepcopy(sd["param_groups"])
+        if len(saved_groups) != len(self.param_groups) or any(
+            len(a["params"]) != len(b["params"]) for a, b in zip(saved_groups, self.param_groups)
+        ):
+            raise ValueError("loaded state dict does not match the optimizer's param groups")
+        id_map = {
+            i: p
+            for a, b in zip(saved_groups, self.param_groups)
+            for i, p in zip(a["params"], b["params"])
+        }
+        groups = []
+        for saved, mine in zip(saved_groups, self.param_groups):
+            with warnings.catch_warnings():  # a checkpoint from before a rename
+                warnings.simplefilter("ignore", DeprecationWarning)
+                saved = optim.renamed(saved)
+            group = {**self.defaults, _SKIPPED: 0, **saved, "params": mine["params"]}
+            o = _options({k: group[k] for k in optim.Options.names()})
+            group["graft_betas"] = o.graft_betas
+            if isinstance(group[_SKIPPED], bool) or not isinstance(group[_SKIPPED], int):
+                raise ValueError(
+                    f"state dict: `{_SKIPPED}` must be an int, got {group[_SKIPPED]!r}"
+                )
+            groups.append(group)
+        state: dict[Any, Any] = {}
+        for k, v in sd["state"].items():
+            if k not in id_map:
+                state[k] = copy.deepcopy(v)
+                continue
+            prm = id_map[k]
+            grp = next(g for g in groups if any(prm is q for q in g["params"]))
+            state[prm] = _load_one(prm, v, optim.Options.trusted(grp), k)
+        self.__setstate__({"state": state, "param_groups": groups})
+        self._rejected_seen = sum(
+            int(st["rejected"])
+            for st in state.values()
+            if isinstance(st, dict) and "rejected" in st and not st["rejected"].is_meta
+        )
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
 
 
-def _all_finite(grads: list[Tensor]) -> bool:
-    """Whether every gradient (same device) is finite: one fused max-abs per tensor
-    (``_foreach_norm`` with ord ∞, NaN propagates) and one host sync for the list."""
-    norms = torch._foreach_norm(grads, float("inf"))
-    return bool(torch.isfinite(torch.stack(norms)).all())
+def _load_one(prm: Tensor, saved: Any, o: optim.Options, pid: Any) -> dict[str, Any]:
+    """A validated copy of one parameter's saved state on ``prm``'s device (an integer
+    counter is accepted and stored as a tensor)."""
+    where = f"state dict: param {pid} (shape {tuple(prm.shape)})"
+    if isinstance(saved, dict):
+        saved = {
+            k: torch.tensor(v, dtype=torch.int64) if k in _COUNTERS and type(v) is int else v
+            for k, v in saved.items()
+        }
+        for k, v in saved.items():
+            if not isinstance(v, Tensor):
+                raise ValueError(f"{where}: `{k}` must be a tensor, got {type(v)!r}")
+    pl = optim.plan(tuple(prm.shape), o.max_precond_dim)
+    if not (isinstance(saved, dict) and any(v.is_meta for v in saved.values())):
+        optim.check_state(saved, pl, tuple(prm.shape), o, where=where)  # (meta: no values)
+    return {
+        k: v.detach().to(torch.device("cpu") if k in _HOST_KEYS else prm.device, copy=True)
+        for k, v in saved.items()
+    }
 
 
-def _check_options(o: dict[str, Any]) -> None:
-    """Raise a ValueError naming the first invalid hyperparameter of a param group."""
-    optim.check_options(o)
-    dt = o["precond_dtype"]
-    if not (isinstance(dt, torch.dtype) and dt.is_floating_point):
-        raise ValueError(f"`precond_dtype` must be a floating torch.dtype, got {dt!r}")
+def _check_param(p: Tensor) -> None:
+    g = p.grad
+    if g.is_sparse:
+        raise RuntimeError("SpectralKron does not support sparse gradients")
+    if torch.is_complex(p) or torch.is_complex(g):
+        raise RuntimeError("SpectralKron does not support complex parameters or gradients")
+    if not p.is_floating_point():
+        raise TypeError(f"SpectralKron needs floating-point parameters, got {p.dtype}")
+    if p.device.type == "meta":
+        raise TypeError("SpectralKron cannot step parameters on the `meta` device (no values)")
+
+
+def _host_flags(grads: list[Tensor], state: Any) -> tuple[bool, int]:
+    """Whether every gradient is finite (a fused max-abs per tensor, NaN propagating), and
+    the total of the ``rejected`` counters (refreshes of earlier steps), in one host sync
+    per device."""
+    by_dev: dict[torch.device, list[Tensor]] = {}
+    for g in grads:
+        if g.numel():
+            by_dev.setdefault(g.device, []).append(g)
+    rej: dict[torch.device, list[Tensor]] = {}
+    for st in state.values():
+        if isinstance(st, dict) and isinstance(st.get("rejected"), Tensor):
+            rej.setdefault(st["rejected"].device, []).append(st["rejected"])
+    finite, total = True, 0
+    for dev in by_dev.keys() | rej.keys():
+        parts = []
+        if by_dev.get(dev):
+            norms = torch.stack(torch._foreach_norm(by_dev[dev], float("inf")))
+            parts.append(torch.isfinite(norms).all().to(torch.int64))
+        else:
+            parts.append(torch.ones((), dtype=torch.int64, device=dev))
+        if rej.get(dev):
+            parts.append(torch.stack(rej[dev]).sum())
+        else:
+            parts.append(torch.zeros((), dtype=torch.int64, device=dev))
+        ok, n = torch.stack(parts).tolist()
+        finite, total = finite and bool(ok), total + int(n)
+    return finite, total
+
+
+def _options(kw: dict[str, Any]) -> optim.Options:
+    """Validated ``optim.Options`` (deprecated names mapped; torch dtypes checked)."""
+    o = optim.Options(**optim.renamed(kw, stacklevel=4))
+    dt = o.precond_dtype
+    if dt is not None and not (isinstance(dt, torch.dtype) and dt.is_floating_point):
+        raise ValueError(f"`precond_dtype` must be a floating torch.dtype or None, got {dt!r}")
+    return o

@@ -1,4 +1,4 @@
-"""Torch fast paths: fused GEMM-accumulate for the Cayley products (SPEC §1).
+"""Torch fast paths: fused GEMM-accumulate for the Cayley products (math §1).
 
 ``torch.addmm``/``baddbmm`` compute ``P + P @ Y`` in one kernel without a temporary,
 and the exact Cayley uses one LU solve; results equal the generic route to round-off.

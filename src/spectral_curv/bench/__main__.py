@@ -1,160 +1,95 @@
-"""``python -m spectral_curv.bench {precond,optim,train,soak} [options]``.
-
-See :mod:`spectral_curv.bench.precond`, :mod:`spectral_curv.bench.optim` and
-:mod:`spectral_curv.bench.train`.
-"""
+"""``python -m spectral_curv.bench {precond,optim,train,soak,roots} [options]`` (also reached as
+``spectral-curv bench``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m spectral_curv.bench",
-        description="Microbenchmarks of spectral_curv.",
-    )
-    sub = parser.add_subparsers(dest="bench", required=True)
-    p = sub.add_parser(
+#: (name, one-line help, description) of every subcommand.
+SUBCOMMANDS = (
+    (
         "precond",
-        help="refresh + step cost in matmul-equivalents (spectral vs eigh vs Muon)",
-        description=(
-            "Time the Kronecker spectral refresh + step, an eigh refresh of both factors "
-            "(Shampoo/SOAP) and Muon's 5 Newton-Schulz steps, in fp32 on CPU, as multiples "
-            "of one n x n x n matmul measured in the same run."
-        ),
-    )
-    p.add_argument(
-        "--sizes",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="N",
-        help="square layer sizes (default 256 512 1024 2048; --quick: 128 256)",
-    )
-    p.add_argument(
-        "--backend",
-        nargs="+",
-        choices=("numpy", "torch"),
-        default=None,
-        help="backends to time (default: numpy, and torch when installed)",
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="timed rounds per size, median reported (default 5; --quick: 3)",
-    )
-    p.add_argument(
-        "--terms",
-        type=int,
-        default=1,
-        help="Neumann Cayley depth K of the spectral Neumann row (default 1)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
-    p.add_argument(
-        "--budget",
-        type=float,
-        default=25.0,
-        metavar="SECONDS",
-        help="per (backend, n): fewer rounds (>= 3) where the rounds would take "
-        "longer than this (default 25; 0: always --repeats)",
-    )
-    p.add_argument(
-        "--malloc",
-        choices=("default", "no-trim"),
-        default="default",
-        help="'no-trim': glibc mallopt so freed arrays are reused instead of "
-        "being faulted in again (default: leave the allocator alone)",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="CI smoke run: n = 128 256, 3 rounds, writes nothing unless asked",
-    )
-    p.add_argument(
-        "--out",
-        default=None,
-        metavar="MD",
-        help="markdown file whose benchmark section is (re)written "
-        "(default docs/benchmarks.md; not with --quick)",
-    )
-    p.add_argument(
-        "--plot",
-        default=None,
-        metavar="PNG",
-        help="PNG plot path (default docs/img/precond_cost.png; not with --quick)",
-    )
-    p.add_argument(
-        "--no-write",
-        action="store_true",
-        help="print only: write neither the markdown nor the plot",
-    )
-    p.add_argument(
-        "--json",
-        default=None,
-        metavar="PATH",
-        help="also write the raw numbers as JSON to PATH ('-' for stdout; default "
-        "docs/benchmarks_precond.json, not with --quick or --no-write)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    from .optim import add_arguments as optim_arguments  # imports no framework
+        "refresh-step cost in matmul-equivalents (spectral vs eigh vs Muon)",
+        "Time one refresh step of the Kronecker spectral preconditioner as SpectralKron runs "
+        "it (optim.refresh + optim.direction), an eigh refresh of both factors "
+        "(Shampoo/SOAP) and Muon's 5 Newton-Schulz steps, in fp32 on CPU, as multiples of "
+        "one n x n x n matmul measured in the same run.",
+    ),
+    (
+        "optim",
+        "training-step time: SpectralKron vs AdamW, Muon and an eigh refresh",
+        "Whole-step and opt.step() time of SpectralKron vs torch.optim.AdamW, "
+        "torch.optim.Muon and an eigh refresh on a small transformer "
+        "(module spectral_curv.bench.step).",
+    ),
+    (
+        "train",
+        "training benchmark on real data: loss/accuracy curves per optimizer",
+        "Tune and train MLP / CNN / ViT on Fashion-MNIST (or sklearn digits) with AdamW, "
+        "Muon, SpectralKron, SOAP, Shampoo and PSGD Kron; writes a report, a JSON of every "
+        "curve and PNG plots (module spectral_curv.bench.train).",
+    ),
+    (
+        "soak",
+        "stability soak: 5,000-step bf16 MLP runs and a 10^5-step drift run",
+        "Long bf16 training runs (bf16 and f32 factors, several seeds, default and exact "
+        "modes) and a 10^5-step orthogonality-drift run (module spectral_curv.bench.soak).",
+    ),
+    (
+        "roots",
+        "any matrix root p: lr sweep of p = 1, 2, 4 on an autoencoder, diverging runs",
+        "Full-batch tanh autoencoder on scikit-learn's digits: one lr grid for SpectralKron "
+        "p = 1, 2, 4 (step_scale='p2'), p = 1 with the raw step and AdamW; then runs at "
+        "1000x the best lr, which must never raise from step() (module "
+        "spectral_curv.bench.roots).",
+    ),
+    (
+        "device",
+        "GPU benchmark: refresh cost, whole step vs AdamW/Muon/SOAP, CuPy vs torch",
+        "One short GPU run (<= 5 minutes on one H100/H200): the refresh step with bf16 and "
+        "fp32 factors vs an fp32 eigh refresh and Muon's Newton-Schulz, stacked layers, the "
+        "whole training step of a GPT-2-small-like stack vs AdamW, Muon and SOAP with peak "
+        "memory, and the CuPy backend vs torch; PASS/FAIL targets. --device cpu --tiny is a "
+        "dry run (module spectral_curv.bench.device).",
+    ),
+)
 
-    optim_arguments(
-        sub.add_parser(
-            "optim",
-            help="training-step time: SpectralKron vs AdamW, Muon and an eigh refresh",
-            description="Whole-step and opt.step() time of SpectralKron vs torch.optim.AdamW, "
-            "torch.optim.Muon and an eigh refresh on a small transformer "
-            "(see spectral_curv.bench.optim).",
-        )
-    )
-    from .train import add_arguments as train_arguments  # imports no framework
 
-    train_arguments(
-        sub.add_parser(
-            "train",
-            help="training benchmark on real data: loss/accuracy curves per optimizer",
-            description="Tune and train MLP / CNN / ViT on Fashion-MNIST (or sklearn digits) with "
-            "AdamW, Muon, SpectralKron, SOAP, Shampoo and PSGD Kron; writes "
-            "docs/benchmarks_train.md, a JSON of every curve and PNG plots "
-            "(see spectral_curv.bench.train).",
-        )
-    )
-    from .soak import add_arguments as soak_arguments
+def add_subcommands(parser: argparse.ArgumentParser) -> None:
+    """The benchmark subcommands under ``parser`` (imports no framework)."""
+    from . import device, precond, roots, soak, step, train
 
-    soak_arguments(
-        sub.add_parser(
-            "soak",
-            help="stability soak: 5,000-step bf16 MLP runs and a 10^5-step drift run",
-            description="Long bf16 training runs (bf16 and f32 factors, several seeds, default "
-            "and exact modes) and a 10^5-step orthogonality-drift run; writes "
-            "docs/benchmarks_soak.md (see spectral_curv.bench.soak).",
-        )
-    )
+    adders = {
+        "precond": precond.add_arguments,
+        "optim": step.add_arguments,
+        "train": train.add_arguments,
+        "soak": soak.add_arguments,
+        "roots": roots.add_arguments,
+        "device": device.add_arguments,
+    }
+    names = "{" + ",".join(adders) + "}"
+    sub = parser.add_subparsers(dest="bench", required=True, metavar=names)
+    for name, help_, description in SUBCOMMANDS:
+        adders[name](sub.add_parser(name, help=help_, description=description))
+
+
+def build_parser(prog: str = "python -m spectral_curv.bench") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Benchmarks of spectral_curv.")
+    add_subcommands(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Dispatch parsed ``bench`` arguments to their runner."""
     if args.bench == "precond":
         from . import precond
 
-        if args.no_write:
-            args.out = args.plot = None
-        else:
-            if args.out is None and not args.quick:
-                args.out = "docs/benchmarks.md"
-            if args.plot is None and not args.quick:
-                args.plot = "docs/img/precond_cost.png"
-            if args.json is None and not args.quick:
-                args.json = "docs/benchmarks_precond.json"
         return precond.main(args)
     if args.bench == "optim":
-        from . import optim
+        from . import step
 
-        return optim.main(args)
+        return step.main(args)
     if args.bench == "train":
         from . import train
 
@@ -163,7 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         from . import soak
 
         return soak.main(args)
+    if args.bench == "roots":
+        from . import roots
+
+        return roots.main(args)
+    if args.bench == "device":
+        from . import device
+
+        return device.main(args)
     return 2  # pragma: no cover - argparse rejects unknown subcommands
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m spectral_curv.bench") -> int:
+    return run(build_parser(prog).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,91 +1,73 @@
-"""Preconditioner-cost microbenchmark: refresh + step in matmul-equivalents (fp32, CPU).
+"""Preconditioner cost (``bench precond``): one refresh step in matmul-equivalents, fp32 CPU.
 
-For a square n×n layer, each method's wall time is divided by the time of one n×n×n
-matmul ``A @ B`` measured in the same run, on the same backend, interleaved with the
-method's own repeats (so a burst of load from elsewhere hits both). Methods:
+For a square n×n layer, each method's time is divided by the time of one n×n×n matmul
+``A @ B`` measured in the same run, on the same backend, interleaved with the method's own
+repeats (so a burst of load from elsewhere hits both). Methods:
 
-``spectral_quadratic`` (the target route)
-    ``kron.precondition_and_update(cayley="quadratic", exp="first_order")``: the spectral
-    scheme's refresh + preconditioned step in the rotated-gradient form (SPEC §4), with the
-    Cayley map's quadratic Taylor polynomial ``I + 2X + 2X²`` (orthogonal to O(X⁴), as
-    Neumann K = 1; ``maps.cayley_apply_quadratic``). Products: R = B_CᵀGB_K (2), W_C, W_K
-    (2), step (2), per factor X², B·Q (2): 10.
+``spectral_quadratic`` (the optimizers' default route, and the target)
+    What ``SpectralKron`` runs on a refresh step, called as the optimizers call it:
+    ``optim.refresh(state, G, cayley="quadratic", exp="first_order", ...)`` (the GOP update
+    with keep-last-good) then ``optim.direction(state, G, p)``. Products: refresh R = B_CᵀGB_K
+    (2), W_C, W_K (2), per factor X², B·Q (2×2); direction R (2), step (2): 12.
 ``spectral_neumann``
-    The same with ``cayley="neumann", cayley_terms=K``: per factor X², P·X², B·P (3 at
-    K = 1): 12 at K = 1.
+    The same with ``cayley="neumann", cayley_terms=K``: per factor X², P·X², B·P at K = 1: 14.
 ``spectral_generic`` (torch only)
-    ``spectral_quadratic`` with the torch fast paths switched off
-    (``backends.generic_only``): the pure array-API route that the core runs on any backend.
+    ``spectral_quadratic`` with the torch fast paths switched off (``backends.generic_only``).
 ``spectral_exact``
-    The same with ``cayley="exact"``: 8 products and one LU solve per factor.
+    ``cayley="exact"``: 10 products and one LU solve per factor.
 ``eigh_refresh``
-    Shampoo/SOAP style: accumulate both Kronecker factors (``L ← βL + GGᵀ``,
-    ``R ← βR + GᵀG``: 2 products), ``eigh`` of both n×n factors, and the preconditioned
-    step ``Q_L[(Q_LᵀGQ_R) ⊙ (λ_L^{-1/2p} λ_R^{-1/2p}ᵀ)]Q_Rᵀ`` (4 products).
+    Shampoo/SOAP (:func:`.reference.eigh_refresh`): accumulate both factors (2 products),
+    ``eigh`` of both, the preconditioned step (4 products).
 ``muon_ns5``
-    Muon's 5 quintic Newton–Schulz steps with coefficients (3.4445, −4.7750, 2.0315)
-    (torch.optim.Muon / Keller Jordan's code), in fp32 instead of bf16: 3 products a step.
+    Muon's 5 quintic Newton–Schulz steps (:func:`.reference.newton_schulz5`), fp32: 15.
 
-The spectral rows call the library's core exactly as a user would (numpy arrays, or torch
-tensors through the array-API namespace plus the registered torch fast paths); the
-baselines use each backend natively. Everything is float32.
-
-"Products" counts n×n×n matrix products. numpy runs a product of the form ``A @ A.T``
-(same buffer, transposed) as a BLAS ``syrk`` at half the flops; "flop-eq" is the flop
-count in matmul units on that backend (syrk = ½, an LU solve ``(I−X)⁻¹(I+X)`` = 4/3;
-``eigh`` is not given a flop count: it is dominated by a memory-bound tridiagonal
-reduction, so a flop count says little about its time).
+A plain step (no refresh: ``optim.direction`` only) costs 4 products; the periodic
+re-orthonormalisation (one refresh in ``reorth_interval``) is not timed. "flop-eq" counts
+the flops in matmul units on that backend: numpy runs ``A @ A.T`` as a BLAS ``syrk`` at half
+the flops, an LU solve ``(I−X)⁻¹(I+X)`` is 4/3; ``eigh`` gets none (it is dominated by a
+memory-bound tridiagonal reduction). Reports: :mod:`.precond_report`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import ctypes
 import datetime
 import functools
-import json
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .report import replace_section
+from . import report
+from .reference import NS_STEPS, eigh_refresh, newton_schulz5
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_SIZES",
     "METHODS",
     "QUICK_SIZES",
+    "ROUTE",
     "TARGET",
     "TARGET_METHOD",
     "Result",
+    "add_arguments",
     "analytic",
-    "machine_info",
-    "markdown_section",
-    "newton_schulz5",
-    "plot",
+    "main",
     "run",
-    "table",
-    "write_markdown",
 ]
 
 DEFAULT_SIZES = (256, 512, 1024, 2048)
 QUICK_SIZES = (128, 256)
 BACKENDS = ("numpy", "torch")
-#: Acceptance target for the spectral refresh + step (``TARGET_METHOD``) at n >= 1024.
+#: Acceptance target for the spectral refresh step (``TARGET_METHOD``) at n >= 1024.
 TARGET = 12.0
 TARGET_METHOD = "spectral_quadratic"
 TARGET_MIN_N = 1024
-#: Muon's quintic Newton–Schulz coefficients (torch.optim.Muon, Keller Jordan's muon.py).
-NS_COEFFS = (3.4445, -4.7750, 2.0315)
-NS_STEPS = 5
 
 METHODS = (
     "spectral_quadratic",
@@ -112,10 +94,16 @@ SHORT = {
     "muon_ns5": "Muon-NS5",
 }
 
-# Hyperparameters of the timed spectral call (values do not change the work done).
+# Hyperparameters of the timed spectral calls (values do not change the work done); the
+# others are SpectralKron's defaults.
 P_ROOT = 2
 BETA2 = 0.1
+DAMPING = 1e-8
 EIGH_BETA = 0.95
+#: ``optim.direction``: R = B_CᵀGB_K (2) + the step B_C[…]B_Kᵀ (2).
+DIRECTION_PRODUCTS = 4
+#: What the spectral rows time (stored in the JSON's config).
+ROUTE = "optim.refresh + optim.direction"
 
 
 # --------------------------------------------------------------------------- counts
@@ -134,30 +122,32 @@ def analytic(method: str, terms: int = 1) -> dict[str, Any]:
     runs those at half the flops); ``other``: non-product kernels; ``other_flop_eq``: their
     flops in matmul units (None where a flop count is not meaningful).
     """
+    d = DIRECTION_PRODUCTS
     if method in ("spectral_quadratic", "spectral_generic"):
         return {
-            "products": 10,
+            "products": 8 + d,
             "syrk": 4,
             "other": "",
             "other_flop_eq": 0.0,
-            "breakdown": "R 2 + W_C,W_K 2 + step 2 + 2×(X², B·Q) quadratic Cayley",
+            "breakdown": "refresh: R 2 + W_C,W_K 2 + 2×(X², B·Q); direction: R 2 + step 2",
         }
     if method == "spectral_neumann":
         prod, syrk = _neumann_products(terms)
         return {
-            "products": 6 + 2 * prod,
+            "products": 4 + 2 * prod + d,
             "syrk": 2 + 2 * syrk,
             "other": "",
             "other_flop_eq": 0.0,
-            "breakdown": f"R 2 + W_C,W_K 2 + step 2 + 2×{prod} Cayley (K={terms})",
+            "breakdown": f"refresh: R 2 + W_C,W_K 2 + 2×{prod} Cayley (K={terms}); "
+            "direction: R 2 + step 2",
         }
     if method == "spectral_exact":
         return {
-            "products": 8,
+            "products": 6 + d,
             "syrk": 2,
             "other": "2 solve",
             "other_flop_eq": 2 * 4.0 / 3.0,
-            "breakdown": "R 2 + W_C,W_K 2 + step 2 + 2×(LU solve + B·C)",
+            "breakdown": "refresh: R 2 + W_C,W_K 2 + 2×(LU solve + B·C); direction: R 2 + step 2",
         }
     if method == "eigh_refresh":
         return {
@@ -188,62 +178,12 @@ def flop_eq(method: str, backend: str, terms: int = 1) -> float | None:
 
 
 def analytic_label(method: str, backend: str, terms: int = 1) -> str:
-    """``"12"``, ``"8+2 solve"``, ``"6+2 eigh"`` … (products, plus other kernels)."""
+    """``"12"``, ``"10+2 solve"``, ``"6+2 eigh"`` … (products, plus other kernels)."""
     a = analytic(method, terms)
     return f"{a['products']}" + (f"+{a['other']}" if a["other"] else "")
 
 
 # --------------------------------------------------------------------------- methods
-
-
-def newton_schulz5(xp: Any, g: Any, steps: int = NS_STEPS, eps: float = 1e-7) -> Any:
-    """Muon's quintic Newton–Schulz orthogonalisation (Keller Jordan's ``muon.py``), generic.
-
-    ``X ← G/‖G‖_F`` (transposed if tall), then ``A = XXᵀ``, ``B = bA + cA²``,
-    ``X ← aX + BX`` for ``steps`` steps; computed in ``g``'s dtype (fp32 here, bf16 in
-    the original).
-    """
-    a, b, c = NS_COEFFS
-    tall = g.shape[-2] > g.shape[-1]
-    x = g.mT if tall else g
-    x = x / (xp.sqrt(xp.sum(x * x)) + eps)
-    for _ in range(steps):
-        gram = x @ x.mT
-        upd = b * gram + c * (gram @ gram)
-        x = a * x + upd @ x
-    return x.mT if tall else x
-
-
-def _newton_schulz5_torch(g: Any, steps: int = NS_STEPS, eps: float = 1e-7) -> Any:
-    """``torch.optim.Muon``'s ``_zeropower_via_newtonschulz`` loop (fused ``addmm``), fp32."""
-    import torch
-
-    a, b, c = NS_COEFFS
-    x = g.T if g.size(0) > g.size(1) else g
-    x = x / x.norm().clamp(min=eps)
-    for _ in range(steps):
-        gram = x @ x.T
-        upd = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-        x = torch.addmm(x, upd, x, beta=a)
-    return x.T if g.size(0) > g.size(1) else x
-
-
-def eigh_refresh(
-    xp: Any, left: Any, right: Any, g: Any, *, p: float = P_ROOT, beta: float = EIGH_BETA
-) -> tuple[Any, Any]:
-    """Shampoo/SOAP-style refresh + step: accumulate both factors, ``eigh`` both, precondition.
-
-    Returns ``((L, R, Q_L, λ_L, Q_R, λ_R), step)`` with
-    ``step = Q_L [(Q_Lᵀ G Q_R) ⊙ λ_L^{-1/2p} λ_R^{-1/2p}ᵀ] Q_Rᵀ`` (``(L ⊗ R)^{-1/2p}`` per
-    factor, i.e. ``S^{-1/p}`` for ``S = L ⊗ R``).
-    """
-    left = beta * left + (1.0 - beta) * (g @ g.mT)
-    right = beta * right + (1.0 - beta) * (g.mT @ g)
-    lam_l, q_l = xp.linalg.eigh(left)
-    lam_r, q_r = xp.linalg.eigh(right)
-    e = -1.0 / (2.0 * p)
-    core = (q_l.mT @ g @ q_r) * (lam_l**e)[:, None] * (lam_r**e)[None, :]
-    return (left, right, q_l, lam_l, q_r, lam_r), q_l @ core @ q_r.mT
 
 
 @functools.lru_cache(maxsize=2)
@@ -276,9 +216,11 @@ def _inputs(n: int, seed: int) -> dict[str, np.ndarray]:
 def _callables(
     backend: str, n: int, terms: int, seed: int, methods: Sequence[str]
 ) -> tuple[Callable[[], Any], dict[str, Callable[[], Any]]]:
-    """``(matmul, {method: fn})`` for one backend and size, on fp32 arrays of that backend."""
+    """``(matmul, {method: fn})`` for one backend and size, on fp32 arrays of that backend.
+
+    A spectral ``fn`` returns ``(new_state, direction)``, as a refresh step computes them."""
     from .. import backends as _backends
-    from .. import kron
+    from .. import kron, optim
     from .._array import array_namespace
 
     raw = _inputs(n, seed)
@@ -298,15 +240,17 @@ def _callables(
 
     def spectral(cayley: str) -> Callable[[], Any]:
         def fn() -> Any:
-            return kron.precondition_and_update(
+            # SpectralKron's refresh step: refresh, then the direction with the new factors.
+            new, _ = optim.refresh(
                 state,
                 g,
-                p=P_ROOT,
-                beta2=BETA2,
+                precond_lr=BETA2,
+                damping=DAMPING,
                 cayley=cayley,
-                cayley_terms=terms,
                 exp="first_order",
+                cayley_terms=terms,
             )
+            return new, optim.direction(new, g, p=P_ROOT)
 
         return fn
 
@@ -314,22 +258,13 @@ def _callables(
         with _backends.generic_only():
             return spectral("quadratic")()
 
-    if backend == "torch":
-
-        def muon() -> Any:
-            return _newton_schulz5_torch(g)
-    else:
-
-        def muon() -> Any:
-            return newton_schulz5(xp, g)
-
     table = {
         "spectral_quadratic": spectral("quadratic"),
         "spectral_neumann": spectral("neumann"),
         "spectral_generic": generic,
         "spectral_exact": spectral("exact"),
-        "eigh_refresh": lambda: eigh_refresh(xp, arrs["L"], arrs["R"], g),
-        "muon_ns5": muon,
+        "eigh_refresh": lambda: eigh_refresh(xp, arrs["L"], arrs["R"], g, p=P_ROOT, beta=EIGH_BETA),
+        "muon_ns5": lambda: newton_schulz5(g),
     }
 
     def matmul() -> Any:
@@ -544,7 +479,7 @@ def run(
         if b not in BACKENDS:
             raise ValueError(f"unknown backend {b!r}; choose from {BACKENDS}")
     malloc_ok = set_malloc(malloc)
-    load0 = _loadavg()
+    load0 = report.loadavg()
     t0 = time.perf_counter()
     results: list[Result] = []
     for b in backends:
@@ -562,10 +497,10 @@ def run(
                 )
             )
     _inputs.cache_clear()
-    info = machine_info(backends)
+    info = report.machine_info(None, numpy=True, torch="torch" in backends)
     info["malloc"] = malloc if malloc_ok else f"{malloc} (not applied: not glibc)"
     info["loadavg_start"] = load0
-    info["loadavg_end"] = _loadavg()
+    info["loadavg_end"] = report.loadavg()
     return {
         "machine": info,
         "config": {
@@ -581,433 +516,85 @@ def run(
             "wall_s": time.perf_counter() - t0,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "target": {"method": TARGET_METHOD, "max_ratio": TARGET, "min_n": TARGET_MIN_N},
+            "route": ROUTE,
         },
         "results": [asdict(r) for r in results],
     }
 
 
-# --------------------------------------------------------------------------- machine
+# --------------------------------------------------------------------------- CLI
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _openblas_threads() -> int | None:
-    """numpy's OpenBLAS thread count, via threadpoolctl or the loaded library's symbol."""
-    try:
-        import threadpoolctl
-
-        for info in threadpoolctl.threadpool_info():
-            if info.get("internal_api") in ("openblas", "mkl", "blis"):
-                return int(info["num_threads"])
-    except Exception:  # threadpoolctl is optional
-        pass
-    with contextlib.suppress(OSError):
-        libs = {
-            line.split()[-1]
-            for line in Path("/proc/self/maps").read_text().splitlines()
-            if "openblas" in line.lower() and ".so" in line
-        }
-        for path in sorted(libs):
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for sym in (
-                "scipy_openblas_get_num_threads64_",
-                "scipy_openblas_get_num_threads",
-                "openblas_get_num_threads64_",
-                "openblas_get_num_threads",
-            ):
-                f = getattr(lib, sym, None)
-                if f is not None:
-                    f.restype = ctypes.c_int
-                    return int(f())
-    return None
-
-
-def _numpy_blas() -> str:
-    with contextlib.suppress(Exception):
-        cfg = np.show_config(mode="dicts")  # type: ignore[call-arg]
-        blas = cfg["Build Dependencies"]["blas"]
-        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    return "unknown"
-
-
-def machine_info(backends: Iterable[str] = ("numpy",)) -> dict[str, Any]:
-    """CPU, core counts, library versions and BLAS thread counts of this process."""
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    info: dict[str, Any] = {
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numpy_blas": _numpy_blas(),
-        "numpy_blas_threads": _openblas_threads(),
-        "thread_env": {
-            k: os.environ[k]
-            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-            if k in os.environ
-        },
-    }
-    if "torch" in backends:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-        info["torch_blas"] = "MKL" if torch.backends.mkl.is_available() else "non-MKL"
-    return info
-
-
-# --------------------------------------------------------------------------- reports
-
-
-def _fmt(x: float | None, nd: int = 1) -> str:
-    return "—" if x is None else f"{x:.{nd}f}"
-
-
-def table(data: dict[str, Any]) -> str:
-    """Plain-text table: one line per (backend, n, method), measured beside analytic."""
-    head = (
-        f"{'backend':<7} {'n':>5} {'method':<40} {'ms':>9} {'matmul ms':>9} "
-        f"{'mm-eq':>6} {'med/med':>7} {'min':>6} {'products':>10} {'flop-eq':>7}"
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``bench precond``."""
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="square layer sizes (default 256 512 1024 2048; --quick: 128 256)",
     )
-    lines = [head, "-" * len(head)]
-    prev = None
-    for r in data["results"]:
-        key = (r["backend"], r["n"])
-        if prev is not None and key != prev:
-            lines.append("")
-        prev = key
-        lines.append(
-            f"{r['backend']:<7} {r['n']:>5} {r['label']:<40} {1e3 * r['median_s']:>9.2f} "
-            f"{1e3 * r['matmul_median_s']:>9.2f} {r['ratio']:>6.1f} {r['ratio_of_medians']:>7.1f} "
-            f"{r['ratio_min']:>6.1f} {r['analytic']:>10} {_fmt(r['flop_eq']):>7}"
-        )
-    lines.append("")
-    lines.append(
-        "mm-eq = median over rounds of call time ÷ the matmul samples just before and "
-        "after it; med/med = median(call)/median(matmul); min = min/min."
+    p.add_argument(
+        "--backend",
+        nargs="+",
+        choices=BACKENDS,
+        default=None,
+        help="backends to time (default: numpy, and torch when installed)",
     )
-    lines.append(
-        "products = analytic n×n×n products per call; flop-eq = their flops in "
-        "matmul units on that backend (numpy: A·Aᵀ runs as syrk = ½)."
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed rounds per size, median reported (default 5; --quick: 3)",
     )
-    verdict = target_verdict(data)
-    if verdict:
-        lines.extend("target on " + v for v in verdict.splitlines())
-    return "\n".join(lines)
-
-
-def target_verdict(data: dict[str, Any]) -> str:
-    """One line per backend: is the target route ≤ TARGET at n ≥ TARGET_MIN_N?"""
-    terms = data["config"]["cayley_terms"]
-    method = data["config"].get("target", {}).get("method", TARGET_METHOD)
-    out = []
-    for b in data["config"]["backends"]:
-        rows = [
-            r
-            for r in data["results"]
-            if r["backend"] == b and r["method"] == method and r["n"] >= TARGET_MIN_N
-        ]
-        if not rows:
-            continue
-        worst = max(rows, key=lambda r: r["ratio"])
-        ok = all(r["ratio"] <= TARGET for r in rows)
-        cells = ", ".join(f"n={r['n']}: {r['ratio']:.1f}" for r in rows)
-        out.append(
-            f"{b}: {'MET' if ok else 'NOT MET'} ({cells}; worst {worst['ratio']:.1f}) "
-            f"for ≤ {TARGET:g} mm-eq, {LABELS[method].format(K=terms)}, "
-            f"n ≥ {TARGET_MIN_N}"
-        )
-    return "\n".join(out)
-
-
-def _wide(data: dict[str, Any], backend: str) -> list[str]:
-    rows = [r for r in data["results"] if r["backend"] == backend]
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    sizes = sorted({r["n"] for r in rows})
-    terms = data["config"]["cayley_terms"]
-    cell = {(r["n"], r["method"]): r for r in rows}
-    head = (
-        "| n | matmul (ms) | "
-        + " | ".join(LABELS[m].format(K=terms) for m in methods)
-        + " | rounds | page faults / call (spectral; matmul) |"
+    p.add_argument(
+        "--terms",
+        type=int,
+        default=1,
+        help="Neumann Cayley depth K of the spectral Neumann row (default 1)",
     )
-    lines = [head, "|" + "---:|" * (4 + len(methods))]
-    prods = " | ".join(analytic_label(m, backend, terms) for m in methods)
-    flops = " | ".join(_fmt(flop_eq(m, backend, terms)) for m in methods)
-    lines.append(f"| *products (analytic)* | | {prods} | | |")
-    lines.append(f"| *flop-eq on {backend}* | | {flops} | | |")
-    for n in sizes:
-        mm = next(r["matmul_median_s"] for r in rows if r["n"] == n)
-        vals = []
-        for m in methods:
-            r = cell[(n, m)]
-            v = f"{r['ratio']:.1f}"
-            if m == TARGET_METHOD and n >= TARGET_MIN_N:
-                v = f"**{v}**"
-            vals.append(v)
-        ex = cell[(n, methods[0])].get("extra", {})
-        pf = f"{ex.get('page_faults', '?')}; {ex.get('matmul_page_faults', '?')}"
-        lines.append(
-            f"| {n} | {1e3 * mm:.2f} | " + " | ".join(vals) + f" | {ex.get('rounds', '?')} | {pf} |"
-        )
-    return lines
-
-
-def markers(tag: str = "precond") -> tuple[str, str]:
-    """The BEGIN/END comment lines that delimit a generated section in the markdown."""
-    return (
-        f"<!-- {tag}-bench:begin (written by `python -m spectral_curv.bench precond`) -->",
-        f"<!-- {tag}-bench:end -->",
+    p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=25.0,
+        metavar="SECONDS",
+        help="per (backend, n): fewer rounds (>= 3) where the rounds would take "
+        "longer than this (default 25; 0: always --repeats)",
     )
-
-
-def section_tag(data: dict[str, Any]) -> str:
-    """``precond``, or ``precond-<malloc mode>`` for a run with a non-default allocator."""
-    mode = str(data["machine"].get("malloc", "default")).split()[0]
-    return "precond" if mode == "default" else f"precond-{mode}"
-
-
-def markdown_section(
-    data: dict[str, Any],
-    *,
-    plot_path: str | None = None,
-    json_path: str | None = None,
-    notes: str = "",
-) -> str:
-    """The generated section: machine, one table per backend, verdict, and the raw numbers
-    (a link to ``json_path`` where they were written, else inline JSON)."""
-    m, c = data["machine"], data["config"]
-    begin, end = markers(section_tag(data))
-    title = "Preconditioner cost: refresh + step in matmul-equivalents"
-    mode = str(m.get("malloc", "default"))
-    if not mode.startswith("default"):
-        title += f" (malloc: {mode})"
-    lines = [begin, f"## {title}", ""]
-    rounds = sorted({r.get("extra", {}).get("rounds", c["repeats"]) for r in data["results"]})
-    rtxt = (
-        f"{rounds[0]}"
-        if len(rounds) == 1
-        else f"{rounds[-1]} (or {rounds[0]} where a "
-        f"size's rounds would exceed the {c.get('budget_s')} s budget; see 'rounds')"
+    p.add_argument(
+        "--malloc",
+        choices=("default", "no-trim"),
+        default="default",
+        help="'no-trim': glibc mallopt so freed arrays are reused instead of "
+        "being faulted in again (default: leave the allocator alone)",
     )
-    cmd = "python -m spectral_curv.bench precond" + (
-        "" if mode.startswith("default") else f" --malloc {mode.split()[0]}"
+    p.add_argument("--quick", action="store_true", help="smoke run: n = 128 256, 3 rounds")
+    report.add_threads_argument(p)
+    report.add_output_arguments(
+        p, docs="docs/benchmarks.md, docs/benchmarks_precond.json, docs/img/precond_cost.png"
     )
-    lines.append(
-        "Time of one call ÷ time of one n×n×n fp32 matmul `A @ B` measured in the same run "
-        f"on the same backend: median over {rtxt} rounds of (call time ÷ mean of the matmul "
-        "samples taken just before and just after the call; a sample is the median of 3 "
-        "matmuls below 20 ms, else one), after one warm-up call of each. Square layers, "
-        f"float32, CPU. Reproduce with `{cmd}`."
-    )
-    lines.append("")
-    lines.append(
-        "**Machine.** "
-        + "; ".join(
-            filter(
-                None,
-                [
-                    f"{m['cpu']}",
-                    f"{m['cpus_usable']} usable CPU cores (os.cpu_count() = {m['cpu_count']})",
-                    f"Python {m['python']}",
-                    f"numpy {m['numpy']} ({m['numpy_blas']}, "
-                    f"{m['numpy_blas_threads']} BLAS threads)",
-                    (
-                        f"torch {m['torch']} ({m['torch_blas']}, {m['torch_threads']} threads)"
-                        if "torch" in m
-                        else ""
-                    ),
-                    f"malloc {mode}",
-                    f"load average {m.get('loadavg_start')} → {m.get('loadavg_end')}",
-                    f"{c['date']}, whole run {c['wall_s']:.0f} s",
-                ],
-            )
-        )
-        + "."
-    )
-    lines.append("")
-    for b in c["backends"]:
-        lines.append(
-            f"**{b}**"
-            + (
-                " (spectral rows: the core through the array-API "
-                "namespace, with the registered torch fast paths; "
-                "'generic route': fast paths off)"
-                if b == "torch"
-                else " (spectral rows: the core on numpy arrays)"
-            )
-        )
-        lines.append("")
-        lines.extend(_wide(data, b))
-        lines.append("")
-    verdict = target_verdict(data)
-    if verdict:
-        lines.append("**Target.** " + verdict.replace("\n", "; "))
-        lines.append("")
-    if plot_path:
-        lines.append(f"![matmul-equivalents vs n]({plot_path})")
-        lines.append("")
-    if notes:
-        lines.append(notes.strip())
-        lines.append("")
-    if json_path:
-        lines.append(f"Raw numbers (every round): [`{Path(json_path).name}`]({json_path}).")
-        lines.append("")
-    else:
-        lines.append("<details><summary>Raw numbers (JSON)</summary>")
-        lines.append("")
-        lines.append("```json")
-        lines.append(_compact_json(data))
-        lines.append("```")
-        lines.append("")
-        lines.append("</details>")
-    lines.append(end)
-    return "\n".join(lines) + "\n"
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
-def _compact(data: dict[str, Any]) -> dict[str, Any]:
-    """The JSON without per-round lists rounded to µs (kept short for the markdown)."""
-    res = []
-    for r in data["results"]:
-        r = dict(r)
-        r["times_s"] = [round(t, 6) for t in r["times_s"]]
-        r["matmul_times_s"] = [round(t, 6) for t in r["matmul_times_s"]]
-        for k in ("median_s", "matmul_median_s"):
-            r[k] = round(r[k], 6)
-        for k in ("ratio", "ratio_of_medians", "ratio_min"):
-            r[k] = round(r[k], 3)
-        r.pop("extra", None)
-        res.append(r)
-    return {"machine": data["machine"], "config": data["config"], "results": res}
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``bench precond`` (parsed ``args``)."""
+    from . import precond_report as rep
 
-
-def _compact_json(data: dict[str, Any]) -> str:
-    """Valid JSON with one line for the machine, one for the config, one per result."""
-    c = _compact(data)
-    res = c["results"]
-    lines = [
-        "{",
-        f' "machine": {json.dumps(c["machine"], ensure_ascii=False)},',
-        f' "config": {json.dumps(c["config"], ensure_ascii=False)},',
-        ' "results": [',
-    ]
-    lines += [
-        f"  {json.dumps(r, ensure_ascii=False)}" + ("," if i + 1 < len(res) else "")
-        for i, r in enumerate(res)
-    ]
-    lines += [" ]", "}"]
-    return "\n".join(lines)
-
-
-def write_markdown(path: str | os.PathLike[str], section: str) -> None:
-    """Replace the section of ``path`` between ``section``'s own markers, or append it."""
-    begin = section.split("\n", 1)[0]
-    end = next(
-        line
-        for line in section.splitlines()
-        if line.startswith("<!-- ") and line.endswith("-bench:end -->")
-    )
-    replace_section(path, section, begin, end, "# Benchmarks\n\n")
-
-
-def plot(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Matmul-equivalents vs n (log-x), one line per method and backend; PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    c, m = data["config"], data["machine"]
-    colors = {
-        "spectral_quadratic": "C0",
-        "spectral_neumann": "C4",
-        "spectral_generic": "C9",
-        "spectral_exact": "C2",
-        "eigh_refresh": "C3",
-        "muon_ns5": "C1",
-    }
-    styles = {"numpy": ("-", "o"), "torch": ("--", "s")}
-    fig, ax = plt.subplots(figsize=(8.0, 5.2), dpi=130)
-    for b in c["backends"]:
-        for meth in METHODS:
-            rows = sorted(
-                (r for r in data["results"] if r["backend"] == b and r["method"] == meth),
-                key=lambda r: r["n"],
-            )
-            if not rows:
-                continue
-            ls, mk = styles.get(b, ("-", "o"))
-            ax.plot(
-                [r["n"] for r in rows],
-                [r["ratio"] for r in rows],
-                ls,
-                marker=mk,
-                color=colors[meth],
-                label=f"{LABELS[meth].format(K=c['cayley_terms'])} [{b}]",
-            )
-    ax.axhline(
-        TARGET,
-        color="k",
-        lw=0.8,
-        ls=":",
-        label=f"target ≤ {TARGET:g} ({LABELS[TARGET_METHOD]}, n ≥ {TARGET_MIN_N})",
-    )
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    sizes = sorted({r["n"] for r in data["results"]})
-    ax.set_xticks(sizes)
-    ax.set_xticklabels([str(n) for n in sizes])
-    ax.minorticks_off()
-    yt = [
-        t
-        for t in (5, 8, 10, 12, 15, 20, 30, 50, 70, 100, 200, 500)
-        if min(r["ratio"] for r in data["results"]) * 0.8
-        <= t
-        <= max(r["ratio"] for r in data["results"]) * 1.25
-    ]
-    ax.set_yticks(yt)
-    ax.set_yticklabels([str(t) for t in yt])
-    ax.set_xlabel("layer size n (square n×n weight)")
-    ax.set_ylabel("time per call  [matmul-equivalents, log scale]")
-    threads = m.get("numpy_blas_threads")
-    ax.set_title(
-        "Preconditioner cost per step, fp32 CPU "
-        f"({m.get('cpus_usable')} cores, {threads} BLAS threads)\n"
-        "time ÷ time of one n×n×n matmul, same run",
-        fontsize=10,
-    )
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def main(args: Any) -> int:
-    """Entry point used by ``python -m spectral_curv.bench precond`` (parsed ``args``)."""
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
+    out = report.outputs(args, quick=args.quick)
+    backends = tuple(args.backend) if args.backend else available_backends()
+    threads = report.set_threads(args.threads, torch="torch" in backends)
+    n_methods = sum(len(methods_for(b)) for b in backends)
+    print(
+        f"bench precond{' (quick)' if args.quick else ''}: {len(backends)} backends × "
+        f"{len(sizes)} sizes ({' '.join(map(str, sizes))}) × {n_methods // len(backends)} "
+        f"methods, {repeats} rounds each; {report.threads_line(threads)}",
+        flush=True,
+    )
+    out.announce()
 
     def progress(msg: str) -> None:
         if not args.quiet:
@@ -1015,7 +602,7 @@ def main(args: Any) -> int:
 
     data = run(
         sizes,
-        args.backend,
+        backends,
         repeats=repeats,
         terms=args.terms,
         seed=args.seed,
@@ -1023,30 +610,26 @@ def main(args: Any) -> int:
         malloc=args.malloc,
         progress=progress,
     )
-    print(table(data))
-    if args.json:
-        text = json.dumps(data, indent=1)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(text + "\n")
-    plot_path = args.plot
-    if plot_path:
-        try:
-            plot(data, plot_path)
-            print(f"wrote {plot_path}", file=sys.stderr)
-        except ImportError as e:
-            print(f"no plot ({e}); pip install matplotlib", file=sys.stderr)
-            plot_path = None
-    if args.out:
-        here = Path(args.out).resolve().parent
-
-        def rel(path: str | None) -> str | None:
-            return None if not path or path == "-" else os.path.relpath(Path(path).resolve(), here)
-
-        write_markdown(
-            args.out, markdown_section(data, plot_path=rel(plot_path), json_path=rel(args.json))
-        )
-        print(f"wrote {args.out}", file=sys.stderr)
+    data["config"]["quick"] = bool(args.quick)
+    data["config"]["threads"] = threads
+    print(rep.table(data))
+    md = out.file("benchmarks.md", "precond.md")
+    js = out.file("benchmarks_precond.json", "precond.json")
+    png = out.file("img/precond_cost.png", "precond.png")
+    if md is None or js is None or png is None:
+        return 0
+    report.write_json(js, None, data)
+    plot_path: str | None = str(png)
+    try:
+        rep.plot(data, png)
+    except ImportError as e:
+        print(f"no plot ({e}); pip install matplotlib", file=sys.stderr)
+        plot_path = None
+    sec = rep.markdown_section(
+        data, plot_path=report.rel(plot_path, md.parent), json_path=report.rel(js, md.parent)
+    )
+    report.write_markdown(md, sec, "# Benchmarks\n\n")
+    for path in (md, js, plot_path):
+        if path:
+            print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -1,6 +1,7 @@
 """Stability soak: long bf16 training runs and a 10⁵-step drift run (``bench soak``).
 
-Two measurements, both written to ``docs/benchmarks_soak.md`` (+ JSON):
+Two measurements, written to ``soak.md`` + ``soak.json`` in the output folder
+(``--write-docs``: ``docs/benchmarks_soak.md`` + JSON):
 
 1. **bf16 MLP soak.** A 64→128→128→10 MLP with bfloat16 parameters trained on scikit-learn's
    bundled digits (minibatches of 64, so the curvature is noisy and eigenvalues of the
@@ -25,13 +26,13 @@ finite, final loss within 2× of the best run of its group, drift ≤ 2e-2 (bf16
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import report
 
 __all__ = ["MODES", "add_arguments", "drift_run", "drift_verdict", "main", "mlp_soak", "orth_drift"]
 
@@ -44,8 +45,6 @@ MODES: dict[str, dict[str, Any]] = {
     "exact_paper_unguarded": {"cayley": "exact", "rotation": "paper", "reorth_interval": 0},
 }
 
-MD_PATH = "docs/benchmarks_soak.md"
-JSON_PATH = "docs/benchmarks_soak.json"
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 
 
@@ -294,21 +293,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precond-lr", type=float, default=0.1, help="precond_lr (default 0.1)")
     p.add_argument("--record-every", type=int, default=50, help="drift sampling interval")
     p.add_argument("--long-steps", type=int, default=100_000, help="drift-run refreshes (0: skip)")
-    p.add_argument("--out", default=MD_PATH, help=f"markdown file (default {MD_PATH})")
-    p.add_argument("--json", default=JSON_PATH, help=f"JSON file (default {JSON_PATH})")
-    p.add_argument("--no-write", action="store_true", help="print only")
+    report.add_threads_argument(p)
+    report.add_output_arguments(p, docs="docs/benchmarks_soak.md and docs/benchmarks_soak.json")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the soak, print the table, write the report (unless ``--no-write``)."""
-    import os
     import sys
 
-    import torch
-
-    from .report import replace_section
-
-    torch.set_num_threads(1)
+    out = report.outputs(args)
+    threads = report.set_threads(args.threads)
+    print(
+        f"bench soak: {len(args.modes)} modes × 2 factor dtypes × {args.seeds} seeds × "
+        f"{args.steps} steps, then a {args.long_steps:,}-refresh drift run; "
+        f"{report.threads_line(threads)}",
+        flush=True,
+    )
+    out.announce()
     t0 = time.perf_counter()
     rows = []
     for mode in args.modes:
@@ -336,8 +337,9 @@ def main(args: argparse.Namespace) -> int:
         )
     data = {
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python -m spectral_curv.bench soak " + " ".join(sys.argv[2:]),
-        "loadavg": [round(v, 2) for v in os.getloadavg()],
+        "command": "python -m spectral_curv.bench soak "
+        + " ".join(a for a in sys.argv[2:] if a != "--write-docs"),
+        "loadavg": report.loadavg(),
         "wall_s": time.perf_counter() - t0,
         "config": {
             "steps": args.steps,
@@ -349,8 +351,10 @@ def main(args: argparse.Namespace) -> int:
         "rows": rows,
         "drift": drift,
     }
-    if not args.no_write:
-        Path(args.json).write_text(json.dumps(data, indent=1))
-        replace_section(args.out, _markdown(data), BEGIN, END, "# Stability soak\n")
-        print(f"wrote {args.out} and {args.json}")
+    md = out.file("benchmarks_soak.md", "soak.md")
+    js = out.file("benchmarks_soak.json", "soak.json")
+    if md is not None and js is not None:
+        report.write_json(js, None, data)
+        report.replace_section(md, _markdown(data), BEGIN, END, "# Stability soak\n")
+        print(f"wrote {md} and {js}")
     return 0

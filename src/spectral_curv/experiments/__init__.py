@@ -1,12 +1,17 @@
-"""Reproductions of the paper's experiments (SPEC §6), as plain functions returning JSON-able dicts.
+"""Reproductions of the paper's experiments (math §6), as plain functions returning JSON-able dicts.
 
 * :mod:`spectral_curv.experiments.matching` — Fig. 2 / 7 / 8: curvature matching of the
   full-matrix and Kronecker spectral schemes against the default, Cholesky and
   projection baselines.
+* :mod:`spectral_curv.experiments.nes` — Fig. 3 / 9: gradient-free NES on the five test
+  functions of Appx. C against xNES, Cholesky-NES and CMA-ES.
+* :mod:`spectral_curv.experiments.spd_step_timing` — wall-clock of the SPD spectral step in
+  the factored frame vs the former dense round trip (not imported here).
 
-No plotting and no framework imports here; numpy float64 on the CPU.
+No framework imports here; numpy float64 on the CPU (matplotlib is imported only by the
+NES command line's ``--plot``).
 """
 
-from . import matching
+from . import matching, nes
 
-__all__ = ["matching"]
+__all__ = ["matching", "nes"]

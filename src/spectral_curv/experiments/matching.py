@@ -1,6 +1,6 @@
 """Curvature matching of the paper's Fig. 2 / 7 (full matrix) and Fig. 2 / 8 (Kronecker).
 
-Set-up (Sec. 4.1 and Appx. B of the paper; SPEC §6), numpy float64 on the CPU:
+Set-up (Sec. 4.1 and Appx. B of the paper; math §6), numpy float64 on the CPU:
 
 * **Ground truth.** ``Σ = Q Diag(λ) Qᵀ`` with ``Q`` Haar-random orthogonal (QR of a
   Gaussian matrix, signs fixed) and ``λ_i = cond^{−u_i}``, ``u_i ~ U(0, 1)`` i.i.d.
@@ -17,7 +17,7 @@ Set-up (Sec. 4.1 and Appx. B of the paper; SPEC §6), numpy float64 on the CPU:
 * **Start.** ``S₀ = (tr Σ / n) I`` — isotropic, hence Kronecker-structured
   (``α = tr Σ / n``, ``B = I``, ``d = 1``), as the paper asks for the Kronecker case
   ("initialized all update schemes by a Kronecker structured matrix"). For the spectral
-  scheme this is the tie case of SPEC §5: every ``U_ij`` is masked in the first step.
+  scheme this is the tie case of math §5.5: every ``U_ij`` is masked in the first step.
 * **Metrics** (Appx. B): fixed-point error ``‖S_k − Σ‖_F / ‖Σ‖_F`` and iterate-matching
   error ``‖S_k − S_k^default‖_F / ‖S_k^default‖_F`` at the recorded iterations ``k``
   (``k`` = number of updates done; ``k = 0`` is ``S₀``).
