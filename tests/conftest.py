@@ -76,7 +76,13 @@ def skip_marked_backends(request: pytest.FixtureRequest, name: str) -> None:
         pytest.skip(f"{name}: {marker.kwargs.get('reason', 'skipped by skip_backends')}")
 
 
-@pytest.fixture(params=BACKENDS)
+# jax's parameter compiles under ``jit`` in every core test (~75 s of the suite on one core):
+# ``slow``, so that the contributors' ``-m "not slow"`` run stays under two minutes (CI runs
+# it; the optax adapter's own tests run jax in the quick run too).
+_PARAMS = [pytest.param(b, marks=pytest.mark.slow) if b == "jax" else b for b in BACKENDS]
+
+
+@pytest.fixture(params=_PARAMS)
 def xp(request: pytest.FixtureRequest) -> Any:
     """The array namespace under test (honours ``@pytest.mark.skip_backends``)."""
     skip_marked_backends(request, request.param)

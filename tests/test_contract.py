@@ -375,6 +375,10 @@ def adapter(request: pytest.FixtureRequest) -> type[Driver]:
     return DRIVERS[request.param]
 
 
+#: for the costlier checks: optax (jit compilations) only in the full run
+SLOW_OPTAX = ["torch", "numpy", pytest.param("optax", marks=pytest.mark.slow)]
+
+
 def _driver(name: str) -> type[Driver]:
     for mod in _FRAMEWORK[name]:
         pytest.importorskip(mod)
@@ -546,6 +550,7 @@ def test_bad_hyperparameter_raises_naming_it(adapter, option, value):
 
 
 # --------------------------------------------------------------------------- c. deprecated
+@pytest.mark.parametrize("adapter", SLOW_OPTAX, indirect=True)
 def test_deprecated_names_warn_and_match(adapter):
     hp = dict(lr=0.02, graft="adam", momentum=0.5, **F64)
     with pytest.warns(DeprecationWarning) as rec:
@@ -564,15 +569,7 @@ def test_deprecated_names_warn_and_match(adapter):
     assert max(_rel(old.params[k], other.params[k]) for k in SHAPES) > 1e-8
 
 
-def test_old_and_new_name_together_raise(adapter, request):
-    if adapter.name == "optax":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="optax._deprecated passes only the old names to optim.renamed, so "
-                "spectral_kron(eps=1e-6, graft_eps=1e-7) warns and silently uses eps",
-            )
-        )
+def test_old_and_new_name_together_raise(adapter):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         with pytest.raises(TypeError, match="both `eps`"):
@@ -752,6 +749,7 @@ def test_optax_corrupted_state_is_rejected(case):
 
 
 # --------------------------------------------------------------------------- g. low precision
+@pytest.mark.parametrize("adapter", SLOW_OPTAX, indirect=True)
 def test_float16_params_keep_float32_factors(adapter):
     P = _init(np.float16)
     d = adapter(P, lr=0.01, graft="adam")

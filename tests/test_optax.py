@@ -331,6 +331,7 @@ def test_routing_others(x64: None) -> None:
         spectral_kron(0.01, others={SPECTRAL: optax.sgd(0.1)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pdt", ["bfloat16", "float32"])
 def test_dtypes_preserved(pdt: str) -> None:
     dt = jnp.dtype(pdt)

@@ -510,6 +510,8 @@ def match_norm(v: Array, ds: list[Array], *, p: Any, ref: Array, axes: tuple[int
         ([1.212678, 4.850713], 5.0)
     """
     xp = array_namespace(v)
+    if math.prod(v.shape) == 0:  # nothing to scale (and no minimum over an empty axis)
+        return v
     out = v
     for d in ds:
         ld = xp.log(d)

@@ -543,6 +543,10 @@ def validate_state(
 def _deprecated(betas: Any, eps: Any, graft_betas: Any, graft_eps: Any) -> tuple[Any, Any]:
     """The graft constants, taking the deprecated ``betas``/``eps`` (``optim.renamed``)."""
     old = {k: v for k, v in (("betas", betas), ("eps", eps)) if v is not None}
+    given = {"graft_betas": graft_betas != _D.graft_betas, "graft_eps": graft_eps != _D.graft_eps}
+    for name, new_name in optim.DEPRECATED_NAMES.items():
+        if name in old and given[new_name]:
+            raise TypeError(f"got both `{name}` (deprecated) and `{new_name}`")
     new = optim.renamed(old, stacklevel=4)
     return new.get("graft_betas", graft_betas), new.get("graft_eps", graft_eps)
 
