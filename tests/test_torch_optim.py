@@ -29,7 +29,7 @@ from torch.nn import functional as F  # noqa: E402
 
 import spectral_curv.torch as sct  # noqa: E402
 from _configs import CONFIGS  # noqa: E402
-from spectral_curv import diag, kron, maps  # noqa: E402
+from spectral_curv import diag, kron, maps, optim  # noqa: E402
 from spectral_curv.torch import SpectralKron, spectral_kron  # noqa: E402
 
 TOL = 1e-12  # parameters (the trajectory)
@@ -241,28 +241,10 @@ class RefOptimizer:
         return new_params
 
 
-DEFAULTS = dict(
-    lr=1e-3,
-    precond_lr=0.1,
-    p=2.0,
-    gamma=1.0,
-    damping=1e-8,
-    momentum=0.9,
-    weight_decay=0.0,
-    update_interval=2,
-    precond_warmup=10,
-    reorth_interval=10,
-    cayley="quadratic",
-    cayley_terms=1,
-    exp="first_order",
-    tie_tol=None,
-    max_step_norm=None,
-    max_update_rms=None,
-    graft=None,
-    graft_betas=(0.9, 0.999),
-    graft_eps=1e-8,
-    max_precond_dim=4096,
-)
+# The optimizers' defaults (one definition: optim.Options); the dtype is set per test.
+DEFAULTS: dict[str, Any] = {
+    k: v for k, v in optim.Options().as_dict().items() if k not in ("precond_dtype", "nonfinite")
+}
 
 
 def _grads_at(model: nn.Module, params: list[np.ndarray], x: Any, y: Any) -> list[np.ndarray]:

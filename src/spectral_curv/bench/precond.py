@@ -613,23 +613,12 @@ def main(args: argparse.Namespace) -> int:
     data["config"]["quick"] = bool(args.quick)
     data["config"]["threads"] = threads
     print(rep.table(data))
-    md = out.file("benchmarks.md", "precond.md")
-    js = out.file("benchmarks_precond.json", "precond.json")
-    png = out.file("img/precond_cost.png", "precond.png")
-    if md is None or js is None or png is None:
-        return 0
-    report.write_json(js, None, data)
-    plot_path: str | None = str(png)
-    try:
-        rep.plot(data, png)
-    except ImportError as e:
-        print(f"no plot ({e}); pip install matplotlib", file=sys.stderr)
-        plot_path = None
-    sec = rep.markdown_section(
-        data, plot_path=report.rel(plot_path, md.parent), json_path=report.rel(js, md.parent)
+    return report.publish(
+        out,
+        data,
+        rep,
+        md=("benchmarks.md", "precond.md"),
+        js=("benchmarks_precond.json", "precond.json"),
+        png=("img/precond_cost.png", "precond.png"),
+        title="# Benchmarks\n\n",
     )
-    report.write_markdown(md, sec, "# Benchmarks\n\n")
-    for path in (md, js, plot_path):
-        if path:
-            print(f"wrote {path}", file=sys.stderr)
-    return 0

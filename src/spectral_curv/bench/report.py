@@ -472,3 +472,36 @@ def rel(path: str | os.PathLike[str] | None, base: str | os.PathLike[str]) -> st
     if path is None:
         return None
     return os.path.relpath(Path(path).resolve(), Path(base).resolve())
+
+
+def publish(
+    out: Outputs,
+    data: dict[str, Any],
+    rep: Any,
+    *,
+    md: tuple[str, str],
+    js: tuple[str, str],
+    png: tuple[str, str],
+    title: str,
+) -> int:
+    """Write a benchmark's JSON, plot (``rep.plot``) and markdown section
+    (``rep.markdown_section``); each of ``md``/``js``/``png`` is ``(docs path, file name)``
+    (:meth:`Outputs.file`). Nothing is written with ``--no-write``. Returns 0."""
+    md_p, js_p, png_p = out.file(*md), out.file(*js), out.file(*png)
+    if md_p is None or js_p is None or png_p is None:
+        return 0
+    write_json(js_p, None, data)
+    plot_path: str | None = str(png_p)
+    try:
+        rep.plot(data, png_p)
+    except ImportError as e:
+        print(f"no plot ({e}); pip install matplotlib", file=sys.stderr)
+        plot_path = None
+    sec = rep.markdown_section(
+        data, plot_path=rel(plot_path, md_p.parent), json_path=rel(js_p, md_p.parent)
+    )
+    write_markdown(md_p, sec, title)
+    for path in (md_p, js_p, plot_path):
+        if path:
+            print(f"wrote {path}", file=sys.stderr)
+    return 0

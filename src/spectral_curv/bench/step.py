@@ -813,26 +813,15 @@ def main(args: argparse.Namespace) -> int:
         data["profile"] = profile_steps(cfg, keys, log=None if args.quiet else _log)
         data["config"]["profile_wall_s"] = time.perf_counter() - t
     print(rep.table(data))
-    md = out.file("benchmarks_optim.md", "optim.md")
-    js = out.file("benchmarks_optim.json", "optim.json")
-    png = out.file("img/optim_step_time.png", "optim.png")
-    if md is None or js is None or png is None:
-        return 0
-    report.write_json(js, None, data)
-    plot_path: str | None = str(png)
-    try:
-        rep.plot(data, png)
-    except ImportError as e:
-        print(f"no plot ({e}); pip install matplotlib", file=sys.stderr)
-        plot_path = None
-    sec = rep.markdown_section(
-        data, plot_path=report.rel(plot_path, md.parent), json_path=report.rel(js, md.parent)
+    return report.publish(
+        out,
+        data,
+        rep,
+        md=("benchmarks_optim.md", "optim.md"),
+        js=("benchmarks_optim.json", "optim.json"),
+        png=("img/optim_step_time.png", "optim.png"),
+        title="# Optimizer step-time benchmark\n\n",
     )
-    report.write_markdown(md, sec, "# Optimizer step-time benchmark\n\n")
-    for path in (md, js, plot_path):
-        if path:
-            print(f"wrote {path}", file=sys.stderr)
-    return 0
 
 
 def _log(msg: str) -> None:
