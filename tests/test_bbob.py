@@ -34,3 +34,19 @@ def test_spectral_nes_solves_bbob_sphere_and_table():
         )
         == 0
     )
+
+
+def test_ipop_methods_on_rastrigin():
+    """IPOP restarts (``nes.fmin`` / ``cma.fmin2``) on BBOB f15 (Rastrigin) in 2-D."""
+    methods = ["spectral-ipop"]
+    try:
+        import cma  # noqa: F401
+
+        methods.append("cma-ipop")
+    except ImportError:
+        pass
+    res = bbob.run([15], dim=2, instances=[1], methods=methods, budget_per_dim=20000)
+    assert res["setup"]["restarts"] == 9 and res["setup"]["lr_sigma"] == 0.3
+    for m in methods:
+        r = res["runs"]["bbob_f015_i01_d02"][m]
+        assert r["hit"] and r["evals"] <= 40000, (m, r)

@@ -72,20 +72,24 @@ def test_bad_input_raises(cls):
     X = es.ask()
     f = np.sum(X**2, axis=1)
     with pytest.raises(ValueError, match="shape"):
-        es.tell(X[:-1], f[:-1])
+        es.tell(X[:, :-1], f)
+    with pytest.raises(ValueError, match="shape"):
+        es.tell(X[:1], f[:1])
     with pytest.raises(ValueError, match="values"):
         es.tell(X, f[:-1])
     with pytest.raises(ValueError, match="values"):
         es.tell(X, f[:, None])
-    bad = f.copy()
-    bad[2] = np.nan
+    bad = X.copy()
+    bad[1, 2] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
-        es.tell(X, bad)
-    bad[2] = np.inf
-    with pytest.raises(ValueError, match="non-finite"):
-        es.tell(X, bad)
-    with pytest.raises(ValueError, match="does not match"):
-        es.tell(X + 1e-3, f)
+        es.tell(bad, f)
+    for s0 in (True, 1 + 0j, np.ones(1), "1", None, np.inf, np.float32(-1)):
+        with pytest.raises(ValueError, match="sigma0"):
+            cls(np.zeros(3), s0)
+    with pytest.raises(ValueError, match="number"):
+        es.ask(0)
+    with pytest.raises(ValueError, match="tolflatfitness"):
+        cls(np.zeros(3), 1.0, tolflatfitness=-1)
     assert es.countevals == 0  # nothing was consumed by the failed calls
     es.tell(X, f)  # the valid call still works
     assert es.countevals == es.popsize
@@ -519,3 +523,265 @@ def test_runs_on_backends(xp, cls):
     es.opts["maxiter"] = 60
     es.optimize(lambda X: nes.griewank(X) + nes.bohachevsky(X))
     assert es.result.fbest < float(nes.griewank(np.full(4, 0.5)) + nes.bohachevsky(np.full(4, 0.5)))
+
+
+# ------------------------------------------------------------------ issue 16: pycma users
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_tell_own_ask_copy_is_bitwise_and_earlier_ask_recomputes_eps(cls):
+    """Telling a copy of the last ``ask()`` is the exact path (bitwise the same state);
+    telling an earlier ``ask()`` (now "injected") recomputes ``ε = Σ^{-1/2}(x − μ)`` and
+    gives the same update to round-off."""
+
+    def make():
+        es = cls(np.full(4, 0.3), 0.7, seed=5)
+        for _ in range(3):  # a generic, non-isotropic distribution
+            X = es.ask()
+            es.tell(X, nes.rosenbrock(X))
+        return es
+
+    a, b, c = make(), make(), make()
+    Xa, Xb = a.ask(), b.ask()
+    np.testing.assert_array_equal(Xa, Xb)
+    a.tell(Xa, nes.rosenbrock(Xa))
+    b.tell(np.array(Xb, copy=True), nes.rosenbrock(Xb))
+    _assert_same(_snapshot(a), _snapshot(b))
+    Xc = c.ask()
+    np.testing.assert_allclose(c._whiten(Xc - c.mean), c._eps, rtol=0, atol=1e-12)
+    c.ask()  # another ask: Xc is no longer the last one
+    c.tell(Xc, nes.rosenbrock(Xc))
+    np.testing.assert_allclose(c.mean, a.mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(c.covariance, a.covariance, rtol=1e-10, atol=1e-14)
+    assert c.countevals == a.countevals
+
+
+def test_injected_points_equal_the_update_by_hand():
+    """``tell`` with arbitrary points (not sampled, other count than ``popsize``) equals the
+    dense formula with ``ε_i = S^{1/2}(x_i − μ)`` (``_old_spectral_update``)."""
+    rng = np.random.default_rng(2)
+    n = 5
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    es = nes.SpectralNES(rng.standard_normal(n), 1.0, seed=0, lr_cov=0.05, lr_sigma=0.2)
+    es.state = full.from_dense(q @ np.diag(np.linspace(0.5, 3.0, n)) @ q.T)
+    es.ask()
+    X = es.mean + rng.standard_normal((13, n))  # injected: 13 points, not from ask()
+    f = nes.rosenbrock(X)
+    eps = (X - es.mean) @ full.dense(es.state, 0.5)
+    mean_ref, st_ref = _old_spectral_update(es, eps, nes.rank_utilities(f))
+    es.tell(X, f)
+    np.testing.assert_allclose(es.mean, mean_ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(full.dense(es.state), full.dense(st_ref), rtol=0, atol=1e-12)
+    assert es.countevals == 13 and es.result.fbest == float(f.min())
+    np.testing.assert_array_equal(es.result.xbest, X[int(np.argmin(f))])
+    assert es.result.evals_best == int(np.argmin(f)) + 1
+
+
+def test_injected_points_xnes_by_hand():
+    es = baselines.XNES(np.zeros(3), 1.0, seed=0, lr_cov=0.1, lr_sigma=0.3)
+    es.A = np.array([[1.0, 0.0, 0.0], [0.5, 2.0, 0.0], [0.1, -0.3, 0.5]])
+    es.ask()
+    X = np.random.default_rng(1).standard_normal((6, 3))
+    f = nes.rosenbrock(X)
+    eps = np.linalg.solve(es.A, X.T).T
+    u = nes.rank_utilities(f)
+    g = (eps * u[:, None]).T @ eps - u.sum() * np.eye(3)
+    gs = np.trace(g) / 3
+    w, v = np.linalg.eigh(0.5 * (0.1 * (g - gs * np.eye(3)) + 0.3 * gs * np.eye(3)))
+    A_ref = es.A @ (v * np.exp(w)) @ v.T
+    es.tell(X, f)
+    np.testing.assert_allclose(es.mean, u @ X, atol=1e-12)
+    np.testing.assert_allclose(es.A, A_ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_ask_number(cls):
+    es = cls(np.zeros(3), 1.0, seed=0)
+    X = es.ask(5)
+    assert X.shape == (5, 3)
+    if es.mirrored:  # rows k and k + 3 mirror each other; the odd one out has no partner
+        np.testing.assert_allclose(X[:2] + X[3:], 0.0, atol=1e-12)
+    es.tell(X, np.sum(X**2, axis=1))
+    assert es.countevals == 5 and es.countiter == 1
+    X = es.ask(es.popsize)
+    es.tell(X, np.sum(X**2, axis=1))
+    assert es.countevals == 5 + es.popsize
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_non_finite_values_rank_worst(cls):
+    def step(vals):
+        es = cls(np.ones(3), 1.0, seed=0)
+        X = es.ask()
+        es.tell(X, vals(X))
+        return es
+
+    def with_bad(X):
+        f = np.sum(X**2, axis=1)
+        f[[1, 4]] = np.nan, np.inf
+        return f
+
+    def with_huge(X):
+        f = np.sum(X**2, axis=1)
+        f[[1, 4]] = 1e300
+        return f
+
+    a, b = step(with_bad), step(with_huge)
+    _assert_same(_snapshot(a), _snapshot(b))
+    assert math.isfinite(a.result.fbest)
+    # all non-finite: skipped with a warning, counted
+    es = cls(np.ones(3), 1.0, seed=0)
+    before = _snapshot(es)
+    X = es.ask()
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        es.tell(X, np.full(es.popsize, np.nan))
+    after = _snapshot(es)
+    np.testing.assert_array_equal(after[0], before[0])
+    assert after[1].keys() == before[1].keys()
+    assert es.countevals == es.popsize and es.countiter == 1 and es.result.fbest == math.inf
+    assert es.stop() == {}
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_sigma0_any_real_scalar(cls):
+    ref = to_numpy(cls(np.zeros(3), 0.5).covariance)
+    for s0 in (np.float32(0.5), np.float64(0.5), np.array(0.5), np.array([[0.5]])[0, 0]):
+        np.testing.assert_array_equal(to_numpy(cls(np.zeros(3), s0).covariance), ref)
+    c1 = to_numpy(cls(np.zeros(3), 1).covariance)
+    np.testing.assert_array_equal(c1, to_numpy(cls(np.zeros(3), np.int64(1)).covariance))
+    np.testing.assert_allclose(c1, np.eye(3))
+
+
+def test_sigma0_torch_scalar():
+    torch = pytest.importorskip("torch")
+    es = nes.SpectralNES(torch.zeros(3, dtype=torch.float64), torch.tensor(0.5))
+    np.testing.assert_allclose(to_numpy(es.covariance), 0.25 * np.eye(3))
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_pickle_checkpoint_resume_is_bitwise(cls):
+    import pickle
+
+    def fun(X):
+        return nes.rosenbrock(X) + nes.griewank(X)
+
+    es = cls(np.full(4, 0.5), 0.7, seed=3, lr_sigma=0.3)
+    ref = []
+    for _ in range(10):
+        X = es.ask()
+        es.tell(X, fun(X))
+    blob = pickle.dumps(es)
+    for _ in range(10):
+        X = es.ask()
+        ref.append(np.array(X))
+        es.tell(X, fun(X))
+    resumed = pickle.loads(blob)
+    assert resumed.xp is es.xp
+    out = []
+    for _ in range(10):
+        X = resumed.ask()
+        out.append(np.array(X))
+        resumed.tell(X, fun(X))
+    np.testing.assert_array_equal(np.stack(out), np.stack(ref))
+    _assert_same(_snapshot(resumed), _snapshot(es))
+
+
+def test_pickle_mid_ask():
+    """A checkpoint between ``ask`` and ``tell`` keeps the pending candidates."""
+    import pickle
+
+    es = nes.SpectralNES(np.ones(3), 1.0, seed=0)
+    X = es.ask()
+    es2 = pickle.loads(pickle.dumps(es))
+    es.tell(X, nes.rosenbrock(X))
+    es2.tell(X, nes.rosenbrock(X))
+    _assert_same(_snapshot(es), _snapshot(es2))
+
+
+def test_result_disp_verbose_and_flat_fitness(capsys):
+    es = nes.SpectralNES(np.ones(3), 1.0, seed=0, verbose=2, maxiter=5)
+    es.optimize(nes.rosenbrock)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("it      2") and "fbest" in lines[1]
+    r = es.result
+    assert r._fields == (
+        "xbest", "fbest", "evals_best", "evaluations", "iterations", "xfavorite", "stds", "stop"
+    )  # fmt: skip
+    assert r.xfavorite is es.mean and r.xmean is es.mean and r.stop == {"maxiter": 5}
+    np.testing.assert_allclose(r.stds, np.sqrt(np.diag(es.covariance)))
+    assert 0 < r.evals_best <= r.evaluations == 5 * es.popsize
+    es.disp()
+    assert capsys.readouterr().out.count("\n") == 1
+    # flat fitness: all values equal for `tolflatfitness` iterations
+    es = nes.SpectralNES(np.ones(3), 1.0, seed=0, tolflatfitness=3, maxiter=100)
+    es.optimize(lambda X: np.zeros(X.shape[0]))
+    assert es.stop() == {"tolflatfitness": 3} and es.countiter == 3
+    es = nes.SpectralNES(np.ones(3), 1.0, seed=0, tolflatfitness=0, maxiter=4)
+    es.optimize(lambda X: np.zeros(X.shape[0]))
+    assert es.stop() == {"maxiter": 4}
+    es = nes.SpectralNES(np.ones(3), 1.0, seed=0)  # default 1, as pycma
+    es.optimize(lambda X: np.ones(X.shape[0]))
+    assert "tolflatfitness" in es.stop() and es.countiter == 1
+
+
+def test_fmin_without_restarts_is_one_run():
+    x0 = np.full(3, 0.5)
+    es = nes.SpectralNES(x0, 0.5, seed=7, maxfevals=2000)
+    es.optimize(nes.rosenbrock)
+    xb, r = nes.fmin(lambda x: float(nes.rosenbrock(x)), x0, 0.5, seed=7, maxfevals=2000)
+    np.testing.assert_array_equal(xb, es.result.xbest)
+    assert (r.fbest, r.evaluations, r.iterations) == (es._fbest, es.countevals, es.countiter)
+    np.testing.assert_array_equal(r.xfavorite, es.mean)
+    assert r.stop == es.stop()
+
+
+def test_fmin_ipop_restarts_double_the_population_and_share_the_budget():
+    seen = []
+
+    def cb(es):
+        seen.append((es.popsize, es.countevals))
+
+    xb, r = nes.fmin(
+        None,
+        np.full(4, 3.0),
+        2.0,
+        parallel_objective=nes.rastrigin,
+        restarts=3,
+        maxfevals=6000,
+        seed=0,
+        callback=cb,
+        tolfun=1e-3,  # end runs early, so the restarts happen
+    )
+    pops = list(dict.fromkeys(p for p, _ in seen))
+    assert pops[:3] == [8, 16, 32] and len(pops) <= 4
+    runs = [[e for p, e in seen if p == lam] for lam in pops]
+    assert r.evaluations == sum(run[-1] for run in runs) and r.evaluations - 64 < 6000
+    assert r.iterations == len(seen)
+    assert r.fbest == pytest.approx(float(nes.rastrigin(xb)))
+    assert r.fbest <= 1e-8 or "maxfevals" in r.stop or len(pops) == 4
+    # callback returning True stops everything
+    xb, r = nes.fmin(nes.rastrigin, np.ones(2), 1.0, restarts=5, callback=lambda es: True)
+    assert r.stop == {"callback": True} and r.iterations == 1
+    with pytest.raises(ValueError, match="restarts"):
+        nes.fmin(nes.rastrigin, np.ones(2), 1.0, restarts=-1)
+    with pytest.raises(ValueError, match="incpopsize"):
+        nes.fmin(nes.rastrigin, np.ones(2), 1.0, incpopsize=0.5)
+    with pytest.raises(ValueError, match="parallel_objective"):
+        nes.fmin(None, np.ones(2), 1.0)
+
+
+def test_pickle_resume_on_backends(xp):
+    import pickle
+
+    es = nes.SpectralNES(asarray(xp, np.full(3, 0.5)), 0.5, seed=0)
+    for _ in range(3):
+        X = es.ask()
+        es.tell(X, nes.rosenbrock(X))
+    es2 = pickle.loads(pickle.dumps(es))
+    assert es2.xp is es.xp
+    for e in (es, es2):
+        for _ in range(3):
+            X = e.ask()
+            e.tell(X, nes.rosenbrock(X))
+    np.testing.assert_array_equal(to_numpy(es2.mean), to_numpy(es.mean))
+    np.testing.assert_array_equal(to_numpy(es2.state.B), to_numpy(es.state.B))

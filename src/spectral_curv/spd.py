@@ -68,10 +68,13 @@ from .baselines import rgd_step as rgd_step
 
 __all__ = [
     "METHODS",
+    "GaussianML",
     "KarcherMean",
     "LogDet",
+    "LossIncreaseWarning",
     "MetricNearness",
     "SPDResult",
+    "gaussian_ml",
     "init",
     "iterations_to",
     "karcher_mean",
@@ -203,15 +206,20 @@ def step(
 
 
 class SPDResult(NamedTuple):
-    """Outcome of :func:`minimize`: final ``S`` (dense), the method's final state,
-    ``losses[k] = loss_fn(S_k)`` for ``k = 0..K`` (``S_0 = s0``; empty without ``loss_fn``),
-    and whether the run converged.
+    """Outcome of :func:`minimize` (math §2, §6.4): final ``S`` (dense), the method's final
+    state, ``losses[k] = loss_fn(S_k)`` for ``k = 0..K`` (``S_0 = s0``; empty without
+    ``loss_fn``), whether the run converged and why it stopped.
 
-    ``converged`` is True when ``target`` was given and reached, False when it was given and
-    not reached or when a loss was not finite, and None when there is nothing to judge by
-    (no ``target`` and only finite losses). ``message`` says why the run ended in words
+    ``converged`` is True when ``target`` was given and reached, or, without a ``target``,
+    when a stop rule that needs no known optimum fired (natural gradient norm ``≤ gtol``,
+    relative loss change ``≤ ftol``); False when a ``target`` was given and not reached, a
+    loss was not finite or the line search found no decrease; None when there is nothing to
+    judge by (steps exhausted, no ``target``). ``message`` says why the run ended in words
     (including a stall: the best loss not improved over the last ``max(20, steps // 10)``
-    iterations while still above ``target``).
+    iterations while still above ``target``). ``niter`` is the number of steps taken,
+    ``nfev`` the number of ``loss_fn`` calls (line-search trials included) and ``grad_norm``
+    the natural gradient norm ``‖S^{1/2} G S^{1/2}‖_F`` at the last iterate where it was
+    computed (NaN when none was).
 
     Example (``losses`` holds ``K + 1`` values for ``K`` steps)::
 
@@ -219,8 +227,8 @@ class SPDResult(NamedTuple):
         >>> from spectral_curv import full, spd
         >>> prob = spd.log_det(3, seed=0)
         >>> res = spd.minimize(prob.grad, prob.s0, lr=0.5, steps=5, loss_fn=prob.gap)
-        >>> len(res.losses), type(res.state).__name__, res.converged
-        (6, 'SpectralState', None)
+        >>> len(res.losses), res.niter, type(res.state).__name__, res.converged
+        (6, 5, 'SpectralState', None)
         >>> bool(np.allclose(res.S, full.dense(res.state)))
         True
         >>> res = spd.minimize(prob.grad, prob.s0, lr=0.5, steps=50, loss_fn=prob.gap, target=1e-8)
@@ -233,22 +241,65 @@ class SPDResult(NamedTuple):
     losses: list[float]
     converged: bool | None = None
     message: str = ""
+    niter: int = 0
+    nfev: int = 0
+    grad_norm: float = math.nan
+
+
+class LossIncreaseWarning(UserWarning):
+    """Emitted by :func:`minimize` with a fixed ``lr`` (no line search) when the loss rose
+    for ``max_rises`` consecutive steps: the step size is probably too large for the
+    problem (math §6.4's ``β = 2·lr`` is past the curvature scale). A ``UserWarning``, not a
+    ``RuntimeWarning``, so it does not stop a run under ``-W error::RuntimeWarning``.
+
+    Example (``f(S) = Tr(S) − log det S`` at far too large an ``lr``)::
+
+        >>> import warnings
+        >>> import numpy as np
+        >>> from spectral_curv import spd
+        >>> f = lambda s: float(np.trace(s) - np.linalg.slogdet(s)[1])
+        >>> grad = lambda s: np.eye(2) - np.linalg.inv(s)
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     _ = spd.minimize(grad, np.diag([0.2, 5.0]), lr=3.0, steps=8, loss_fn=f,
+        ...                      max_rises=2, gtol=0.0)
+        >>> [x.category.__name__ for x in w]
+        ['LossIncreaseWarning']
+    """
 
 
 def _stall_window(steps: int) -> int:
     return max(20, steps // 10)
 
 
-def _verdict(losses: list[float], steps: int, target: float | None) -> tuple[bool | None, str]:
-    """``(converged, message)`` of a finished run (see :class:`SPDResult`)."""
-    if not losses:
-        return None, f"ran {steps} steps (no loss_fn: convergence not assessed)"
+def _verdict(
+    losses: list[float],
+    steps: int,
+    target: float | None,
+    reason: str = "steps",
+    detail: str = "",
+) -> tuple[bool | None, str]:
+    """``(converged, message)`` of a finished run (see :class:`SPDResult`).
+
+    ``reason`` is why the loop ended: ``"steps"`` (exhausted or a loss stop), ``"gtol"``,
+    ``"ftol"``, ``"callback"`` or ``"line_search"``; ``detail`` is appended in words.
+    """
     k = len(losses) - 1
+    if losses and not math.isfinite(losses[-1]):
+        return False, f"loss not finite ({losses[-1]}) after {k} steps: stopped"
+    if losses and target is not None and losses[-1] <= target:
+        return True, f"reached target {target:.3g} after {k} steps (loss {losses[-1]:.3g})"
+    if reason in ("gtol", "ftol", "callback", "line_search"):
+        ok: bool | None = reason in ("gtol", "ftol")
+        if reason == "callback":
+            ok = None
+        if target is not None:
+            ok = False
+            detail += f"; target {target:.3g} not reached (loss {losses[-1]:.3g})"
+        return ok, detail
+    if not losses:
+        return None, f"ran {steps} steps (no loss_fn: convergence not assessed){detail}"
     last = losses[-1]
-    if not math.isfinite(last):
-        return False, f"loss not finite ({last}) after {k} steps: stopped"
-    if target is not None and last <= target:
-        return True, f"reached target {target:.3g} after {k} steps (loss {last:.3g})"
     best = min(losses)
     k_best = losses.index(best)
     window = _stall_window(steps)
@@ -269,30 +320,103 @@ def _verdict(losses: list[float], steps: int, target: float | None) -> tuple[boo
     return False, msg
 
 
+def _autodiff_grad(loss_fn: Callable[[Array], Any], like: Array) -> Callable[[Array], Array]:
+    """``∇_S loss_fn`` by the autodiff of ``like``'s framework (math §6.4): ``torch.func.grad``
+    for torch tensors, ``jax.grad`` for JAX arrays (imported here, lazily)."""
+    top = type(like).__module__.split(".")[0]
+    if top == "torch":
+        import torch.func
+
+        return torch.func.grad(loss_fn)
+    if top in ("jax", "jaxlib"):
+        import jax
+
+        return jax.grad(loss_fn)
+    raise ValueError(
+        f"`grad_fn` is needed for {type(like).__module__}.{type(like).__name__} arrays: "
+        "a `loss_fn` alone is differentiated only for torch tensors and JAX arrays"
+    )
+
+
+def _natural_sq(method: str, state: Any, s: Array, g: Array) -> Array:
+    """``‖S^{1/2} G S^{1/2}‖_F² = tr(SGSG)`` (math §6.4's metric, ``G = sym(grad)``);
+    spectral: ``Σ_ij d_i d_j P_ij²``, ``P = BᵀGB``, in the factored frame."""
+    xp = array_namespace(s)
+    if method == "spectral":
+        b, d = state.B, state.d
+        p = b.mT @ g @ b
+        return xp.sum((d[:, None] * p * d[None, :]) * p)
+    sg = s @ g
+    return xp.sum(sg * sg.mT)
+
+
+def _metric_frame(method: str, state: Any, s: Array) -> Array:
+    """``W`` with ``S⁻¹ = W Wᵀ``, so that ``tr(S⁻¹US⁻¹V) = ⟨WᵀUW, WᵀVW⟩`` (the metric of
+    math §6.4 at ``S``): ``B Diag(d)^{-1/2}`` (spectral), ``K`` (Cholesky), else by ``eigh``."""
+    xp = array_namespace(s)
+    if method == "spectral":
+        return state.B / xp.sqrt(state.d)[None, :]
+    if method == "cholesky":
+        return state.K
+    w, v = xp.linalg.eigh(0.5 * (s + s.mT))
+    return v / xp.sqrt(w)[None, :]
+
+
 def minimize(
-    grad_fn: Callable[[Array], Array],
-    s0: Array | full.SpectralState,
+    grad_fn: Callable[[Array], Array] | None = None,
+    s0: Array | full.SpectralState | None = None,
     *,
-    lr: Any,
-    steps: int,
+    lr: Any = None,
+    steps: int = 1000,
     method: str = "spectral",
     loss_fn: Callable[[Array], Any] | None = None,
     target: float | None = None,
+    line_search: bool | None = None,
+    bb: bool = True,
+    gtol: float = 1e-8,
+    ftol: float = 1e-15,
+    callback: Callable[[int, Array], Any] | None = None,
+    max_rises: int = 5,
     cayley: str = "exact",
     exp: str = "exact",
     max_step_norm: float | None = None,
     rotation: str | None = None,
     warn: bool = True,
 ) -> SPDResult:
-    """Minimise ``f`` over SPD matrices from ``grad_fn(S) = ∇_S f(S)`` (math §2, §6).
+    """Minimise ``f`` over SPD matrices from ``grad_fn(S) = ∇_S f(S)`` (math §2, §6.4).
 
     ``s0`` is an SPD matrix (or, for ``method="spectral"``, a :class:`full.SpectralState`).
     ``method`` is one of :data:`METHODS`; all share the step-size convention of the module
-    docstring. ``loss_fn(S)`` (optional) is recorded before the first and after every step;
-    with ``target`` the loop stops once ``loss_fn(S) ≤ target``. ``cayley``/``exp`` are the
-    spectral maps (``exp`` also selects the Cholesky baseline's exact / first-order factor
-    update), ``rotation`` the spectral basis-update rule (:func:`step`). Steps stop early
-    once a loss is not finite (that iterate is returned, its loss recorded).
+    docstring (a step of size ``t`` moves ``S ← S − 2t·SGS`` to first order). ``loss_fn(S)``
+    (optional) is recorded before the first and after every step; with ``target`` the loop
+    stops once ``loss_fn(S) ≤ target``. ``cayley``/``exp`` are the spectral maps (``exp``
+    also selects the Cholesky baseline's exact / first-order factor update), ``rotation`` the
+    spectral basis-update rule (:func:`step`).
+
+    **Gradients.** ``grad_fn`` may be None when ``loss_fn`` is a torch or JAX objective of a
+    dense ``S``: it is differentiated by ``torch.func.grad`` / ``jax.grad``, chosen by the
+    array type of ``s0`` (NumPy users pass ``grad_fn``).
+
+    **Step size.** ``line_search`` (default: on when ``loss_fn`` is given and ``lr`` is not)
+    runs an Armijo backtracking search along the method's own step: the trial point is the
+    state after one step of size ``t`` (for ``"spectral"`` :func:`step`, the basis map and
+    the exp map on ``d``), accepted when
+    ``f(trial) ≤ f(S) − c·t·2‖S^{1/2}GS^{1/2}‖_F² + 8·eps·|f(S)|`` (``c = 1e-4``; the slope
+    is ``d/dt f(S(t))`` at ``t = 0``, the last term absorbs the round-off of ``f`` near the
+    optimum), halving ``t`` up to 40 times; if none passes, the best trial that lowers ``f``
+    is taken, else the run stops. The first trial is the Barzilai–Borwein step
+    ``⟨s, s⟩/⟨s, y⟩`` in the metric ``tr(S⁻¹US⁻¹V)`` (``s = S_k − S_{k−1}``,
+    ``y = 2(S_kG_kS_k − S_{k−1}G_{k−1}S_{k−1})``; ``bb=False``: twice the last accepted
+    ``t``), and at the first step ``lr`` or, without it, ``1/(2‖S^{1/2}GS^{1/2}‖_F)`` (a
+    step of unit natural length). An explicit ``lr`` without ``line_search=True`` keeps the
+    fixed step ``lr`` (the former contract); a ``LossIncreaseWarning`` then says when the
+    loss rose for ``max_rises`` consecutive steps.
+
+    **Stop rules** needing no known optimum: the natural gradient norm
+    ``‖S^{1/2}GS^{1/2}‖_F ≤ gtol`` (math §6.4's metric; factored frame for ``"spectral"``),
+    the relative loss change ``|f_k − f_{k+1}| ≤ ftol·max(|f_k|, |f_{k+1}|)``, ``steps``
+    (the maximum number of iterations), a non-finite loss (that iterate is returned), and
+    ``callback(k, S_k)`` returning True (called after each step ``k = 1..K``).
 
     No silent plateau: the result's ``converged`` / ``message`` say whether and why the run
     did not converge (:class:`SPDResult`), and a ``RuntimeWarning`` is emitted when a
@@ -312,6 +436,13 @@ def minimize(
         ...                   np.eye(3), atol=1e-4)) for m in spd.METHODS]
         [True, True, True, True]
 
+    Defaults (line search, no ``lr``) stop on the gradient norm::
+
+        >>> f = lambda s: np.trace(s) - np.linalg.slogdet(s)[1]
+        >>> res = spd.minimize(grad, s0, loss_fn=f)
+        >>> res.converged, res.message.split(" ≤")[0], bool(np.allclose(res.S, np.eye(3)))
+        (True, 'natural gradient norm', True)
+
     A target that is not reached is reported, not hidden::
 
         >>> import warnings
@@ -326,9 +457,22 @@ def minimize(
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
-    _check_lr(lr)
+    if s0 is None:
+        raise ValueError("`s0` (the starting SPD matrix) is required")
+    if lr is not None:
+        _check_lr(lr)
     if target is not None and loss_fn is None:
         raise ValueError("`target` needs a `loss_fn`")
+    if line_search is None:
+        line_search = loss_fn is not None and lr is None
+    if line_search and loss_fn is None:
+        raise ValueError("`line_search` needs a `loss_fn`")
+    if not line_search and lr is None:
+        raise ValueError("`lr` is needed without a line search (or pass a `loss_fn`)")
+    for name, val in (("gtol", gtol), ("ftol", ftol)):
+        A.check_positive(name, val, allow_zero=True)
+    if not isinstance(max_rises, int) or max_rises < 1:
+        raise ValueError(f"`max_rises` must be an int >= 1, got {max_rises!r}")
 
     if isinstance(s0, full.SpectralState):
         if method != "spectral":
@@ -344,44 +488,147 @@ def minimize(
             state = baselines.cholesky_from_dense(s0)
         else:
             state = s0
+    if grad_fn is None:
+        if loss_fn is None:
+            raise ValueError("give `grad_fn`, or a torch / JAX `loss_fn` to differentiate")
+        grad_fn = _autodiff_grad(loss_fn, s)
+    xp = array_namespace(s)
+    n = s.shape[-1]
+
+    def advance(st: Any, sk: Array, g: Array, t: Any) -> tuple[Any, Array]:
+        """The method's step of size ``t`` from ``(st, sk)``: ``(state, dense S)``."""
+        if method == "spectral":
+            st = step(
+                st,
+                g,
+                lr=t,
+                cayley=cayley,
+                exp=exp,
+                max_step_norm=max_step_norm,
+                rotation=rotation,
+            )
+            return st, full.dense(st)
+        if method == "cholesky":
+            st = baselines.cholesky_step(st, g, lr=t, exp=exp)
+            return st, baselines.cholesky_dense(st)
+        retraction = "expm" if method == "rgd_expm" else "second_order"
+        sk = baselines.rgd_step(sk, g, lr=t, retraction=retraction)
+        return sk, sk
 
     losses: list[float] = []
+    nfev = 0
 
-    def record(s_k: Array) -> bool:
-        """Record the loss; True when the loop should stop."""
-        if loss_fn is None:
-            return False
-        val = float(loss_fn(s_k))
-        losses.append(val)
-        return (not math.isfinite(val)) or (target is not None and val <= target)
+    def evaluate(s_k: Array) -> float:
+        nonlocal nfev
+        nfev += 1
+        val = float(loss_fn(s_k))  # type: ignore[misc]
+        return val if not math.isnan(val) else math.inf
 
-    if not record(s):
-        for _ in range(steps):
-            g = grad_fn(s)
-            if method == "spectral":
-                state = step(
-                    state,
-                    g,
-                    lr=lr,
-                    cayley=cayley,
-                    exp=exp,
-                    max_step_norm=max_step_norm,
-                    rotation=rotation,
-                )
-                s = full.dense(state)
-            elif method == "cholesky":
-                state = baselines.cholesky_step(state, g, lr=lr, exp=exp)
-                s = baselines.cholesky_dense(state)
+    if loss_fn is not None:
+        losses.append(evaluate(s))
+    reason, detail = "steps", ""
+    gnorm = math.nan
+    rises = 0
+    warned_rise = False
+    t_prev: float | None = None
+    prev: tuple[Array, Array] | None = None  # (S, SGS) of the previous iterate, for BB
+    eps = A.eps(xp, s.dtype)
+    k = 0
+    stop = bool(losses) and (
+        not math.isfinite(losses[-1]) or (target is not None and losses[-1] <= target)
+    )
+    while not stop and k < steps:
+        g = _sym_grad(xp, grad_fn(s), n)
+        gsq = _natural_sq(method, state, s, g)
+        gnorm = math.sqrt(max(float(gsq), 0.0))
+        if not math.isfinite(gnorm):
+            reason, detail = "line_search", f"gradient not finite after {k} steps: stopped"
+            break
+        if gnorm <= gtol:
+            reason, detail = (
+                "gtol",
+                f"natural gradient norm ≤ gtol = {gtol:.3g} after {k} steps",
+            )
+            break
+        if line_search:
+            f0 = losses[-1]
+            sgs = None
+            t0: float
+            if bb or t_prev is None:
+                sgs = s @ g @ s
+            if t_prev is None:
+                t0 = float(lr) if lr is not None else 1.0 / (2.0 * max(gnorm, 1e-300))
+            elif bb and prev is not None:
+                w = _metric_frame(method, state, s)
+                a = w.mT @ (s - prev[0]) @ w
+                y = w.mT @ (2.0 * (sgs - prev[1])) @ w
+                sy = float(xp.sum(a * y))
+                ss = float(xp.sum(a * a))
+                t0 = ss / sy if sy > 0 and ss > 0 else 2.0 * t_prev
             else:
-                retraction = "expm" if method == "rgd_expm" else "second_order"
-                s = baselines.rgd_step(s, g, lr=lr, retraction=retraction)
-                state = s
-            if record(s):
+                t0 = 2.0 * t_prev
+            t0 = min(max(t0, 1e-12), 1e12) if math.isfinite(t0) else 1.0
+            slope = 2.0 * gnorm * gnorm
+            slack = 8.0 * eps * abs(f0)
+            t = t0
+            best: tuple[float, float, Any, Array] | None = None
+            accepted = None
+            for _ in range(41):
+                st_t, s_t = advance(state, s, g, t)
+                f_t = evaluate(s_t)
+                if f_t <= f0 - 1e-4 * t * slope + slack:
+                    accepted = (t, f_t, st_t, s_t)
+                    break
+                if f_t < f0 and (best is None or f_t < best[1]):
+                    best = (t, f_t, st_t, s_t)
+                t *= 0.5
+            if accepted is None:
+                accepted = best
+            if accepted is None:
+                reason, detail = (
+                    "line_search",
+                    f"line search found no decrease after {k} steps (t down to {t:.3g}; "
+                    f"natural gradient norm {gnorm:.3g})",
+                )
                 break
-    converged, message = _verdict(losses, steps, target)
+            if bb:
+                prev = (s, sgs)
+            t_prev, f_new, state, s = accepted
+            losses.append(f_new)
+        else:
+            state, s = advance(state, s, g, lr)
+            if loss_fn is not None:
+                f_new = evaluate(s)
+                rises = rises + 1 if f_new > losses[-1] else 0
+                losses.append(f_new)
+                if rises >= max_rises and not warned_rise and warn:
+                    warned_rise = True
+                    warnings.warn(
+                        f"spd.minimize({method!r}, lr={lr}): the loss rose for {rises} "
+                        f"consecutive steps (step {k + 1}); lr may be too large — omit it "
+                        "to use the line search",
+                        LossIncreaseWarning,
+                        stacklevel=2,
+                    )
+        k += 1
+        if losses:
+            f_old, f_new = losses[-2], losses[-1]
+            if not math.isfinite(f_new) or (target is not None and f_new <= target):
+                break
+            if abs(f_old - f_new) <= ftol * max(abs(f_old), abs(f_new)):
+                reason = "ftol"
+                detail = (
+                    f"relative loss change ≤ ftol = {ftol:.3g} after {k} steps (loss {f_new:.3g})"
+                )
+                break
+        if callback is not None and callback(k, s):
+            reason, detail = "callback", f"stopped by the callback after {k} steps"
+            break
+    converged, message = _verdict(losses, steps, target, reason, detail)
     if warn and target is not None and not converged:
-        warnings.warn(f"spd.minimize({method!r}, lr={lr}): {message}", RuntimeWarning, stacklevel=2)
-    return SPDResult(s, state, losses, converged, message)
+        what = f"lr={lr}" if not line_search else "line search"
+        warnings.warn(f"spd.minimize({method!r}, {what}): {message}", RuntimeWarning, stacklevel=2)
+    return SPDResult(s, state, losses, converged, message, k, nfev, gnorm)
 
 
 def iterations_to(losses: Sequence[float], tol: float) -> int | None:
@@ -775,6 +1022,118 @@ def karcher_mean(
     return KarcherMean(
         _to(xp, a, dtype, device),
         _to(xp, a_isqrt, dtype, device),
+        _to(xp, s_star, dtype, device),
+        f_star,
+        _to(xp, s0, dtype, device),
+    )
+
+
+class GaussianML(NamedTuple):
+    """Gaussian maximum likelihood with a trace penalty (math §6.4):
+    ``f(Σ) = log det Σ + tr(Σ⁻¹C) + λ tr(Σ)`` over covariances ``Σ ≻ 0``, ``C`` the sample
+    covariance (``2/N`` times the negative log-likelihood of ``N(0, Σ)``, up to a constant,
+    plus the penalty).
+
+    Gradient ``Σ⁻¹ − Σ⁻¹CΣ⁻¹ + λI``; it vanishes where ``λΣ² + Σ = C`` (multiply by ``Σ``
+    on both sides), so ``Σ*`` shares ``C``'s eigenvectors with eigenvalues
+    ``σ = (√(1 + 4λc) − 1)/(2λ)`` (closed form; unique: ``log det`` is geodesically linear,
+    ``tr(Σ⁻¹C)`` and ``tr(Σ)`` geodesically convex). ``S_star = Σ*``, ``f_star = f(Σ*)``.
+
+    Example (``f* = f(Σ*)``, ``∇f(Σ*) = 0``, ``λΣ*² + Σ* = C``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import spd
+        >>> prob = spd.gaussian_ml(5, seed=0)
+        >>> bool(np.isclose(prob.loss(prob.S_star), prob.f_star))
+        True
+        >>> bool(np.allclose(prob.grad(prob.S_star), 0.0, atol=1e-12))
+        True
+        >>> s = prob.S_star
+        >>> bool(np.allclose(prob.lam * s @ s + s, prob.C))
+        True
+    """
+
+    C: Array
+    lam: float
+    S_star: Array
+    f_star: float
+    s0: Array
+
+    def loss(self, s: Array) -> Array:
+        """``log det Σ + tr(Σ⁻¹C) + λ tr(Σ)`` (``eigh``); ``+inf`` unless ``Σ ≻ 0``."""
+        xp = array_namespace(s)
+        w, v = xp.linalg.eigh(0.5 * (s + s.mT))
+        pd = xp.min(w) > 0
+        ws = xp.where(w > 0, w, 1.0)
+        vcv = v.mT @ self.C @ v
+        inner = xp.sum(xp.linalg.diagonal(vcv) / ws)
+        val = xp.sum(xp.log(ws)) + inner + self.lam * xp.sum(ws)
+        return xp.where(pd, val, math.inf)
+
+    def gap(self, s: Array) -> Array:
+        """``f(Σ) − f(Σ*)``."""
+        return self.loss(s) - self.f_star
+
+    def rel_error(self, s: Array) -> Array:
+        """``‖Σ − Σ*‖_F / ‖Σ*‖_F``."""
+        xp = array_namespace(s)
+        return xp.linalg.vector_norm(s - self.S_star) / xp.linalg.vector_norm(self.S_star)
+
+    def grad(self, s: Array) -> Array:
+        """``Σ⁻¹ − Σ⁻¹CΣ⁻¹ + λI``."""
+        xp = array_namespace(s)
+        inv = xp.linalg.inv(s)
+        inv = 0.5 * (inv + inv.mT)
+        g = inv - inv @ self.C @ inv + self.lam * A.eye(xp, s.shape[-1], s)
+        return 0.5 * (g + g.mT)
+
+
+def gaussian_ml(
+    n: int = 20,
+    n_samples: int = 100,
+    *,
+    lam: float = 0.1,
+    cond: float = 10.0,
+    seed: int = 0,
+    start: str | Any = "random",
+    xp: Namespace | None = None,
+    dtype: Any = None,
+    device: Any = None,
+) -> GaussianML:
+    """Gaussian ML with a trace penalty (:class:`GaussianML`): ``n_samples`` draws from
+    ``N(0, Σ_true)`` (``Σ_true`` random SPD, condition number ``cond``), ``C = XXᵀ/N``,
+    penalty ``lam``; ``start`` as in :func:`metric_nearness`. Closed-form optimum (math §6.4).
+
+    Example::
+
+        >>> from spectral_curv import spd
+        >>> prob = spd.gaussian_ml(4, 10, lam=0.5, seed=1)
+        >>> prob.C.shape, prob.lam, bool(prob.gap(prob.s0) > 0)
+        ((4, 4), 0.5, True)
+    """
+    np = _numpy()
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"`n` must be a positive int, got {n!r}")
+    if not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"`n_samples` must be a positive int, got {n_samples!r}")
+    A.check_positive("lam", lam)
+    A.check_positive("cond", cond)
+    rng = np.random.default_rng(seed)
+    sigma = _random_spd(rng, n, cond)
+    w, v = np.linalg.eigh(sigma)
+    x = (v * np.sqrt(w)[None, :]) @ v.T @ rng.standard_normal((n, n_samples))
+    c = x @ x.T / n_samples
+    c = 0.5 * (c + c.T)
+    s0 = _start(rng, n, start)
+    cw, cv = np.linalg.eigh(c)
+    sw = (np.sqrt(1.0 + 4.0 * lam * cw) - 1.0) / (2.0 * lam)
+    s_star = (cv * sw[None, :]) @ cv.T
+    s_star = 0.5 * (s_star + s_star.T)
+    prob = GaussianML(c, float(lam), s_star, 0.0, s0)
+    f_star = float(prob.loss(s_star))
+    return GaussianML(
+        _to(xp, c, dtype, device),
+        float(lam),
         _to(xp, s_star, dtype, device),
         f_star,
         _to(xp, s0, dtype, device),

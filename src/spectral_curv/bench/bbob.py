@@ -1,12 +1,14 @@
 """Spectral NES on the COCO/BBOB suite (``pip install coco-experiment``; nothing downloaded).
 
 ``python -m spectral_curv.bench.bbob --dim 10 --functions 1 2 8 10 11 12 --instances 1 2 3``
-runs :class:`spectral_curv.nes.SpectralNES`, :class:`~spectral_curv.nes.XNES` and pycma's
+runs :class:`spectral_curv.nes.SpectralNES`, :class:`~spectral_curv.baselines.XNES` and pycma's
 CMA-ES (when installed) on each BBOB problem from the suite's ``initial_solution`` with
 ``σ0 = 2`` (a fifth of the [−5, 5] box), the default population size, and a budget of
 ``budget_per_dim · dim`` evaluations; a run succeeds when COCO reports its final target
 (``f_opt + 1e-8``) hit. Instances play the role of seeds (each also seeds the method). The
 table gives the median evaluations to the target over the successful runs and the count.
+``--methods spectral-ipop cma-ipop [--restarts 9]`` adds IPOP restarts (population doubled
+per restart, same total budget): :func:`spectral_curv.nes.fmin` and ``cma.fmin2``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,62 @@ import numpy as np
 __all__ = ["main", "run", "table"]
 
 METHODS = ("spectral", "xnes", "cma")
+#: also selectable: IPOP restarts (population ×2 per restart) of spectral NES
+#: (:func:`spectral_curv.nes.fmin`) and of CMA-ES (``cma.fmin2``)
+IPOP_METHODS = ("spectral-ipop", "cma-ipop")
 
 
-def _solve(method: str, problem: Any, seed: int, budget: int, popsize: int) -> tuple[int, bool]:
+def _solve_ipop(
+    method: str,
+    problem: Any,
+    seed: int,
+    budget: int,
+    popsize: int,
+    restarts: int,
+    lr_sigma: float | None,
+) -> tuple[int, bool]:
+    """IPOP runs until COCO's final target, the budget, or ``restarts`` restarts."""
+    x0 = np.asarray(problem.initial_solution, dtype=float)
+
+    def done(_es: Any) -> bool:
+        return bool(problem.final_target_hit or problem.evaluations >= budget)
+
+    if method == "cma-ipop":
+        import cma
+
+        opts = {"seed": seed + 1, "popsize": popsize, "maxfevals": budget, "verbose": -9}
+        opts.update({"verb_log": 0, "verb_disp": 0, "termination_callback": done})
+        cma.fmin2(problem, x0, 2.0, opts, restarts=restarts, incpopsize=2)
+    else:
+        from .. import nes
+
+        nes.fmin(
+            None,
+            x0,
+            2.0,
+            parallel_objective=lambda X: [float(problem(x)) for x in np.asarray(X)],
+            restarts=restarts,
+            maxfevals=budget,
+            seed=seed,
+            popsize=popsize,
+            lr_sigma=lr_sigma,
+            callback=done,
+        )
+    return int(problem.evaluations), bool(problem.final_target_hit)
+
+
+def _solve(
+    method: str,
+    problem: Any,
+    seed: int,
+    budget: int,
+    popsize: int,
+    restarts: int = 9,
+    lr_sigma: float | None = 0.3,
+) -> tuple[int, bool]:
     """Evaluations used and whether COCO's final target was hit."""
+    if method in IPOP_METHODS:
+        return _solve_ipop(method, problem, seed, budget, popsize, restarts, lr_sigma)
     x0 = np.asarray(problem.initial_solution, dtype=float)
     sigma0 = 2.0
     if method == "cma":
@@ -44,10 +98,10 @@ def _solve(method: str, problem: Any, seed: int, budget: int, popsize: int) -> t
             },
         )
     else:
-        from .. import nes
+        from .. import baselines, nes
 
-        cls = {"spectral": nes.SpectralNES, "xnes": nes.XNES}[method]
-        es = cls(x0, sigma0, seed=seed, maxfevals=budget, popsize=popsize, lr_sigma=0.3)
+        cls = {"spectral": nes.SpectralNES, "xnes": baselines.XNES}[method]
+        es = cls(x0, sigma0, seed=seed, maxfevals=budget, popsize=popsize, lr_sigma=lr_sigma)
     evals = 0
     while not es.stop() and evals < budget:
         X = np.asarray(es.ask())
@@ -66,9 +120,15 @@ def run(
     instances: Sequence[int] = (1, 2, 3),
     methods: Sequence[str] = METHODS,
     budget_per_dim: int = 2000,
+    restarts: int = 9,
+    lr_sigma: float | None = 0.3,
     log: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
-    """``{"setup": ..., "runs": {problem_id: {method: {"evals", "hit"}}}}``."""
+    """``{"setup": ..., "runs": {problem_id: {method: {"evals", "hit"}}}}``.
+
+    ``methods`` from ``METHODS`` and ``IPOP_METHODS`` (those restart at most ``restarts``
+    times, doubling the population, within the same total budget). The NES methods use
+    ``lr_sigma`` (default 0.3; ``None``: the class default ``= lr_cov``)."""
     import cocoex
 
     from ..nes import default_popsize
@@ -78,7 +138,7 @@ def run(
         import cma  # noqa: F401
     except ImportError:
         have_cma = False
-    methods = [m for m in methods if m != "cma" or have_cma]
+    methods = [m for m in methods if not m.startswith("cma") or have_cma]
     popsize = default_popsize(dim)
     budget = budget_per_dim * dim
     opts = (
@@ -94,13 +154,17 @@ def run(
             "popsize": popsize,
             "sigma0": 2.0,
             "methods": methods,
+            "restarts": restarts,
+            "lr_sigma": lr_sigma,
         },
         "runs": {},
     }
     for m in methods:
         suite = cocoex.Suite("bbob", "", opts)  # fresh problems: final_target_hit per method
         for problem in suite:
-            evals, hit = _solve(m, problem, int(problem.id_instance), budget, popsize)
+            evals, hit = _solve(
+                m, problem, int(problem.id_instance), budget, popsize, restarts, lr_sigma
+            )
             out["runs"].setdefault(problem.id, {})[m] = {"evals": evals, "hit": hit}
             if log is not None:
                 log(f"{problem.id} {m:9s} evals {evals:7d} {'hit' if hit else 'miss'}")
@@ -136,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--functions", type=int, nargs="+", default=[1, 2, 8, 10, 11, 12])
     p.add_argument("--instances", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--budget-per-dim", type=int, default=2000)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--restarts", type=int, default=9, help="IPOP restarts (the -ipop methods)")
+    p.add_argument("--lr-sigma", type=float, default=0.3, help="NES scale rate (0: = lr_cov)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + IPOP_METHODS)
     args = p.parse_args(argv)
     try:
         import cocoex  # noqa: F401
@@ -149,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         instances=args.instances,
         methods=args.methods,
         budget_per_dim=args.budget_per_dim,
+        restarts=args.restarts,
+        lr_sigma=args.lr_sigma or None,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     print(table(res))

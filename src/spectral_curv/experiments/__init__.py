@@ -7,6 +7,8 @@
   functions of Appx. C against xNES, Cholesky-NES and CMA-ES.
 * :mod:`spectral_curv.experiments.spd_step_timing` — wall-clock of the SPD spectral step in
   the factored frame vs the former dense round trip (not imported here).
+* :mod:`spectral_curv.experiments.spd_problems` — default-settings table of ``spd.minimize``
+  (line search) against RGD-expm and pymanopt's conjugate gradient (not imported here).
 
 No framework imports here; numpy float64 on the CPU (matplotlib is imported only by the
 NES command line's ``--plot``).
