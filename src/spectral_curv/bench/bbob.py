@@ -76,6 +76,7 @@ def _solve(
     popsize: int,
     restarts: int = 9,
     lr_sigma: float | None = 0.3,
+    lr_cov: float | None = None,
 ) -> tuple[int, bool]:
     """Evaluations used and whether COCO's final target was hit."""
     if method in IPOP_METHODS:
@@ -101,7 +102,15 @@ def _solve(
         from .. import baselines, nes
 
         cls = {"spectral": nes.SpectralNES, "xnes": baselines.XNES}[method]
-        es = cls(x0, sigma0, seed=seed, maxfevals=budget, popsize=popsize, lr_sigma=lr_sigma)
+        es = cls(
+            x0,
+            sigma0,
+            seed=seed,
+            maxfevals=budget,
+            popsize=popsize,
+            lr_sigma=lr_sigma,
+            lr_cov=lr_cov,
+        )
     evals = 0
     while not es.stop() and evals < budget:
         X = np.asarray(es.ask())
@@ -122,13 +131,15 @@ def run(
     budget_per_dim: int = 2000,
     restarts: int = 9,
     lr_sigma: float | None = 0.3,
+    lr_cov: float | None = None,
     log: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
     """``{"setup": ..., "runs": {problem_id: {method: {"evals", "hit"}}}}``.
 
     ``methods`` from ``METHODS`` and ``IPOP_METHODS`` (those restart at most ``restarts``
     times, doubling the population, within the same total budget). The NES methods use
-    ``lr_sigma`` (default 0.3; ``None``: the class default ``= lr_cov``)."""
+    ``lr_sigma`` (default 0.3; ``None``: the class default) and ``lr_cov`` (default
+    ``None``: the class default; not used by the IPOP methods)."""
     import cocoex
 
     from ..nes import default_popsize
@@ -156,6 +167,7 @@ def run(
             "methods": methods,
             "restarts": restarts,
             "lr_sigma": lr_sigma,
+            "lr_cov": lr_cov,
         },
         "runs": {},
     }
@@ -163,7 +175,7 @@ def run(
         suite = cocoex.Suite("bbob", "", opts)  # fresh problems: final_target_hit per method
         for problem in suite:
             evals, hit = _solve(
-                m, problem, int(problem.id_instance), budget, popsize, restarts, lr_sigma
+                m, problem, int(problem.id_instance), budget, popsize, restarts, lr_sigma, lr_cov
             )
             out["runs"].setdefault(problem.id, {})[m] = {"evals": evals, "hit": hit}
             if log is not None:
@@ -201,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instances", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--budget-per-dim", type=int, default=2000)
     p.add_argument("--restarts", type=int, default=9, help="IPOP restarts (the -ipop methods)")
-    p.add_argument("--lr-sigma", type=float, default=0.3, help="NES scale rate (0: = lr_cov)")
+    p.add_argument(
+        "--lr-sigma", type=float, default=0.3, help="NES scale rate (0: the class default)"
+    )
+    p.add_argument(
+        "--lr-cov", type=float, default=0.0, help="NES covariance rate (0: the class default)"
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + IPOP_METHODS)
     args = p.parse_args(argv)
     try:
@@ -217,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         budget_per_dim=args.budget_per_dim,
         restarts=args.restarts,
         lr_sigma=args.lr_sigma or None,
+        lr_cov=args.lr_cov or None,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     print(table(res))
