@@ -230,3 +230,23 @@ def test_optax_complex_params_raise():
 
     with pytest.raises(TypeError, match="real floating"):
         spectral_kron(1e-2).init({"w": jax.numpy.ones((2, 2), jax.numpy.complex64)})
+
+
+def test_optax_rejected_refresh_warns_once():
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    from spectral_curv.optax import scale_by_spectral_kron
+
+    jnp = jax.numpy
+    tx = scale_by_spectral_kron()
+    g = {"w": jnp.ones((3, 2), jnp.float32)}
+    state = tx.init(g)
+    _, state = tx.update(g, state)
+    huge = {"w": jnp.full((3, 2), 1e30, jnp.float32)}  # finite; its square overflows
+    with pytest.warns(optim.RejectedRefreshWarning):
+        _, state = tx.update(huge, state)
+    assert int(state.rejected["w"]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", optim.RejectedRefreshWarning)
+        _, state = tx.update(huge, state)  # once per transform
+    assert int(state.rejected["w"]) == 2

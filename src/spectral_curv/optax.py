@@ -39,6 +39,7 @@ state's structure, so ``init`` must then run eagerly (not under ``jit``) or the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -267,7 +268,9 @@ def scale_by_spectral_kron(
     promoted to float32).
 
     A non-finite gradient (any leaf): the state is kept (``skipped`` counts it) and the
-    update is zero, under ``jit`` too. ``nonfinite="raise"`` (default) also raises a
+    update is zero, under ``jit`` too. A rejected refresh (keep-last-good) is counted in
+    ``rejected`` and warned once per transform (``optim.RejectedRefreshWarning``; from a
+    host callback under ``jit``). ``nonfinite="raise"`` (default) also raises a
     ValueError, at once when the gradients are concrete, and from a host callback under
     ``jit`` (it reaches the caller as a ``JaxRuntimeError`` at the next sync).
 
@@ -321,6 +324,13 @@ def scale_by_spectral_kron(
     _check_precond_options(opts)
     pdt_opt = _dtype("precond_dtype", precond_dtype, allow_none=True)
     graft_betas = (graft_betas[0], graft_betas[1])
+
+    warned = [False]
+
+    def warn_once(rejected: Any) -> None:  # on the host (a callback under jit)
+        if bool(rejected) and not warned[0]:
+            warned[0] = True
+            warnings.warn(optim.REJECTED_MESSAGE, optim.RejectedRefreshWarning, stacklevel=2)
 
     def pdt_of(x: Any) -> Any:
         return pdt_opt if pdt_opt is not None else jnp.promote_types(x.dtype, jnp.float32)
@@ -469,6 +479,11 @@ def scale_by_spectral_kron(
         kept = state._replace(skipped=optax.safe_int32_increment(state.skipped))
         new_state = jax.tree.map(lambda n, k: jnp.where(finite, n, k), new_state, kept)
         out = [jnp.where(finite, u, jnp.zeros_like(u)) for u in out]
+        rejected = finite & jnp.any(jnp.stack([~jnp.all(ok) for ok in oks] or [False]))
+        if all(not isinstance(x, jax.core.Tracer) for x in leaves):
+            warn_once(rejected)
+        else:
+            jax.debug.callback(warn_once, rejected)
         return treedef.unflatten(out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
