@@ -191,7 +191,7 @@ def test_spectral_update_matches_explicit_to_first_order():
     mu0 = rng.standard_normal(n)
     errs, mean_errs = [], []
     for lr in (0.04, 0.02, 0.01):
-        es = nes.SpectralNES(mu0, 1.0, seed=7, lr_cov=lr, lr_mean=0.3)
+        es = nes.SpectralNES(mu0, 1.0, seed=7, lr_cov=lr, lr_sigma=lr, lr_mean=0.3)
         es.state = full.from_dense(S0)
         X = np.array(es.ask())
         f = nes.rosenbrock(X)
@@ -220,7 +220,7 @@ def test_baselines_match_explicit_to_first_order(cls):
     mu0 = rng.standard_normal(n)
     errs = []
     for lr in (0.02, 0.01):
-        es = cls(mu0, 1.0, seed=3, lr_cov=lr, lr_mean=0.5)
+        es = cls(mu0, 1.0, seed=3, lr_cov=lr, lr_sigma=lr, lr_mean=0.5)
         if cls is baselines.XNES:
             w, v = np.linalg.eigh(cov0)
             es.A = (v * np.sqrt(w)) @ v.T
@@ -272,7 +272,7 @@ def test_lr_sigma_only_changes_scale(monkeypatch):
 
     def shapes(lr_cov):
         covs = []
-        for ls in (None, 20 * lr_cov):
+        for ls in (lr_cov, 20 * lr_cov):  # the paper's single rate, then a separate one
             es = nes.SpectralNES(np.zeros(4), 1.0, seed=2, lr_cov=lr_cov, lr_sigma=ls)
             es.state = full.from_dense(S0)
             X = es.ask()
@@ -785,3 +785,20 @@ def test_pickle_resume_on_backends(xp):
             e.tell(X, nes.rosenbrock(X))
     np.testing.assert_array_equal(to_numpy(es2.mean), to_numpy(es.mean))
     np.testing.assert_array_equal(to_numpy(es2.state.B), to_numpy(es.state.B))
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_default_rates(cls):
+    """Defaults (docs/nes.md, "Default rates"): ``lr_mean = 1``, ``lr_cov`` = xNES's η_B,
+    ``lr_sigma = min(1, 3 η_B)`` whatever ``lr_cov`` is passed; ``lr_sigma=lr_cov`` is the
+    paper's single rate."""
+    for n in (1, 2, 3, 4, 10, 20, 60):
+        eta = (9 + 3 * np.log(n)) / (5 * n**1.5)
+        assert nes.default_lr_cov(n) == pytest.approx(eta, rel=1e-14)
+        assert nes.default_lr_sigma(n) == pytest.approx(min(1.0, 3 * eta), rel=1e-14)
+    es = cls(np.zeros(20), 1.0, seed=0)
+    assert es.lr_mean == 1.0
+    assert (es.lr_cov, es.lr_sigma) == (nes.default_lr_cov(20), nes.default_lr_sigma(20))
+    es = cls(np.zeros(20), 1.0, seed=0, lr_cov=0.01)
+    assert es.lr_sigma == nes.default_lr_sigma(20)
+    assert cls(np.zeros(2), 1.0, seed=0).lr_sigma == 1.0

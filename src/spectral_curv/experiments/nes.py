@@ -127,7 +127,8 @@ def benchmark(
     ``σ0`` per function in :data:`FUNCTIONS`), uses the default population size of
     :func:`default_popsize` for all methods (CMA-ES included) and stops at the function's
     target or after ``budget_per_dim · dim · budget_scale`` evaluations. The three NES
-    methods share ``lr_sigma`` (default 0.3; ``None`` = the paper's single rate) and the
+    methods share ``lr_sigma`` (default 0.3; ``None`` = the classes' default
+    ``nes.default_lr_sigma``; the paper's single rate is ``lr_sigma = lr_cov``) and the
     default ``lr_mean`` and ``lr_cov`` (unless given). Returns
     ``{"setup": ..., "runs": {fun: {method: [{"evals", "fbest", "stop"}, ...]}}}`` with the
     best-so-far value after every iteration; :func:`summarise` makes the table.
