@@ -173,8 +173,17 @@ def _all_finite(leaves: list[Any]) -> jax.Array:
     return ok
 
 
-def _raise_if_not(ok: Any) -> None:
-    if not bool(ok):
+def _on_host(fn: Callable[[Any], None], flag: Any, traced: bool) -> None:
+    """``fn(flag)`` now (eager), or under ``jit`` from a host callback inside a ``lax.cond``
+    on ``flag``: the device sends nothing to the host unless ``flag`` is set."""
+    if not traced:
+        fn(flag)
+    else:
+        jax.lax.cond(flag, lambda: jax.debug.callback(fn, True), lambda: None)
+
+
+def _raise_if(bad: Any) -> None:
+    if bool(bad):
         raise ValueError(
             "spectral_kron: a gradient contains NaN or inf; the state was kept and the update "
             "zeroed (pass nonfinite='skip' to skip such steps without an error)"
@@ -381,11 +390,9 @@ def scale_by_spectral_kron(
         leaves, treedef = jax.tree.flatten(updates)
         precs = treedef.flatten_up_to(state.precond)
         finite = _all_finite(leaves)
+        traced = any(isinstance(x, jax.core.Tracer) for x in leaves)
         if nonfinite == "raise":
-            if all(not isinstance(x, jax.core.Tracer) for x in leaves):
-                _raise_if_not(finite)
-            else:
-                jax.debug.callback(_raise_if_not, finite)
+            _on_host(_raise_if, ~finite, traced)
         pdt = (
             jnp.result_type(*(s.d if isinstance(s, diag.DiagState) else s.alpha for s in precs))
             if precs
@@ -480,10 +487,7 @@ def scale_by_spectral_kron(
         new_state = jax.tree.map(lambda n, k: jnp.where(finite, n, k), new_state, kept)
         out = [jnp.where(finite, u, jnp.zeros_like(u)) for u in out]
         rejected = finite & jnp.any(jnp.stack([~jnp.all(ok) for ok in oks] or [False]))
-        if all(not isinstance(x, jax.core.Tracer) for x in leaves):
-            warn_once(rejected)
-        else:
-            jax.debug.callback(warn_once, rejected)
+        _on_host(warn_once, rejected, traced)
         return treedef.unflatten(out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

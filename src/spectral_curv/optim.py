@@ -1258,8 +1258,10 @@ def state_keys(pl: Plan, options: Options) -> set[str]:
         keys.add("d")
     else:
         keys |= {"alpha", "d_C", "d_K"}
-        keys |= {"B_C"} - ({"B_C"} if pl.diag_rows else set())
-        keys |= {"B_K"} - ({"B_K"} if pl.diag_cols else set())
+        if not pl.diag_rows:
+            keys.add("B_C")
+        if not pl.diag_cols:
+            keys.add("B_K")
     if options.graft == "adam":
         keys |= {"exp_avg", "exp_avg_sq"}
     return keys

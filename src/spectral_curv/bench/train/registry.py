@@ -39,8 +39,10 @@ SPECTRAL_KEYS = (
     "spectral_p1_exact",
     "spectral_p4_quad",
 )
-#: The paper's basis update (the default before the damped rule), kept for comparison.
+#: Former defaults kept for comparison: p = 1 with the paper's raw step (before
+#: ``step_scale="p2"``) and the paper's basis update (before the damped rule).
 PAPER_KEYS = (
+    "spectral_p1_quad_raw",
     "spectral_p2_quad_paper",
     "spectral_p2_exact_paper",
     "spectral_p1_quad_paper",
@@ -282,6 +284,20 @@ def optimizer_registry() -> dict[str, OptSpec]:
                     notes=f"spectral_curv.torch.SpectralKron, p={p}, {desc}",
                 )
             )
+    # p = 1 with the paper's raw step (the default before step_scale="p2"), with the lr
+    # range that step needs (its usable lr is about three decades below p = 2's).
+    specs.append(
+        OptSpec(
+            "spectral_p1_quad_raw",
+            "SpectralKron p=1 quad (raw step)",
+            "spectral",
+            spectral(1.0, "quadratic", step_scale="raw"),
+            {"lr": 1e-5, "weight_decay": 1e-2, "precond_lr": 0.1},
+            {"lr": ("log", 1e-6, 1e-3), **lr_wd, "precond_lr": ("log", 0.01, 0.5)},
+            "precond_lr",
+            notes="spectral_curv.torch.SpectralKron, p=1, step_scale='raw' (the paper's step)",
+        )
+    )
     specs.append(
         OptSpec(
             "soap",
