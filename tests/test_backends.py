@@ -17,6 +17,7 @@ from spectral_curv import backends, maps
 EXPECTED = {
     "cayley_apply_neumann": {"torch"},
     "cayley_apply_quadratic": {"torch"},
+    "cayley_apply_quartic": {"torch"},
     "cayley_apply_exact": {"torch"},
 }
 
@@ -82,6 +83,9 @@ def test_fast_path_equals_generic_route(op, be, batch):
             ref = bn @ ((eye + xn) @ np.linalg.inv(eye - xn))
         elif mode == "quadratic":
             ref = bn @ (eye + 2 * xn + 2 * xn @ xn)
+        elif mode == "quartic":
+            a1, a2, c = maps.QUARTIC_COEFFS
+            ref = bn @ (eye + a1 * xn + c * xn @ xn) @ (eye + a2 * xn + c * xn @ xn)
         else:
             prod = (eye + xn) @ (eye + xn)
             y = xn @ xn
@@ -112,10 +116,10 @@ def test_torch_fast_path_low_precision():
     ref = b64 @ ((np.eye(5) + x64) @ np.linalg.inv(np.eye(5) - x64))
     for dt in (torch.bfloat16, torch.float16):
         x, b = asarray(xp, x64, dt), asarray(xp, b64, dt)
-        for mode in ("exact", "neumann", "quadratic"):
+        for mode in ("exact", "neumann", "quadratic", "quartic"):
             out = maps.cayley_apply(b, x, mode=mode, terms=4)
-            if mode == "quadratic":  # Cayley − (I + 2X + 2X²) = 2X³ + …: compare with that
-                ref_m = b64 @ (np.eye(5) + 2 * x64 + 2 * x64 @ x64)
+            if mode in ("quadratic", "quartic"):  # O(X³) from Cayley: compare with the map
+                ref_m = maps.cayley_apply(b64, x64, mode=mode)
                 assert out.dtype == dt
                 np.testing.assert_allclose(to_numpy(out.float()), ref_m, rtol=0, atol=5e-2)
                 continue
@@ -155,13 +159,17 @@ def _apply_quadratic(b, x):
     return maps.cayley_apply(b, x, mode="quadratic")
 
 
+def _apply_quartic(b, x):
+    return maps.cayley_apply(b, x, mode="quartic")
+
+
 def test_float32_fast_path_equals_generic(xp, jit):
     """On every backend (fast path or not) float32 stays float32 and agrees with the generic
     route (traced under jax.jit, where the dispatch happens at trace time)."""
     rng = np.random.default_rng(4)
     x = asarray(xp, _rand_skew(rng, (4, 4), 0.4), xp.float32)
     b = asarray(xp, rng.standard_normal((4, 4)), xp.float32)
-    for fn in (_apply_exact, _apply_neumann, _apply_quadratic):
+    for fn in (_apply_exact, _apply_neumann, _apply_quadratic, _apply_quartic):
         out = jit(fn)(b, x)
         with backends.generic_only():
             gen = fn(b, x)

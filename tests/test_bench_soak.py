@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from spectral_curv.bench import soak
@@ -24,14 +25,15 @@ def test_soak_cli_tiny_run_writes_report(tmp_path, capsys):
     )  # fmt: skip
     assert soak.main(args) == 0
     data = json.loads(js.read_text())
-    assert [r["mode"] for r in data["rows"]] == ["default", "default", "exact", "exact"]
+    assert [r["task"] for r in data["rows"]] == ["teacher"] * 4 + ["digits"] * 4
+    assert [r["mode"] for r in data["rows"]] == ["default", "default", "exact", "exact"] * 2
     for row in data["rows"]:
         s = row["summary"]
         assert s["finite"] == 2 and math.isfinite(s["final_min"]) and s["max_drift"] < 0.2
         assert len(row["runs"][0]["drift"]) == 3  # every 10 of 30 steps
     assert data["drift"]["steps"] == 200 and len(data["drift"]["curve"]) == 20
     text = md.read_text()
-    assert soak.BEGIN in text and soak.END in text and "| exact | f32 |" in text
+    assert soak.BEGIN in text and soak.END in text and "| teacher | exact | f32 |" in text
     assert "default" in capsys.readouterr().out
 
 
@@ -47,3 +49,17 @@ def test_summary_rules():
     runs[1].update(final_loss=float("nan"), finite=False)
     s = soak._summary(runs)
     assert s["finite"] == 1 and s["within_2x"] is False and s["max_drift"] == 1e-3
+
+
+def test_teacher_task_is_a_stream_with_a_fixed_teacher():
+    """The non-memorising task: distinct samples per seed, labels from one teacher."""
+    x0, y0 = soak._teacher_data(512, 0)
+    x1, y1 = soak._teacher_data(512, 1)
+    again = soak._teacher_data(512, 0)
+    assert np.array_equal(x0, again[0]) and np.array_equal(y0, again[1])
+    assert not np.allclose(x0, x1)
+    assert len(np.unique(x0, axis=0)) == 512 and 5 <= len(np.unique(y0)) <= 10
+    # one teacher for every seed
+    assert np.array_equal(y1, soak._teacher_labels(x1.astype(np.float64)))
+    with pytest.raises(ValueError, match="task"):
+        soak.mlp_soak(steps=1, seed=0, precond_dtype="f32", options={}, task="mnist")

@@ -109,7 +109,7 @@ def _update_rotated(s, q, beta2):
 
 
 @pytest.mark.parametrize("rotation", ["paper", "damped"])
-@pytest.mark.parametrize("cayley", ["exact", "neumann", "quadratic"])
+@pytest.mark.parametrize("cayley", ["exact", "neumann", "quadratic", "quartic"])
 def test_update_rotated_equals_update(xp, jit, cayley, rotation):
     """``update_rotated(state, BᵀΔB)`` is ``update(state, Δ)`` (issue 14 §2), every option."""
     rng = np.random.default_rng(10)

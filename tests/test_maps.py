@@ -170,7 +170,35 @@ def test_quadratic_beats_neumann_k0_and_matches_k1_order():
     assert e_q < 0.25 * e0
 
 
-@pytest.mark.parametrize("mode", ["exact", "neumann", "quadratic"])
+@pytest.mark.parametrize("fro", [0.7, 0.25])
+def test_quartic_is_orthogonal_to_eighth_order(xp, jit, fro):
+    """``Q = (I + a₁X + cX²)(I + a₂X + cX²)`` has ``QᵀQ = I + c⁴X⁸`` exactly (singular values
+    ``√(1 + c⁴θ⁸)``), ``c = 2 − √2``; ``Q − Cayley(X) = O(X³)``; at the step guard
+    ``‖X‖₂ = 0.25`` it is ~10⁴× more orthogonal than the quadratic map."""
+    rng = np.random.default_rng(23)
+    x = rand_skew(rng, 8, fro)
+    q = to_numpy(jit(lambda a: maps.cayley(a, mode="quartic"))(asarray(xp, x)))
+    i, r2 = np.eye(8), np.sqrt(2.0)
+    c = 2 - r2
+    ref = (i + c * x + c * x @ x) @ (i + r2 * x + c * x @ x)
+    np.testing.assert_allclose(q, ref, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(q.T @ q, i + c**4 * np.linalg.matrix_power(x, 8), rtol=0, atol=1e-13)
+    sv = np.sort(np.linalg.svd(q, compute_uv=False))
+    theta = skew_eigs(x)
+    np.testing.assert_allclose(sv, np.sort(np.sqrt(1 + c**4 * theta**8)), rtol=0, atol=1e-12)
+    errs = [
+        np.linalg.norm(maps.cayley(s * x, mode="quartic") - cayley_ref(s * x), 2)
+        for s in (0.1, 0.05)
+    ]
+    assert 7.5 < errs[0] / errs[1] < 8.5  # second-order agreement, as the quadratic map
+    g = rand_skew(rng, 10, 1.0)
+    g = 0.25 * g / np.linalg.norm(g, 2)
+    e4 = orth_err(maps.cayley(g, mode="quartic"))
+    e2 = orth_err(maps.cayley(g, mode="quadratic"))
+    assert e4 <= c**4 * 0.25**8 * (1 + 1e-6) and e4 < 2e-4 * e2
+
+
+@pytest.mark.parametrize("mode", ["exact", "neumann", "quadratic", "quartic"])
 def test_cayley_apply_is_b_times_cayley(xp, jit, mode):
     rng = np.random.default_rng(6)
     x = rand_skew(rng, 6, 0.4)
@@ -183,6 +211,8 @@ def test_cayley_apply_is_b_times_cayley(xp, jit, mode):
         if mode == "exact"
         else b @ (i + 2 * x + 2 * x @ x)
         if mode == "quadratic"
+        else b @ (i + (2 - 2**0.5) * (x + x @ x)) @ (i + 2**0.5 * x + (2 - 2**0.5) * x @ x)
+        if mode == "quartic"
         else b @ ((i + x) @ (i + x) @ (i + x @ x) @ (i + x @ x @ x @ x))
     )
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-13)

@@ -20,6 +20,7 @@ Routing (``optim.plan``): order ≥ 2 weights get the Kronecker factors on
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -146,10 +147,10 @@ def _finish(
     states: list[dict],
     o: optim.Options,
 ) -> None:
-    """``optim.update_param`` for each parameter; where it reduces to momentum and the step
-    (no grafting or clipping, a float lr, the parameter in the factors' dtype), the same
-    operations in the same order as a few ``torch._foreach_*`` kernels."""
-    fused = not isinstance(o.lr, Tensor) and o.graft is None and o.max_update_rms is None
+    """``optim.update_param`` for each parameter; where it reduces to RMS clipping, momentum
+    and the step (no grafting, a float lr, the parameter in the factors' dtype), the same
+    operations as a few ``torch._foreach_*`` kernels."""
+    fused = not isinstance(o.lr, Tensor) and o.graft is None
     fp, fu, fb = [], [], []
     for prm, g, u, s in zip(params, grads, us, states):
         s["step"].add_(1)
@@ -165,6 +166,14 @@ def _finish(
             if v is not None:
                 s[k].copy_(v)
     if fp:
+        if o.max_update_rms is not None:  # optim.clip_rms: U·c/max(rms(U), c)
+            c = o.max_update_rms
+            rms = [
+                (n / math.sqrt(max(u.numel(), 1))).clamp_min_(c)
+                for n, u in zip(torch._foreach_norm(fu), fu)
+            ]
+            fu = torch._foreach_mul(fu, torch._foreach_reciprocal(rms))
+            torch._foreach_mul_(fu, c)
         if o.momentum:
             torch._foreach_mul_(fb, o.momentum)
             torch._foreach_add_(fb, fu)

@@ -79,6 +79,22 @@ def cayley_apply_quadratic(
     return _addmm(b, b, torch.addcmul(x, y, g).mul_(2.0 * g))
 
 
+@register("cayley_apply_quartic", "torch")
+def cayley_apply_quartic(
+    b: torch.Tensor, x: torch.Tensor, terms: int, max_norm: Any = None
+) -> torch.Tensor:
+    """``B (I + a₁X + cX²)(I + a₂X + cX²)`` as two fused ``P + P·F`` (guarded: ``X ← gX``)."""
+    from ..maps import QUARTIC_COEFFS
+
+    a1, a2, c = QUARTIC_COEFFS
+    y = x @ x
+    if max_norm is not None:
+        g = _guard(y, max_norm, True)
+        x, y = x * g, y * (g * g)
+    p = _addmm(b, b, torch.add(y, x, alpha=a1 / c).mul_(c))
+    return _addmm(p, p, torch.add(y, x, alpha=a2 / c).mul_(c))
+
+
 def _solve(a: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """``torch.linalg.solve``; on the CPU a batch is solved one matrix at a time: torch 2.13's
     batched CPU LU (MKL) intermittently fails with ``Pivots given to lu_solve must all be

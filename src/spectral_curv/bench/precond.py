@@ -9,6 +9,8 @@ repeats (so a burst of load from elsewhere hits both). Methods:
     ``optim.refresh(state, G, cayley="quadratic", exp="first_order", ...)`` (the GOP update
     with keep-last-good) then ``optim.direction(state, G, p)``. Products: refresh R = B_CᵀGB_K
     (2), W_C, W_K (2), per factor X², B·Q (2×2); direction R (2), step (2): 12.
+``spectral_quartic``
+    The same with ``cayley="quartic"`` (orthogonal to ``O(X⁸)``): per factor X², B·F₁, ·F₂: 14.
 ``spectral_neumann``
     The same with ``cayley="neumann", cayley_terms=K``: per factor X², P·X², B·P at K = 1: 14.
 ``spectral_generic`` (torch only)
@@ -71,6 +73,7 @@ TARGET_MIN_N = 1024
 
 METHODS = (
     "spectral_quadratic",
+    "spectral_quartic",
     "spectral_neumann",
     "spectral_generic",
     "spectral_exact",
@@ -79,6 +82,7 @@ METHODS = (
 )
 LABELS = {
     "spectral_quadratic": "spectral, quadratic Cayley",
+    "spectral_quartic": "spectral, quartic Cayley",
     "spectral_neumann": "spectral, Neumann Cayley K={K}",
     "spectral_generic": "spectral, quadratic, generic route",
     "spectral_exact": "spectral, exact Cayley",
@@ -87,6 +91,7 @@ LABELS = {
 }
 SHORT = {
     "spectral_quadratic": "spec-quadratic",
+    "spectral_quartic": "spec-quartic",
     "spectral_neumann": "spec-Neumann",
     "spectral_generic": "spec-generic",
     "spectral_exact": "spec-exact",
@@ -130,6 +135,14 @@ def analytic(method: str, terms: int = 1) -> dict[str, Any]:
             "other": "",
             "other_flop_eq": 0.0,
             "breakdown": "refresh: R 2 + W_C,W_K 2 + 2×(X², B·Q); direction: R 2 + step 2",
+        }
+    if method == "spectral_quartic":
+        return {
+            "products": 10 + d,
+            "syrk": 4,
+            "other": "",
+            "other_flop_eq": 0.0,
+            "breakdown": "refresh: R 2 + W_C,W_K 2 + 2×(X², B·F₁, ·F₂); direction: R 2 + step 2",
         }
     if method == "spectral_neumann":
         prod, syrk = _neumann_products(terms)
@@ -260,6 +273,7 @@ def _callables(
 
     table = {
         "spectral_quadratic": spectral("quadratic"),
+        "spectral_quartic": spectral("quartic"),
         "spectral_neumann": spectral("neumann"),
         "spectral_generic": generic,
         "spectral_exact": spectral("exact"),

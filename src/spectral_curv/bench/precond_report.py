@@ -337,6 +337,7 @@ def plot(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
     colors = {
         "spectral_quadratic": "C0",
         "spectral_neumann": "C4",
+        "spectral_quartic": "C6",
         "spectral_generic": "C9",
         "spectral_exact": "C2",
         "eigh_refresh": "C3",

@@ -35,6 +35,8 @@ __all__ = [
 SPECTRAL_KEYS = (
     "spectral_p2_quad",
     "spectral_p2_exact",
+    "spectral_p2_quartic",
+    "spectral_p2_quad_clip1",
     "spectral_p1_quad",
     "spectral_p1_exact",
     "spectral_p4_quad",
@@ -270,7 +272,10 @@ def optimizer_registry() -> dict[str, OptSpec]:
     )
     # The default step_scale="p2" gives every root p the step size of p = 2: one lr range.
     for p in (2, 1, 4):
-        for c, cayley, extra, lab, desc in variants if p != 4 else variants[:1]:
+        quartic = ("quartic", "quartic", {}, "quartic", "quartic Cayley (orthogonal to O(X⁸))")
+        clip = ("quad_clip1", "quadratic", {"max_update_rms": 1.0}, "quad, RMS ≤ 1", "clip 1")
+        mine = {2: (*variants[:2], quartic, clip, *variants[2:]), 1: variants, 4: variants[:1]}[p]
+        for c, cayley, extra, lab, desc in mine:
             lo, hi, lr0 = 1e-4, 3e-3, 3e-4
             specs.append(
                 OptSpec(
