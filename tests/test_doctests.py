@@ -8,8 +8,10 @@ library API and is exempt.
 
 One pytest case per module runs the module's doctests (``doctest.DocTestFinder`` +
 ``doctest.DocTestRunner`` with ``ELLIPSIS | NORMALIZE_WHITESPACE``) and fails with the runner's
-report. A second case per module lists its public functions and classes (``__all__``, or the
-public names defined in the module when it has none) and checks that each has a docstring
+report; for a package, those of its private submodules too (``optax._scale`` …: where the
+names it re-exports are defined, which the finder does not follow). A second case per module
+lists its public functions and classes (``__all__``, or the public names defined in the
+module when it has none) and checks that each has a docstring
 citing a section of the mathematics, ``math §x`` (``docs/math.md``; the former ``SPEC §x`` is
 accepted until the citation sweep), itself or through its module docstring, and that every
 section cited there has its anchor in ``docs/math.md``. The framework modules (``torch``,
@@ -24,6 +26,7 @@ import doctest
 import importlib
 import inspect
 import io
+import pkgutil
 import re
 from pathlib import Path
 from types import ModuleType
@@ -76,10 +79,20 @@ def _public(mod: ModuleType) -> dict[str, object]:
     return {n: o for n, o in objs.items() if inspect.isfunction(o) or inspect.isclass(o)}
 
 
+def _with_private_submodules(mod: ModuleType) -> list[ModuleType]:
+    """``mod`` and, for a package, its private submodules (``_name``)."""
+    if not hasattr(mod, "__path__"):
+        return [mod]
+    subs = pkgutil.iter_modules(mod.__path__, f"{mod.__name__}.")
+    private = [s.name for s in subs if s.name.rsplit(".", 1)[-1].startswith("_")]
+    return [mod, *(importlib.import_module(n) for n in sorted(private))]
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_doctests(name: str) -> None:
     mod = _module(name)
-    tests = doctest.DocTestFinder().find(mod, mod.__name__)
+    finder = doctest.DocTestFinder()
+    tests = [t for m in _with_private_submodules(mod) for t in finder.find(m, m.__name__)]
     out = io.StringIO()
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     for test in sorted(tests, key=lambda t: t.name):

@@ -745,6 +745,19 @@ def direction(st: Precond, g: Array, *, p: Any, norm_p: Any = None) -> Array:
     return kron.precondition(st, g, p=p, norm_p=norm_p, check=False)
 
 
+def step_norm_p(step_scale: str) -> float | None:
+    """The ``norm_p`` of :func:`direction` for the option ``step_scale``: ``"p2"`` rescales
+    the root-``p`` step to the norm of the root-2 step (2.0), ``"raw"`` leaves it (None).
+
+    Example::
+
+        >>> from spectral_curv import optim
+        >>> optim.step_norm_p("p2"), optim.step_norm_p("raw")
+        (2.0, None)
+    """
+    return 2.0 if step_scale == "p2" else None
+
+
 def _norm(xp: Namespace, x: Array) -> Array:
     return xp.sqrt(xp.sum(x * x))
 
@@ -830,6 +843,28 @@ def apply_update(param: Array, u: Array, *, lr: Any, weight_decay: Any = 0.0) ->
     return decayed - xp.astype(u * lr, param.dtype)
 
 
+def all_grads_finite(xp: Namespace, grads: Sequence[Array]) -> Array:
+    """A 0-d boolean array: every gradient is finite. No host sync, so it works under
+    ``jax.jit`` (optax keeps the state and zeroes the update where it is False);
+    :func:`check_finite_grads` is its Python bool.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> xp = optim.namespace(np.zeros(1))
+        >>> ok = optim.all_grads_finite(xp, [np.ones(2), np.array([np.inf])])
+        >>> ok.shape, bool(ok), bool(optim.all_grads_finite(xp, []))
+        ((), False, True)
+    """
+    if not grads:
+        return xp.asarray(True)
+    ok = xp.all(xp.isfinite(grads[0]))
+    for g in grads[1:]:
+        ok = ok & xp.all(xp.isfinite(g))
+    return ok
+
+
 def check_finite_grads(xp: Namespace, grads: list[Array]) -> bool:
     """True when every gradient is finite (one host sync for the whole list).
 
@@ -845,13 +880,7 @@ def check_finite_grads(xp: Namespace, grads: list[Array]) -> bool:
         >>> optim.check_finite_grads(xp, [])
         True
     """
-    if not grads:
-        return True
-    flags = [xp.all(xp.isfinite(g)) for g in grads]
-    ok = flags[0]
-    for f in flags[1:]:
-        ok = ok & f
-    return bool(ok)
+    return bool(all_grads_finite(xp, grads)) if grads else True
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -999,7 +1028,7 @@ def precondition_step(
     new = cond(first, first_all, same, list(states))
     new, oks = cond(refresh, refresh_all, keep, new)
     new = cond(reorth, reorth_all, same, new)
-    norm_p = 2.0 if options.step_scale == "p2" else None
+    norm_p = step_norm_p(options.step_scale)
     dirs = [direction(s, g, p=options.p, norm_p=norm_p) for s, g in zip(new, grads)]
     return new, oks, dirs
 

@@ -1,0 +1,63 @@
+""":func:`validate_state`: a restored :class:`~spectral_curv.optax.ScaleBySpectralKronState`
+checked against the parameters with the engine's checks (``optim.check_counters``,
+``optim.check_precond``, ``optim.check_slots``: math §4's normalisation, orthogonal bases).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .. import optim
+from ._options import DEFAULTS as _D
+from ._scale import ScaleBySpectralKronState
+
+
+def validate_state(
+    state: ScaleBySpectralKronState, params: Any, *, max_precond_dim: int = _D.max_precond_dim
+) -> None:
+    """Raise a ValueError naming the leaf and the field unless ``state`` (e.g. restored from a
+    checkpoint) is a valid :func:`scale_by_spectral_kron` state for ``params``.
+
+    Checks the tree structure, the counters (``0 ≤ rejected ≤ refreshes ≤ count``), and per
+    leaf the factors against the leaf's plan (``optim.check_precond``: shapes, finite,
+    ``α, d > 0``, ``Π d = 1``, orthogonal ``B``) and the graft moments. Reads values: call
+    it eagerly, outside ``jit``.
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import scale_by_spectral_kron, validate_state
+        >>> params = {"w": jnp.zeros((4, 3))}
+        >>> state = scale_by_spectral_kron().init(params)
+        >>> validate_state(state, params)
+        >>> bad = state._replace(precond={"w": state.precond["w"]._replace(d_C=-jnp.ones(4))})
+        >>> validate_state(bad, params)
+        Traceback (most recent call last):
+        ...
+        ValueError: state leaf ['w']: `d_C` must be > 0
+    """
+    if not isinstance(state, ScaleBySpectralKronState):
+        raise ValueError(f"expected a ScaleBySpectralKronState, got {type(state)!r}")
+    paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+    try:
+        precs = treedef.flatten_up_to(state.precond)
+        rejs = treedef.flatten_up_to(state.rejected)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"state does not match the params' tree structure: {e}") from e
+    graft = state.exp_avg is not None
+    moments = (
+        zip(treedef.flatten_up_to(state.exp_avg), treedef.flatten_up_to(state.exp_avg_sq))
+        if graft
+        else [(None, None)] * len(precs)
+    )
+    o = optim.Options(graft="adam" if graft else None)
+    for (path, x), pre, rej, (ea, eas) in zip(paths, precs, rejs, moments):
+        where = f"state leaf {jax.tree_util.keystr(path)}"
+        optim.check_counters(state.count, state.refreshes, rej, where=where)
+        pl = optim.plan(tuple(x.shape), max_precond_dim)
+        optim.check_precond(pre, pl, optim.matrix_shape(pl, tuple(x.shape)), where=where)
+        slots = optim.Slots(jnp.zeros(x.shape), ea, eas)
+        optim.check_slots(slots, tuple(x.shape), o, where=where)

@@ -1,0 +1,130 @@
+"""The small transforms :func:`~spectral_curv.optax.spectral_kron` chains after the
+preconditioner: RMS clipping, heavy-ball momentum (the engine's ``optim.clip_rms`` and
+``optim.add_momentum``, math §4.7) and the whole-step skip on a non-finite gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .. import optim
+from ._options import cast_hyperparam, floating_dtype
+
+
+class ClipByUpdateRmsState(NamedTuple):
+    """:func:`clip_by_update_rms` is stateless.
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import ClipByUpdateRmsState, clip_by_update_rms
+        >>> state = clip_by_update_rms(1.0).init({"w": jnp.zeros(3)})
+        >>> state == ClipByUpdateRmsState(), len(state)
+        (True, 0)
+    """
+
+
+class MomentumState(NamedTuple):
+    """Heavy-ball buffer of :func:`heavy_ball` (per leaf, in ``mu_dtype``).
+
+    Example (zeros shaped like the parameters)::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import heavy_ball
+        >>> state = heavy_ball(0.9, mu_dtype=jnp.float32).init({"w": jnp.ones((2, 3))})
+        >>> type(state).__name__, state.momentum["w"].shape, float(state.momentum["w"].sum())
+        ('MomentumState', (2, 3), 0.0)
+    """
+
+    momentum: Any
+
+
+def clip_by_update_rms(max_rms: Any) -> optax.GradientTransformation:
+    """Cap each update leaf's RMS at ``max_rms`` (``optim.clip_rms``; stateless).
+
+    Example (an RMS of 3 is scaled down to 1; an RMS under the cap passes unchanged)::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import clip_by_update_rms
+        >>> tx = clip_by_update_rms(1.0)
+        >>> updates = {"big": jnp.full((2, 2), 3.0), "small": jnp.full(2, 0.5)}
+        >>> out, _ = tx.update(updates, tx.init(updates))
+        >>> out["big"].tolist(), out["small"].tolist()
+        ([[1.0, 1.0], [1.0, 1.0]], [0.5, 0.5])
+    """
+    if max_rms is None:
+        raise ValueError("`max_update_rms` must be finite and > 0, got None")
+    optim.check_options({"max_update_rms": max_rms})
+
+    def init_fn(params: Any) -> ClipByUpdateRmsState:
+        del params
+        return ClipByUpdateRmsState()
+
+    def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        del params
+        clip = lambda u: optim.clip_rms(u, cast_hyperparam(max_rms, u.dtype))  # noqa: E731
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def heavy_ball(momentum: Any, mu_dtype: Any = None) -> optax.GradientTransformation:
+    """Undampened momentum ``m ← μ m + U`` (``optim.add_momentum``), output ``m``.
+
+    The buffer is kept in ``mu_dtype`` (default: each update leaf's dtype; the torch
+    optimizer keeps it in ``precond_dtype``, so pass ``jnp.float32`` for bf16 parameters
+    to match it); the output has the incoming update's dtype.
+
+    Example (two unit updates: ``m = 1``, then ``0.9·1 + 1 = 1.9``)::
+
+        >>> import jax.numpy as jnp
+        >>> from spectral_curv.optax import heavy_ball
+        >>> tx, u = heavy_ball(0.9), {"w": jnp.ones(2)}
+        >>> out1, state = tx.update(u, tx.init(u))
+        >>> out2, state = tx.update(u, state)
+        >>> out1["w"].tolist(), [round(float(x), 5) for x in out2["w"]]
+        ([1.0, 1.0], [1.9, 1.9])
+    """
+    mdt = floating_dtype("mu_dtype", mu_dtype, allow_none=True)
+
+    def init_fn(params: Any) -> MomentumState:
+        return MomentumState(
+            jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype if mdt is None else mdt), params)
+        )
+
+    def update_fn(updates: Any, state: MomentumState, params: Any = None) -> tuple[Any, Any]:
+        del params
+
+        def add(u: Any, b: Any) -> Any:
+            return optim.add_momentum(b, u.astype(b.dtype), cast_hyperparam(momentum, b.dtype))
+
+        bufs = jax.tree.map(lambda u, b: add(u, b).astype(b.dtype), updates, state.momentum)
+        out = jax.tree.map(lambda u, b: b.astype(u.dtype), updates, bufs)
+        return out, MomentumState(bufs)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def skip_nonfinite(
+    tx: optax.GradientTransformation, *, self_skipping: type
+) -> optax.GradientTransformationExtraArgs:
+    """``tx`` whose every state is kept (and update zeroed) on a non-finite gradient; a state
+    of type ``self_skipping`` inside (the preconditioner's) decides for itself (it counts the
+    skip)."""
+
+    def update_fn(updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
+        ok = optim.all_grads_finite(jnp, jax.tree.leaves(updates))
+        new_u, new_s = tx.update(updates, state, params, **extra)
+        own = lambda x: isinstance(x, self_skipping)  # noqa: E731
+
+        def keep(n: Any, o: Any) -> Any:
+            return n if own(n) else jax.tree.map(lambda a, b: jnp.where(ok, a, b), n, o)
+
+        new_s = jax.tree.map(keep, new_s, state, is_leaf=own)
+        return jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_u), new_s
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
