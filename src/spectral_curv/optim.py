@@ -221,6 +221,12 @@ def _check_betas(key: str, b: Any) -> None:
 #: Values ``nonfinite`` may take: what a step does with a NaN/inf gradient.
 NONFINITE = ("raise", "skip")
 
+#: The ValueError of an eager adapter's step on a NaN/inf gradient with ``nonfinite="raise"``.
+NONFINITE_MESSAGE = (
+    "SpectralKron: a gradient contains NaN or inf; no state was changed "
+    "(pass nonfinite='skip' to skip such steps instead)"
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Options:
@@ -250,7 +256,9 @@ class Options:
       ``S^{-1/2} G``, so that ``lr`` means the same for every root ``p`` (the direction is
       root ``p``'s; computed without overflow for any ``p``; for ``p = 2`` a no-op);
       ``"raw"``: the paper's step ``S^{-1/p} G`` exactly.
-    - ``max_update_rms``: clip each update's RMS (None: off).
+    - ``max_update_rms``: cap each layer's preconditioned direction at this RMS before
+      momentum (default 1.0, the largest RMS an Adam step can have, so a stale
+      preconditioner meeting a larger gradient cannot spike the step; None: off; math §4.9).
     - ``graft``: ``"adam"`` rescales each update to the norm of Adam's, whose constants are
       ``graft_betas`` and ``graft_eps`` (None: off).
     - ``max_precond_dim``: a side longer than this is kept diagonal (O(n) memory).
@@ -291,7 +299,7 @@ class Options:
     max_step_norm: Any = None
     rotation: str = "damped"
     step_scale: str = "p2"
-    max_update_rms: Any = None
+    max_update_rms: Any = 1.0
     graft: str | None = None
     graft_betas: tuple[Any, Any] = (0.9, 0.999)
     graft_eps: Any = 1e-8
@@ -686,6 +694,28 @@ REJECTED_MESSAGE = (
     "(warned once per optimizer). Frequent rejections mean the learning rate or precond_lr "
     "is too large for the curvature."
 )
+
+
+def warn_rejected_once(warned: bool, seen: Any, now: Any, *, stacklevel: int = 2) -> bool:
+    """Give :data:`REJECTED_MESSAGE` as a :class:`RejectedRefreshWarning` if the total of the
+    ``rejected`` counters grew from ``seen`` to ``now`` and the optimizer has not ``warned``
+    yet; returns the new ``warned`` flag. ``stacklevel`` counts from the caller (2: its caller).
+
+    Example::
+
+        >>> import warnings
+        >>> from spectral_curv import optim
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     flags = [optim.warn_rejected_once(f, s, n) for f, s, n in
+        ...              [(False, 0, 0), (False, 0, 2), (True, 2, 3)]]
+        >>> flags, [x.category.__name__ for x in w]
+        ([False, True, True], ['RejectedRefreshWarning'])
+    """
+    if warned or not now > seen:
+        return warned
+    warnings.warn(REJECTED_MESSAGE, RejectedRefreshWarning, stacklevel=stacklevel + 1)
+    return True
 
 
 #: Largest ``|B_ij|`` a refreshed basis may have (orthogonal: ≤ 1; drift allowed for).
@@ -1271,6 +1301,10 @@ def check_slots(
             _fail(where, field, "must be >= 0")
 
 
+#: The per-parameter counters of every adapter's state (:func:`check_counters`' order).
+COUNTERS = ("step", "refreshes", "rejected")
+
+
 def state_keys(pl: Plan, options: Options) -> set[str]:
     """The keys of one parameter's flat state in every adapter: the counters, the factor
     fields of plan ``pl`` and the :class:`Slots` that ``options`` use.
@@ -1294,6 +1328,111 @@ def state_keys(pl: Plan, options: Options) -> set[str]:
     if options.graft == "adam":
         keys |= {"exp_avg", "exp_avg_sq"}
     return keys
+
+
+def precond_of(state: Mapping[str, Any], pl: Plan) -> Precond:
+    """The factor state kept in one parameter's flat ``state`` (:func:`state_keys`) under
+    plan ``pl``; a side kept diagonal (no ``B_*`` key) gives None.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> optim.precond_of({"step": 0, "d": np.ones(3)}, optim.plan((3,)))
+        DiagState(d=array([1., 1., 1.]))
+        >>> optim.precond_of({"alpha": 1.0, "d_C": 2, "d_K": 3}, optim.plan((2, 3)))
+        KronState(alpha=1.0, B_C=None, d_C=2, B_K=None, d_K=3)
+    """
+    if Plan(*pl).kind == "diag":
+        return diag.DiagState(state["d"])
+    return kron.KronState(*(state.get(k) for k in kron.KronState._fields))
+
+
+def slots_of(state: Mapping[str, Any]) -> Slots:
+    """The :class:`Slots` kept in one parameter's flat ``state`` (None where absent).
+
+    Example::
+
+        >>> from spectral_curv import optim
+        >>> optim.slots_of({"step": 3, "momentum_buffer": 0.5})
+        Slots(momentum_buffer=0.5, exp_avg=None, exp_avg_sq=None)
+    """
+    return Slots(*(state.get(k) for k in Slots._fields))
+
+
+def flat_state(*parts: Precond | Slots) -> dict[str, Any]:
+    """The fields of factor states and :class:`Slots` that are not None, as the flat
+    ``{key: array}`` of one parameter's state (the inverse of :func:`precond_of` and
+    :func:`slots_of`), in field order.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> pl = optim.plan((4, 3), max_precond_dim=3)
+        >>> st = optim.init(pl, (4, 3))
+        >>> sorted(optim.flat_state(st, optim.Slots(np.zeros((4, 3)))))
+        ['B_K', 'alpha', 'd_C', 'd_K', 'momentum_buffer']
+    """
+    return {k: v for part in parts for k, v in zip(part._fields, part) if v is not None}
+
+
+def fresh_state(
+    pl: Plan,
+    shape: tuple[int, ...],
+    options: Options,
+    *,
+    dtype: Any,
+    device: Any = None,
+    xp: Namespace,
+) -> dict[str, Any]:
+    """One parameter's new flat state: the :data:`COUNTERS` at 0 (Python ints), fresh factors
+    (:func:`init`, ``S = I``) and zero :class:`Slots` in ``dtype`` (:func:`flat_state`).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> xp = optim.namespace(np.zeros(1))
+        >>> st = optim.fresh_state(optim.plan((3,)), (3,), optim.Options(), dtype=np.float32, xp=xp)
+        >>> list(st), st["d"].dtype
+        (['step', 'refreshes', 'rejected', 'd', 'momentum_buffer'], dtype('float32'))
+    """
+    pre = init(pl, matrix_shape(pl, shape), dtype=dtype, device=device, xp=xp)
+    slots = init_slots(xp, tuple(shape), options, dtype=dtype, device=device)
+    return {**dict.fromkeys(COUNTERS, 0), **flat_state(pre, slots)}
+
+
+def stack_precond(states: Sequence[Precond]) -> Precond:
+    """Same-plan factor states stacked along a new leading axis (one bucket's batched state;
+    a side kept diagonal stays None). :func:`unstack_precond` undoes it.
+
+    Example::
+
+        >>> from spectral_curv import optim
+        >>> pl = optim.plan((4, 3))
+        >>> st = optim.stack_precond([optim.init(pl, (4, 3)), optim.init(pl, (4, 3))])
+        >>> st.alpha.shape, st.B_C.shape, len(optim.unstack_precond(st))
+        ((2,), (2, 4, 4), 2)
+    """
+    xp = array_namespace(*(v for v in states[0] if v is not None))
+    fields = zip(*states)
+    return type(states[0])(*(None if v[0] is None else xp.stack(list(v)) for v in fields))
+
+
+def unstack_precond(st: Precond) -> list[Precond]:
+    """The layers of a stacked factor state (:func:`stack_precond`), each a view of its slice.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> st = optim.init(optim.plan((4, 3)), (4, 3), batch=(2,))
+        >>> [s.B_C.shape for s in optim.unstack_precond(st)]
+        [(4, 4), (4, 4)]
+    """
+    n = next(v for v in st if v is not None).shape[0]
+    return [type(st)(*(None if v is None else v[j, ...] for v in st)) for j in range(n)]
 
 
 def check_state(
@@ -1321,10 +1460,6 @@ def check_state(
         got = sorted(map(str, state)) if isinstance(state, Mapping) else type(state)
         raise ValueError(f"{where} must have the keys {sorted(want)}, got {got}")
     check_counters(state["step"], state["refreshes"], state["rejected"], where=where)
-    pl = Plan(*pl)
-    if pl.kind == "diag":
-        pre: Precond = diag.DiagState(state["d"])
-    else:
-        pre = kron.KronState(*(state.get(k) for k in kron.KronState._fields))
+    pre = precond_of(state, pl)
     check_precond(pre, pl, matrix_shape(pl, shape), where=where)
-    check_slots(Slots(*(state.get(k) for k in Slots._fields)), shape, options, where=where)
+    check_slots(slots_of(state), shape, options, where=where)

@@ -40,14 +40,17 @@ __all__ = ["MODES", "add_arguments", "drift_run", "drift_verdict", "main", "mlp_
 MODES: dict[str, dict[str, Any]] = {
     "default": {},
     "default_reorth1": {"reorth_interval": 1},
-    "default_paper": {"rotation": "paper"},
+    "default_paper": {"rotation": "paper", "max_update_rms": None},
     "quartic": {"cayley": "quartic"},
-    "clip1": {"max_update_rms": 1.0},
+    "default_noclip": {"max_update_rms": None},
     "p1": {"p": 1.0},
-    "p1_clip1": {"p": 1.0, "max_update_rms": 1.0},
-    "quartic_clip1": {"cayley": "quartic", "max_update_rms": 1.0},
     "exact": {"cayley": "exact"},
-    "exact_paper_unguarded": {"cayley": "exact", "rotation": "paper", "reorth_interval": 0},
+    "exact_paper_unguarded": {
+        "cayley": "exact",
+        "rotation": "paper",
+        "reorth_interval": 0,
+        "max_update_rms": None,
+    },
 }
 
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
