@@ -194,7 +194,7 @@ def test_trajectory_equals_torch_float64(name, monkeypatch, record_property):
     assert _loss(final, *batches[0]) < _loss(_init(), *batches[0])
 
     # the run exercises what the config claims
-    cap = hp.get("max_update_rms", optim.Options().max_update_rms)  # 1.0 by default
+    cap = hp.get("max_update_rms", optim.Options().max_update_rms)  # 3.0 by default
     assert clip["calls"] == (STEPS * len(SHAPES) if cap else 0)
     if "max_update_rms" in hp:  # the configs that set it choose a cap that binds sometimes
         assert 0 < clip["binding"] < clip["calls"], clip

@@ -89,7 +89,7 @@ def _numpy_reference(
         "cayley": "quadratic",
         "cayley_terms": 1,
         "exp": "first_order",
-        "max_update_rms": 1.0,  # the default
+        "max_update_rms": 3.0,  # the default
         "graft": None,
         "graft_betas": (0.9, 0.999),
         "graft_eps": 1e-8,

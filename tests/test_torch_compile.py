@@ -88,3 +88,168 @@ def test_diag_and_postprocess_compile_without_graph_breaks():
         ref = _post(*args, torch.tensor(0.05), step)
         for a, b in zip(got, ref):
             _close(a, b, 1e-6)
+
+
+# ------------------------------------------------------------ SpectralKron.step, compiled
+# torch's compiled-optimizer tests compile ``opt.step`` with ``fullgraph=True``; the
+# ``eager`` backend runs dynamo's graph with the same kernels as eager mode, so the compiled
+# trajectory equals the eager one bitwise (the skip is a ``torch.where`` that picks the new
+# values exactly). The schedule below has every phase within 8 steps: t=0 first step,
+# t=1 warmup refresh with re-orthonormalisation, t=2 plain, t=3 refresh, t=6 refresh with
+# re-orthonormalisation.
+import copy  # noqa: E402
+import io  # noqa: E402
+import re  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from torch import nn  # noqa: E402
+from torch._dynamo.testing import CompileCounterWithBackend  # noqa: E402
+
+import spectral_curv.torch as sct  # noqa: E402
+from spectral_curv.torch import SpectralKron  # noqa: E402
+
+OPTS = dict(lr=0.05, precond_warmup=2, update_interval=3, reorth_interval=2)
+X = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Every optimizer's ``step`` is torch's one wrapper function, whose graphs count
+    together against ``recompile_limit`` (8): about 5 per SpectralKron (first step, then
+    one per phase), so a test that compiles three needs more."""
+    torch._dynamo.reset()
+    cfg = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    with cfg.patch(**{limit: 32}):
+        yield
+    torch._dynamo.reset()
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)  # a 3×4 and two stacked 3×3 Kronecker weights, diagonal biases
+    return nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
+
+
+def _grads(model: nn.Module, t: int) -> None:
+    model.zero_grad()
+    model(X + 0.1 * t).square().mean().backward()
+
+
+def _steps(model, opt, step, ts) -> None:
+    for t in ts:
+        _grads(model, t)
+        step()
+
+
+def _equal(ma, oa, mb, ob) -> None:
+    for a, b in zip(ma.parameters(), mb.parameters()):
+        assert torch.equal(a, b)
+        sa, sb = oa.state[a], ob.state[b]
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+
+
+def _compiled(opt, counter=None):
+    return torch.compile(opt.step, fullgraph=True, backend=counter or "eager")
+
+
+def test_compiled_step_equals_eager_bitwise():
+    kw = dict(update_interval=3, precond_warmup=2, reorth_interval=2, cayley="quadratic")
+    phases, refreshes = set(), 0
+    for t in range(8):
+        first, refresh, reorth = optim.schedule(t, refreshes, **kw)
+        phases.add((first, refresh, reorth))
+        refreshes += refresh
+    T, F = True, False
+    assert phases == {(T, T, F), (F, T, T), (F, F, F), (F, T, F)}  # every phase is covered
+
+    me, mc = _model(), _model()
+    oe, oc = SpectralKron(me.parameters(), **OPTS), SpectralKron(mc.parameters(), **OPTS)
+    counter = CompileCounterWithBackend("eager")
+    step = _compiled(oc, counter)
+    _steps(mc, oc, step, range(8))
+    graphs = counter.frame_count
+    assert 1 < graphs <= 6  # the first call and one graph per phase, not one per step
+    oc.state_dict()  # folds the compiled skip count in place: the graphs still match
+    _steps(mc, oc, step, range(8, 12))  # phases seen before: no new graph
+    assert counter.frame_count == graphs
+    _steps(me, oe, oe.step, range(12))
+    _equal(me, oe, mc, oc)
+    assert int(oc.state[mc[0].weight]["refreshes"]) == 5  # t = 0, 1, 3, 6, 9
+
+
+def test_compiled_nonfinite_gradient_is_skipped():
+    """``nonfinite="skip"``: parameters, momentum, factors and ``rejected`` stay as they were
+    (a refresh step, so the factors would change); the counters advance (the schedule is
+    fixed when the graph is built) and ``skipped_steps`` counts it."""
+    model = _model()
+    opt = SpectralKron(model.parameters(), nonfinite="skip", **OPTS)
+    step = _compiled(opt)
+    _steps(model, opt, step, range(3))
+    before = copy.deepcopy((list(model.parameters()), opt.state_dict()["state"]))
+    _grads(model, 3)
+    model[2].weight.grad[0, 1] = float("nan")
+    step()
+    after = (list(model.parameters()), opt.state_dict()["state"])
+    for a, b in zip(before[0], after[0]):
+        assert torch.equal(a, b)
+    for i, st in before[1].items():
+        for k, v in st.items():
+            want = v + 1 if k in ("step", "refreshes") else v
+            assert torch.equal(after[1][i][k], want), (i, k)
+    assert opt.skipped_steps == 1 and opt.state_dict()["param_groups"][0]["skipped_steps"] == 1
+    _steps(model, opt, step, [4])
+    assert all(bool(p.isfinite().all()) for p in model.parameters())
+    assert not torch.equal(model[0].weight, before[0][0]) and opt.skipped_steps == 1
+
+
+def test_compiled_raise_skips_with_one_notice(monkeypatch):
+    """A graph cannot raise on data: as torch's optimizers mask a step on ``found_inf``, the
+    compiled step skips it, and says so once, while dynamo traces."""
+    monkeypatch.setattr(sct, "_NOTICE", [], raising=False)
+    model = _model()
+    opt = SpectralKron(model.parameters(), **OPTS)
+    step = _compiled(opt)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _steps(model, opt, step, range(2))
+        _grads(model, 2)
+        model[0].bias.grad[0] = float("inf")
+        w = model[0].weight.detach().clone()
+        step()
+    notes = [w for w in seen if "cannot raise" in str(w.message)]
+    assert len(notes) == 1 and torch.equal(model[0].weight, w) and opt.skipped_steps == 1
+
+
+def test_state_dict_of_compiled_run_resumes_like_eager():
+    """4 compiled steps, ``state_dict`` through ``torch.save``, 4 more steps (eager, compiled,
+    or on a deep copy) equal 8 eager steps."""
+    ref = _model()
+    oref = SpectralKron(ref.parameters(), **OPTS)
+    _steps(ref, oref, oref.step, range(8))
+
+    model = _model()
+    opt = SpectralKron(model.parameters(), **OPTS)
+    _steps(model, opt, _compiled(opt), range(4))
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    for how in ("eager", "compiled", "deepcopy"):
+        m, o = copy.deepcopy((model, opt))  # one memo: the copy steps the copied parameters
+        if how != "deepcopy":
+            o = SpectralKron(m.parameters(), **OPTS)
+            buf.seek(0)
+            o.load_state_dict(torch.load(buf, weights_only=True))
+        _steps(m, o, o.step if how == "eager" else _compiled(o), range(4, 8))
+        _equal(ref, oref, m, o)
+
+
+def test_guide_example_runs(monkeypatch):
+    """The ``torch.compile`` example of docs/guide/torch.md runs (on the eager backend)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "torch.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (code,) = [b for b in blocks if "torch.compile(" in b]
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": "eager"}))
+    exec(compile(code, "docs/guide/torch.md", "exec"), {"__name__": "guide_torch"})

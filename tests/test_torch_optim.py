@@ -273,8 +273,9 @@ def test_trajectory_equals_reference_float64(name, record_property):
     assert ref.stats["no_refresh"] > 0
     if hp["cayley"] != "exact":
         assert ref.stats["reorth"] > 0
-    if hp["max_update_rms"] is not None:
-        # partially binding, so "clip" and "always normalise" are told apart
+    if CONFIGS[name].get("max_update_rms") is not None:
+        # partially binding, so "clip" and "always normalise" are told apart (the default
+        # cap, 3, is meant not to bind in steady training and does not bind here)
         assert 0 < ref.stats["clipped"] < ref.stats["refresh"] + ref.stats["no_refresh"]
     record_property("ref_stats", dict(ref.stats))
 

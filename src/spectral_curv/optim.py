@@ -257,8 +257,9 @@ class Options:
       root ``p``'s; computed without overflow for any ``p``; for ``p = 2`` a no-op);
       ``"raw"``: the paper's step ``S^{-1/p} G`` exactly.
     - ``max_update_rms``: cap each layer's preconditioned direction at this RMS before
-      momentum (default 1.0, the largest RMS an Adam step can have, so a stale
-      preconditioner meeting a larger gradient cannot spike the step; None: off; math §4.9).
+      momentum (default 3.0: three times the RMS ≈ 1 of a direction whitened by factors
+      that match the gradients, so a stale preconditioner meeting a larger gradient cannot
+      spike the step; None: off; math §4.9).
     - ``graft``: ``"adam"`` rescales each update to the norm of Adam's, whose constants are
       ``graft_betas`` and ``graft_eps`` (None: off).
     - ``max_precond_dim``: a side longer than this is kept diagonal (O(n) memory).
@@ -299,7 +300,7 @@ class Options:
     max_step_norm: Any = None
     rotation: str = "damped"
     step_scale: str = "p2"
-    max_update_rms: Any = 1.0
+    max_update_rms: Any = 3.0
     graft: str | None = None
     graft_betas: tuple[Any, Any] = (0.9, 0.999)
     graft_eps: Any = 1e-8

@@ -146,21 +146,20 @@ def _finish(
     us: list[Tensor],
     states: list[dict],
     o: optim.Options,
+    steps: list[int],
 ) -> None:
-    """``optim.update_param`` for each parameter; where it reduces to RMS clipping, momentum
-    and the step (no grafting, a float lr, the parameter in the factors' dtype), the same
-    operations as a few ``torch._foreach_*`` kernels."""
+    """``optim.update_param`` for each parameter (``steps``: the new 1-based step counts);
+    where it reduces to RMS clipping, momentum and the step (no grafting, a float lr, the
+    parameter in the factors' dtype), the same operations as a few ``torch._foreach_*``."""
     fused = not isinstance(o.lr, Tensor) and o.graft is None
     fp, fu, fb = [], [], []
-    for prm, g, u, s in zip(params, grads, us, states):
+    for prm, g, u, s, t in zip(params, grads, us, states, steps):
         s["step"].add_(1)
         if fused and prm.dtype == u.dtype:
             fp.append(prm), fu.append(u), fb.append(s["momentum_buffer"])
             continue
         slots = optim.Slots(*(s.get(k) for k in optim.Slots._fields))
-        new, slots = optim.update_param(
-            prm, g.to(u.dtype), u, slots, step=int(s["step"].item()), options=o
-        )
+        new, slots = optim.update_param(prm, g.to(u.dtype), u, slots, step=t, options=o)
         prm.copy_(new)
         for k, v in zip(optim.Slots._fields, slots):
             if v is not None:
@@ -188,12 +187,17 @@ def spectral_kron(
     grads: list[Tensor],
     states: list[dict[str, Any]],
     options: optim.Options | None = None,
+    *,
+    counts: list[list[int]] | None = None,
     **kw: Any,
 ) -> None:
     """Functional form of :class:`SpectralKron`: one step, states mutated in place.
 
     ``states[i]`` comes from :func:`init_state` for ``params[i]``; ``options`` or keyword
     options as in ``optim.Options``. Grads are assumed finite and dense (the class checks).
+    ``counts[i]``, ``[step, refreshes]`` of ``states[i]`` as Python ints (advanced in place),
+    decides the schedule without reading the tensor counters (``torch.compile`` cannot
+    branch on them); by default they are read from the states.
 
     Example (one functional step equals one :class:`SpectralKron` step)::
 
@@ -210,19 +214,18 @@ def spectral_kron(
         (True, True)
     """
     o = options if options is not None else optim.Options(**kw)
+    if counts is None:
+        counts = [[int(s["step"].item()), int(s["refreshes"].item())] for s in states]
     entries = [
-        (
-            _state_plan(s),
-            (prm.device, s["momentum_buffer"].dtype),
-            int(s["step"].item()),
-            int(s["refreshes"].item()),
-        )
-        for prm, s in zip(params, states)
+        (_state_plan(s), (prm.device, s["momentum_buffer"].dtype), c[0], c[1])
+        for prm, s, c in zip(params, states, counts)
     ]
     us: dict[int, Tensor] = {}
     for key, idx in optim.buckets(entries, o).items():
         us.update(zip(idx, _bucket([grads[i] for i in idx], [states[i] for i in idx], key, o)))
-    _finish(params, grads, [us[i] for i in range(len(params))], states, o)
+        for i in idx:
+            counts[i][:] = [counts[i][0] + 1, counts[i][1] + 1 if key.refresh else counts[i][1]]
+    _finish(params, grads, [us[i] for i in range(len(params))], states, o, [c[0] for c in counts])
 
 
 class SpectralKron(Optimizer):
@@ -241,6 +244,12 @@ class SpectralKron(Optimizer):
     No exception escapes a refresh: one that fails (a singular solve, non-finite or
     non-positive factors, an exploding rotation) is discarded, the last good factors kept,
     ``state[p]["rejected"]`` counts it and a ``RejectedRefreshWarning`` is given once.
+
+    ``torch.compile(opt.step, fullgraph=True)`` gives one graph per schedule phase (the
+    schedule is read from host copies of the counters) and the eager numbers. In a graph,
+    which cannot branch on data, a NaN/inf gradient skips the step for either ``nonfinite``
+    (``torch.where`` keeps parameters, momentum and factors; ``step`` advances) and no
+    warning is given (the ``rejected`` counters count): ``docs/guide/torch.md``.
 
     Example (a linear least-squares fit)::
 
@@ -270,6 +279,8 @@ class SpectralKron(Optimizer):
         **options: Any,
     ) -> None:
         o = _options({"lr": lr, "precond_lr": precond_lr, **options})
+        self._skips: dict[str, Tensor] = {}  # see _host_state
+        self._sched: dict[Tensor, list[int]] = {}
         super().__init__(params, o.as_dict())
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -284,11 +295,15 @@ class SpectralKron(Optimizer):
     @property
     def skipped_steps(self) -> int:
         """Steps skipped by ``nonfinite="skip"``; kept in every param group, so that
-        ``state_dict``, ``copy.deepcopy`` and pickling keep it."""
-        return int(self.param_groups[0].get(_SKIPPED, 0)) if self.param_groups else 0
+        ``state_dict``, ``copy.deepcopy`` and pickling keep it (compiled steps count theirs
+        in a tensor, folded in here)."""
+        n = int(self.param_groups[0].get(_SKIPPED, 0)) if self.param_groups else 0
+        return n + int(self._skips["n"]) if self._skips else n
 
     @skipped_steps.setter
     def skipped_steps(self, value: int) -> None:
+        for n in self._skips.values():  # zeroed, not removed: a graph expects it
+            n.zero_()
         for group in self.param_groups:
             group[_SKIPPED] = int(value)
 
@@ -302,42 +317,102 @@ class SpectralKron(Optimizer):
         """One optimisation step (``closure`` re-evaluates the loss, as in ``torch.optim``).
 
         Every gradient is validated (dense, real, finite) before any state is created or
-        changed: a bad gradient leaves the optimizer and the parameters exactly as they were.
+        changed: a bad gradient leaves the optimizer and the parameters exactly as they were
+        (under ``torch.compile``: see the class docstring).
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         work = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        grads = [p.grad for _, ps in work for p in ps if p.grad is not None]
         for p in (p for _, ps in work for p in ps):
             _check_param(p)
-        finite, rejected = _host_flags([p.grad for _, ps in work for p in ps], self.state)
-        if rejected > getattr(self, "_rejected_seen", 0) and not getattr(self, "_warned", False):
-            self._warned = True
-            warnings.warn(optim.REJECTED_MESSAGE, optim.RejectedRefreshWarning, stacklevel=2)
-        self._rejected_seen = rejected
-        if not finite:
-            if self.nonfinite == "raise":
-                raise ValueError(
-                    "SpectralKron: a gradient contains NaN or inf; no state was changed "
-                    "(pass nonfinite='skip' to skip such steps instead)"
-                )
-            self.skipped_steps += 1
-            return loss
+        if not (compiling := torch.compiler.is_compiling()):
+            finite, rejected = _host_flags(grads, self.state)
+            seen, self._rejected_seen = getattr(self, "_rejected_seen", 0), rejected
+            if rejected > seen and not getattr(self, "_warned", False):
+                self._warned = True
+                warnings.warn(optim.REJECTED_MESSAGE, optim.RejectedRefreshWarning, stacklevel=2)
+            if not finite:
+                if self.nonfinite == "raise":
+                    raise ValueError(
+                        "SpectralKron: a gradient contains NaN or inf; no state was changed "
+                        "(pass nonfinite='skip' to skip such steps instead)"
+                    )
+                self.skipped_steps += 1
+                return loss
+        elif self.nonfinite == "raise":
+            from torch._dynamo.comptime import comptime
+
+            comptime(_raise_notice)  # runs while dynamo traces: no graph break
+        todo = self._prepare(work, compiling)
+        saved = [_snapshot(p, s) for _, ps, ss, _ in todo for p, s in zip(ps, ss) if compiling]
+        for o, params, states, counts in todo:
+            gs = [p.grad for p in params if p.grad is not None]  # all of them: see `work`
+            spectral_kron(params, gs, states, o, counts=counts)
+            self._sched.update((s["step"], c) for s, c in zip(states, counts))
+        if saved:  # compiled: the step is discarded where a gradient is not finite
+            ok = _all_finite(grads)
+            for prm, s, old in saved:
+                _select(ok.to(prm.device), prm, s, old)
+            if not self._skips:
+                self._skips["n"] = torch.zeros((), dtype=torch.int64, device=ok.device)
+            self._skips["n"].add_((~ok).to(self._skips["n"].device, torch.int64))
+        return loss
+
+    def _prepare(
+        self, work: list[tuple[dict, list[Tensor]]], compiling: bool
+    ) -> list[tuple[optim.Options, list[Tensor], list[dict[str, Any]], list[list[int]]]]:
+        """``(options, params, states, counts)`` per param group, creating missing state.
+        ``counts``, ``[step, refreshes]`` as Python ints, decide the schedule: read from the
+        tensor counters when eager and kept in ``self._sched`` (keyed by the ``step`` tensor,
+        which every alias of a state shares), read from there when compiled, so that dynamo
+        makes one graph per phase (first, refresh, plain, re-orthonormalise)."""
+        todo = []
         for group, params in work:
             params = [p for p in params if self._owns(p)]
-            o = optim.Options.trusted(group)
+            o, counts = optim.Options.trusted(group), []
             for p in params:
-                if not self.state[p]:
-                    self.state[p].update(init_state(p, o))
+                s = self.state[p]
+                if not s:
+                    s.update(init_state(p, o))
+                    counts.append([0, 0])
+                elif not compiling:
+                    counts.append([int(s["step"].item()), int(s["refreshes"].item())])
+                elif s["step"] in self._sched:
+                    counts.append(list(self._sched[s["step"]]))
+                else:
+                    raise RuntimeError("SpectralKron: state set by hand: take one eager step")
             if params:
-                spectral_kron(params, [p.grad for p in params], [self.state[p] for p in params], o)
-        return loss
+                todo.append((o, params, [self.state[p] for p in params], counts))
+        return todo
 
     def _owns(self, param: Tensor) -> bool:
         """Whether this optimizer updates ``param`` (a distributed subclass updates only the
         parameters its rank owns, after every gradient was validated)."""
         return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim``'s, with the steps skipped under ``torch.compile`` counted."""
+        self.skipped_steps = self.skipped_steps  # folds self._skips into the param groups
+        return super().state_dict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.skipped_steps = self.skipped_steps
+        return super().__getstate__()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._host_state()
+
+    def _host_state(self) -> None:
+        """Containers a compiled step fills in (dynamo drops attribute writes in a step, not
+        dict updates): ``_skips["n"]`` counts its skipped steps; ``_sched``: see ``_prepare``."""
+        self._skips, self._sched = {}, {}
+        for s in self.state.values():
+            if isinstance(s, dict) and isinstance(s.get("step"), Tensor) and not s["step"].is_meta:
+                self._sched[s["step"]] = [int(s["step"]), int(s.get("refreshes", 0))]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Validate, then load, following ``torch.optim``'s contract (pre-hooks see and may
@@ -425,6 +500,43 @@ def _check_param(p: Tensor) -> None:
         raise TypeError(f"SpectralKron needs floating-point parameters, got {p.dtype}")
     if p.device.type == "meta":
         raise TypeError("SpectralKron cannot step parameters on the `meta` device (no values)")
+
+
+#: State entries a step changes in place (the others it replaces): a compiled step copies them.
+_IN_PLACE = ("rejected", *optim.Slots._fields)
+_NOTICE: list[bool] = []  # whether _raise_notice has warned (once per process)
+
+
+def _snapshot(prm: Tensor, s: dict[str, Any]) -> tuple[Tensor, dict[str, Any], dict[str, Any]]:
+    old = {k: v.clone() if k in _IN_PLACE else v for k, v in s.items() if k not in _HOST_KEYS}
+    return prm, s, {"": prm.clone(), **old}
+
+
+def _select(ok: Tensor, prm: Tensor, s: dict[str, Any], old: dict[str, Any]) -> None:
+    """Where ``ok`` is False, put back the parameter and state of before the step (bitwise
+    the new values where it is True); the counters ``step``/``refreshes`` advance."""
+    prm.copy_(torch.where(ok, prm, old.pop("")))
+    for k, v in old.items():
+        if k in _IN_PLACE:
+            s[k].copy_(torch.where(ok, s[k], v))
+        elif s[k] is not v:
+            s[k] = torch.where(ok, s[k], v)
+
+
+def _raise_notice(ctx: Any) -> None:
+    """Run by dynamo while it traces a step with ``nonfinite="raise"``."""
+    if not _NOTICE:
+        _NOTICE.append(True)
+        msg = "nonfinite='raise' cannot raise from a graph; non-finite steps are skipped"
+        warnings.warn(f"SpectralKron under torch.compile: {msg}", UserWarning, stacklevel=2)
+
+
+def _all_finite(grads: list[Tensor]) -> Tensor:
+    """A 0-d bool tensor: every gradient is finite (no host sync: a compiled step's check)."""
+    ok = torch.ones((), dtype=torch.bool, device=grads[0].device)
+    for g in grads:
+        ok = ok & torch.isfinite(g).all().to(ok.device)
+    return ok
 
 
 def _host_flags(grads: list[Tensor], state: Any) -> tuple[bool, int]:
