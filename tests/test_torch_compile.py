@@ -208,7 +208,7 @@ def test_compiled_nonfinite_gradient_is_skipped():
 def test_compiled_raise_skips_with_one_notice(monkeypatch):
     """A graph cannot raise on data: as torch's optimizers mask a step on ``found_inf``, the
     compiled step skips it, and says so once, while dynamo traces."""
-    monkeypatch.setattr(sct, "_NOTICE", [], raising=False)
+    monkeypatch.setattr(sct._compile, "_NOTICE", [])
     model = _model()
     opt = SpectralKron(model.parameters(), **OPTS)
     step = _compiled(opt)

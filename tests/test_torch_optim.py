@@ -1077,3 +1077,40 @@ def test_faster_than_sgd(record_property):
     record_property("sgd_final_loss_by_lr", sgd)
     record_property("spectral_kron_final_loss", ours)
     assert ours < min(sgd.values()), (ours, sgd)
+
+
+def test_own_checkpoint_loads_after_the_default_maps_drift():
+    """Regression: the checkpoint check allowed ``max|BᵀB − I| ≤ 0.1``, below the drift the
+    default quadratic map reaches between two Newton–Schulz steps (0.101 here after 8 steps
+    of N(0, 1) gradients at lr 0.05), so the optimizer refused its own state_dict. A basis
+    that is not one (``2·I``) is still rejected."""
+    torch.manual_seed(0)
+    m = torch.nn.ModuleDict(
+        {
+            "a": torch.nn.Linear(5, 4),
+            "b": torch.nn.Linear(5, 4),
+            "c": torch.nn.Linear(4, 3),
+            "s": torch.nn.Linear(1, 6),
+        }
+    )
+    opt = SpectralKron(m.parameters(), lr=0.05)
+    for t in range(8):
+        g = torch.Generator().manual_seed(100 + t)
+        for p in m.parameters():
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        opt.step()
+    drift = max(
+        float((s[k].double().mT @ s[k].double() - torch.eye(s[k].shape[-1])).abs().max())
+        for s in opt.state.values()
+        for k in ("B_C", "B_K")
+        if k in s
+    )
+    assert drift > 0.1  # the regime the former bound rejected
+    sd = opt.state_dict()
+    fresh = SpectralKron(copy.deepcopy(m).parameters(), lr=0.05)
+    fresh.load_state_dict(sd)  # no ValueError
+    bad = copy.deepcopy(sd)
+    key = next(i for i, s in bad["state"].items() if "B_C" in s)
+    bad["state"][key]["B_C"] = 2 * torch.eye(bad["state"][key]["B_C"].shape[0])
+    with pytest.raises(ValueError, match="B_C"):
+        SpectralKron(copy.deepcopy(m).parameters(), lr=0.05).load_state_dict(bad)

@@ -1,0 +1,203 @@
+"""The functional step: :func:`init_state` and :func:`spectral_kron` (buckets of same-plan
+parameters through ``optim.precondition_step``, the last step with ``torch._foreach_*``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import diag, kron, optim
+
+# The torch fast paths are registered up front (no lazy import inside a compiled step).
+from ..backends import torch as _torch_fast_paths  # noqa: F401
+
+_XP = optim.namespace(torch.zeros(0))
+_HOST_KEYS = ("step", "refreshes")  # int64 counters on the CPU: read every step, no sync
+
+
+def _state_plan(state: dict[str, Any]) -> optim.Plan:
+    """The plan a state was created with (read from its keys, so that changing
+    ``max_precond_dim`` later cannot mix incompatible states)."""
+    if "d" in state:
+        return optim.Plan("diag")
+    r, c = state["d_C"].shape[-1], state["d_K"].shape[-1]
+    return optim.Plan("kron", r, c, "B_C" not in state, "B_K" not in state)
+
+
+def _dtype(param: Tensor, option: Any) -> torch.dtype:
+    return optim.precond_dtype_for(_XP, option, param.dtype)
+
+
+def init_state(param: Tensor, options: optim.Options | None = None, **kw: Any) -> dict[str, Any]:
+    """A fresh state dict for ``param`` (``S = I``; the first step sets its scale), as
+    :class:`SpectralKron` creates it; ``options`` or keyword options as in ``optim.Options``.
+
+    Example::
+
+        >>> import torch
+        >>> from spectral_curv.torch import init_state
+        >>> st = init_state(torch.zeros(3, 4))
+        >>> sorted(st)
+        ['B_C', 'B_K', 'alpha', 'd_C', 'd_K', 'momentum_buffer', 'refreshes', 'rejected', 'step']
+        >>> tuple(st["B_K"].shape), st["d_C"].dtype
+        ((4, 4), torch.float32)
+    """
+    o, shape, dev = (
+        options if options is not None else optim.Options(**kw),
+        tuple(param.shape),
+        param.device,
+    )
+    pl, dt = optim.plan(shape, o.max_precond_dim), _dtype(param, o.precond_dtype)
+    state = optim.fresh_state(pl, shape, o, dtype=dt, device=dev, xp=_XP)
+    for k in optim.COUNTERS:  # int64 tensors; `step` and `refreshes` on the CPU
+        state[k] = torch.tensor(0, dtype=torch.int64, device=None if k in _HOST_KEYS else dev)
+    return state
+
+
+def _precond(states: list[dict[str, Any]], pl: optim.Plan) -> optim.Precond:
+    """The factor state of a bucket, stacked (Kronecker) or concatenated (diagonal)."""
+    if pl.kind == "diag":
+        return diag.DiagState(torch.cat([s["d"].reshape(-1) for s in states]))
+    pre = [optim.precond_of(s, pl) for s in states]
+    if len(pre) == 1:  # a view, no copy
+        return kron.KronState(*(None if v is None else v.unsqueeze(0) for v in pre[0]))
+    return optim.stack_precond(pre)
+
+
+def _bucket(
+    grads: list[Tensor], states: list[dict[str, Any]], key: optim.BucketKey, o: optim.Options
+) -> list[Tensor]:
+    """One engine call for a bucket; writes the factors back; returns the directions.
+
+    Diagonal-scheme parameters are refreshed as one concatenated vector (elementwise math),
+    so keep-last-good decides for the bucket; the first step (a per-parameter mean) and a
+    ``step_scale="p2"`` step with ``p ≠ 2`` (a per-parameter norm) run one at a time."""
+    pl, dt = key.plan, states[0]["momentum_buffer"].dtype
+    whole = o.step_scale == "p2" and o.p != 2  # its norm is per parameter
+    if pl.kind == "diag" and (key.first or whole) and len(grads) > 1:
+        return [u for g, s in zip(grads, states) for u in _bucket([g], [s], key, o)]
+    if pl.kind == "diag":
+        G = torch.cat([g.reshape(-1).to(dt) for g in grads])
+    else:
+        G = torch.stack([g.reshape(pl.rows, pl.cols) for g in grads]).to(dt)
+    (st,), (ok,), (u,) = optim.precondition_step(
+        [_precond(states, pl)],
+        [G],
+        first=key.first,
+        refresh=key.refresh,
+        reorth=key.reorth,
+        options=o,
+    )
+    if key.refresh:
+        bad = (~ok).to(torch.int64)
+        for i, s in enumerate(states):
+            s["rejected"].add_(bad if pl.kind == "diag" else bad[i])
+            s["refreshes"].add_(1)
+    if pl.kind == "diag":
+        sizes = [g.numel() for g in grads]
+        if key.first or key.refresh:
+            for s, d in zip(states, torch.split(st.d, sizes)):
+                s["d"] = d.view(s["d"].shape).clone() if len(states) > 1 else d.view(s["d"].shape)
+        return [x.view(g.shape) for x, g in zip(torch.split(u, sizes), grads)]
+    if key.first or key.refresh:  # otherwise the factors are unchanged
+        for s, layer in zip(states, optim.unstack_precond(st)):
+            s.update((k, v.clone()) for k, v in optim.flat_state(layer).items())
+    return [u[i].reshape(g.shape) for i, g in enumerate(grads)]
+
+
+def _finish(
+    params: list[Tensor],
+    grads: list[Tensor],
+    us: list[Tensor],
+    states: list[dict],
+    o: optim.Options,
+    steps: list[int],
+) -> None:
+    """``optim.update_param`` for each parameter (``steps``: the new 1-based step counts);
+    where it reduces to RMS clipping, momentum and the step (no grafting, a float lr, the
+    parameter in the factors' dtype), the same operations as a few ``torch._foreach_*``."""
+    fused = not isinstance(o.lr, Tensor) and o.graft is None
+    fp, fu, fb = [], [], []
+    for prm, g, u, s, t in zip(params, grads, us, states, steps):
+        s["step"].add_(1)
+        if fused and prm.dtype == u.dtype:
+            fp.append(prm), fu.append(u), fb.append(s["momentum_buffer"])
+            continue
+        new, slots = optim.update_param(prm, g.to(u.dtype), u, optim.slots_of(s), step=t, options=o)
+        prm.copy_(new)
+        for k, v in optim.flat_state(slots).items():
+            s[k].copy_(v)
+    if fp:
+        if o.max_update_rms is not None:  # optim.clip_rms: U·c/max(rms(U), c)
+            c = o.max_update_rms
+            rms = [
+                (n / math.sqrt(max(u.numel(), 1))).clamp_min_(c)
+                for n, u in zip(torch._foreach_norm(fu), fu)
+            ]
+            fu = torch._foreach_mul(fu, torch._foreach_reciprocal(rms))
+            torch._foreach_mul_(fu, c)
+        if o.momentum:
+            torch._foreach_mul_(fb, o.momentum)
+            torch._foreach_add_(fb, fu)
+            fu = fb
+        if o.weight_decay:
+            torch._foreach_mul_(fp, 1 - o.lr * o.weight_decay)
+        torch._foreach_sub_(fp, torch._foreach_mul(fu, o.lr))
+
+
+def spectral_kron(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    options: optim.Options | None = None,
+    *,
+    counts: list[list[int]] | None = None,
+    **kw: Any,
+) -> None:
+    """Functional form of :class:`SpectralKron`: one step, states mutated in place.
+
+    ``states[i]`` comes from :func:`init_state` for ``params[i]``; ``options`` or keyword
+    options as in ``optim.Options``. Grads are assumed finite and dense (the class checks).
+    ``counts[i]``, ``[step, refreshes]`` of ``states[i]`` as Python ints (advanced in place),
+    decides the schedule without reading the tensor counters (``torch.compile`` cannot
+    branch on them); by default they are read from the states.
+
+    Example (one functional step equals one :class:`SpectralKron` step)::
+
+        >>> import torch
+        >>> from spectral_curv.torch import SpectralKron, init_state, spectral_kron
+        >>> w1, w2 = (torch.nn.Parameter(torch.ones(3, 2)) for _ in range(2))
+        >>> g = torch.arange(6.0).reshape(3, 2)
+        >>> opt = SpectralKron([w1], lr=0.1)
+        >>> w1.grad = g
+        >>> opt.step()
+        >>> with torch.no_grad():
+        ...     spectral_kron([w2], [g], [init_state(w2)], **opt.defaults)
+        >>> torch.equal(w1, w2), bool((w2 < 1).any())
+        (True, True)
+    """
+    o = options if options is not None else optim.Options(**kw)
+    if counts is None:
+        counts = [[int(s["step"].item()), int(s["refreshes"].item())] for s in states]
+    entries = [
+        (_state_plan(s), (prm.device, s["momentum_buffer"].dtype), c[0], c[1])
+        for prm, s, c in zip(params, states, counts)
+    ]
+    us: dict[int, Tensor] = {}
+    for key, idx in optim.buckets(entries, o).items():
+        us.update(zip(idx, _bucket([grads[i] for i in idx], [states[i] for i in idx], key, o)))
+        for i in idx:
+            counts[i][:] = [counts[i][0] + 1, counts[i][1] + 1 if key.refresh else counts[i][1]]
+    _finish(params, grads, [us[i] for i in range(len(params))], states, o, [c[0] for c in counts])
+
+
+def _options(kw: dict[str, Any]) -> optim.Options:
+    """Validated ``optim.Options`` (deprecated names mapped; torch dtypes checked)."""
+    o = optim.Options(**optim.renamed(kw, stacklevel=4))
+    dt = o.precond_dtype
+    if dt is not None and not (isinstance(dt, torch.dtype) and dt.is_floating_point):
+        raise ValueError(f"`precond_dtype` must be a floating torch.dtype or None, got {dt!r}")
+    return o

@@ -1,0 +1,253 @@
+"""The class :class:`SpectralKron`: param groups, ``state`` storage, the step's checks
+(gradients validated before any state changes), the schedule's host mirrors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .. import optim
+from . import _checkpoint
+from ._checkpoint import _SKIPPED
+from ._compile import _all_finite, _raise_notice, _select, _snapshot
+from ._functional import _options, init_state, spectral_kron
+
+
+class SpectralKron(Optimizer):
+    """Kronecker spectral-factorized preconditioner (Lin et al., ICML 2025) as a torch optimizer.
+
+    Update of a matrix weight ``M`` with gradient ``G`` (math §4–§5)::
+
+        every `update_interval` steps:  (α, S_C, S_K) ← spectral refresh with the GOP of G
+        U = α^{-1/p} S_C^{-1/p} G S_K^{-1/p}            (rotated form: no eigh, no inverse)
+        U ← graft/clip(U);  m ← momentum·m + U;  M ← (1 − lr·wd) M − lr·m
+
+    Options: ``lr`` and ``precond_lr`` (β₂) positionally, the rest by keyword, with the
+    names, defaults and meanings of :class:`spectral_curv.optim.Options`; each param group
+    may override any of them. ``nonfinite="raise"`` (default) raises before any state
+    changes when a gradient has NaN/inf; ``"skip"`` skips the whole step (``skipped_steps``).
+    No exception escapes a refresh: one that fails (a singular solve, non-finite or
+    non-positive factors, an exploding rotation) is discarded, the last good factors kept,
+    ``state[p]["rejected"]`` counts it and a ``RejectedRefreshWarning`` is given once.
+
+    ``torch.compile(opt.step, fullgraph=True)`` gives one graph per schedule phase (the
+    schedule is read from host copies of the counters) and the eager numbers. In a graph,
+    which cannot branch on data, a NaN/inf gradient skips the step for either ``nonfinite``
+    (``torch.where`` keeps parameters, momentum and factors; ``step`` advances) and no
+    warning is given (the ``rejected`` counters count): ``docs/guide/torch.md``.
+
+    Example (a linear least-squares fit)::
+
+        >>> import torch
+        >>> from spectral_curv.torch import SpectralKron
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(4, 3)
+        >>> X = torch.randn(32, 4)
+        >>> Y = X @ torch.randn(4, 3)
+        >>> opt = SpectralKron(model.parameters(), lr=0.05, momentum=0.0)
+        >>> loss = lambda: (model(X) - Y).square().mean()
+        >>> l0 = loss().item()
+        >>> for _ in range(30):
+        ...     opt.zero_grad()
+        ...     loss().backward()
+        ...     opt.step()
+        >>> st = opt.state[model.weight]
+        >>> int(st["step"]), tuple(st["B_C"].shape), st["B_C"].dtype, bool(loss().item() < 0.1 * l0)
+        (30, (3, 3), torch.float32, True)
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        precond_lr: float = 0.1,
+        **options: Any,
+    ) -> None:
+        o = _options({"lr": lr, "precond_lr": precond_lr, **options})
+        self._skips: dict[str, Tensor] = {}  # see _host_state
+        self._sched: dict[Tensor, list[int]] = {}
+        super().__init__(params, o.as_dict())
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """``torch.optim`` semantics; the group's own hyperparameters are validated too."""
+        group = optim.renamed(param_group)
+        names = optim.Options.names()
+        o = _options({**self.defaults, **{k: v for k, v in group.items() if k in names}})
+        group["graft_betas"] = o.graft_betas
+        group.setdefault(_SKIPPED, self.skipped_steps if self.param_groups else 0)
+        super().add_param_group(group)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped by ``nonfinite="skip"``; kept in every param group, so that
+        ``state_dict``, ``copy.deepcopy`` and pickling keep it (compiled steps count theirs
+        in a tensor, folded in here)."""
+        n = int(self.param_groups[0].get(_SKIPPED, 0)) if self.param_groups else 0
+        return n + int(self._skips["n"]) if self._skips else n
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        for n in self._skips.values():  # zeroed, not removed: a graph expects it
+            n.zero_()
+        for group in self.param_groups:
+            group[_SKIPPED] = int(value)
+
+    @property
+    def nonfinite(self) -> str:
+        """``"raise"`` when any param group says so, else ``"skip"`` (a step is whole)."""
+        return "raise" if any(g["nonfinite"] == "raise" for g in self.param_groups) else "skip"
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One optimisation step (``closure`` re-evaluates the loss, as in ``torch.optim``).
+
+        Every gradient is validated (dense, real, finite) before any state is created or
+        changed: a bad gradient leaves the optimizer and the parameters exactly as they were
+        (under ``torch.compile``: see the class docstring).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        grads = [p.grad for _, ps in work for p in ps if p.grad is not None]
+        for p in (p for _, ps in work for p in ps):
+            _check_param(p)
+        if not (compiling := torch.compiler.is_compiling()):
+            finite, rejected = _host_flags(grads, self.state)
+            seen, self._rejected_seen = getattr(self, "_rejected_seen", 0), rejected
+            warned = getattr(self, "_warned", False)
+            self._warned = optim.warn_rejected_once(warned, seen, rejected, stacklevel=2)
+            if not finite:
+                if self.nonfinite == "raise":
+                    raise ValueError(optim.NONFINITE_MESSAGE)
+                self.skipped_steps += 1
+                return loss
+        elif self.nonfinite == "raise":
+            from torch._dynamo.comptime import comptime
+
+            comptime(_raise_notice)  # runs while dynamo traces: no graph break
+        todo = self._prepare(work, compiling)
+        saved = [_snapshot(p, s) for _, ps, ss, _ in todo for p, s in zip(ps, ss) if compiling]
+        for o, params, states, counts in todo:
+            gs = [p.grad for p in params if p.grad is not None]  # all of them: see `work`
+            spectral_kron(params, gs, states, o, counts=counts)
+            self._sched.update((s["step"], c) for s, c in zip(states, counts))
+        if saved:  # compiled: the step is discarded where a gradient is not finite
+            ok = _all_finite(grads)
+            for prm, s, old in saved:
+                _select(ok.to(prm.device), prm, s, old)
+            if not self._skips:
+                self._skips["n"] = torch.zeros((), dtype=torch.int64, device=ok.device)
+            self._skips["n"].add_((~ok).to(self._skips["n"].device, torch.int64))
+        return loss
+
+    def _prepare(
+        self, work: list[tuple[dict, list[Tensor]]], compiling: bool
+    ) -> list[tuple[optim.Options, list[Tensor], list[dict[str, Any]], list[list[int]]]]:
+        """``(options, params, states, counts)`` per param group, creating missing state.
+        ``counts``, ``[step, refreshes]`` as Python ints, decide the schedule: read from the
+        tensor counters when eager and kept in ``self._sched`` (keyed by the ``step`` tensor,
+        which every alias of a state shares), read from there when compiled, so that dynamo
+        makes one graph per phase (first, refresh, plain, re-orthonormalise)."""
+        todo = []
+        for group, params in work:
+            params = [p for p in params if self._owns(p)]
+            o, counts = optim.Options.trusted(group), []
+            for p in params:
+                s = self.state[p]
+                if not s:
+                    s.update(init_state(p, o))
+                    counts.append([0, 0])
+                elif not compiling:
+                    counts.append([int(s["step"].item()), int(s["refreshes"].item())])
+                elif s["step"] in self._sched:
+                    counts.append(list(self._sched[s["step"]]))
+                else:
+                    raise RuntimeError("SpectralKron: state set by hand: take one eager step")
+            if params:
+                todo.append((o, params, [self.state[p] for p in params], counts))
+        return todo
+
+    def _owns(self, param: Tensor) -> bool:
+        """Whether this optimizer updates ``param`` (a distributed subclass updates only the
+        parameters its rank owns, after every gradient was validated)."""
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim``'s, with the steps skipped under ``torch.compile`` counted."""
+        self.skipped_steps = self.skipped_steps  # folds self._skips into the param groups
+        return super().state_dict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.skipped_steps = self.skipped_steps
+        return super().__getstate__()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._host_state()
+
+    def _host_state(self) -> None:
+        """Containers a compiled step fills in (dynamo drops attribute writes in a step, not
+        dict updates): ``_skips["n"]`` counts its skipped steps; ``_sched``: see ``_prepare``."""
+        self._skips, self._sched = {}, {}
+        for s in self.state.values():
+            if isinstance(s, dict) and isinstance(s.get("step"), Tensor) and not s["step"].is_meta:
+                self._sched[s["step"]] = [int(s["step"]), int(s.get("refreshes", 0))]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Validate, then load, following ``torch.optim``'s contract (pre-hooks see and may
+        replace the whole state dict, post-hooks see the loaded state, entries not keyed by a
+        parameter are copied as is), except that tensors keep their saved dtype (torch would
+        cast float32 factors of a bf16 model) and integer ``step`` entries are accepted.
+
+        A checkpoint for other shapes, with non-finite, non-positive or non-orthogonal
+        factors, or with bad counters raises a ValueError naming the parameter and the
+        field, and leaves the optimizer exactly as it was.
+        """
+        _checkpoint.load_state_dict(self, state_dict)
+
+
+def _check_param(p: Tensor) -> None:
+    g = p.grad
+    if g.is_sparse:
+        raise RuntimeError("SpectralKron does not support sparse gradients")
+    if torch.is_complex(p) or torch.is_complex(g):
+        raise RuntimeError("SpectralKron does not support complex parameters or gradients")
+    if not p.is_floating_point():
+        raise TypeError(f"SpectralKron needs floating-point parameters, got {p.dtype}")
+    if p.device.type == "meta":
+        raise TypeError("SpectralKron cannot step parameters on the `meta` device (no values)")
+
+
+def _host_flags(grads: list[Tensor], state: Any) -> tuple[bool, int]:
+    """Whether every gradient is finite (a fused max-abs per tensor, NaN propagating), and
+    the total of the ``rejected`` counters (refreshes of earlier steps), in one host sync
+    per device."""
+    by_dev: dict[torch.device, list[Tensor]] = {}
+    for g in grads:
+        if g.numel():
+            by_dev.setdefault(g.device, []).append(g)
+    rej: dict[torch.device, list[Tensor]] = {}
+    for st in state.values():
+        if isinstance(st, dict) and isinstance(st.get("rejected"), Tensor):
+            rej.setdefault(st["rejected"].device, []).append(st["rejected"])
+    finite, total = True, 0
+    for dev in by_dev.keys() | rej.keys():
+        parts = []
+        if by_dev.get(dev):
+            norms = torch.stack(torch._foreach_norm(by_dev[dev], float("inf")))
+            parts.append(torch.isfinite(norms).all().to(torch.int64))
+        else:
+            parts.append(torch.ones((), dtype=torch.int64, device=dev))
+        if rej.get(dev):
+            parts.append(torch.stack(rej[dev]).sum())
+        else:
+            parts.append(torch.zeros((), dtype=torch.int64, device=dev))
+        ok, n = torch.stack(parts).tolist()
+        finite, total = finite and bool(ok), total + int(n)
+    return finite, total
