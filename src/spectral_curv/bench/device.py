@@ -1364,10 +1364,7 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     out.announce()
-
-    def progress(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+    progress = report.progress_printer(args.quiet)
 
     data = run(cfg, progress)
     data["config"]["threads"] = threads

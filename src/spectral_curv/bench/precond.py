@@ -37,7 +37,6 @@ import ctypes
 import datetime
 import functools
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -609,10 +608,7 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     out.announce()
-
-    def progress(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+    progress = report.progress_printer(args.quiet)
 
     data = run(
         sizes,

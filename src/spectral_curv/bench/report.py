@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ __all__ = [
     "markers",
     "md_table",
     "outputs",
+    "progress_printer",
     "replace_section",
     "set_threads",
     "text_table",
@@ -244,6 +245,19 @@ class Outputs:
     def announce(self) -> None:
         if self.folder is not None:
             print(f"output folder: {self.folder.resolve()}", file=sys.stderr, flush=True)
+
+
+def progress_printer(quiet: bool) -> Callable[[str], None]:
+    """A ``progress(msg)`` callback: each message to stderr, flushed; nothing when ``quiet``.
+
+    >>> progress_printer(True)("not shown")
+    """
+
+    def progress(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    return progress
 
 
 def outputs(args: argparse.Namespace, *, quick: bool = False) -> Outputs:
