@@ -133,11 +133,10 @@ def _finish(
     if fp:
         if o.max_update_rms is not None:  # optim.clip_rms: U·c/max(rms(U), c)
             c = o.max_update_rms
-            rms = [
-                (n / math.sqrt(max(u.numel(), 1))).clamp_min_(c)
-                for n, u in zip(torch._foreach_norm(fu), fu)
-            ]
-            fu = torch._foreach_mul(fu, torch._foreach_reciprocal(rms))
+            rms = torch._foreach_norm(fu)
+            torch._foreach_div_(rms, [math.sqrt(max(u.numel(), 1)) for u in fu])
+            torch._foreach_clamp_min_(rms, c)
+            fu = torch._foreach_div(fu, rms)
             torch._foreach_mul_(fu, c)
         if o.momentum:
             torch._foreach_mul_(fb, o.momentum)
