@@ -4,9 +4,9 @@ torch optimizer) and ``test_contract.py`` (torch vs NumPy vs optax).
 
 Each entry overrides ``optim.Options``' defaults; together they cover every Cayley mode,
 both ``exp`` maps, ``p`` ≠ 2, ``gamma`` < 1, skipped refreshes, re-orthonormalisation,
-Adam grafting, RMS clipping (partially binding), weight decay, momentum on and off, and a
-diagonal side (``max_precond_dim=10``: a ``6 × 15`` or ``3 × 18`` weight keeps its column
-side diagonal).
+Adam grafting, RMS clipping (partially binding), weight decay, momentum on and off,
+corrected eigenvalues, and a diagonal side (``max_precond_dim=10``: a ``6 × 15`` or
+``3 × 18`` weight keeps its column side diagonal).
 """
 
 from __future__ import annotations
@@ -68,5 +68,23 @@ CONFIGS: dict[str, dict[str, Any]] = {
         graft_betas=(0.8, 0.95),
         graft_eps=1e-6,
         max_precond_dim=10,  # a 6 × 15 or 3 × 18 weight: diagonal column side
+    ),
+    # corrected eigenvalues (math §4.10) with p ≠ 2 (the p2 step scale reads V) and a
+    # diagonal side (V still per entry). Exact Cayley: the engine measures the p = 2 size in
+    # the rotated frame, which equals the reference's parameter-frame norm only while B is
+    # orthogonal (the quadratic map's drift moves it by ~1e-5 relative).
+    "corrected-eigenvalues-p3-diag-side": dict(
+        eigenvalues="corrected",
+        cayley="exact",
+        lr=0.02,
+        precond_lr=0.2,
+        p=3.0,
+        damping=1e-4,
+        momentum=0.9,
+        weight_decay=0.01,
+        update_interval=2,
+        precond_warmup=3,
+        reorth_interval=2,
+        max_precond_dim=10,
     ),
 }

@@ -149,14 +149,14 @@ def test_spectral_route_is_float32_and_what_the_optimizer_computes():
     """The timed call is optim.refresh then optim.direction (a refresh step of SpectralKron)."""
     from spectral_curv import optim
 
-    _, fns = precond._callables(
-        "numpy", 16, 1, 0, ["spectral_quadratic", "spectral_neumann", "spectral_exact"]
-    )
-    for fn in fns.values():
+    names = ["spectral_quadratic", "spectral_corrected", "spectral_neumann", "spectral_exact"]
+    _, fns = precond._callables("numpy", 16, 1, 0, names)
+    for name, fn in fns.items():
         new, step = fn()
         assert isinstance(new, kron.KronState)
         assert step.dtype == np.float32
-        assert all(a.dtype == np.float32 for a in new)
+        assert all(a.dtype == np.float32 for a in new if a is not None)
+        assert (new.V is not None) == (name == "spectral_corrected")
     raw = precond._inputs(16, 0)
     st = kron.KronState(np.float32(1.0), raw["B_C"], raw["d_C"], raw["B_K"], raw["d_K"])
     ref, _ = optim.refresh(

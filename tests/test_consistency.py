@@ -63,7 +63,8 @@ def _kron_inputs() -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     sig_k, s_k = _target_and_start(rng, c, 1.5)
     st = kron.from_factors(s_c, 2.0 * s_k, 0.5)
     lc, lk = np.linalg.cholesky(sig_c), np.linalg.cholesky(sig_k)
-    return tuple(np.asarray(f) for f in st), lc @ rng.standard_normal((N_STEPS, r, c)) @ lk.T
+    fields = tuple(None if f is None else np.asarray(f) for f in st)
+    return fields, lc @ rng.standard_normal((N_STEPS, r, c)) @ lk.T
 
 
 def _full_inputs() -> tuple[tuple[np.ndarray, ...], np.ndarray]:
@@ -128,12 +129,12 @@ _REFERENCE: dict[tuple, list[list[np.ndarray]]] = {}
 
 def _run(xp: Any, jit: Callable, scheme: str, mode: tuple) -> list[list[np.ndarray]]:
     fields, gs = _INPUTS[scheme]()
-    st = _STATE[scheme](*(asarray(xp, f) for f in fields))
+    st = _STATE[scheme](*(None if f is None else asarray(xp, f) for f in fields))
     fn = jit(_step_fn(scheme, mode))
     out = []
     for g in gs:
         st, rec = fn(st, asarray(xp, g))
-        out.append([to_numpy(x) for x in rec])
+        out.append([to_numpy(x) for x in rec if x is not None])
     return out
 
 

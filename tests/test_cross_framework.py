@@ -48,6 +48,14 @@ CONFIGS = {
         "update_interval": 1,
         "reorth_interval": 3,
     },
+    "corrected-eigenvalues-p3": {
+        "lr": 0.02,
+        "p": 3.0,
+        "eigenvalues": "corrected",
+        "precond_warmup": 4,
+        "update_interval": 2,
+        "max_precond_dim": 5,
+    },
 }
 # The optimizers' defaults (one definition: optim.Options); the dtype is set per test.
 DEFAULTS: dict[str, Any] = {
@@ -105,7 +113,12 @@ def _core(hp: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         pl = optim.plan(v.shape, hp["max_precond_dim"])
         st[k] = {
             "plan": pl,
-            "pre": optim.init(pl, optim.matrix_shape(pl, v.shape), xp=optim.namespace(v)),
+            "pre": optim.init(
+                pl,
+                optim.matrix_shape(pl, v.shape),
+                eigenvalues=hp["eigenvalues"],
+                xp=optim.namespace(v),
+            ),
             "m": np.zeros_like(v),
             "ea": np.zeros_like(v),
             "eas": np.zeros_like(v),

@@ -108,7 +108,7 @@ def _state(xp, jit, pb, dtype=None) -> kron.KronState:
 
 
 def _np(st: kron.KronState) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    a, bc, dc, bk, dk = (to_numpy(f) for f in st)
+    a, bc, dc, bk, dk = (to_numpy(f) for f in st[:5])
     return float(a), bc, dc, bk, dk
 
 
@@ -662,10 +662,10 @@ def _f32_fn(cayley: str, exp: str) -> Callable[..., Any]:
 def test_float32_preserved(xp, jit, cayley, exp):
     pb = _problem(15)
     st32 = _state(xp, jit, pb, xp.float32)
-    assert all(f.dtype == xp.float32 for f in st32)
+    assert all(f.dtype == xp.float32 for f in st32 if f is not None)
     g32, gb32 = asarray(xp, pb["G"], xp.float32), asarray(xp, pb["Gb"], xp.float32)
     new, step, batched, pre, dense, logdet = jit(_f32_fn(cayley, exp))(st32, g32, gb32)
-    outs = [*new, step, *batched, *pre, dense, logdet]
+    outs = [*new[:5], step, *batched[:5], *pre, dense, logdet]
     assert all(o.dtype == xp.float32 for o in outs), [o.dtype for o in outs]
     # float32-accurate against the float64 numpy run (sign-free comparison through S)
     st64 = kron.from_factors(pb["S_C"], pb["S_K"], pb["alpha"])

@@ -287,6 +287,7 @@ def _sd_equal(a: Any, b: Any, path: str = "") -> None:
 RESUME = {
     "dict-float64-graft": (dict, np.float64, CONFIGS["graft-adam-clip-diag-sides"]),
     "list-float32-defaults": (list, np.float32, dict(lr=0.02, reorth_interval=2)),
+    "dict-float64-corrected": (dict, np.float64, CONFIGS["corrected-eigenvalues-p3-diag-side"]),
 }
 
 

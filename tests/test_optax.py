@@ -94,6 +94,7 @@ def _numpy_reference(
         "graft_betas": (0.9, 0.999),
         "graft_eps": 1e-8,
         "max_precond_dim": 4096,
+        "eigenvalues": "kron",
         **cfg,
     }
     P = {k: v.copy() for k, v in params.items()}
@@ -101,7 +102,13 @@ def _numpy_reference(
     for k, v in P.items():
         pl = optim.plan(v.shape, c["max_precond_dim"])
         S[k] = {
-            "prec": optim.init(pl, optim.matrix_shape(pl, v.shape), dtype=np.float64, xp=xp),
+            "prec": optim.init(
+                pl,
+                optim.matrix_shape(pl, v.shape),
+                eigenvalues=c["eigenvalues"],
+                dtype=np.float64,
+                xp=xp,
+            ),
             "refreshes": 0,
             "buf": np.zeros_like(v),
             "ea": np.zeros_like(v),
@@ -216,6 +223,9 @@ CONFIGS = {
         momentum=0.5,
         update_interval=2,
         precond_warmup=3,
+    ),
+    "corrected_eigenvalues": dict(
+        lr=0.02, eigenvalues="corrected", p=1.5, update_interval=2, precond_warmup=3
     ),
 }
 

@@ -55,7 +55,7 @@ def test_norm_matched_direction_equals_explicit_root(p):
 def test_norm_matched_per_stacked_layer_and_diagonal_side():
     rng = np.random.default_rng(3)
     a, b = _state(rng), _state(rng)
-    st = kron.KronState(*(np.stack([x, y]) for x, y in zip(a, b)))
+    st = optim.stack_precond([a, b])
     G = rng.standard_normal((2, 4, 3))
     got = kron.precondition(st, G, p=1.0, norm_p=2.0)
     for i, s in enumerate((a, b)):

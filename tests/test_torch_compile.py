@@ -45,12 +45,15 @@ def _close(a, b, tol):
     assert float((a - b).abs().max()) <= tol * (1.0 + float(b.abs().max()))
 
 
-@pytest.mark.parametrize("cayley", ["quadratic", "neumann", "exact"])
+@pytest.mark.parametrize(
+    ("cayley", "eigenvalues"),
+    [("quadratic", "kron"), ("neumann", "kron"), ("exact", "kron"), ("quadratic", "corrected")],
+)
 @pytest.mark.parametrize("plan", [("kron", 7, 5, False, False), ("kron", 7, 5, False, True)])
-def test_kron_hot_path_compiles_without_graph_breaks(cayley, plan):
+def test_kron_hot_path_compiles_without_graph_breaks(cayley, eigenvalues, plan):
     torch.manual_seed(0)
     xp = optim.namespace(torch.zeros(1))
-    st = optim.init(plan, (7, 5), batch=(3,), dtype=torch.float64, xp=xp)
+    st = optim.init(plan, (7, 5), batch=(3,), eigenvalues=eigenvalues, dtype=torch.float64, xp=xp)
     G = torch.randn(3, 7, 5, dtype=torch.float64)
     lr = torch.tensor(0.2, dtype=torch.float64)
     compiled = torch.compile(_kron_hot, fullgraph=True, backend="eager", dynamic=False)

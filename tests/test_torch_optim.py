@@ -140,8 +140,8 @@ class RefOptimizer:
 
     - order ≥ 2: Kronecker on ``(shape[0], prod(rest))``; a side > max_precond_dim has B = None;
       order ≤ 1: diagonal;
-    - first step (step == 0): ``α₀ = mean(G²) + λ`` (``d_C = d_K = 1``, ``B = I``) or
-      ``d₀ = g² + λ``;
+    - first step (step == 0): ``α₀ = mean(G²) + λ`` (``d_C = d_K = 1``, ``B = I``; corrected
+      eigenvalues ``V₀ = α₀``) or ``d₀ = g² + λ``;
     - refresh when ``step == 0 or step < precond_warmup or step % update_interval == 0``;
       a refresh with non-finite / non-positive factors is discarded;
     - with Neumann Cayley, one Newton–Schulz step on B after every ``reorth_interval``-th
@@ -170,12 +170,14 @@ class RefOptimizer:
                 G = g.reshape(r, c)
                 if first:
                     big = hp["max_precond_dim"]
+                    a0 = np.float64(np.mean(G * G) + lam)
                     s["st"] = kron.KronState(
-                        np.float64(np.mean(G * G) + lam),
+                        a0,
                         None if r > big else np.eye(r),
                         np.ones(r),
                         None if c > big else np.eye(c),
                         np.ones(c),
+                        np.full((r, c), a0) if hp["eigenvalues"] == "corrected" else None,
                     )
                 st = s["st"]
                 if refresh:

@@ -69,6 +69,9 @@ class KronState(NamedTuple):
     d_C: Array  # (*L, r)
     B_K: Array | None  # (*L, c, c) orthogonal, or None (diagonal side)
     d_K: Array  # (*L, c)
+    #: (*L, r, c) > 0, or None: the corrected eigenvalues of math §4.10 (a per-entry second
+    #: moment of ``R = B_Cᵀ G B_K``, used by the step in place of ``α d_C ⊗ d_K``).
+    V: Array | None = None
 
 
 def init(
@@ -369,7 +372,12 @@ def _refresh(
     b_c = rotate(state.B_C, w_c, gap_c, k_c)
     del w_c
     b_k = rotate(state.B_K, w_k, gap_k, k_k)
-    return KronState(new_alpha, b_c, new_dc, b_k, new_dk)
+    new_v = None
+    if state.V is not None:  # math §4.10: the same moving average, per entry of R
+        sq = r_rot * r_rot
+        sq = xp.mean(sq, axis=0) if sample_batch else sq
+        new_v = (1.0 - gamma * beta2) * state.V + beta2 * (sq + damping)
+    return KronState(new_alpha, b_c, new_dc, b_k, new_dk, new_v)
 
 
 def _options(
@@ -494,7 +502,7 @@ def precondition(
     if norm_p is None or (_static(p) and _static(norm_p) and p == norm_p):
         return _direction(state, r_rot, p)
     A.check_positive("norm_p", norm_p)
-    ds = [state.d_C[..., :, None], state.d_K[..., None, :]]
+    ds = [state.d_C[..., :, None], state.d_K[..., None, :]] if state.V is None else [state.V]
     ref = _direction_core(state, r_rot, norm_p)
     return _unrotate(state, maps.match_norm(r_rot, ds, p=p, ref=ref, axes=(-2, -1)))
 
@@ -504,8 +512,11 @@ def _static(v: Any) -> bool:
 
 
 def _direction_core(state: KronState, r_rot: Array, p: Any) -> Array:
-    """``α^{-1/p} Diag(d_C^{-1/p}) R Diag(d_K^{-1/p})`` (the rotated-frame step)."""
+    """``α^{-1/p} Diag(d_C^{-1/p}) R Diag(d_K^{-1/p})`` (the rotated-frame step), or
+    ``R ⊙ V^{-1/p}`` with corrected eigenvalues (math §4.10)."""
     e = -1.0 / p
+    if state.V is not None:
+        return r_rot * state.V**e
     # α^{-1/p} folded into the row scale: two passes over R, not three.
     row = (state.alpha**e)[..., None] * state.d_C**e
     return r_rot * row[..., :, None] * (state.d_K**e)[..., None, :]

@@ -99,6 +99,7 @@ GRAFTS = (None, "adam")
 
 #: ``step_scale`` choices: the root-``p`` step at the size of the ``p = 2`` step, or raw.
 STEP_SCALES = ("p2", "raw")
+EIGENVALUES = ("kron", "corrected")
 
 # Real options: name -> (zero allowed, None allowed). ``learning_rate`` is optax's ``lr``.
 _REAL_OPTIONS = {
@@ -190,6 +191,8 @@ def check_options(o: Any) -> None:
         raise ValueError(f"`cayley` must be one of {maps.CAYLEY_MODES}, got {o['cayley']!r}")
     if "rotation" in o and o["rotation"] not in maps.ROTATION_MODES:
         raise ValueError(f"`rotation` must be one of {maps.ROTATION_MODES}, got {o['rotation']!r}")
+    if "eigenvalues" in o and o["eigenvalues"] not in EIGENVALUES:
+        raise ValueError(f"`eigenvalues` must be one of {EIGENVALUES}, got {o['eigenvalues']!r}")
     if "step_scale" in o and o["step_scale"] not in STEP_SCALES:
         raise ValueError(f"`step_scale` must be one of {STEP_SCALES}, got {o['step_scale']!r}")
     if "exp" in o and o["exp"] not in maps.EXP_MODES:
@@ -252,6 +255,10 @@ class Options:
       "damped"`` (default) bounds each eigenvector pair's turn where eigenvalues nearly tie;
       ``"paper"`` is the paper's exact rule. ``max_step_norm=None``: the core's guard (0.25 in
       the truncated Cayley maps, none in exact mode).
+    - ``eigenvalues``: the step's eigenvalues in the learned eigenbasis. ``"kron"`` (default):
+      the Kronecker factors' ``α d_C ⊗ d_K`` (the paper); ``"corrected"``: a per-entry moving
+      average ``V`` of the rotated gradient's squares, refreshed with the factors (EKFAC/SOAP's
+      correction, no extra matmul, one more parameter-sized buffer; math §4.10).
     - ``step_scale``: ``"p2"`` (default) rescales each layer's ``S^{-1/p} G`` to the norm of
       ``S^{-1/2} G``, so that ``lr`` means the same for every root ``p`` (the direction is
       root ``p``'s; computed without overflow for any ``p``; for ``p = 2`` a no-op);
@@ -299,6 +306,7 @@ class Options:
     tie_tol: Any = None
     max_step_norm: Any = None
     rotation: str = "damped"
+    eigenvalues: str = "kron"
     step_scale: str = "p2"
     max_update_rms: Any = 3.0
     graft: str | None = None
@@ -496,13 +504,15 @@ def init(
     shape: tuple[int, ...],
     *,
     batch: tuple[int, ...] = (),
+    eigenvalues: str = "kron",
     dtype: Any = None,
     device: Any = None,
     xp: Namespace | None = None,
 ) -> Precond:
     """Fresh factors (``S = I``; :func:`first_state` sets the scale from the first gradient).
 
-    ``batch`` stacks same-shaped parameters (Kronecker only).
+    ``batch`` stacks same-shaped parameters (Kronecker only); ``eigenvalues="corrected"``
+    adds the per-entry eigenvalues ``V = 1`` (math §4.10).
 
     Example::
 
@@ -519,7 +529,7 @@ def init(
         if batch:
             raise ValueError("`batch` is supported for Kronecker plans only")
         return diag.init(tuple(shape), dtype=dtype, device=device, xp=xp)
-    return kron.init(
+    st = kron.init(
         pl.rows,
         pl.cols,
         batch=batch,
@@ -529,6 +539,10 @@ def init(
         device=device,
         xp=xp,
     )
+    if eigenvalues == "corrected":
+        v = st.alpha[..., None, None] * st.d_C[..., :, None] * st.d_K[..., None, :]
+        st = st._replace(V=v)
+    return st
 
 
 def schedule(
@@ -604,7 +618,10 @@ def first_state(st: Precond, g: Array, *, damping: Any) -> Precond:
     big = float(xp.finfo(g.dtype).max)
     a0 = s * (s * xp.mean(gs * gs, axis=(-2, -1)))
     a0 = xp.where(a0 > big, big, a0) + damping
-    return st._replace(alpha=xp.where(xp.isfinite(a0) & (a0 > 0), a0, 1.0))
+    a0 = xp.where(xp.isfinite(a0) & (a0 > 0), a0, 1.0)
+    if st.V is not None:  # math §4.10: V₀ = α₀, the diagonal of S₀ = α₀ I
+        return st._replace(alpha=a0, V=a0[..., None, None] + xp.zeros_like(st.V))
+    return st._replace(alpha=a0)
 
 
 def _all_finite(xp: Namespace, x: Array, lead: int) -> Array:
@@ -1213,6 +1230,8 @@ def check_precond(st: Precond, pl: Plan, shape: tuple[int, ...], *, where: str =
             "B_K": None if pl.diag_cols else (c, c),
             "d_K": (c,),
         }
+        if getattr(st, "V", None) is not None:  # corrected eigenvalues (math §4.10)
+            want["V"] = (r, c)
     for field, shp in want.items():
         x = getattr(st, field)
         if shp is None:
@@ -1228,7 +1247,7 @@ def check_precond(st: Precond, pl: Plan, shape: tuple[int, ...], *, where: str =
             _fail(where, field, f"must have a real floating dtype, got {x.dtype}")
         if not bool(xp.all(xp.isfinite(x))):
             _fail(where, field, "contains NaN or inf")
-        if field in ("alpha", "d", "d_C", "d_K") and not bool(xp.all(x > 0)):
+        if field in ("alpha", "d", "d_C", "d_K", "V") and not bool(xp.all(x > 0)):
             _fail(where, field, "must be > 0")
         eps = float(xp.finfo(x.dtype).eps)
         if field in ("d_C", "d_K") and shp[0] > 0:
@@ -1329,6 +1348,8 @@ def state_keys(pl: Plan, options: Options) -> set[str]:
             keys.add("B_C")
         if not pl.diag_cols:
             keys.add("B_K")
+        if options.eigenvalues == "corrected":
+            keys.add("V")
     if options.graft == "adam":
         keys |= {"exp_avg", "exp_avg_sq"}
     return keys
@@ -1345,7 +1366,7 @@ def precond_of(state: Mapping[str, Any], pl: Plan) -> Precond:
         >>> optim.precond_of({"step": 0, "d": np.ones(3)}, optim.plan((3,)))
         DiagState(d=array([1., 1., 1.]))
         >>> optim.precond_of({"alpha": 1.0, "d_C": 2, "d_K": 3}, optim.plan((2, 3)))
-        KronState(alpha=1.0, B_C=None, d_C=2, B_K=None, d_K=3)
+        KronState(alpha=1.0, B_C=None, d_C=2, B_K=None, d_K=3, V=None)
     """
     if Plan(*pl).kind == "diag":
         return diag.DiagState(state["d"])
@@ -1402,7 +1423,14 @@ def fresh_state(
         >>> list(st), st["d"].dtype
         (['step', 'refreshes', 'rejected', 'd', 'momentum_buffer'], dtype('float32'))
     """
-    pre = init(pl, matrix_shape(pl, shape), dtype=dtype, device=device, xp=xp)
+    pre = init(
+        pl,
+        matrix_shape(pl, shape),
+        eigenvalues=options.eigenvalues,
+        dtype=dtype,
+        device=device,
+        xp=xp,
+    )
     slots = init_slots(xp, tuple(shape), options, dtype=dtype, device=device)
     return {**dict.fromkeys(COUNTERS, 0), **flat_state(pre, slots)}
 

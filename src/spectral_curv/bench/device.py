@@ -921,11 +921,11 @@ def _run_cupy(ctx: _Context) -> dict[str, Any]:
             continue
         try:
             host = make_inputs(r, c, dtype="float32", device="cpu", seed=seed)
-            st_host = kron.KronState(*(v.numpy() for v in host["state"]))
+            st_host = kron.KronState(*(None if v is None else v.numpy() for v in host["state"]))
             g_host = host["G"].numpy()
-            st_t = kron.KronState(*(v.to(ctx.dev) for v in host["state"]))
+            st_t = kron.KronState(*(None if v is None else v.to(ctx.dev) for v in host["state"]))
             g_t = host["G"].to(ctx.dev)
-            st_x = kron.KronState(*(to_x(v) for v in st_host))
+            st_x = kron.KronState(*(None if v is None else to_x(v) for v in st_host))
             g_x = to_x(g_host)
         except Exception as e:
             trow["status"] = xrow["status"] = f"{_error(e)} (building inputs)"

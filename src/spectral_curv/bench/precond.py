@@ -9,6 +9,9 @@ repeats (so a burst of load from elsewhere hits both). Methods:
     ``optim.refresh(state, G, cayley="quadratic", exp="first_order", ...)`` (the GOP update
     with keep-last-good) then ``optim.direction(state, G, p)``. Products: refresh R = B_CᵀGB_K
     (2), W_C, W_K (2), per factor X², B·Q (2×2); direction R (2), step (2): 12.
+``spectral_corrected``
+    ``spectral_quadratic`` with ``eigenvalues="corrected"`` (math §4.10): the same 12
+    products, plus the per-entry moment ``V`` (elementwise).
 ``spectral_quartic``
     The same with ``cayley="quartic"`` (orthogonal to ``O(X⁸)``): per factor X², B·F₁, ·F₂: 14.
 ``spectral_neumann``
@@ -72,6 +75,7 @@ TARGET_MIN_N = 1024
 
 METHODS = (
     "spectral_quadratic",
+    "spectral_corrected",
     "spectral_quartic",
     "spectral_neumann",
     "spectral_generic",
@@ -81,6 +85,7 @@ METHODS = (
 )
 LABELS = {
     "spectral_quadratic": "spectral, quadratic Cayley",
+    "spectral_corrected": "spectral, quadratic, corrected eigenvalues",
     "spectral_quartic": "spectral, quartic Cayley",
     "spectral_neumann": "spectral, Neumann Cayley K={K}",
     "spectral_generic": "spectral, quadratic, generic route",
@@ -90,6 +95,7 @@ LABELS = {
 }
 SHORT = {
     "spectral_quadratic": "spec-quadratic",
+    "spectral_corrected": "spec-corrected",
     "spectral_quartic": "spec-quartic",
     "spectral_neumann": "spec-Neumann",
     "spectral_generic": "spec-generic",
@@ -127,7 +133,7 @@ def analytic(method: str, terms: int = 1) -> dict[str, Any]:
     flops in matmul units (None where a flop count is not meaningful).
     """
     d = DIRECTION_PRODUCTS
-    if method in ("spectral_quadratic", "spectral_generic"):
+    if method in ("spectral_quadratic", "spectral_generic", "spectral_corrected"):
         return {
             "products": 8 + d,
             "syrk": 4,
@@ -250,11 +256,13 @@ def _callables(
     state = kron.KronState(alpha, arrs["B_C"], arrs["d_C"], arrs["B_K"], arrs["d_K"])
     g, a, b = arrs["G"], arrs["A"], arrs["B"]
 
-    def spectral(cayley: str) -> Callable[[], Any]:
+    corrected = state._replace(V=xp.ones_like(g))
+
+    def spectral(cayley: str, st: kron.KronState = state) -> Callable[[], Any]:
         def fn() -> Any:
             # SpectralKron's refresh step: refresh, then the direction with the new factors.
             new, _ = optim.refresh(
-                state,
+                st,
                 g,
                 precond_lr=BETA2,
                 damping=DAMPING,
@@ -272,6 +280,7 @@ def _callables(
 
     table = {
         "spectral_quadratic": spectral("quadratic"),
+        "spectral_corrected": spectral("quadratic", corrected),
         "spectral_quartic": spectral("quartic"),
         "spectral_neumann": spectral("neumann"),
         "spectral_generic": generic,

@@ -43,6 +43,8 @@ MODES: dict[str, dict[str, Any]] = {
     "default_paper": {"rotation": "paper", "max_update_rms": None},
     "quartic": {"cayley": "quartic"},
     "default_noclip": {"max_update_rms": None},
+    "corrected": {"eigenvalues": "corrected"},
+    "kron": {"eigenvalues": "kron"},
     "p1": {"p": 1.0},
     "exact": {"cayley": "exact"},
     "exact_paper_unguarded": {

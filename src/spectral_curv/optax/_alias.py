@@ -68,6 +68,7 @@ def spectral_kron(
     tie_tol: Any = _D.tie_tol,
     max_step_norm: Any = _D.max_step_norm,
     rotation: str = _D.rotation,
+    eigenvalues: str = _D.eigenvalues,
     step_scale: str = _D.step_scale,
     max_update_rms: Any = _D.max_update_rms,
     graft: str | None = _D.graft,

@@ -95,6 +95,7 @@ def scale_by_spectral_kron(
     tie_tol: Any = _D.tie_tol,
     max_step_norm: Any = _D.max_step_norm,
     rotation: str = _D.rotation,
+    eigenvalues: str = _D.eigenvalues,
     step_scale: str = _D.step_scale,
     max_precond_dim: Any = _D.max_precond_dim,
     precond_dtype: Any = _D.precond_dtype,
@@ -124,7 +125,7 @@ def scale_by_spectral_kron(
     Chain it with the rest of an optimizer, e.g. ``optax.chain(scale_by_spectral_kron(),
     optax.add_decayed_weights(wd), optax.scale_by_learning_rate(lr))`` (no momentum), or
     use :func:`spectral_kron`. The options are ``optim.Options``; float options may be 0-d
-    (traced) arrays; ``cayley``, ``exp``, ``rotation``, ``graft``, ``graft_betas``,
+    (traced) arrays; ``cayley``, ``exp``, ``rotation``, ``eigenvalues``, ``graft``, ``graft_betas``,
     ``nonfinite``, ``tie_tol=None``/``max_step_norm=None`` and ``precond_dtype`` must be
     Python values, ``max_precond_dim`` concrete at ``init`` (it fixes the state's
     structure) and ``cayley_terms`` concrete with ``cayley="neumann"``.
@@ -177,7 +178,7 @@ def scale_by_spectral_kron(
         def one(x: Any) -> optim.Precond:
             pl = optim.plan(tuple(x.shape), dim)
             shape = optim.matrix_shape(pl, tuple(x.shape))
-            return optim.init(pl, shape, dtype=pdt_of(x), xp=jnp)
+            return optim.init(pl, shape, eigenvalues=eigenvalues, dtype=pdt_of(x), xp=jnp)
 
         moments = None
         if graft == "adam":

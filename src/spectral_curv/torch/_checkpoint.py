@@ -15,6 +15,7 @@ from .. import optim
 from ._functional import _HOST_KEYS, _options
 
 _SKIPPED = "skipped_steps"  # the optimizer-wide counter, a non-parameter key of `state`
+_BEFORE = {"eigenvalues": "kron"}  # options whose absence from a saved group means this
 
 
 def load_state_dict(opt: Optimizer, state_dict: dict[str, Any]) -> None:
@@ -38,7 +39,9 @@ def load_state_dict(opt: Optimizer, state_dict: dict[str, Any]) -> None:
         with warnings.catch_warnings():  # a checkpoint from before a rename
             warnings.simplefilter("ignore", DeprecationWarning)
             saved = optim.renamed(saved)
-        group = {**opt.defaults, _SKIPPED: 0, **saved, "params": mine["params"]}
+        # an option added later takes its value from before it existed where that fixes the
+        # state's layout (no `V` before `eigenvalues`), else this optimizer's
+        group = {**opt.defaults, **_BEFORE, _SKIPPED: 0, **saved, "params": mine["params"]}
         o = _options({k: group[k] for k in optim.Options.names()})
         group["graft_betas"] = o.graft_betas
         if isinstance(group[_SKIPPED], bool) or not isinstance(group[_SKIPPED], int):

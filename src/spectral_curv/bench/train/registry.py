@@ -37,6 +37,7 @@ SPECTRAL_KEYS = (
     "spectral_p2_exact",
     "spectral_p2_quartic",
     "spectral_p2_quad_noclip",
+    "spectral_p2_quad_corr",
     "spectral_p1_quad",
     "spectral_p1_exact",
     "spectral_p4_quad",
@@ -122,6 +123,7 @@ class OptSpec:
     knob: str
     notes: str = ""
     requires: str | None = None  # module that must import
+    draws_as: str | None = None  # tune with this key's random draws (a paired comparison)
 
 
 def _muon_split(model: Any) -> tuple[list[Any], list[Any]]:
@@ -274,7 +276,15 @@ def optimizer_registry() -> dict[str, OptSpec]:
     for p in (2, 1, 4):
         quartic = ("quartic", "quartic", {}, "quartic", "quartic Cayley (orthogonal to O(X⁸))")
         clip = ("quad_noclip", "quadratic", {"max_update_rms": None}, "quad, no RMS cap", "no cap")
-        mine = {2: (*variants[:2], quartic, clip, *variants[2:]), 1: variants, 4: variants[:1]}[p]
+        corr = (
+            "quad_corr",
+            "quadratic",
+            {"eigenvalues": "corrected"},
+            "quad, corrected eigenvalues",
+            "corrected eigenvalues (per-entry second moment in the eigenbasis)",
+        )
+        two = (*variants[:2], quartic, clip, corr, *variants[2:])
+        mine = {2: two, 1: variants, 4: variants[:1]}[p]
         for c, cayley, extra, lab, desc in mine:
             lo, hi, lr0 = 1e-4, 3e-3, 3e-4
             specs.append(
@@ -287,6 +297,7 @@ def optimizer_registry() -> dict[str, OptSpec]:
                     {"lr": ("log", lo, hi), **lr_wd, "precond_lr": ("log", 0.01, 0.5)},
                     "precond_lr",
                     notes=f"spectral_curv.torch.SpectralKron, p={p}, {desc}",
+                    draws_as=f"spectral_p{p}_quad" if c == "quad_corr" else None,
                 )
             )
     # p = 1 with the paper's raw step (the default before step_scale="p2"), with the lr

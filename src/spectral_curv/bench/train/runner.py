@@ -310,7 +310,7 @@ def tune(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Random search: trial 0 the defaults, then ``budget − 1`` draws; best validation loss."""
-    rng = np.random.default_rng([seed, sum(map(ord, spec.key))])
+    rng = np.random.default_rng([seed, sum(map(ord, spec.draws_as or spec.key))])
     trials = []
     for i in range(budget):
         hp = dict(spec.defaults) if i == 0 else sample_hparams(spec.space, rng)
