@@ -149,16 +149,17 @@ def test_spectral_route_is_float32_and_what_the_optimizer_computes():
     """The timed call is optim.refresh then optim.direction (a refresh step of SpectralKron)."""
     from spectral_curv import optim
 
-    names = ["spectral_quadratic", "spectral_corrected", "spectral_neumann", "spectral_exact"]
+    names = ["spectral_quadratic", "spectral_kron_eigs", "spectral_neumann", "spectral_exact"]
     _, fns = precond._callables("numpy", 16, 1, 0, names)
     for name, fn in fns.items():
         new, step = fn()
         assert isinstance(new, kron.KronState)
         assert step.dtype == np.float32
         assert all(a.dtype == np.float32 for a in new if a is not None)
-        assert (new.V is not None) == (name == "spectral_corrected")
+        assert (new.V is None) == (name == "spectral_kron_eigs")  # the default has V
     raw = precond._inputs(16, 0)
     st = kron.KronState(np.float32(1.0), raw["B_C"], raw["d_C"], raw["B_K"], raw["d_K"])
+    st = st._replace(V=np.ones_like(raw["G"]))  # the default: corrected eigenvalues
     ref, _ = optim.refresh(
         st, raw["G"], precond_lr=precond.BETA2, damping=precond.DAMPING, cayley="quadratic"
     )

@@ -114,8 +114,9 @@ def test_corrected_eigenvalues_whiten_a_non_kronecker_diagonal_that_kron_cannot(
 def test_options_validate_and_state_keys():
     with pytest.raises(ValueError, match="`eigenvalues` must be one of"):
         optim.Options(eigenvalues="full")
-    keys = optim.state_keys(optim.plan((4, 3)), optim.Options(eigenvalues="corrected"))
-    assert "V" in keys and "V" not in optim.state_keys(optim.plan((4, 3)), optim.Options())
+    keys = optim.state_keys(optim.plan((4, 3)), optim.Options())  # the default: corrected
+    kron_keys = optim.state_keys(optim.plan((4, 3)), optim.Options(eigenvalues="kron"))
+    assert "V" in keys and "V" not in kron_keys
     assert "V" not in optim.state_keys(optim.plan((5,)), optim.Options(eigenvalues="corrected"))
 
 
@@ -200,12 +201,12 @@ def test_torch_checkpoint_from_before_the_option_loads_as_kron():
     from spectral_curv.torch import SpectralKron
 
     model, batches = _torch_problem()
-    opt = SpectralKron(model.parameters(), lr=0.01)
+    opt = SpectralKron(model.parameters(), lr=0.01, eigenvalues="kron")
     _torch_run(opt, model, batches[:4])
     sd = opt.state_dict()
     for g in sd["param_groups"]:
         del g["eigenvalues"]
-    new = SpectralKron(model.parameters(), lr=0.01, eigenvalues="corrected")
+    new = SpectralKron(model.parameters(), lr=0.01)  # the default: corrected
     new.load_state_dict(sd)
     assert new.param_groups[0]["eigenvalues"] == "kron"
     assert "V" not in new.state[model[0].weight]
@@ -217,12 +218,12 @@ def test_numpy_checkpoint_from_before_the_option_loads_as_kron():
 
     rng = np.random.default_rng(5)
     P = {"w": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)}
-    opt = SpectralKron(P, lr=0.01)
+    opt = SpectralKron(P, lr=0.01, eigenvalues="kron")
     for _ in range(3):
         P = opt.step(P, {k: rng.standard_normal(v.shape) for k, v in P.items()})
     sd = opt.state_dict()
     del sd["options"]["eigenvalues"]
-    new = SpectralKron(P, lr=0.01, eigenvalues="corrected")
+    new = SpectralKron(P, lr=0.01)  # the default: corrected
     new.load_state_dict(sd)
     assert new.options["eigenvalues"] == "kron"
     new.step(P, {k: rng.standard_normal(v.shape) for k, v in P.items()})

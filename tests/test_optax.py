@@ -94,7 +94,7 @@ def _numpy_reference(
         "graft_betas": (0.9, 0.999),
         "graft_eps": 1e-8,
         "max_precond_dim": 4096,
-        "eigenvalues": "kron",
+        "eigenvalues": "corrected",  # the default
         **cfg,
     }
     P = {k: v.copy() for k, v in params.items()}

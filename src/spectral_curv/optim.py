@@ -255,10 +255,10 @@ class Options:
       "damped"`` (default) bounds each eigenvector pair's turn where eigenvalues nearly tie;
       ``"paper"`` is the paper's exact rule. ``max_step_norm=None``: the core's guard (0.25 in
       the truncated Cayley maps, none in exact mode).
-    - ``eigenvalues``: the step's eigenvalues in the learned eigenbasis. ``"kron"`` (default):
-      the Kronecker factors' ``α d_C ⊗ d_K`` (the paper); ``"corrected"``: a per-entry moving
-      average ``V`` of the rotated gradient's squares, refreshed with the factors (EKFAC/SOAP's
-      correction, no extra matmul, one more parameter-sized buffer; math §4.10).
+    - ``eigenvalues``: the step's eigenvalues in the learned eigenbasis. ``"corrected"``
+      (default): a per-entry moving average ``V`` of the rotated gradient's squares, refreshed
+      with the factors (EKFAC/SOAP's correction: no extra matmul, one more parameter-sized
+      buffer; math §4.10); ``"kron"``: the Kronecker factors' ``α d_C ⊗ d_K`` (the paper).
     - ``step_scale``: ``"p2"`` (default) rescales each layer's ``S^{-1/p} G`` to the norm of
       ``S^{-1/2} G``, so that ``lr`` means the same for every root ``p`` (the direction is
       root ``p``'s; computed without overflow for any ``p``; for ``p = 2`` a no-op);
@@ -280,8 +280,8 @@ class Options:
 
         >>> from spectral_curv import optim
         >>> o = optim.Options(lr=0.01)
-        >>> o.lr, o.precond_lr, o.rotation, o.precond_dtype
-        (0.01, 0.1, 'damped', None)
+        >>> o.lr, o.precond_lr, o.rotation, o.eigenvalues, o.precond_dtype
+        (0.01, 0.1, 'damped', 'corrected', None)
         >>> o.replace(momentum=0.0).momentum
         0.0
         >>> optim.Options(update_interval=0)
@@ -306,7 +306,7 @@ class Options:
     tie_tol: Any = None
     max_step_norm: Any = None
     rotation: str = "damped"
-    eigenvalues: str = "kron"
+    eigenvalues: str = "corrected"
     step_scale: str = "p2"
     max_update_rms: Any = 3.0
     graft: str | None = None

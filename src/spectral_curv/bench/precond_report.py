@@ -338,7 +338,7 @@ def plot(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
         "spectral_quadratic": "C0",
         "spectral_neumann": "C4",
         "spectral_quartic": "C6",
-        "spectral_corrected": "C7",
+        "spectral_kron_eigs": "C7",
         "spectral_generic": "C9",
         "spectral_exact": "C2",
         "eigh_refresh": "C3",

@@ -40,10 +40,9 @@ __all__ = ["MODES", "add_arguments", "drift_run", "drift_verdict", "main", "mlp_
 MODES: dict[str, dict[str, Any]] = {
     "default": {},
     "default_reorth1": {"reorth_interval": 1},
-    "default_paper": {"rotation": "paper", "max_update_rms": None},
+    "default_paper": {"rotation": "paper", "max_update_rms": None, "eigenvalues": "kron"},
     "quartic": {"cayley": "quartic"},
     "default_noclip": {"max_update_rms": None},
-    "corrected": {"eigenvalues": "corrected"},
     "kron": {"eigenvalues": "kron"},
     "p1": {"p": 1.0},
     "exact": {"cayley": "exact"},
@@ -52,6 +51,7 @@ MODES: dict[str, dict[str, Any]] = {
         "rotation": "paper",
         "reorth_interval": 0,
         "max_update_rms": None,
+        "eigenvalues": "kron",
     },
 }
 

@@ -40,10 +40,10 @@ class SpectralKron:
         >>> loss = lambda p: float(((p[0] - target) ** 2).sum() + (p[1] ** 2).sum())
         >>> opt = SpectralKron(params, lr=0.05, momentum=0.0)
         >>> l0 = loss(params)
-        >>> for _ in range(50):
+        >>> for _ in range(100):
         ...     params = opt.step(params, [2 * (params[0] - target), 2 * params[1]])
         >>> [p.shape for p in params], opt.steps, bool(loss(params) < 0.01 * l0)
-        ([(5, 4), (4,)], [50, 50], True)
+        ([(5, 4), (4,)], [100, 100], True)
     """
 
     def __init__(

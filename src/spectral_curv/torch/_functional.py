@@ -40,8 +40,9 @@ def init_state(param: Tensor, options: optim.Options | None = None, **kw: Any) -
         >>> import torch
         >>> from spectral_curv.torch import init_state
         >>> st = init_state(torch.zeros(3, 4))
-        >>> sorted(st)
-        ['B_C', 'B_K', 'alpha', 'd_C', 'd_K', 'momentum_buffer', 'refreshes', 'rejected', 'step']
+        >>> sorted(st)  # doctest: +NORMALIZE_WHITESPACE
+        ['B_C', 'B_K', 'V', 'alpha', 'd_C', 'd_K', 'momentum_buffer', 'refreshes',
+         'rejected', 'step']
         >>> tuple(st["B_K"].shape), st["d_C"].dtype
         ((4, 4), torch.float32)
     """

@@ -37,7 +37,7 @@ SPECTRAL_KEYS = (
     "spectral_p2_exact",
     "spectral_p2_quartic",
     "spectral_p2_quad_noclip",
-    "spectral_p2_quad_corr",
+    "spectral_p2_quad_kron",
     "spectral_p1_quad",
     "spectral_p1_exact",
     "spectral_p4_quad",
@@ -255,19 +255,30 @@ def optimizer_registry() -> dict[str, OptSpec]:
     # "_paper": the paper's basis update U_ij = −W_ij/(d_i − d_j) with the Frobenius cap and
     # (exact mode) no re-orthonormalisation — the library's default before the damped rule.
     variants = (
-        ("quad", "quadratic", {}, "quad", "truncated (quadratic) Cayley, damped basis update"),
-        ("exact", "exact", {}, "exact", "exact Cayley, damped basis update"),
+        (
+            "quad",
+            "quadratic",
+            {},
+            "quad",
+            "truncated (quadratic) Cayley, damped basis update, corrected eigenvalues",
+        ),
+        ("exact", "exact", {}, "exact", "exact Cayley, damped basis update, corrected eigenvalues"),
         (
             "quad_paper",
             "quadratic",
-            {"rotation": "paper", "max_update_rms": None},
+            {"rotation": "paper", "max_update_rms": None, "eigenvalues": "kron"},
             "quad (paper rule)",
             "quadratic Cayley, paper's basis update, Frobenius cap 0.25",
         ),
         (
             "exact_paper",
             "exact",
-            {"rotation": "paper", "reorth_interval": 0, "max_update_rms": None},
+            {
+                "rotation": "paper",
+                "reorth_interval": 0,
+                "max_update_rms": None,
+                "eigenvalues": "kron",
+            },
             "exact (paper rule)",
             "exact Cayley, paper's basis update, no re-orthonormalisation",
         ),
@@ -276,14 +287,14 @@ def optimizer_registry() -> dict[str, OptSpec]:
     for p in (2, 1, 4):
         quartic = ("quartic", "quartic", {}, "quartic", "quartic Cayley (orthogonal to O(X⁸))")
         clip = ("quad_noclip", "quadratic", {"max_update_rms": None}, "quad, no RMS cap", "no cap")
-        corr = (
-            "quad_corr",
+        kron_ev = (
+            "quad_kron",
             "quadratic",
-            {"eigenvalues": "corrected"},
-            "quad, corrected eigenvalues",
-            "corrected eigenvalues (per-entry second moment in the eigenbasis)",
+            {"eigenvalues": "kron"},
+            "quad, Kronecker eigenvalues",
+            "the Kronecker model's eigenvalues (the default before 2026-12-01)",
         )
-        two = (*variants[:2], quartic, clip, corr, *variants[2:])
+        two = (*variants[:2], quartic, clip, kron_ev, *variants[2:])
         mine = {2: two, 1: variants, 4: variants[:1]}[p]
         for c, cayley, extra, lab, desc in mine:
             lo, hi, lr0 = 1e-4, 3e-3, 3e-4
@@ -297,7 +308,7 @@ def optimizer_registry() -> dict[str, OptSpec]:
                     {"lr": ("log", lo, hi), **lr_wd, "precond_lr": ("log", 0.01, 0.5)},
                     "precond_lr",
                     notes=f"spectral_curv.torch.SpectralKron, p={p}, {desc}",
-                    draws_as=f"spectral_p{p}_quad" if c == "quad_corr" else None,
+                    draws_as=f"spectral_p{p}_quad" if c == "quad_kron" else None,
                 )
             )
     # p = 1 with the paper's raw step (the default before step_scale="p2"), with the lr
@@ -307,7 +318,7 @@ def optimizer_registry() -> dict[str, OptSpec]:
             "spectral_p1_quad_raw",
             "SpectralKron p=1 quad (raw step)",
             "spectral",
-            spectral(1.0, "quadratic", step_scale="raw", max_update_rms=None),
+            spectral(1.0, "quadratic", step_scale="raw", max_update_rms=None, eigenvalues="kron"),
             {"lr": 1e-5, "weight_decay": 1e-2, "precond_lr": 0.1},
             {"lr": ("log", 1e-6, 1e-3), **lr_wd, "precond_lr": ("log", 0.01, 0.5)},
             "precond_lr",
