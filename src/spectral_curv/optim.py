@@ -101,6 +101,10 @@ GRAFTS = (None, "adam")
 STEP_SCALES = ("p2", "raw")
 EIGENVALUES = ("kron", "corrected")
 
+#: Options whose value fixes the state's layout, with the value a checkpoint saved before
+#: the option existed was made with (every adapter loads such a checkpoint in that mode).
+BEFORE_OPTION = {"eigenvalues": "kron"}
+
 # Real options: name -> (zero allowed, None allowed). ``learning_rate`` is optax's ``lr``.
 _REAL_OPTIONS = {
     "lr": (True, False),

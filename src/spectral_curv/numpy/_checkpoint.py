@@ -20,10 +20,9 @@ from ._options import check_options, options_to_json
 #: Tag of :meth:`SpectralKron.state_dict` (checked by :meth:`SpectralKron.load_state_dict`).
 FORMAT = "spectral_curv.numpy.SpectralKron/1"
 
-#: Options added after the first release: a state dict without them still loads, with the
-#: value given here (None: this optimizer's own; ``eigenvalues``: the only mode before it,
-#: whose state has no ``V``).
-_LATER_OPTIONS: dict[str, Any] = {"rotation": None, "eigenvalues": "kron"}
+#: Options added after the first release: a state dict without them still loads, with this
+#: optimizer's value, or ``optim.BEFORE_OPTION``'s where the option fixes the state's layout.
+_LATER_OPTIONS = ("rotation", *optim.BEFORE_OPTION)
 _SD_KEYS = ("format", "params", "options", "skipped_steps", "state")
 
 
@@ -116,8 +115,8 @@ def restore(
         saved = optim.renamed(saved)
     want = set(optim.Options.names())
     # a state dict saved before an option existed: that option keeps this optimizer's
-    older = {k: getattr(current, k) if v is None else v for k, v in _LATER_OPTIONS.items()}
-    saved = {**older, **saved}
+    older = {k: getattr(current, k) for k in _LATER_OPTIONS}
+    saved = {**older, **optim.BEFORE_OPTION, **saved}
     if set(saved) != want:
         raise ValueError(f"state dict `options` must have the keys {sorted(want)}")
     opts = check_options(saved)

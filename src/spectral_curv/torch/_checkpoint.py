@@ -15,7 +15,6 @@ from .. import optim
 from ._functional import _HOST_KEYS, _options
 
 _SKIPPED = "skipped_steps"  # the optimizer-wide counter, a non-parameter key of `state`
-_BEFORE = {"eigenvalues": "kron"}  # options whose absence from a saved group means this
 
 
 def load_state_dict(opt: Optimizer, state_dict: dict[str, Any]) -> None:
@@ -41,7 +40,13 @@ def load_state_dict(opt: Optimizer, state_dict: dict[str, Any]) -> None:
             saved = optim.renamed(saved)
         # an option added later takes its value from before it existed where that fixes the
         # state's layout (no `V` before `eigenvalues`), else this optimizer's
-        group = {**opt.defaults, **_BEFORE, _SKIPPED: 0, **saved, "params": mine["params"]}
+        group = {
+            **opt.defaults,
+            **optim.BEFORE_OPTION,
+            _SKIPPED: 0,
+            **saved,
+            "params": mine["params"],
+        }
         o = _options({k: group[k] for k in optim.Options.names()})
         group["graft_betas"] = o.graft_betas
         if isinstance(group[_SKIPPED], bool) or not isinstance(group[_SKIPPED], int):
