@@ -140,6 +140,7 @@ def _core(hp: dict[str, Any]) -> list[dict[str, np.ndarray]]:
             )
             if first:
                 s["pre"] = optim.first_state(s["pre"], g, damping=hp["damping"])
+            before = s["pre"]
             if refresh:
                 s["pre"], _ = optim.refresh(
                     s["pre"],
@@ -155,7 +156,10 @@ def _core(hp: dict[str, Any]) -> list[dict[str, np.ndarray]]:
                 if reorth:
                     s["pre"] = optim.reorthonormalize(s["pre"])
             norm_p = 2.0 if hp.get("step_scale", "p2") == "p2" else None
-            u = optim.direction(s["pre"], g, p=hp["p"], norm_p=norm_p).reshape(P[k].shape)
+            # corrected eigenvalues step in the basis before the refresh (math §4.10)
+            corrected = getattr(before, "V", None) is not None
+            step_st = before._replace(V=s["pre"].V) if corrected else s["pre"]
+            u = optim.direction(step_st, g, p=hp["p"], norm_p=norm_p).reshape(P[k].shape)
             if hp["graft"] == "adam":
                 u, s["ea"], s["eas"] = optim.graft_adam(
                     u,

@@ -3,7 +3,8 @@ moment ``V`` of the rotated gradient, refreshed with the factors and used by the
 
 References are float64 NumPy written out here from the formulas (not through ``kron``):
 ``R = B_Cᵀ G B_K`` in the basis before the refresh, ``V ← (1 − γβ₂) V + β₂ (R² + λ)``,
-step ``B_C (R ⊙ V^{-1/p}) B_Kᵀ``.
+step ``B_C (R ⊙ V^{-1/p}) B_Kᵀ`` (the optimizers': ``B`` and ``R`` of before the refresh,
+the refreshed ``V``).
 """
 
 from __future__ import annotations
@@ -50,12 +51,65 @@ def test_step_and_moment_equal_the_formulas(xp, p, diag_cols):
     )
     xp_assert_close(new.V, asarray(xp, want_v), rtol=1e-12)
     xp_assert_close(kron.precondition(sx, Gx, p=p), asarray(xp, want_u), rtol=1e-12)
-    # the fused refresh + step gives the same two results
+    # the fused refresh + step (lagged order, math §4.10): the same V; the step in the old
+    # basis with the refreshed V, Adam's order
     fused, u = kron.precondition_and_update(
         sx, Gx, p=p, beta2=beta2, gamma=gamma, damping=lam, cayley="quadratic", exp="first_order"
     )
     xp_assert_close(fused.V, new.V, rtol=1e-12)
-    xp_assert_close(u, asarray(xp, want_u), rtol=1e-12)
+    want_lagged = st.B_C @ (R * want_v ** (-1 / p)) @ b_k.T
+    xp_assert_close(u, asarray(xp, want_lagged), rtol=1e-12)
+
+
+@pytest.mark.parametrize("p", [2.0, 3.0])
+def test_engine_steps_in_the_basis_before_the_refresh_with_the_refreshed_v(xp, p):
+    """math §4.10's lagged order: ``optim.refresh_and_direction`` keeps ``optim.refresh``'s
+    state and steps with ``B_C (R ⊙ V_new^{-1/p}) B_Kᵀ``, ``R`` and ``B`` from before the
+    refresh (written out here), not with the refreshed basis."""
+    rng = np.random.default_rng(7)
+    st, G = _state(rng, 5, 4), rng.standard_normal((5, 4))
+    kw = dict(precond_lr=0.3, gamma=1.0, damping=1e-3, cayley="quadratic")
+    R = st.B_C.T @ G @ st.B_K
+    v_new = (1 - 0.3) * st.V + 0.3 * (R * R + 1e-3)
+    want = st.B_C @ (R * v_new ** (-1 / p)) @ st.B_K.T
+
+    sx, Gx = _on(xp, st), asarray(xp, G)
+    new, ok, u = optim.refresh_and_direction(sx, Gx, p=p, **kw)
+    ref, _ = optim.refresh(sx, Gx, **kw)
+    assert bool(to_numpy(ok))
+    for a, b in zip(new, ref):
+        xp_assert_close(a, b, rtol=1e-13)
+    xp_assert_close(u, asarray(xp, want), rtol=1e-12)
+    un_lagged = to_numpy(optim.direction(ref, Gx, p=p))
+    assert np.max(np.abs(un_lagged - want)) > 1e-3  # the basis moved: the order matters
+
+
+def test_kron_mode_steps_with_the_refreshed_factors():
+    """Without ``V`` the order is the paper's: refresh, then the step with the new factors."""
+    rng = np.random.default_rng(8)
+    st, G = _state(rng, 5, 4)._replace(V=None), rng.standard_normal((5, 4))
+    new, ok, u = optim.refresh_and_direction(st, G, p=2.0, precond_lr=0.3)
+    ref, _ = optim.refresh(st, G, precond_lr=0.3)
+    assert bool(ok) and all(np.array_equal(a, b) for a, b in zip(new[:5], ref[:5]))
+    np.testing.assert_array_equal(u, optim.direction(ref, G, p=2.0))
+
+
+def test_rejected_lagged_refresh_steps_with_the_last_good_v(monkeypatch):
+    """A rejected refresh keeps the old state, ``V`` included, and the step uses it."""
+    rng = np.random.default_rng(9)
+    st, G = _state(rng, 5, 4), rng.standard_normal((5, 4))
+    real = kron.update_rotated
+
+    def poisoned(state, R, **kw):
+        new = real(state, R, **kw)
+        return new._replace(d_C=new.d_C * np.nan)
+
+    monkeypatch.setattr(kron, "update_rotated", poisoned)
+    new, ok, u = optim.refresh_and_direction(st, G, p=2.0, precond_lr=0.3)
+    assert not bool(ok)
+    for a, b in zip(new, st):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(u, optim.direction(st, G, p=2.0), rtol=1e-13)
 
 
 def test_step_scale_p2_gives_root_p_direction_with_root_2_size():

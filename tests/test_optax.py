@@ -132,12 +132,15 @@ def _numpy_reference(
             G = g.reshape(optim.matrix_shape(optim.plan(g.shape, c["max_precond_dim"]), g.shape))
             if first:
                 prec = optim.first_state(prec, G, damping=c["damping"])
+            pre = prec
             if refresh:
                 prec, _ = optim.refresh(prec, G, precond_lr=c["precond_lr"], **ropts)
                 s["refreshes"] += 1
                 if reorth:
                     prec = optim.reorthonormalize(prec)
             s["prec"] = prec
+            if getattr(prec, "V", None) is not None:  # the lagged order: V's own basis
+                prec = pre._replace(V=prec.V)
             norm_p = 2.0 if c.get("step_scale", "p2") == "p2" else None
             u = optim.direction(prec, G, p=c["p"], norm_p=norm_p).reshape(g.shape)
             if c["graft"] == "adam":

@@ -146,8 +146,10 @@ class RefOptimizer:
       a refresh with non-finite / non-positive factors is discarded;
     - with Neumann Cayley, one Newton–Schulz step on B after every ``reorth_interval``-th
       refresh;
-    - U = precondition with the refreshed factors; Adam grafting (norm of Adam's bias-corrected
-      update), RMS clipping, heavy-ball momentum on U, decoupled weight decay, ``p -= lr·m``.
+    - U = precondition with the refreshed factors; with corrected eigenvalues, with the basis
+      before the refresh and the refreshed ``V`` (math §4.10's lagged order); Adam grafting
+      (norm of Adam's bias-corrected update), RMS clipping, heavy-ball momentum on U,
+      decoupled weight decay, ``p -= lr·m``.
     """
 
     def __init__(self, shapes: list[tuple[int, ...]], **hp: Any) -> None:
@@ -179,7 +181,7 @@ class RefOptimizer:
                         np.ones(c),
                         np.full((r, c), a0) if hp["eigenvalues"] == "corrected" else None,
                     )
-                st = s["st"]
+                st = pre = s["st"]
                 if refresh:
                     new = kron.update_gop(
                         st,
@@ -207,6 +209,8 @@ class RefOptimizer:
                         )
                         self.stats["reorth"] += 1
                     s["st"] = st
+                if hp["eigenvalues"] == "corrected":  # the basis V was accumulated in
+                    st = pre._replace(V=st.V)
                 u = kron.precondition(st, G, p=hp["p"]).reshape(prm.shape)
                 if hp.get("step_scale", "p2") == "p2":  # the size of the p = 2 step
                     u2 = kron.precondition(st, G, p=2.0)
@@ -742,11 +746,11 @@ def test_rejected_refresh_is_per_layer(monkeypatch):
         k: copy.deepcopy(opt.state[p])
         for k, p in (("fc2", model.fc2.weight), ("fc3", model.fc3.weight))
     }
-    orig = kron.update_gop
+    orig = kron.update_rotated  # what the engine's refresh calls (after kron.rotate)
     calls = []
 
-    def poisoned(st, G, **kw):
-        new = orig(st, G, **kw)
+    def poisoned(st, R, **kw):
+        new = orig(st, R, **kw)
         if tuple(new.alpha.shape) == (2,):  # the fc2/fc3 bucket
             calls.append(1)
             d_c = new.d_C.clone()
@@ -754,7 +758,7 @@ def test_rejected_refresh_is_per_layer(monkeypatch):
             new = new._replace(d_C=d_c)
         return new
 
-    monkeypatch.setattr(kron, "update_gop", poisoned)
+    monkeypatch.setattr(kron, "update_rotated", poisoned)
     _train(model, opt, batches[2:])
     monkeypatch.undo()
     assert calls == [1]

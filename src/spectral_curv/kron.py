@@ -41,10 +41,14 @@ __all__ = [
     "factors",
     "from_factors",
     "init",
+    "lagged",
     "logdet",
     "precondition",
     "precondition_and_update",
+    "precondition_rotated",
+    "rotate",
     "update_gop",
+    "update_rotated",
 ]
 
 
@@ -248,13 +252,26 @@ def _check(xp: Namespace, state: KronState, g: Array, name: str, check: bool) ->
         A.check_finite(xp, name, g)
 
 
-def _rotate(state: KronState, g: Array) -> Array:
-    """``R = B_Cᵀ G B_K`` (a diagonal side is the identity)."""
+def rotate(state: KronState, G: Array) -> Array:
+    """``R = B_Cᵀ G B_K``, the gradient in the factors' eigenbasis (math §4.1; 2 matmuls, a
+    diagonal side is the identity). ``G`` is ``(*L, r, c)`` or ``(b, *L, r, c)``.
+
+    :func:`update_rotated` and :func:`precondition_rotated` take it, so that a refresh and a
+    step in the same basis share it.
+
+    Example (the initial basis is the identity)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import kron
+        >>> G = np.arange(6.0).reshape(2, 3)
+        >>> bool(np.array_equal(kron.rotate(kron.init(2, 3), G), G))
+        True
+    """
     if state.B_C is not None:
-        g = state.B_C.mT @ g
+        G = state.B_C.mT @ G
     if state.B_K is not None:
-        g = g @ state.B_K
-    return g
+        G = G @ state.B_K
+    return G
 
 
 def _direction(state: KronState, r_rot: Array, p: Any) -> Array:
@@ -451,13 +468,58 @@ def update_gop(
     """
     xp = array_namespace(state.d_C)
     _check(xp, state, G, "G", check)
+    return update_rotated(
+        state,
+        rotate(state, G),
+        beta2=beta2,
+        gamma=gamma,
+        damping=damping,
+        cayley=cayley,
+        exp=exp,
+        cayley_terms=cayley_terms,
+        tie_tol=tie_tol,
+        max_step_norm=max_step_norm,
+        rotation=rotation,
+    )
+
+
+def update_rotated(
+    state: KronState,
+    R: Array,
+    *,
+    beta2: Any,
+    gamma: Any = 1.0,
+    damping: Any = 0.0,
+    cayley: str = "exact",
+    exp: str = "exact",
+    cayley_terms: int = 1,
+    tie_tol: float | None = None,
+    max_step_norm: float | None = None,
+    rotation: str | None = None,
+) -> KronState:
+    """:func:`update_gop` from the rotated gradient ``R = rotate(state, G)`` (math §4.1–§4.5):
+    the same update without forming ``R`` again. No value checks (give ``R`` from a checked
+    ``G``).
+
+    Example (the same state as :func:`update_gop`)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import kron
+        >>> st, G = kron.init(4, 3), np.arange(12.0).reshape(4, 3) / 10
+        >>> st = kron.update_gop(st, G, beta2=0.1)
+        >>> a = kron.update_rotated(st, kron.rotate(st, G), beta2=0.1)
+        >>> b = kron.update_gop(st, G, beta2=0.1)
+        >>> all(np.allclose(x, y) for x, y in zip(a[:5], b[:5]))
+        True
+    """
+    xp = array_namespace(state.d_C)
     msn = _options(
         beta2, gamma, damping, cayley, exp, cayley_terms, tie_tol, max_step_norm, rotation
     )
     return _refresh(
         xp,
         state,
-        _rotate(state, G),
+        R,
         beta2=beta2,
         gamma=gamma,
         damping=damping,
@@ -497,14 +559,30 @@ def precondition(
     """
     xp = array_namespace(state.d_C)
     _check(xp, state, G, "G", check)
+    return precondition_rotated(state, rotate(state, G), p=p, norm_p=norm_p)
+
+
+def precondition_rotated(state: KronState, R: Array, *, p: Any, norm_p: Any = None) -> Array:
+    """:func:`precondition` from the rotated gradient ``R = rotate(state, G)`` (math §4.1,
+    §4.8, §4.10): ``B_C [core] B_Kᵀ``, 2 matmuls. No value checks.
+
+    Example (the same step as :func:`precondition`)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import kron
+        >>> st = kron.from_factors(np.diag([4.0, 1.0]), np.eye(3))
+        >>> G = np.ones((2, 3))
+        >>> u = kron.precondition_rotated(st, kron.rotate(st, G), p=2)
+        >>> bool(np.allclose(u, kron.precondition(st, G, p=2))), u[:, 0].round(12).tolist()
+        (True, [0.5, 1.0])
+    """
     A.check_positive("p", p)
-    r_rot = _rotate(state, G)
     if norm_p is None or (_static(p) and _static(norm_p) and p == norm_p):
-        return _direction(state, r_rot, p)
+        return _direction(state, R, p)
     A.check_positive("norm_p", norm_p)
     ds = [state.d_C[..., :, None], state.d_K[..., None, :]] if state.V is None else [state.V]
-    ref = _direction_core(state, r_rot, norm_p)
-    return _unrotate(state, maps.match_norm(r_rot, ds, p=p, ref=ref, axes=(-2, -1)))
+    ref = _direction_core(state, R, norm_p)
+    return _unrotate(state, maps.match_norm(R, ds, p=p, ref=ref, axes=(-2, -1)))
 
 
 def _static(v: Any) -> bool:
@@ -531,6 +609,25 @@ def _unrotate(state: KronState, core: Array) -> Array:
     return core
 
 
+def lagged(old: KronState, new: KronState) -> KronState:
+    """The state a step taken right after the refresh ``old → new`` uses in the lagged order
+    (math §4.10): ``old``'s basis and eigenvalues, and with corrected eigenvalues ``new``'s
+    ``V``, which the refresh accumulated in ``old``'s basis, the current gradient included
+    (Adam's order). Its step reuses the refresh's ``R = rotate(old, G)``.
+
+    Example (corrected eigenvalues: the new ``V`` in the old basis)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import kron
+        >>> old = kron.init(2, 2)._replace(V=np.ones((2, 2)))
+        >>> new = kron.update_gop(old, np.eye(2), beta2=0.5)
+        >>> st = kron.lagged(old, new)
+        >>> st.B_C is old.B_C, st.V is new.V
+        (True, True)
+    """
+    return old if new.V is None else old._replace(V=new.V)
+
+
 def precondition_and_update(
     state: KronState,
     G: Array,
@@ -550,8 +647,9 @@ def precondition_and_update(
     """Fused refresh + step sharing ``R = B_Cᵀ G B_K`` (math §4): returns ``(new_state, step)``.
 
     The step is preconditioned with the factors *before* this refresh (one refresh of lag,
-    as in SOAP); call :func:`update_gop` then :func:`precondition` for the un-lagged order,
-    at the cost of two more matmuls. ``G`` must have the state's shape ``(*L, r, c)`` (a
+    as in SOAP; with corrected eigenvalues the refreshed ``V``, :func:`lagged`); call
+    :func:`update_gop` then :func:`precondition` for the un-lagged order, at the cost of two
+    more matmuls. ``G`` must have the state's shape ``(*L, r, c)`` (a
     single gradient per layer) here.
 
     Example (the first step uses ``S₀ = I``, so it is ``G`` itself)::
@@ -576,7 +674,7 @@ def precondition_and_update(
     msn = _options(
         beta2, gamma, damping, cayley, exp, cayley_terms, tie_tol, max_step_norm, rotation
     )
-    r_rot = _rotate(state, G)
+    r_rot = rotate(state, G)
     new = _refresh(
         xp,
         state,
@@ -591,7 +689,7 @@ def precondition_and_update(
         max_step_norm=msn,
         rotation=rotation,
     )
-    # The step uses the factors before the refresh (``state``); it is formed after it so
-    # that it is not held in memory through the refresh (fewer fresh-page faults).
-    step = _direction(state, r_rot, p)
+    # The step uses the factors before the refresh; it is formed after it so that it is not
+    # held in memory through the refresh (fewer fresh-page faults).
+    step = _direction(lagged(state, new), r_rot, p)
     return new, step

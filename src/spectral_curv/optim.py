@@ -59,10 +59,12 @@ __all__ = [
     "first_state",
     "graft_adam",
     "init",
+    "lagged",
     "matrix_shape",
     "namespace",
     "plan",
     "refresh",
+    "refresh_and_direction",
     "reorthonormalize",
     "schedule",
 ]
@@ -652,12 +654,14 @@ def refresh(
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
     rotation: str | None = None,
+    rotated: Array | None = None,
 ) -> tuple[Precond, Array]:
     """The core's GOP update (``kron.update_gop`` / ``diag.update_gop``) with keep-last-good.
 
     Returns ``(state, ok)``: ``ok`` (one flag per stacked layer) is False where the update
     gave non-finite or non-positive factors, or a basis entry ``|B_ij| > 1.25`` (an exploding
     rotation: an orthogonal matrix has ``|B_ij| ≤ 1``), which are then left as they were.
+    ``rotated``: ``kron.rotate(st, g)`` where the caller has formed it (Kronecker states).
 
     Example (a good update is kept; a non-finite gradient leaves the factors as they were)::
 
@@ -679,20 +683,57 @@ def refresh(
         )
         ok = xp.all(xp.isfinite(new.d)) & xp.all(new.d > 0)
         return diag.DiagState(xp.where(ok, new.d, st.d)), ok
-    newk = kron.update_gop(
-        st,
-        g,
-        beta2=precond_lr,
-        gamma=gamma,
-        damping=damping,
-        cayley=cayley,
-        exp=exp,
-        cayley_terms=cayley_terms,
-        tie_tol=tie_tol,
-        max_step_norm=max_step_norm,
-        rotation=rotation,
-        check=False,
-    )
+    kw = dict(gamma=gamma, damping=damping, cayley=cayley, exp=exp, cayley_terms=cayley_terms)
+    kw.update(tie_tol=tie_tol, max_step_norm=max_step_norm, rotation=rotation)
+    r = kron.rotate(st, g) if rotated is None else rotated
+    return _keep_good(xp, st, kron.update_rotated(st, r, beta2=precond_lr, **kw))
+
+
+def lagged(st: Precond) -> bool:
+    """Whether ``st``'s step follows its refresh in the lagged order (math §4.10): a
+    Kronecker state with corrected eigenvalues (``V``).
+
+    Example::
+
+        >>> from spectral_curv import optim
+        >>> pl = optim.plan((4, 3))
+        >>> optim.lagged(optim.init(pl, (4, 3), eigenvalues="corrected")), optim.lagged(
+        ...     optim.init(pl, (4, 3), eigenvalues="kron"))
+        (True, False)
+    """
+    return isinstance(st, kron.KronState) and st.V is not None
+
+
+def refresh_and_direction(
+    st: Precond, g: Array, *, p: Any, norm_p: Any = None, **refresh_kwargs: Any
+) -> tuple[Precond, Array, Array]:
+    """:func:`refresh`, and the step's direction: ``(state, ok, direction)``.
+
+    With corrected eigenvalues (:func:`lagged`) the step is taken in the basis before the
+    refresh, with the refreshed ``V`` (``kron.lagged``, math §4.10), and shares the refresh's
+    ``R = B_CᵀGB_K``: 2 products fewer than :func:`direction` with the new factors, which
+    the other states use. ``refresh_kwargs`` are :func:`refresh`'s.
+
+    Example (the first refresh from ``S₀ = α₀ I``: the step is ``G / √V``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> pl, G = optim.plan((4, 3)), np.arange(12.0).reshape(4, 3) / 10
+        >>> st = optim.first_state(optim.init(pl, (4, 3), eigenvalues="corrected"), G, damping=0)
+        >>> new, ok, u = optim.refresh_and_direction(st, G, p=2, precond_lr=0.1)
+        >>> bool(ok), bool(np.allclose(u, G / np.sqrt(new.V)))
+        (True, True)
+    """
+    if not lagged(st):
+        new, ok = refresh(st, g, **refresh_kwargs)
+        return new, ok, direction(new, g, p=p, norm_p=norm_p)
+    r = kron.rotate(st, g)
+    new, ok = refresh(st, g, rotated=r, **refresh_kwargs)
+    return new, ok, kron.precondition_rotated(kron.lagged(st, new), r, p=p, norm_p=norm_p)
+
+
+def _keep_good(xp: Namespace, st: kron.KronState, newk: kron.KronState) -> tuple[Precond, Array]:
+    """``newk`` where its factors are valid, else ``st`` (per stacked layer), and the flags."""
     lead = newk.alpha.ndim
     ok = xp.isfinite(newk.alpha) & (newk.alpha > 0)
     for f in (newk.d_C, newk.d_K):
@@ -1023,7 +1064,9 @@ def precondition_step(
 ) -> tuple[list[Precond], list[Array], list[Array]]:
     """The preconditioner part of a step for several buckets that share the schedule's flags:
     :func:`first_state` on the first step, :func:`refresh` (keep-last-good) and
-    :func:`reorthonormalize` when due, then :func:`direction` with the new factors.
+    :func:`reorthonormalize` when due, then :func:`direction` with the new factors; with
+    corrected eigenvalues the direction comes with the refresh, in the basis before it
+    (:func:`refresh_and_direction`, math §4.10).
 
     ``states[k]``/``grads[k]``: a (stacked) Kronecker state with its ``(…, r, c)`` gradient,
     or a diagonal state with its gradient, in the factors' dtype. ``cond`` decides each flag:
@@ -1054,22 +1097,38 @@ def precondition_step(
             _cast_like(xp, first_state(s, g, damping=options.damping), s) for s, g in zip(ss, grads)
         ]
 
-    def refresh_one(s: Precond, g: Array) -> tuple[Precond, Array]:
+    norm_p = step_norm_p(options.step_scale)
+
+    def step_dir(s: Precond, g: Array) -> Array:
+        return direction(s, g, p=options.p, norm_p=norm_p)
+
+    def refresh_one(s: Precond, g: Array) -> tuple[Precond, Array, Array | None]:
+        # a lagged state's direction comes with its refresh; the others' after reorth
+        def run() -> tuple[Precond, Array, Array | None]:
+            if lagged(s):
+                return refresh_and_direction(s, g, p=options.p, norm_p=norm_p, **kw)
+            return (*_refresh_fn(s, g, **kw), None)
+
         if cond is not python_cond:  # traced: failures show as non-finite values
-            return _refresh_fn(s, g, **kw)
+            return run()
         try:
-            return _refresh_fn(s, g, **kw)
+            return run()
         except Exception as e:  # a singular solve etc.: a rejected refresh, never an error
             if not _numerical_failure(e):
                 raise
-            return s, ~_accepted(xp, s)
+            return s, ~_accepted(xp, s), step_dir(s, g) if lagged(s) else None
 
-    def refresh_all(ss: list) -> tuple[list, list]:
+    def refresh_all(ss: list) -> tuple[list, list, list]:
         new = [refresh_one(s, g) for s, g in zip(ss, grads)]
-        return [_cast_like(xp, n, s) for (n, _), s in zip(new, ss)], [ok for _, ok in new]
+        return (
+            [_cast_like(xp, n, s) for (n, _, _), s in zip(new, ss)],
+            [ok for _, ok, _ in new],
+            [u for _, _, u in new],
+        )
 
-    def keep(ss: list) -> tuple[list, list]:
-        return ss, [_accepted(xp, s) for s in ss]
+    def keep(ss: list) -> tuple[list, list, list]:
+        dirs = [step_dir(s, g) if lagged(s) else None for s, g in zip(ss, grads)]
+        return ss, [_accepted(xp, s) for s in ss], dirs
 
     def reorth_all(ss: list) -> list:
         return [_cast_like(xp, reorthonormalize(s), s) for s in ss]
@@ -1078,10 +1137,9 @@ def precondition_step(
         return ss
 
     new = cond(first, first_all, same, list(states))
-    new, oks = cond(refresh, refresh_all, keep, new)
+    new, oks, dirs = cond(refresh, refresh_all, keep, new)
     new = cond(reorth, reorth_all, same, new)
-    norm_p = step_norm_p(options.step_scale)
-    dirs = [direction(s, g, p=options.p, norm_p=norm_p) for s, g in zip(new, grads)]
+    dirs = [step_dir(s, g) if u is None else u for s, g, u in zip(new, grads, dirs)]
     return new, oks, dirs
 
 

@@ -12,7 +12,7 @@ SUBCOMMANDS = (
         "precond",
         "refresh-step cost in matmul-equivalents (spectral vs eigh vs Muon)",
         "Time one refresh step of the Kronecker spectral preconditioner as SpectralKron runs "
-        "it (optim.refresh + optim.direction), an eigh refresh of both factors "
+        "it (optim.refresh_and_direction), an eigh refresh of both factors "
         "(Shampoo/SOAP) and Muon's 5 Newton-Schulz steps, in fp32 on CPU, as multiples of "
         "one n x n x n matmul measured in the same run.",
     ),

@@ -6,8 +6,8 @@ n = 8192, is recorded in the JSON and the tables and the run goes on; past ``--b
 the remaining measurements are marked ``skipped (budget)``):
 
 ``precond``
-    One refresh step as ``SpectralKron`` runs it (``optim.refresh`` with the default
-    ``Options``, then ``optim.direction`` with the new factors), and a plain step
+    One refresh step as ``SpectralKron`` runs it (``optim.refresh_and_direction`` with the
+    default ``Options``), and a plain step
     (``optim.direction`` only), with bf16 and fp32 factors, for n×n layers (n = 1024, 2048,
     4096, 8192) and a 768×3072 one; beside ``torch.linalg.eigh`` of both factors in fp32
     (:func:`.reference.eigh_refresh`, Shampoo/SOAP's refresh) and Muon's 5 Newton–Schulz
@@ -338,14 +338,14 @@ def _cast_inputs(x: dict[str, Any], dtype: str) -> dict[str, Any]:
 
 def refresh_step(state: Any, g: Any) -> tuple[Any, Any]:
     """One refresh step as ``SpectralKron`` runs it with its default ``Options``:
-    ``optim.refresh`` (keep-last-good), then ``optim.direction`` with the new factors.
-    Returns ``(new state, direction)``."""
+    ``optim.refresh_and_direction`` (keep-last-good, then the step; with corrected eigenvalues
+    in the basis before the refresh, math §4.10). Returns ``(new state, direction)``."""
     from .. import optim
 
     o = optim.Options()
-    new, _ = optim.refresh(state, g, **o.refresh_kwargs())
     norm_p = 2.0 if o.step_scale == "p2" else None
-    return new, optim.direction(new, g, p=o.p, norm_p=norm_p)
+    new, _, u = optim.refresh_and_direction(state, g, p=o.p, norm_p=norm_p, **o.refresh_kwargs())
+    return new, u
 
 
 def _plain_step(state: Any, g: Any) -> Any:
@@ -1103,7 +1103,7 @@ def run(cfg: Config, progress: Callable[[str], None] | None = None) -> dict[str,
         wall_s=ctx.elapsed(),
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         options=optim.Options().as_dict(),
-        route="optim.refresh + optim.direction (SpectralKron's refresh step)",
+        route="optim.refresh_and_direction (SpectralKron's refresh step)",
         timer="CUDA events" if ctx.cuda else "time.perf_counter",
     )
     data: dict[str, Any] = {"machine": info, "config": config, "sections": sections}
@@ -1160,7 +1160,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "Median of repeats after a warm-up; `× matmul`: ÷ one (r×c)·(c×c) product in the "
         "same dtype (n×n×n for a square layer), measured in the same run. Refresh + step: "
-        "`optim.refresh` then `optim.direction`, SpectralKron's default options; plain step: "
+        "`optim.refresh_and_direction`, SpectralKron's default options; plain step: "
         "`optim.direction` alone; eigh: both factors accumulated, `torch.linalg.eigh`ed and "
         "applied, fp32; Muon NS5: bf16 as `torch.optim.Muon` runs it (from the fp32 "
         "gradient), fp32 as `bench.reference.newton_schulz5`.",

@@ -6,21 +6,22 @@ repeats (so a burst of load from elsewhere hits both). Methods:
 
 ``spectral_quadratic`` (the optimizers' default route, and the target)
     What ``SpectralKron`` runs on a refresh step, called as the optimizers call it:
-    ``optim.refresh(state, G, cayley="quadratic", exp="first_order", ...)`` (the GOP update
-    with keep-last-good) then ``optim.direction(state, G, p)``. Products: refresh R = B_CᵀGB_K
-    (2), W_C, W_K (2), per factor X², B·Q (2×2); direction R (2), step (2): 12.
+    ``optim.refresh_and_direction(state, G, p, cayley="quadratic", exp="first_order", ...)``
+    (the GOP update with keep-last-good, then the step in the basis before it, sharing ``R``:
+    math §4.10's lagged order). Products: R = B_CᵀGB_K (2), W_C, W_K (2), per factor X², B·Q
+    (2×2), the step B_C[…]B_Kᵀ (2): 10.
 ``spectral_kron_eigs``
     ``spectral_quadratic`` with ``eigenvalues="kron"`` (the paper's step eigenvalues, the
-    default before the corrected ones of math §4.10): the same 12 products, without the
-    per-entry moment ``V`` (elementwise).
+    default before the corrected ones of math §4.10): the step with the new factors forms
+    ``R`` again, 12 products, and has no per-entry moment ``V`` (elementwise).
 ``spectral_quartic``
-    The same with ``cayley="quartic"`` (orthogonal to ``O(X⁸)``): per factor X², B·F₁, ·F₂: 14.
+    The same with ``cayley="quartic"`` (orthogonal to ``O(X⁸)``): per factor X², B·F₁, ·F₂: 12.
 ``spectral_neumann``
-    The same with ``cayley="neumann", cayley_terms=K``: per factor X², P·X², B·P at K = 1: 14.
+    The same with ``cayley="neumann", cayley_terms=K``: per factor X², P·X², B·P at K = 1: 12.
 ``spectral_generic`` (torch only)
     ``spectral_quadratic`` with the torch fast paths switched off (``backends.generic_only``).
 ``spectral_exact``
-    ``cayley="exact"``: 10 products and one LU solve per factor.
+    ``cayley="exact"``: 8 products and one LU solve per factor.
 ``eigh_refresh``
     Shampoo/SOAP (:func:`.reference.eigh_refresh`): accumulate both factors (2 products),
     ``eigh`` of both, the preconditioned step (4 products).
@@ -113,8 +114,10 @@ DAMPING = 1e-8
 EIGH_BETA = 0.95
 #: ``optim.direction``: R = B_CᵀGB_K (2) + the step B_C[…]B_Kᵀ (2).
 DIRECTION_PRODUCTS = 4
+#: The lagged step after a refresh (corrected eigenvalues): the step only, R is shared.
+LAGGED_DIRECTION_PRODUCTS = 2
 #: What the spectral rows time (stored in the JSON's config).
-ROUTE = "optim.refresh + optim.direction"
+ROUTE = "optim.refresh_and_direction"
 
 
 # --------------------------------------------------------------------------- counts
@@ -133,14 +136,15 @@ def analytic(method: str, terms: int = 1) -> dict[str, Any]:
     runs those at half the flops); ``other``: non-product kernels; ``other_flop_eq``: their
     flops in matmul units (None where a flop count is not meaningful).
     """
-    d = DIRECTION_PRODUCTS
+    d = DIRECTION_PRODUCTS if method == "spectral_kron_eigs" else LAGGED_DIRECTION_PRODUCTS
+    step = "direction: R 2 + step 2" if d == DIRECTION_PRODUCTS else "step 2 (R shared)"
     if method in ("spectral_quadratic", "spectral_generic", "spectral_kron_eigs"):
         return {
             "products": 8 + d,
             "syrk": 4,
             "other": "",
             "other_flop_eq": 0.0,
-            "breakdown": "refresh: R 2 + W_C,W_K 2 + 2×(X², B·Q); direction: R 2 + step 2",
+            "breakdown": f"refresh: R 2 + W_C,W_K 2 + 2×(X², B·Q); {step}",
         }
     if method == "spectral_quartic":
         return {
@@ -148,7 +152,7 @@ def analytic(method: str, terms: int = 1) -> dict[str, Any]:
             "syrk": 4,
             "other": "",
             "other_flop_eq": 0.0,
-            "breakdown": "refresh: R 2 + W_C,W_K 2 + 2×(X², B·F₁, ·F₂); direction: R 2 + step 2",
+            "breakdown": f"refresh: R 2 + W_C,W_K 2 + 2×(X², B·F₁, ·F₂); {step}",
         }
     if method == "spectral_neumann":
         prod, syrk = _neumann_products(terms)
@@ -157,8 +161,7 @@ def analytic(method: str, terms: int = 1) -> dict[str, Any]:
             "syrk": 2 + 2 * syrk,
             "other": "",
             "other_flop_eq": 0.0,
-            "breakdown": f"refresh: R 2 + W_C,W_K 2 + 2×{prod} Cayley (K={terms}); "
-            "direction: R 2 + step 2",
+            "breakdown": f"refresh: R 2 + W_C,W_K 2 + 2×{prod} Cayley (K={terms}); {step}",
         }
     if method == "spectral_exact":
         return {
@@ -166,7 +169,7 @@ def analytic(method: str, terms: int = 1) -> dict[str, Any]:
             "syrk": 2,
             "other": "2 solve",
             "other_flop_eq": 2 * 4.0 / 3.0,
-            "breakdown": "refresh: R 2 + W_C,W_K 2 + 2×(LU solve + B·C); direction: R 2 + step 2",
+            "breakdown": f"refresh: R 2 + W_C,W_K 2 + 2×(LU solve + B·C); {step}",
         }
     if method == "eigh_refresh":
         return {
@@ -261,17 +264,18 @@ def _callables(
 
     def spectral(cayley: str, st: kron.KronState = state) -> Callable[[], Any]:
         def fn() -> Any:
-            # SpectralKron's refresh step: refresh, then the direction with the new factors.
-            new, _ = optim.refresh(
+            # SpectralKron's refresh step: the refresh and the step's direction
+            new, _, u = optim.refresh_and_direction(
                 st,
                 g,
+                p=P_ROOT,
                 precond_lr=BETA2,
                 damping=DAMPING,
                 cayley=cayley,
                 exp="first_order",
                 cayley_terms=terms,
             )
-            return new, optim.direction(new, g, p=P_ROOT)
+            return new, u
 
         return fn
 

@@ -253,8 +253,10 @@ def scale_by_spectral_kron(
         )
         step1 = (state.count + 1).astype(jnp.promote_types(pdt, jnp.float32))  # Adam's 1-based step
         out, new_moments = [], []
-        for g, st, G, m in zip(leaves, new_precs, Gs, moments):
-            # the direction with the (non-stopped) gradient: ∂U/∂G = S^{-1/p}
+        for g, old, st, G, m in zip(leaves, precs, new_precs, Gs, moments):
+            # the direction with the (non-stopped) gradient: ∂U/∂G = S^{-1/p}; with corrected
+            # eigenvalues in the basis before the refresh (the engine's lagged order)
+            st = kron.lagged(old, st) if optim.lagged(st) else st
             Gd = jnp.reshape(jnp.asarray(g, dtype=G.dtype), G.shape)
             u = jnp.reshape(optim.direction(st, Gd, p=o.p, norm_p=norm_p), g.shape)
             if graft == "adam":
