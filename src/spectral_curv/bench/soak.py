@@ -45,6 +45,7 @@ MODES: dict[str, dict[str, Any]] = {
     "default_noclip": {"max_update_rms": None},
     "kron": {"eigenvalues": "kron"},
     "p1": {"p": 1.0},
+    "p1_kron": {"p": 1.0, "eigenvalues": "kron"},
     "exact": {"cayley": "exact"},
     "exact_paper_unguarded": {
         "cayley": "exact",

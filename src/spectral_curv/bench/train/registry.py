@@ -40,6 +40,7 @@ SPECTRAL_KEYS = (
     "spectral_p2_quad_kron",
     "spectral_p1_quad",
     "spectral_p1_exact",
+    "spectral_p1_quad_kron",
     "spectral_p4_quad",
 )
 #: Former defaults kept for comparison: p = 1 with the paper's raw step (before
@@ -295,7 +296,7 @@ def optimizer_registry() -> dict[str, OptSpec]:
             "the Kronecker model's eigenvalues (the default before 2026-12-01)",
         )
         two = (*variants[:2], quartic, clip, kron_ev, *variants[2:])
-        mine = {2: two, 1: variants, 4: variants[:1]}[p]
+        mine = {2: two, 1: (*variants, kron_ev), 4: variants[:1]}[p]
         for c, cayley, extra, lab, desc in mine:
             lo, hi, lr0 = 1e-4, 3e-3, 3e-4
             specs.append(
