@@ -724,12 +724,19 @@ def refresh_and_direction(
         >>> bool(ok), bool(np.allclose(u, G / np.sqrt(new.V)))
         (True, True)
     """
-    if not lagged(st):
+    if not isinstance(st, kron.KronState) or st.V is None:  # not lagged
         new, ok = refresh(st, g, **refresh_kwargs)
         return new, ok, direction(new, g, p=p, norm_p=norm_p)
     r = kron.rotate(st, g)
-    new, ok = refresh(st, g, rotated=r, **refresh_kwargs)
-    return new, ok, kron.precondition_rotated(kron.lagged(st, new), r, p=p, norm_p=norm_p)
+    newk, ok = _refresh_kron(st, g, rotated=r, **refresh_kwargs)
+    return newk, ok, kron.precondition_rotated(kron.lagged(st, newk), r, p=p, norm_p=norm_p)
+
+
+def _refresh_kron(st: kron.KronState, g: Array, **kw: Any) -> tuple[kron.KronState, Array]:
+    """:func:`refresh` of a Kronecker state, typed as one."""
+    new, ok = refresh(st, g, **kw)
+    assert isinstance(new, kron.KronState)
+    return new, ok
 
 
 def _keep_good(xp: Namespace, st: kron.KronState, newk: kron.KronState) -> tuple[Precond, Array]:
