@@ -671,12 +671,8 @@ def precondition_and_update(
             "`G` must be a single (r, c) gradient per layer in precondition_and_update"
         )
     A.check_positive("p", p)
-    msn = _options(
-        beta2, gamma, damping, cayley, exp, cayley_terms, tie_tol, max_step_norm, rotation
-    )
     r_rot = rotate(state, G)
-    new = _refresh(
-        xp,
+    new = update_rotated(
         state,
         r_rot,
         beta2=beta2,
@@ -686,7 +682,7 @@ def precondition_and_update(
         exp=exp,
         cayley_terms=cayley_terms,
         tie_tol=tie_tol,
-        max_step_norm=msn,
+        max_step_norm=max_step_norm,
         rotation=rotation,
     )
     # The step uses the factors before the refresh; it is formed after it so that it is not

@@ -41,7 +41,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from . import _array as A
 from . import diag, kron, maps
@@ -689,7 +689,7 @@ def refresh(
     return _keep_good(xp, st, kron.update_rotated(st, r, beta2=precond_lr, **kw))
 
 
-def lagged(st: Precond) -> bool:
+def lagged(st: Precond) -> TypeGuard[kron.KronState]:
     """Whether ``st``'s step follows its refresh in the lagged order (math §4.10): a
     Kronecker state with corrected eigenvalues (``V``).
 
@@ -724,7 +724,7 @@ def refresh_and_direction(
         >>> bool(ok), bool(np.allclose(u, G / np.sqrt(new.V)))
         (True, True)
     """
-    if not isinstance(st, kron.KronState) or st.V is None:  # not lagged
+    if not lagged(st):
         new, ok = refresh(st, g, **refresh_kwargs)
         return new, ok, direction(new, g, p=p, norm_p=norm_p)
     r = kron.rotate(st, g)

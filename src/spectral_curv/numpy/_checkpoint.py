@@ -21,8 +21,8 @@ from ._options import check_options, options_to_json
 FORMAT = "spectral_curv.numpy.SpectralKron/1"
 
 #: Options added after the first release: a state dict without them still loads, with this
-#: optimizer's value, or ``optim.BEFORE_OPTION``'s where the option fixes the state's layout.
-_LATER_OPTIONS = ("rotation", *optim.BEFORE_OPTION)
+#: optimizer's value (``optim.BEFORE_OPTION``'s where the option fixes the state's layout).
+_LATER_OPTIONS = ("rotation",)
 _SD_KEYS = ("format", "params", "options", "skipped_steps", "state")
 
 
@@ -115,8 +115,7 @@ def restore(
         saved = optim.renamed(saved)
     want = set(optim.Options.names())
     # a state dict saved before an option existed: that option keeps this optimizer's
-    older = {k: getattr(current, k) for k in _LATER_OPTIONS}
-    saved = {**older, **optim.BEFORE_OPTION, **saved}
+    saved = {**{k: getattr(current, k) for k in _LATER_OPTIONS}, **optim.BEFORE_OPTION, **saved}
     if set(saved) != want:
         raise ValueError(f"state dict `options` must have the keys {sorted(want)}")
     opts = check_options(saved)
