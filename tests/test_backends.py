@@ -19,6 +19,7 @@ EXPECTED = {
     "cayley_apply_quadratic": {"torch"},
     "cayley_apply_quartic": {"torch"},
     "cayley_apply_exact": {"torch"},
+    "damped_generator": {"torch"},
 }
 
 
@@ -32,12 +33,13 @@ def _load_all_fast_paths() -> None:
         backends.lookup("cayley_apply_exact", _load(name))
 
 
-def _cases():
-    """(op, backend) pairs of TABLE (and of EXPECTED, so a missing entry is reported)."""
+def _cases(prefix: str = "cayley_apply_"):
+    """(op, backend) pairs of TABLE (and of EXPECTED, so a missing entry is reported) whose op
+    starts with ``prefix``."""
     _load_all_fast_paths()
     pairs = {(op, be) for op, impls in backends.TABLE.items() for be in impls}
     pairs |= {(op, be) for op, bes in EXPECTED.items() for be in bes}
-    return sorted(pairs)
+    return sorted((op, be) for op, be in pairs if op.startswith(prefix))
 
 
 def _rand_skew(rng, shape, fro):
@@ -94,6 +96,38 @@ def test_fast_path_equals_generic_route(op, be, batch):
                 y = y @ y
             ref = bn @ prod
         np.testing.assert_allclose(f, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("op", "be"), _cases("damped_generator"))
+@pytest.mark.parametrize("batch", [(), (3,), (2, 2)])
+def test_damped_generator_fast_path_equals_generic_route(op, be, batch):
+    """``maps.rotation_generator`` (damped rule, symmetric ``W``) through the fast path equals
+    the generic route, and both equal the formula ``X = −s·Wδ/(δ² + κ²(2sW)²)`` in numpy,
+    with a scalar scale and with a per-matrix array scale (as ``kron`` passes it)."""
+    xp = _load(be)
+    impl = backends.lookup(op, xp)
+    assert impl is not None and impl is backends.TABLE[op][be]
+    rng = np.random.default_rng(len(batch))
+    n = 7
+    a = rng.standard_normal((*batch, n, 3))
+    w64 = a @ np.swapaxes(a, -1, -2)
+    d64 = rng.uniform(0.5, 2.0, (*batch, n))
+    d64[..., 1] = d64[..., 0]  # an exact tie: no rotation of that pair
+    for s64 in (0.05, rng.uniform(0.01, 0.2, (*batch, 1, 1))):
+        w, d = asarray(xp, w64), asarray(xp, d64)
+        s = s64 if isinstance(s64, float) else asarray(xp, s64)
+        fast = maps.rotation_generator(w, d, s, symmetric=True)
+        with backends.generic_only():
+            generic = maps.rotation_generator(w, d, s, symmetric=True)
+        diff = d64[..., :, None] - d64[..., None, :]
+        ref = -s64 * w64 * diff / (diff**2 + maps.DAMPED_KAPPA2 * (2 * s64 * w64) ** 2)
+        assert fast.dtype == generic.dtype
+        np.testing.assert_allclose(to_numpy(fast), to_numpy(generic), rtol=0, atol=1e-14)
+        np.testing.assert_allclose(to_numpy(fast), ref, rtol=1e-12, atol=1e-15)
+        assert np.all(to_numpy(fast)[..., 1, 0] == 0.0)
+    # the inputs are not modified (the fast path works in place on its own temporaries)
+    np.testing.assert_array_equal(to_numpy(w), w64)
+    np.testing.assert_array_equal(to_numpy(d), d64)
 
 
 def test_table_has_the_expected_entries():

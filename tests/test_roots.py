@@ -163,16 +163,20 @@ def test_torch_singular_solve_is_a_rejected_refresh(monkeypatch):
     assert bool(torch.isfinite(w).all())
 
 
-def test_exploding_basis_is_rejected():
+@pytest.mark.parametrize("factor", [3.0, -3.0, np.nan])
+def test_exploding_basis_is_rejected(factor):
+    """|B_ij| = 3 (either sign; no orthogonal matrix has that) or NaN: rejected, per layer."""
     rng = np.random.default_rng(0)
-    st = optim.init(optim.plan((4, 3)), (4, 3))
-    G = rng.standard_normal((4, 3))
+    st = optim.init(optim.plan((4, 3)), (4, 3), batch=(2,))
+    G = rng.standard_normal((2, 4, 3))
     st = optim.first_state(st, G, damping=0.0)
     _, ok = optim.refresh(st, G, precond_lr=0.1)
-    assert bool(ok)
-    bad = st._replace(B_C=3.0 * st.B_C)  # |B_ij| = 3: no orthogonal matrix has that
+    assert ok.tolist() == [True, True]
+    b_c = np.stack([st.B_C[0], factor * st.B_C[1]])  # layer 1 broken, layer 0 sound
+    bad = st._replace(B_C=b_c)
     new, ok = optim.refresh(bad, G, precond_lr=0.1, cayley="exact", exp="exact")
-    assert not bool(ok) and np.array_equal(new.B_C, bad.B_C)
+    assert ok.tolist() == [True, False]
+    np.testing.assert_array_equal(new.B_C[1], bad.B_C[1])  # the last good factors kept
 
 
 def test_a_bug_is_not_swallowed(monkeypatch):

@@ -208,6 +208,10 @@ def rotation_generator(
     """
     xp = array_namespace(w, d)
     rotation = resolve_rotation(rotation)  # type: ignore[assignment]
+    if rotation == "damped" and symmetric and max_step_norm is None:
+        impl = backends.lookup("damped_generator", xp)
+        if impl is not None:
+            return impl(w, d, scale)
     n = d.shape[-1]
     diff = d[..., :, None] - d[..., None, :]
     # U = −q is kept as q, its sign folded into the scale at the end. Few n×n passes (they,

@@ -748,7 +748,11 @@ def _keep_good(xp: Namespace, st: kron.KronState, newk: kron.KronState) -> tuple
     for b in (newk.B_C, newk.B_K):
         if b is not None:  # finite, and |B_ij| ≤ 1 as for any orthogonal matrix (cheap)
             flat = xp.reshape(b, (*b.shape[:lead], -1))
-            ok = ok & xp.all(xp.abs(flat) <= _MAX_BASIS_ENTRY, axis=-1)
+            # two reductions, no n×n temporary; NaN propagates through max/min: rejected
+            big = (xp.max(flat, axis=-1) <= _MAX_BASIS_ENTRY) & (
+                xp.min(flat, axis=-1) >= -_MAX_BASIS_ENTRY
+            )
+            ok = ok & big
     return kron.KronState(*(_select(xp, ok, n, o) for n, o in zip(newk, st))), ok
 
 

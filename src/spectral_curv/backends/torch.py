@@ -1,4 +1,5 @@
-"""Torch fast paths: fused GEMM-accumulate for the Cayley products (math §1).
+"""Torch fast paths: fused GEMM-accumulate for the Cayley products (math §1), and the damped
+rotation generator in place (math §2.4).
 
 ``torch.addmm``/``baddbmm`` compute ``P + P @ Y`` in one kernel without a temporary,
 and the exact Cayley uses one LU solve; results equal the generic route to round-off.
@@ -40,7 +41,7 @@ def _guard(m: torch.Tensor, max_norm: Any, square: bool) -> torch.Tensor:
         v = torch.cos(torch.arange(n, dtype=m.dtype, device=m.device) * 1.7 + 0.3)
         v = v / torch.linalg.vector_norm(v)
         for _ in range(GUARD_POWER_ITERS):
-            w = (m * v.unsqueeze(-2)).sum(-1)
+            w = torch.mv(m, v) if m.ndim == 2 else (m * v.unsqueeze(-2)).sum(-1)
             nu = torch.linalg.vector_norm(w, dim=-1, keepdim=True)  # ‖m v‖, v unit
             v = w / nu.clamp_min(floor)
         nu = nu.unsqueeze(-1).sqrt()
@@ -88,11 +89,25 @@ def cayley_apply_quartic(
 
     a1, a2, c = QUARTIC_COEFFS
     y = x @ x
-    if max_norm is not None:
-        g = _guard(y, max_norm, True)
-        x, y = x * g, y * (g * g)
-    p = _addmm(b, b, torch.add(y, x, alpha=a1 / c).mul_(c))
-    return _addmm(p, p, torch.add(y, x, alpha=a2 / c).mul_(c))
+    if max_norm is None:
+        p = _addmm(b, b, torch.add(y, x, alpha=a1 / c).mul_(c))
+        return _addmm(p, p, torch.add(y, x, alpha=a2 / c).mul_(c))
+    g = _guard(y, max_norm, True)  # F = a·gX + c·g²X² = a·g·(X + (c/a)·g·X²)
+    p = _addmm(b, b, torch.addcmul(x, y, g, value=c / a1).mul_(a1 * g))
+    return _addmm(p, p, torch.addcmul(x, y, g, value=c / a2).mul_(a2 * g))
+
+
+@register("damped_generator", "torch")
+def damped_generator(w: torch.Tensor, d: torch.Tensor, scale: Any) -> torch.Tensor:
+    """``maps.rotation_generator``'s damped rule (math §2.4) for a symmetric ``W`` with two
+    n×n temporaries instead of eight (in-place passes; on the CPU each fresh n×n temporary
+    also costs its page faults)."""
+    from ..maps import DAMPED_KAPPA2
+
+    c = DAMPED_KAPPA2 * (2.0 * scale) ** 2
+    diff = d.unsqueeze(-1) - d.unsqueeze(-2)
+    den = torch.mul(w, w).mul_(c).addcmul_(diff, diff).add_(torch.finfo(w.dtype).smallest_normal)
+    return diff.mul_(w).div_(den).mul_(-scale)
 
 
 def _solve(a: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
