@@ -35,6 +35,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     return out, data, (out / "gpu.md").read_text()
 
 
+# the whole dry run (every section, ~7 s, shared by the two tests below): `slow`; the quick run
+# keeps the one-section runs further down
+@pytest.mark.slow
 def test_tiny_run_writes_every_section(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
     out, data, md = tiny_run
     assert sorted(p.name for p in out.iterdir()) == ["gpu.json", "gpu.md"]
@@ -85,6 +88,7 @@ def test_tiny_run_writes_every_section(tiny_run: tuple[Path, dict[str, Any], str
     assert "Dry run at tiny sizes" in md
 
 
+@pytest.mark.slow
 def test_timed_refresh_step_is_spectral_kron_refresh(
     tiny_run: tuple[Path, dict[str, Any], str],
 ) -> None:

@@ -580,6 +580,7 @@ def test_old_and_new_name_together_raise(adapter):
 
 # --------------------------------------------------------------------------- d. non-finite
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("adapter", SLOW_OPTAX, indirect=True)
 def test_nonfinite_raise_changes_nothing(adapter, bad):
     d = adapter(_init(), lr=0.05, graft="adam", **F64)
     d.run(range(3))
@@ -591,6 +592,7 @@ def test_nonfinite_raise_changes_nothing(adapter, bad):
     d.run(range(4, 5))  # and it carries on
 
 
+@pytest.mark.parametrize("adapter", SLOW_OPTAX, indirect=True)
 def test_nonfinite_skip_is_a_no_op_that_is_counted(adapter):
     hp = dict(lr=0.05, graft="adam", nonfinite="skip", **F64)
     clean, skipping = adapter(_init(), **hp), adapter(_init(), **hp)

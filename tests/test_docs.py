@@ -20,8 +20,16 @@ def _blocks() -> list[tuple[str, int, str]]:
     return out
 
 
+#: blocks that take seconds (jax compilations): run under `slow` only (CI runs them)
+SLOW = {("embedding.md", 2), ("guide/optax.md", 0)}
+
+
 @pytest.mark.parametrize(
-    ("name", "index", "code"), _blocks(), ids=[f"{n}-{i}" for n, i, _ in _blocks()]
+    ("name", "index", "code"),
+    [
+        pytest.param(n, i, c, id=f"{n}-{i}", marks=[pytest.mark.slow] if (n, i) in SLOW else [])
+        for n, i, c in _blocks()
+    ],
 )
 def test_doc_block_runs(name, index, code):
     for mod in ("torch", "jax", "optax", "equinox"):

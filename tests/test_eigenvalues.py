@@ -140,6 +140,7 @@ def _stream(seed: int, scale: np.ndarray, n: int):
         yield scale * rng.standard_normal(scale.shape)
 
 
+@pytest.mark.slow  # 2 × 3000 refreshes (~3 s)
 def test_corrected_eigenvalues_whiten_a_non_kronecker_diagonal_that_kron_cannot():
     """Gradients with independent entries of variance ``σ²_ij = a_i b_j M_ij`` (``M`` not of
     rank 1; ``a``, ``b`` spread so that the Kronecker eigenvalues do not tie and the

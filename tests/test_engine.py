@@ -232,6 +232,7 @@ def test_optax_complex_params_raise():
         spectral_kron(1e-2).init({"w": jax.numpy.ones((2, 2), jax.numpy.complex64)})
 
 
+@pytest.mark.slow  # jit compilations (~5 s)
 def test_optax_rejected_refresh_warns_once():
     jax = pytest.importorskip("jax")
     pytest.importorskip("optax")

@@ -233,7 +233,13 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+#: a jit compilation each (~3 s): one configuration in the quick run, the others under `slow`
+TRAJECTORIES = [
+    name if name == "quadratic" else pytest.param(name, marks=pytest.mark.slow) for name in CONFIGS
+]
+
+
+@pytest.mark.parametrize("name", TRAJECTORIES)
 def test_trajectory_matches_numpy_and_torch(name: str, x64: None) -> None:
     cfg = CONFIGS[name]
     params, batches = _problem()
@@ -300,6 +306,9 @@ def test_schedule_direct_and_injected(x64: None) -> None:
         assert _max_rel(traj[5:], [traj[4]] * 5) == 0.0  # lr = 0: frozen
 
 
+# two jit compilations (~6-8 s): `slow`; the quick run jits spectral_kron (a chain of
+# scale_by_spectral_kron) in tests/test_engine.py
+@pytest.mark.slow
 def test_jit_init_and_update_and_chain(x64: None) -> None:
     params, batches = _problem(3)
     P = {k: jnp.asarray(v) for k, v in params.items()}

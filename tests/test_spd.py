@@ -724,6 +724,7 @@ def test_autodiff_torch_objective():
     np.testing.assert_allclose(0.5 * (g + g.T).numpy(), prob.grad(prob.s0), atol=1e-10)
 
 
+@pytest.mark.slow  # ~7 s of eager jax ops; the torch objective above is the quick check
 def test_autodiff_jax_objective():
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)

@@ -45,11 +45,24 @@ def _close(a, b, tol):
     assert float((a - b).abs().max()) <= tol * (1.0 + float(b.abs().max()))
 
 
-@pytest.mark.parametrize(
-    ("cayley", "eigenvalues"),
-    [("quadratic", "kron"), ("neumann", "kron"), ("exact", "kron"), ("quadratic", "corrected")],
-)
-@pytest.mark.parametrize("plan", [("kron", 7, 5, False, False), ("kron", 7, 5, False, True)])
+MAPS = [("quadratic", "kron"), ("neumann", "kron"), ("exact", "kron"), ("quadratic", "corrected")]
+PLANS = [("kron", 7, 5, False, False), ("kron", 7, 5, False, True)]
+#: every map on the first plan, the second plan with the default map in the quick run (2-3 s
+#: a compilation); the other combinations under `slow`
+HOT_PATHS = [
+    pytest.param(
+        cayley,
+        eigenvalues,
+        plan,
+        id=f"plan{i}-{cayley}-{eigenvalues}",
+        marks=[pytest.mark.slow] if i and (cayley, eigenvalues) != MAPS[0] else [],
+    )
+    for i, plan in enumerate(PLANS)
+    for cayley, eigenvalues in MAPS
+]
+
+
+@pytest.mark.parametrize(("cayley", "eigenvalues", "plan"), HOT_PATHS)
 def test_kron_hot_path_compiles_without_graph_breaks(cayley, eigenvalues, plan):
     torch.manual_seed(0)
     xp = optim.namespace(torch.zeros(1))
@@ -158,6 +171,10 @@ def _compiled(opt, counter=None):
     return torch.compile(opt.step, fullgraph=True, backend=counter or "eager")
 
 
+# Each test below traces the whole ``SpectralKron.step`` (one graph per schedule phase, 17-39 s
+# each on a CPU): ``slow``, so that ``-m "not slow"`` stays under two minutes (CI runs them);
+# the quick run keeps the hot-path and post-processing compilations above.
+@pytest.mark.slow
 def test_compiled_step_equals_eager_bitwise():
     kw = dict(update_interval=3, precond_warmup=2, reorth_interval=2, cayley="quadratic")
     phases, refreshes = set(), 0
@@ -183,6 +200,7 @@ def test_compiled_step_equals_eager_bitwise():
     assert int(oc.state[mc[0].weight]["refreshes"]) == 5  # t = 0, 1, 3, 6, 9
 
 
+@pytest.mark.slow
 def test_compiled_nonfinite_gradient_is_skipped():
     """``nonfinite="skip"``: parameters, momentum, factors and ``rejected`` stay as they were
     (a refresh step, so the factors would change); the counters advance (the schedule is
@@ -208,6 +226,7 @@ def test_compiled_nonfinite_gradient_is_skipped():
     assert not torch.equal(model[0].weight, before[0][0]) and opt.skipped_steps == 1
 
 
+@pytest.mark.slow
 def test_compiled_raise_skips_with_one_notice(monkeypatch):
     """A graph cannot raise on data: as torch's optimizers mask a step on ``found_inf``, the
     compiled step skips it, and says so once, while dynamo traces."""
@@ -226,6 +245,7 @@ def test_compiled_raise_skips_with_one_notice(monkeypatch):
     assert len(notes) == 1 and torch.equal(model[0].weight, w) and opt.skipped_steps == 1
 
 
+@pytest.mark.slow
 def test_state_dict_of_compiled_run_resumes_like_eager():
     """4 compiled steps, ``state_dict`` through ``torch.save``, 4 more steps (eager, compiled,
     or on a deep copy) equal 8 eager steps."""
@@ -248,6 +268,7 @@ def test_state_dict_of_compiled_run_resumes_like_eager():
         _equal(ref, oref, m, o)
 
 
+@pytest.mark.slow
 def test_guide_example_runs(monkeypatch):
     """The ``torch.compile`` example of docs/guide/torch.md runs (on the eager backend)."""
     text = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "torch.md").read_text()

@@ -691,17 +691,8 @@ def _lanes(cfg: Config) -> list[_Lane]:
 def _model_config(cfg: Config) -> Any:
     from .step import Config as StepConfig
 
-    return StepConfig(
-        width=cfg.width,
-        depth=cfg.depth,
-        heads=cfg.heads,
-        vocab=cfg.vocab,
-        seq=cfg.seq,
-        tokens=cfg.tokens,
-        device="cpu",
-        dtype="float32",
-        seed=cfg.seed,
-    )
+    shared = ("width", "depth", "heads", "vocab", "seq", "tokens", "seed")
+    return StepConfig(**{k: getattr(cfg, k) for k in shared}, device="cpu", dtype="float32")
 
 
 def _run_lane(
@@ -1290,29 +1281,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="after this many seconds the remaining measurements are skipped and marked "
         "'skipped (budget)' (default 270)",
     )
-    p.add_argument(
-        "--sections",
-        nargs="+",
-        choices=SECTIONS,
-        default=None,
-        help=f"sections to run (default all: {' '.join(SECTIONS)})",
+    report.add_choices_argument(
+        p, "--sections", SECTIONS, help=f"sections to run (default all: {' '.join(SECTIONS)})"
     )
-    p.add_argument(
-        "--sizes",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="N",
-        help="square layer sizes of the precond section, replacing the default shapes "
+    report.add_sizes_argument(
+        p,
+        "square layer sizes of the precond section, replacing the default shapes "
         "(1024 2048 4096 8192 and 768x3072)",
     )
     p.add_argument("--repeats", type=int, default=None, help="timed calls (default 10)")
     p.add_argument("--depth", type=int, default=None, help="transformer blocks (default 4)")
     p.add_argument("--steps", type=int, default=None, help="timed training steps (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    report.add_seed_argument(p)
     report.add_threads_argument(p)
     report.add_output_arguments(p, docs="docs/benchmarks_gpu.md and docs/benchmarks_gpu.json")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    report.add_quiet_argument(p)
 
 
 def config_from_args(args: argparse.Namespace, device: str) -> Config:

@@ -554,20 +554,9 @@ def run(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``bench precond``."""
-    p.add_argument(
-        "--sizes",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="N",
-        help="square layer sizes (default 256 512 1024 2048; --quick: 128 256)",
-    )
-    p.add_argument(
-        "--backend",
-        nargs="+",
-        choices=BACKENDS,
-        default=None,
-        help="backends to time (default: numpy, and torch when installed)",
+    report.add_sizes_argument(p, "square layer sizes (default 256 512 1024 2048; --quick: 128 256)")
+    report.add_choices_argument(
+        p, "--backend", BACKENDS, help="backends to time (default: numpy, and torch when installed)"
     )
     p.add_argument(
         "--repeats",
@@ -581,7 +570,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1,
         help="Neumann Cayley depth K of the spectral Neumann row (default 1)",
     )
-    p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    report.add_seed_argument(p)
     p.add_argument(
         "--budget",
         type=float,
@@ -602,7 +591,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     report.add_output_arguments(
         p, docs="docs/benchmarks.md, docs/benchmarks_precond.json, docs/img/precond_cost.png"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    report.add_quiet_argument(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -636,13 +625,4 @@ def main(args: argparse.Namespace) -> int:
     )
     data["config"]["quick"] = bool(args.quick)
     data["config"]["threads"] = threads
-    print(rep.table(data))
-    return report.publish(
-        out,
-        data,
-        rep,
-        md=("benchmarks.md", "precond.md"),
-        js=("benchmarks_precond.json", "precond.json"),
-        png=("img/precond_cost.png", "precond.png"),
-        title="# Benchmarks\n\n",
-    )
+    return report.publish(out, data, rep)

@@ -21,6 +21,7 @@ from .precond import (
 )
 
 __all__ = [
+    "FILES",
     "baseline_ratios",
     "markdown_section",
     "plot",
@@ -28,6 +29,14 @@ __all__ = [
     "table",
     "target_verdict",
 ]
+
+#: What ``bench precond`` writes (in ``--out``, or the published docs).
+FILES = report.Files(
+    md=("benchmarks.md", "precond.md"),
+    js=("benchmarks_precond.json", "precond.json"),
+    png=("img/precond_cost.png", "precond.png"),
+    title="# Benchmarks\n\n",
+)
 
 
 #: What the spectral rows timed, by the JSON's ``route`` (None: before it was recorded).

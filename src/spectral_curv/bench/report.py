@@ -19,9 +19,14 @@ from typing import Any
 __all__ = [
     "DEFAULT_OUT",
     "DOCS",
+    "Files",
     "Outputs",
     "Progress",
+    "add_choices_argument",
     "add_output_arguments",
+    "add_quiet_argument",
+    "add_seed_argument",
+    "add_sizes_argument",
     "add_threads_argument",
     "legend",
     "loadavg",
@@ -32,6 +37,7 @@ __all__ = [
     "md_table",
     "outputs",
     "progress_printer",
+    "publish",
     "replace_section",
     "set_threads",
     "text_table",
@@ -200,6 +206,31 @@ def threads_line(used: dict[str, Any]) -> str:
         f"threads: {', '.join(parts)} (--threads {used['requested']}; "
         "OMP/MKL/OPENBLAS_NUM_THREADS set for child processes)"
     )
+
+
+# --------------------------------------------------------------------------- options
+
+
+def add_sizes_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """``--sizes N [N ...]``: square layer sizes (default None: the command's own)."""
+    p.add_argument("--sizes", type=int, nargs="+", default=None, metavar="N", help=help)
+
+
+def add_choices_argument(
+    p: argparse.ArgumentParser, flag: str, choices: Sequence[str], *, help: str, **kw: Any
+) -> None:
+    """``flag`` taking one or more of ``choices`` (``kw``: ``default``, ``metavar``)."""
+    p.add_argument(flag, nargs="+", choices=choices, help=help, **kw)
+
+
+def add_seed_argument(p: argparse.ArgumentParser, help: str = "input seed (default 0)") -> None:
+    p.add_argument("--seed", type=int, default=0, help=help)
+
+
+def add_quiet_argument(
+    p: argparse.ArgumentParser, help: str = "no progress lines on stderr"
+) -> None:
+    p.add_argument("--quiet", action="store_true", help=help)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -488,20 +519,25 @@ def rel(path: str | os.PathLike[str] | None, base: str | os.PathLike[str]) -> st
     return os.path.relpath(Path(path).resolve(), Path(base).resolve())
 
 
-def publish(
-    out: Outputs,
-    data: dict[str, Any],
-    rep: Any,
-    *,
-    md: tuple[str, str],
-    js: tuple[str, str],
-    png: tuple[str, str],
-    title: str,
-) -> int:
-    """Write a benchmark's JSON, plot (``rep.plot``) and markdown section
-    (``rep.markdown_section``); each of ``md``/``js``/``png`` is ``(docs path, file name)``
-    (:meth:`Outputs.file`). Nothing is written with ``--no-write``. Returns 0."""
-    md_p, js_p, png_p = out.file(*md), out.file(*js), out.file(*png)
+@dataclass(frozen=True)
+class Files:
+    """What :func:`publish` writes: each of ``md``/``js``/``png`` is ``(docs path, file
+    name)`` (:meth:`Outputs.file`); ``title`` heads a markdown file written anew."""
+
+    md: tuple[str, str]
+    js: tuple[str, str]
+    png: tuple[str, str]
+    title: str
+
+
+def publish(out: Outputs, data: dict[str, Any], rep: Any) -> int:
+    """Print a benchmark's table (``rep.table``), then write its JSON, plot (``rep.plot``)
+    and markdown section (``rep.markdown_section``) to ``rep.FILES`` (:class:`Files`), the
+    report module ``rep`` being the benchmark's. Nothing is written with ``--no-write``.
+    Returns 0."""
+    print(rep.table(data))
+    files: Files = rep.FILES
+    md_p, js_p, png_p = out.file(*files.md), out.file(*files.js), out.file(*files.png)
     if md_p is None or js_p is None or png_p is None:
         return 0
     write_json(js_p, None, data)
@@ -514,7 +550,7 @@ def publish(
     sec = rep.markdown_section(
         data, plot_path=rel(plot_path, md_p.parent), json_path=rel(js_p, md_p.parent)
     )
-    write_markdown(md_p, sec, title)
+    write_markdown(md_p, sec, files.title)
     for path in (md_p, js_p, plot_path):
         if path:
             print(f"wrote {path}", file=sys.stderr)

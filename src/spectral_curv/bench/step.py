@@ -729,7 +729,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="model parameter dtype (default float32)",
     )
     report.add_threads_argument(p)
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    report.add_seed_argument(p, "seed (default 0)")
     p.add_argument(
         "--profile",
         action="store_true",
@@ -742,7 +742,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     report.add_output_arguments(
         p, docs="docs/benchmarks_optim.md, .json and docs/img/optim_step_time.png"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    report.add_quiet_argument(p, "no progress bar")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -812,16 +812,7 @@ def main(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         data["profile"] = profile_steps(cfg, keys, log=None if args.quiet else _log)
         data["config"]["profile_wall_s"] = time.perf_counter() - t
-    print(rep.table(data))
-    return report.publish(
-        out,
-        data,
-        rep,
-        md=("benchmarks_optim.md", "optim.md"),
-        js=("benchmarks_optim.json", "optim.json"),
-        png=("img/optim_step_time.png", "optim.png"),
-        title="# Optimizer step-time benchmark\n\n",
-    )
+    return report.publish(out, data, rep)
 
 
 def _log(msg: str) -> None:

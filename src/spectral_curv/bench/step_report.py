@@ -10,7 +10,15 @@ from typing import Any
 from . import report
 from .step import EIGH_LABEL, TARGET_RATIO, Config, _median
 
-__all__ = ["command", "markdown_section", "plot", "profile_table", "table"]
+__all__ = ["FILES", "command", "markdown_section", "plot", "profile_table", "table"]
+
+#: What ``bench optim`` writes (in ``--out``, or the published docs).
+FILES = report.Files(
+    md=("benchmarks_optim.md", "optim.md"),
+    js=("benchmarks_optim.json", "optim.json"),
+    png=("img/optim_step_time.png", "optim.png"),
+    title="# Optimizer step-time benchmark\n\n",
+)
 
 
 def _ms(x: float | None) -> str:

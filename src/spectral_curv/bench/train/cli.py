@@ -20,6 +20,20 @@ from .runner import run_benchmark
 __all__ = ["add_arguments", "add_demo_arguments", "demo_main", "main"]
 
 DOCS_FILES = "docs/benchmarks_train.md, docs/benchmarks_train.json and docs/img/train_*.png"
+#: The options of ``bench train`` that go to :func:`run_benchmark` as they are (``--quick``
+#: replaces them).
+RUN_OPTIONS = (
+    "models",
+    "optimizers",
+    "seeds",
+    "steps",
+    "eval_every",
+    "tune_budget",
+    "tune_steps",
+    "batch",
+    "sweep_steps",
+    "sweep_repeats",
+)
 
 
 def _common_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,22 +53,18 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     )
     report.add_threads_argument(p)
     report.add_output_arguments(p, docs=DOCS_FILES)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    report.add_quiet_argument(p, "no progress bar")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``bench train``."""
-    p.add_argument(
-        "--models",
-        nargs="+",
-        choices=MODELS,
-        default=list(MODELS),
-        help="models (default: mlp cnn vit)",
+    report.add_choices_argument(
+        p, "--models", MODELS, default=list(MODELS), help="models (default: mlp cnn vit)"
     )
-    p.add_argument(
+    report.add_choices_argument(
+        p,
         "--optimizers",
-        nargs="+",
-        choices=ALL_OPTIMIZERS,
+        ALL_OPTIMIZERS,
         default=list(DEFAULT_BENCH_OPTIMIZERS),
         metavar="KEY",
         help="optimizers (default: all: " + " ".join(ALL_OPTIMIZERS) + ")",
@@ -144,10 +154,10 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         default=DEMO["seeds"],
         help=f"seeds (default {DEMO['seeds']}; the run time grows in proportion)",
     )
-    p.add_argument(
+    report.add_choices_argument(
+        p,
         "--optimizers",
-        nargs="+",
-        choices=tuple(DEMO["hparams"]),
+        tuple(DEMO["hparams"]),
         default=list(DEMO["optimizers"]),
         metavar="KEY",
         help="optimizers (default: " + " ".join(DEMO["optimizers"]) + ")",
@@ -243,18 +253,7 @@ def main(args: argparse.Namespace) -> int:
             sweep_repeats=1,
         )
     else:
-        kw = dict(
-            models=args.models,
-            optimizers=args.optimizers,
-            seeds=args.seeds,
-            steps=args.steps,
-            eval_every=args.eval_every,
-            tune_budget=args.tune_budget,
-            tune_steps=args.tune_steps,
-            batch=args.batch,
-            sweep_steps=args.sweep_steps,
-            sweep_repeats=args.sweep_repeats,
-        )
+        kw = {k: getattr(args, k) for k in RUN_OPTIONS}
     _header(f"bench train{' (quick)' if args.quick else ''}", threads, out)
     js = out.file("benchmarks_train.json", "train.json")
 
