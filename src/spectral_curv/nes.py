@@ -20,11 +20,18 @@ In the factored frame (``S = B Diag(d) Bᵀ``, ``E`` the matrix of rows ``ε_i�
 :func:`spectral_curv.full.update_rotated`; neither ``S``, ``S^{1/2}`` nor ``Δ`` is formed)
 and ``μ ← μ + lr_mean S^{-1/2} Σ u_i ε_i = μ + lr_mean B Diag(d^{-1/2}) Bᵀ Σ u_i ε_i``.
 
-``lr_sigma`` gives the scale part of ``Δ`` (its component along ``S``,
-``tr(S⁻¹Δ)/n · S``; in the rotated frame ``tr(S⁻¹Δ)/n · Diag(d)``) its own rate, as xNES
-separates ``η_σ`` from ``η_B``. Its default, :func:`default_lr_sigma` ``= min(1, 3·lr_cov(n))``,
-was chosen by measurement on BBOB (docs/nes.md, "Default rates"); with
-``lr_sigma=lr_cov`` the update is exactly the paper's. ``Δ`` is
+The overall scale of ``S`` (``σ = det Σ^{1/(2n)}``) is set by ``sigma_rule``. The default,
+``"csa"``, is CMA-ES's cumulative step-size adaptation (Hansen, "The CMA Evolution Strategy:
+A Tutorial"): the scale part of ``Δ`` (its component along ``S``, ``tr(S⁻¹Δ)/n · S``; in the
+rotated frame ``tr(S⁻¹Δ)/n · Diag(d)``) is removed, so the exact exp map keeps ``det S``
+(math §2.2: ``Σ log d`` moves by ``β₂ tr(S⁻¹Δ)``), and ``d ← d exp(−2(c_σ/d_σ)(‖p_σ‖/χ_n − 1))``
+with the path ``p_σ`` of the whitened mean steps ``Σ u_i ε_i`` (:func:`csa_parameters`);
+with it, ``rank_one`` (default on) adds CMA-ES's rank-one term ``c_1 q qᵀ`` of the
+evolution path ``p_c`` to the whitened estimate. ``sigma_rule="xnes"`` (selected by passing
+``lr_sigma``) is the former rule: the scale part gets its own rate ``lr_sigma``, as xNES
+separates ``η_σ`` from ``η_B`` (default :func:`default_lr_sigma` ``= min(1, 3·lr_cov(n))``;
+``lr_sigma=lr_cov`` is exactly the paper's update). Both defaults were chosen by
+measurement on BBOB (docs/nes.md, "Step-size adaptation" and "Default rates"). ``Δ`` is
 indefinite, so the exact exp and Cayley maps are used.
 
 ``tell`` is atomic: the new distribution is computed in full and checked (finite, ``d > 0``)
@@ -73,10 +80,12 @@ from . import full
 from ._array import Array, Namespace, array_namespace
 
 __all__ = [
+    "CSAParameters",
     "NESResult",
     "SpectralNES",
     "ackley",
     "bohachevsky",
+    "csa_parameters",
     "default_lr_cov",
     "default_lr_sigma",
     "default_popsize",
@@ -120,7 +129,9 @@ def default_lr_cov(n: int) -> float:
 
 
 def default_lr_sigma(n: int) -> float:
-    """Default scale rate ``min(1, 3·(9 + 3 ln n)/(5 n^{3/2}))``: three times the xNES rate.
+    """Default scale rate ``min(1, 3·(9 + 3 ln n)/(5 n^{3/2}))``: three times the xNES rate
+    (the rate of ``SpectralNES(sigma_rule="xnes")`` and of the baselines; the default
+    ``sigma_rule="csa"`` does not use it).
 
     xNES uses one rate for scale and shape (``η_σ = η_B``, :func:`default_lr_cov`); with it
     the scale adapts too slowly. Three times it was the best of the rates measured on BBOB
@@ -136,6 +147,53 @@ def default_lr_sigma(n: int) -> float:
         1.0
     """
     return min(1.0, 3.0 * default_lr_cov(n))
+
+
+class CSAParameters(NamedTuple):
+    """Constants of cumulative step-size adaptation for ``(n, popsize)`` (math §2.2, §6).
+
+    ``mueff``: the variance-effective selection mass ``1/Σw_k²`` of the positive
+    recombination weights ``w_k ∝ max(0, ln(λ/2 + 1) − ln k)`` (``Σw_k = 1``; with mirrored
+    sampling the mean step ``Σu_iε_i`` *is* ``Σw_kε_{k:λ}``, CMA-ES's weighted
+    recombination); ``c_sigma = (mueff + 2)/(n + mueff + 5)``; ``d_sigma = 1 +
+    2 max(0, √((mueff − 1)/(n + 1)) − 1) + c_sigma``; ``chi_n = E‖N(0, I_n)‖ ≈ √n (1 −
+    1/(4n) + 1/(21n²))`` (Hansen, "The CMA Evolution Strategy: A Tutorial", Table 1).
+
+    Example (``n = 10``, ``λ = 10``)::
+
+        >>> from spectral_curv import nes
+        >>> p = nes.csa_parameters(10, 10)
+        >>> round(p.mueff, 3), round(p.c_sigma, 3), round(p.d_sigma, 3), round(p.chi_n, 3)
+        (3.415, 0.294, 1.294, 3.085)
+    """
+
+    mueff: float
+    c_sigma: float
+    d_sigma: float
+    chi_n: float
+
+
+def csa_parameters(n: int, popsize: int) -> CSAParameters:
+    """The CSA constants of :class:`CSAParameters` for dimension ``n`` and population
+    ``popsize`` (CMA-ES's defaults; math §2.2, §6; docs/nes.md, "Step-size adaptation").
+
+    Example (the damping grows only for large populations)::
+
+        >>> from spectral_curv import nes
+        >>> p = nes.csa_parameters(20, 12)
+        >>> round(p.c_sigma, 4), p.d_sigma == 1 + p.c_sigma
+        (0.2064, True)
+        >>> nes.csa_parameters(20, 1000).d_sigma > 2
+        True
+    """
+    lam = popsize
+    w = np.maximum(0.0, math.log(lam / 2.0 + 1.0) - np.log(np.arange(1, lam + 1.0)))
+    w = w / w.sum()
+    mueff = float(1.0 / np.sum(w * w))
+    c = (mueff + 2.0) / (n + mueff + 5.0)
+    d = 1.0 + 2.0 * max(0.0, math.sqrt((mueff - 1.0) / (n + 1.0)) - 1.0) + c
+    chi = math.sqrt(n) * (1.0 - 1.0 / (4.0 * n) + 1.0 / (21.0 * n * n))
+    return CSAParameters(mueff, c, d, chi)
 
 
 def rank_utilities(values: Any, *, fitness_shaping: bool = True) -> np.ndarray:
@@ -631,6 +689,9 @@ class _NESBase:
 
 # ------------------------------------------------------------------ the three methods
 
+#: values of :class:`SpectralNES`'s ``sigma_rule``
+SIGMA_RULES = ("csa", "xnes")
+
 
 class SpectralNES(_NESBase):
     """NES with the precision ``S = Σ⁻¹`` kept as a spectral state (math §2, Sec. 4.3).
@@ -641,12 +702,18 @@ class SpectralNES(_NESBase):
     mean by the 1-root step ``μ ← μ − lr_mean S⁻¹g``, ``g = −S^{1/2} Σ u_i ε_i``, i.e.
     ``μ ← μ + lr_mean·full.precondition(state, Σ u_i ε_i, p=2)``. Defaults:
     ``popsize = 4 + ⌊3 ln n⌋`` (even), ``lr_mean = 1``,
-    ``lr_cov = (9 + 3 ln n)/(5 n^{3/2})`` (xNES's ``η_B``), ``lr_sigma = min(1, 3·lr_cov)``
-    (:func:`default_lr_sigma`; ``lr_sigma=lr_cov`` gives the paper's single rate). Stop
-    options (``maxfevals``, ``maxiter``, ``ftarget``, ``tolx``, ``tolfun``,
+    ``lr_cov = (9 + 3 ln n)/(5 n^{3/2})`` (xNES's ``η_B``), ``sigma_rule="csa"`` with
+    ``rank_one=True``: the scale by cumulative step-size adaptation (the shape step keeps
+    ``det S``; path ``p_σ``, constants :func:`csa_parameters`) and CMA-ES's rank-one term
+    ``(c_1/lr_cov) q qᵀ``, ``q = σ S^{1/2} p_c``, added to ``Σ u_i ε_i ε_iᵀ`` (docs/nes.md,
+    "Step-size adaptation"). Passing ``lr_sigma`` (or ``sigma_rule="xnes"``) selects the
+    former rule: the scale part of ``Δ`` at rate ``lr_sigma`` (default ``min(1, 3·lr_cov)``,
+    :func:`default_lr_sigma`; ``lr_sigma=lr_cov`` gives the paper's single rate), no path.
+    ``sigma_rule="csa"`` with ``lr_sigma``, or ``rank_one=True`` without CSA, is a
+    ValueError. Stop options (``maxfevals``, ``maxiter``, ``ftarget``, ``tolx``, ``tolfun``,
     ``tolstagnation``) follow pycma's names.
 
-    Example (one ask/tell round, then a full run on a sphere)::
+    Example (one ask/tell round, then a full run on a sphere; the step-size rules)::
 
         >>> import numpy as np
         >>> from spectral_curv.nes import SpectralNES, rosenbrock
@@ -661,14 +728,53 @@ class SpectralNES(_NESBase):
         >>> es = SpectralNES(np.full(2, 3.0), 1.0, seed=0, ftarget=1e-8).optimize(sphere)
         >>> bool(es.result.fbest < 1e-8), es.stop()
         (True, {'ftarget': 1e-08})
+        >>> es.sigma_rule, es.rank_one
+        ('csa', True)
+        >>> es = SpectralNES(np.zeros(3), 0.5, lr_sigma=0.3)  # the former (xNES) rule
+        >>> es.sigma_rule, es.rank_one
+        ('xnes', False)
     """
 
     state: full.SpectralState
+
+    def __init__(
+        self,
+        x0: Any,
+        sigma0: Any,
+        *,
+        sigma_rule: str | None = None,
+        rank_one: bool | None = None,
+        **kw: Any,
+    ) -> None:
+        if sigma_rule is None:  # giving `lr_sigma` (the xNES rule's rate) selects that rule
+            sigma_rule = "csa" if kw.get("lr_sigma") is None else "xnes"
+        if sigma_rule not in SIGMA_RULES:
+            raise ValueError(f"`sigma_rule` must be one of {SIGMA_RULES}, got {sigma_rule!r}")
+        if sigma_rule == "csa" and kw.get("lr_sigma") is not None:
+            raise ValueError(
+                "`lr_sigma` is the rate of sigma_rule='xnes'; with sigma_rule='csa' the scale "
+                "is set by the evolution path (drop `lr_sigma` or use sigma_rule='xnes')"
+            )
+        if rank_one is None:
+            rank_one = sigma_rule == "csa"
+        if not isinstance(rank_one, bool):
+            raise ValueError(f"`rank_one` must be a bool or None, got {rank_one!r}")
+        if rank_one and sigma_rule != "csa":
+            raise ValueError("`rank_one=True` needs sigma_rule='csa' (its path uses p_σ and σ)")
+        self.sigma_rule, self.rank_one = sigma_rule, rank_one
+        super().__init__(x0, sigma0, **kw)
 
     def _init_state(self, sigma0: float) -> None:
         self.state = full.init(
             self.n, scale=sigma0**-2, dtype=self._dtype, device=self._device, xp=self._xp
         )
+        self.csa = csa_parameters(self.n, self.popsize)
+        self._ps = self._xp.zeros(self.n, dtype=self._dtype, device=self._device)
+        # rank-one path (CMA-ES's p_c, c_c, c_1; Hansen's tutorial, Table 1), σ-normalised
+        n, mu = self.n, self.csa.mueff
+        self._cc = (4.0 + mu / n) / (n + 4.0 + 2.0 * mu / n)
+        self._c1 = 2.0 / ((n + 1.3) ** 2 + mu)
+        self._pc = self._xp.zeros(self.n, dtype=self._dtype, device=self._device)
 
     def _transform(self, eps: Array) -> Array:
         return full.precondition(self.state, eps, p=2)  # rows S^{-1/2} ε_i
@@ -683,19 +789,56 @@ class SpectralNES(_NESBase):
         # Q = BᵀΔB = −Diag(√d) (EB)ᵀ Diag(u) (EB) Diag(√d). Only tril(Q) and diag(Q) are read.
         e = eps @ st.B  # rows (Bᵀ ε_i)ᵀ
         m = (e * u[:, None]).mT @ e
+        # μ ← μ − lr_mean S⁻¹ E[ℓ S z] = μ + lr_mean S^{-1/2} Σ u_i ε_i
+        y = u @ eps
+        mean = self._mean + self.lr_mean * full.precondition(st, y, p=2)
+        csa = self.sigma_rule == "csa"
+        out: dict[str, Any] = {}
+        if csa:
+            # CSA: p_σ ← (1 − c)p_σ + √(c(2 − c)) y/√v, v = E‖y‖²/n under random selection
+            # (Σu², times m/(m − 1) for m/2 mirrored pairs); σ ← σ exp((c/d_σ)(‖p_σ‖/χ_n − 1)),
+            # i.e. d ← d exp(−2(c/d_σ)(‖p_σ‖/χ_n − 1)) (S = Σ⁻¹ ∝ σ⁻²)
+            k, mm = self.csa, u.shape[0]
+            v = xp.sum(u * u) * (mm / (mm - 1.0) if self.mirrored and mm % 2 == 0 else 1.0)
+            c = k.c_sigma
+            ps = (1.0 - c) * self._ps + math.sqrt(c * (2.0 - c)) * y / xp.sqrt(v)
+            pnorm = xp.linalg.vector_norm(ps)
+            out["_ps"] = ps
+            if self.rank_one:
+                # p_c ← (1 − c_c)p_c + h_σ √(c_c(2 − c_c)) S^{-1/2}y/(σ√v) (σ = det Σ^{1/(2n)});
+                # G gains (c_1/lr_cov) q qᵀ, q = σ S^{1/2} p_c (whitened), rotated rq = Bᵀq
+                cc, g = self._cc, self.countiter + 1
+                hs = (
+                    float(pnorm) / math.sqrt(1.0 - (1.0 - c) ** (2 * g))
+                    < (1.4 + 2.0 / (self.n + 1)) * k.chi_n
+                )
+                sig = xp.exp(-xp.mean(xp.log(st.d)) / 2.0)
+                rd = xp.sqrt(st.d)
+                rq = (1.0 - cc) * sig * rd * (self._pc @ st.B)
+                if hs:
+                    rq = rq + math.sqrt(cc * (2.0 - cc)) * (y @ st.B) / xp.sqrt(v)
+                m = m + (self._c1 / self.lr_cov) * (rq[:, None] * rq[None, :])
+                out["_pc"] = st.B @ (rq / (rd * sig))
+                rank1 = (self._c1 / self.lr_cov) * xp.sum(rq * rq)
         r = xp.sqrt(st.d)
         q = -(r[:, None] * m * r[None, :])
         diag_q = -(st.d * xp.linalg.diagonal(m))
-        if self.lr_sigma != self.lr_cov:
-            # scale part tr(S⁻¹Δ)/n · S with its own rate: tr(S⁻¹Δ) = −Σ u_i |ε_i|², BᵀSB = Diag(d)
+        if csa or self.lr_sigma != self.lr_cov:
+            # scale part tr(S⁻¹Δ)/n · S with its own rate: tr(S⁻¹Δ) = −tr(m) = −Σ u_i |ε_i|²
+            # (− (c_1/lr_cov)|rq|² with the rank-one term), BᵀSB = Diag(d). CSA: rate 0, so
+            # Σ diag(q)/d = 0 and the exact exp keeps det S (the scale is CSA's alone)
             tr = -xp.sum(u * xp.sum(eps * eps, axis=1))
-            diag_q = diag_q + ((self.lr_sigma / self.lr_cov - 1.0) * tr / self.n) * st.d
-        # μ ← μ − lr_mean S⁻¹ E[ℓ S z] = μ + lr_mean S^{-1/2} Σ u_i ε_i
-        mean = self._mean + self.lr_mean * full.precondition(st, u @ eps, p=2)
+            if "_pc" in out:
+                tr = tr - rank1
+            rel = -1.0 if csa else self.lr_sigma / self.lr_cov - 1.0
+            diag_q = diag_q + (rel * tr / self.n) * st.d
         state = full.update_rotated(
             st, q, diag_q=diag_q, check=False, beta2=self.lr_cov, cayley="exact", exp="exact"
         )
-        return mean, {"state": state}
+        if csa:
+            step = (c / k.d_sigma) * (pnorm / k.chi_n - 1.0)
+            state = full.SpectralState(state.B, state.d * xp.exp(-2.0 * step))
+        return mean, {"state": state, **out}
 
     def _check_proposal(self, mean: Array, attrs: dict[str, Any]) -> str | None:
         why = super()._check_proposal(mean, attrs)

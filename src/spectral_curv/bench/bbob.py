@@ -37,6 +37,7 @@ def _solve_ipop(
     popsize: int,
     restarts: int,
     lr_sigma: float | None,
+    sigma_rule: str | None = None,
 ) -> tuple[int, bool]:
     """IPOP runs until COCO's final target, the budget, or ``restarts`` restarts."""
     x0 = np.asarray(problem.initial_solution, dtype=float)
@@ -62,7 +63,8 @@ def _solve_ipop(
             maxfevals=budget,
             seed=seed,
             popsize=popsize,
-            lr_sigma=lr_sigma,
+            lr_sigma=None if sigma_rule == "csa" else lr_sigma,
+            sigma_rule=sigma_rule,
             callback=done,
         )
     return int(problem.evaluations), bool(problem.final_target_hit)
@@ -77,10 +79,12 @@ def _solve(
     restarts: int = 9,
     lr_sigma: float | None = 0.3,
     lr_cov: float | None = None,
+    sigma_rule: str | None = None,
+    rank_one: bool | None = None,
 ) -> tuple[int, bool]:
     """Evaluations used and whether COCO's final target was hit."""
     if method in IPOP_METHODS:
-        return _solve_ipop(method, problem, seed, budget, popsize, restarts, lr_sigma)
+        return _solve_ipop(method, problem, seed, budget, popsize, restarts, lr_sigma, sigma_rule)
     x0 = np.asarray(problem.initial_solution, dtype=float)
     sigma0 = 2.0
     if method == "cma":
@@ -102,14 +106,18 @@ def _solve(
         from .. import baselines, nes
 
         cls = {"spectral": nes.SpectralNES, "xnes": baselines.XNES}[method]
+        rule: dict[str, Any] = {"sigma_rule": sigma_rule} if method == "spectral" else {}
+        if method == "spectral" and rank_one is not None:
+            rule["rank_one"] = rank_one
         es = cls(
             x0,
             sigma0,
             seed=seed,
             maxfevals=budget,
             popsize=popsize,
-            lr_sigma=lr_sigma,
+            lr_sigma=None if sigma_rule == "csa" and method == "spectral" else lr_sigma,
             lr_cov=lr_cov,
+            **rule,
         )
     evals = 0
     while not es.stop() and evals < budget:
@@ -132,6 +140,8 @@ def run(
     restarts: int = 9,
     lr_sigma: float | None = 0.3,
     lr_cov: float | None = None,
+    sigma_rule: str | None = None,
+    rank_one: bool | None = None,
     log: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
     """``{"setup": ..., "runs": {problem_id: {method: {"evals", "hit"}}}}``.
@@ -139,7 +149,9 @@ def run(
     ``methods`` from ``METHODS`` and ``IPOP_METHODS`` (those restart at most ``restarts``
     times, doubling the population, within the same total budget). The NES methods use
     ``lr_sigma`` (default 0.3; ``None``: the class default) and ``lr_cov`` (default
-    ``None``: the class default; not used by the IPOP methods)."""
+    ``None``: the class default; not used by the IPOP methods); ``sigma_rule`` is spectral
+    NES's (``None``: the class's choice, which is ``"xnes"`` when ``lr_sigma`` is given;
+    ``"csa"`` ignores ``lr_sigma``)."""
     import cocoex
 
     from ..nes import default_popsize
@@ -168,6 +180,8 @@ def run(
             "restarts": restarts,
             "lr_sigma": lr_sigma,
             "lr_cov": lr_cov,
+            "sigma_rule": sigma_rule,
+            "rank_one": rank_one,
         },
         "runs": {},
     }
@@ -175,7 +189,16 @@ def run(
         suite = cocoex.Suite("bbob", "", opts)  # fresh problems: final_target_hit per method
         for problem in suite:
             evals, hit = _solve(
-                m, problem, int(problem.id_instance), budget, popsize, restarts, lr_sigma, lr_cov
+                m,
+                problem,
+                int(problem.id_instance),
+                budget,
+                popsize,
+                restarts,
+                lr_sigma,
+                lr_cov,
+                sigma_rule,
+                rank_one,
             )
             out["runs"].setdefault(problem.id, {})[m] = {"evals": evals, "hit": hit}
             if log is not None:
@@ -219,6 +242,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--lr-cov", type=float, default=0.0, help="NES covariance rate (0: the class default)"
     )
+    p.add_argument(
+        "--sigma-rule",
+        choices=("csa", "xnes"),
+        default=None,
+        help="spectral NES's step-size rule (default: the class's; csa ignores --lr-sigma)",
+    )
+    p.add_argument(
+        "--rank-one",
+        choices=("on", "off"),
+        default=None,
+        help="spectral NES's rank-one path (default: the class's; needs csa)",
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + IPOP_METHODS)
     args = p.parse_args(argv)
     try:
@@ -235,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         restarts=args.restarts,
         lr_sigma=args.lr_sigma or None,
         lr_cov=args.lr_cov or None,
+        sigma_rule=args.sigma_rule,
+        rank_one=None if args.rank_one is None else args.rank_one == "on",
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     print(table(res))
