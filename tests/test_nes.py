@@ -972,3 +972,300 @@ def test_sigma_rule_options_are_validated():
     nes.fmin(lambda x: float(x @ x), np.ones(3), 0.5, restarts=2, maxiter=5, seed=0, callback=cb)
     assert [r[:2] for r in runs] == [("csa", True)] * 3
     assert len({id(r[2]) for r in runs}) == 3
+
+
+# ------------------------------------------------------------------ issue 16: box bounds
+
+
+def _random_boxes(rng, n=6):
+    """Bounds of every kind: narrow and wide, large |l|, half-bounded, unbounded."""
+    lo = rng.normal(size=n) * 10.0 ** rng.uniform(-2, 3, size=n)
+    hi = lo + 10.0 ** rng.uniform(-4, 3, size=n)
+    lo[0], hi[1] = -np.inf, np.inf
+    lo[2], hi[2] = -np.inf, np.inf
+    return lo, hi
+
+
+def test_box_transform_maps_into_the_box_identity_inside_and_c1():
+    """``T`` maps any real input into the box, is the identity on ``[l + a_l, u − a_u]``,
+    continuous and C¹ at every joint (``l ± a_l``, ``u ± a_u``, the period ends), and
+    ``T⁻¹`` round-trips on the box; it agrees with pycma's
+    ``BoxConstraintsLinQuadTransformation``."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lo, hi = _random_boxes(rng)
+        T = nes.BoxTransform(lo, hi, 6)
+        al, au = T.margins
+        Y = rng.normal(size=(400, 6)) * 10.0 ** rng.uniform(-2, 4, size=(400, 1))
+        xs = T(Y)
+        assert np.all(lo <= xs) and np.all(xs <= hi)
+        # the identity inside (bitwise)
+        a = np.where(np.isfinite(lo), lo + al, -1e6)
+        b = np.where(np.isfinite(hi), hi - au, 1e6)
+        Yin = a + (b - a) * rng.uniform(size=(50, 6))
+        wide = a < b  # (a narrow box, a_l = a_u = (u − l)/2, has no identity part)
+        np.testing.assert_array_equal(T(Yin)[:, wide], Yin[:, wide])
+        # continuity and C¹ at the joints: one-sided difference quotients agree (a kink,
+        # e.g. a plain mirror, would differ by 2)
+        for k in np.flatnonzero(np.isfinite(lo) & np.isfinite(hi)):
+            lk, uk, a_l, a_u = lo[k], hi[k], al[k], au[k]
+            per = 2 * (uk - lk + a_l + a_u)
+            s = lk - 2 * a_l - (uk - lk) / 2
+            joints = [lk + a_l, lk - a_l, uk - a_u, uk + a_u, s, s + per, lk - a_l - per]
+            for p in joints:
+                h = 1e-4 * min(a_l, a_u)
+                y = np.zeros((3, 6))
+                y[:, k] = (p - h, p, p + h)
+                t = T(y)[:, k]
+                left, right = (t[1] - t[0]) / h, (t[2] - t[1]) / h
+                tol = 1e-3 + 100 * max(1.0, abs(p)) * np.finfo(float).eps / h
+                assert abs(left - right) < tol, (k, p, left, right)
+                assert max(abs(left), abs(right)) <= 1 + tol  # |T'| ≤ 1 (folded: T' < 0)
+        # the inverse round-trips on the box (bounds included): T(T⁻¹(x)) = x, and T⁻¹(x)
+        # lies in the invertible range [l − a_l, u + a_u], where T⁻¹(T(y)) = y
+        L = np.where(np.isfinite(lo), lo, np.where(np.isfinite(hi), hi - 10.0, -5.0))
+        U = np.where(np.isfinite(hi), hi, L + 10.0)
+        Xb = np.clip(L + (U - L) * rng.uniform(size=(100, 6)), lo, hi)
+        Xb[0], Xb[1] = L, U
+        scale = np.maximum(1.0, np.maximum(np.abs(L), np.abs(U)))
+        Yb = T.inverse(Xb)
+        np.testing.assert_allclose(T(Yb), Xb, rtol=0, atol=1e-13 * scale.max())
+        assert np.all((L - al <= Yb + 1e-13 * scale) & (Yb <= U + au + 1e-13 * scale))
+        Yd = (L - 0.99 * al) + (U - L + 0.99 * (al + au)) * rng.uniform(size=(100, 6))
+        np.testing.assert_allclose(T.inverse(T(Yd)), Yd, rtol=0, atol=1e-6 * scale.max())
+    cma = pytest.importorskip("cma.transformations")
+    lo, hi = np.array([-1.0, 0.0, -np.inf, 3.0]), np.array([1.0, np.inf, 2.0, 3.5])
+    ref = cma.BoxConstraintsLinQuadTransformation(
+        [[a if np.isfinite(a) else None, b if np.isfinite(b) else None] for a, b in zip(lo, hi)]
+    )
+    T = nes.BoxTransform(lo, hi, 4)
+    Y = np.random.default_rng(1).normal(size=(200, 4)) * 5
+    np.testing.assert_allclose(T(Y), np.array([ref(y.copy()) for y in Y]), rtol=1e-12, atol=1e-12)
+    Xb = T(Y)
+    np.testing.assert_allclose(
+        T.inverse(Xb), np.array([ref.inverse(list(x)) for x in Xb]), rtol=1e-12, atol=1e-9
+    )
+
+
+def test_box_transform_float32_and_torch():
+    """The map computes in the input's dtype and backend."""
+    torch = pytest.importorskip("torch")
+    T = nes.BoxTransform(-1.0, [1.0, 2.0], 2)
+    y = torch.tensor([[3.0, -4.0], [0.5, 1.99]], dtype=torch.float32)
+    x = T(y)
+    assert isinstance(x, torch.Tensor) and x.dtype == torch.float32
+    np.testing.assert_allclose(x.numpy(), T(y.numpy().astype(np.float64)), rtol=1e-6)
+    np.testing.assert_allclose(
+        T.inverse(x).numpy(), T.inverse(x.numpy().astype(np.float64)), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_bounded_sphere_converges_to_the_bound(cls):
+    """Optimum ``2·1`` outside ``[−1, 1]⁵``: every ``ask()`` point is feasible and the run ends
+    at the constrained optimum, every coordinate at the bound within 1e-6 (class defaults)."""
+    es = cls(np.zeros(5), 0.5, bounds=(-1, 1), seed=0, maxfevals=20_000)
+    while not es.stop():
+        X = es.ask()
+        assert np.all((X >= -1) & (X <= 1))
+        es.tell(X, ((X - 2.0) ** 2).sum(axis=1))
+    r = es.result
+    assert np.abs(r.xbest - 1.0).max() < 1e-6 and r.fbest < 5 + 1e-6
+    assert np.all(np.abs(r.xfavorite) <= 1) and np.abs(r.xfavorite - 1.0).max() < 1e-6
+    assert r.xfavorite is not es._mean  # the phenotype, not the genotype mean
+    assert r.evaluations < 10_000
+    # unconstrained, the same problem goes to 2 (the bound is what stopped it)
+    free = cls(np.zeros(5), 0.5, seed=0, maxfevals=20_000).optimize(
+        lambda X: ((X - 2.0) ** 2).sum(axis=1)
+    )
+    assert np.abs(free.result.xbest - 2.0).max() < 1e-5
+
+
+def test_bounded_optimum_inside_is_unaffected():
+    """The optimum ``0.3·1`` strictly inside the box: found as without bounds, in a similar
+    number of evaluations; a box too wide to matter gives bitwise the unbounded run."""
+    f = lambda X: ((np.asarray(X) - 0.3) ** 2).sum(axis=1)  # noqa: E731
+    for seed in range(3):
+        es = nes.SpectralNES(np.zeros(5), 0.5, bounds=(-1, 1), seed=seed, ftarget=1e-12)
+        free = nes.SpectralNES(np.zeros(5), 0.5, seed=seed, ftarget=1e-12)
+        es.optimize(f)
+        free.optimize(f)
+        assert es.stop() == {"ftarget": 1e-12}
+        assert np.abs(es.result.xbest - 0.3).max() < 1e-5
+        assert es.result.evaluations < 1.5 * free.result.evaluations
+    # T is the identity on [l + a_l, u − a_u]: with a box the samples never leave, the run is
+    # the unbounded one bit for bit
+    a = nes.SpectralNES(np.full(4, 0.5), 0.3, bounds=(-100, [100, 200, 300, 400]), seed=4)
+    b = nes.SpectralNES(np.full(4, 0.5), 0.3, seed=4)
+    for _ in range(30):
+        Xa, Xb = a.ask(), b.ask()
+        np.testing.assert_array_equal(Xa, Xb)
+        a.tell(Xa, nes.rosenbrock(Xa))
+        b.tell(Xb, nes.rosenbrock(Xb))
+    _assert_same(_snapshot(a), _snapshot(b))
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_bounds_none_is_bitwise_the_run_without_the_option(cls):
+    """``bounds=None`` (and bounds that bound nothing) leave the optimiser exactly as without
+    the option: same candidates, same state, same result, including injected points."""
+    runs = []
+    for kw in ({}, {"bounds": None}, {"bounds": (None, None)}, {"bounds": (-np.inf, np.inf)}):
+        es = cls(np.full(4, 0.5), 0.7, seed=3, **kw)
+        assert es.bounds is None and es.boundary_handler is None
+        xs = []
+        for it in range(15):
+            X = es.ask()
+            xs.append(np.array(X))
+            es.tell(X + 0.01 if it % 4 == 1 else X, nes.rosenbrock(X))
+        assert es.mean is es._mean and es.result.xfavorite is es._mean
+        runs.append((np.stack(xs), _snapshot(es), np.array(es.result.xbest)))
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r[0], runs[0][0])
+        _assert_same(r[1], runs[0][1])
+        np.testing.assert_array_equal(r[2], runs[0][2])
+
+
+def test_bounds_validation():
+    x0 = np.zeros(3)
+    with pytest.raises(ValueError, match="length n = 3"):
+        nes.SpectralNES(x0, 1.0, bounds=([0, 0], 1))
+    with pytest.raises(ValueError, match="NaN at coordinates \\[1\\]"):
+        nes.SpectralNES(x0, 1.0, bounds=(-1, [1, np.nan, 1]))
+    with pytest.raises(ValueError, match="coordinates \\[2\\]"):
+        nes.SpectralNES(x0, 1.0, bounds=(-1, [1, 1, -1]))
+    with pytest.raises(ValueError, match="lower < upper"):
+        nes.SpectralNES(x0, 1.0, bounds=(0, 0))  # lower == upper
+    with pytest.raises(ValueError, match="lower < upper"):
+        nes.SpectralNES(x0, 1.0, bounds=(np.inf, None))
+    with pytest.raises(ValueError, match="pair"):
+        nes.SpectralNES(x0, 1.0, bounds=(-1, 0, 1))
+    with pytest.raises(ValueError, match="pair"):
+        nes.SpectralNES(x0, 1.0, bounds=1.0)
+    with pytest.raises(ValueError, match="complex"):
+        nes.SpectralNES(x0, 1.0, bounds=(-1j, 1))
+    with pytest.raises(ValueError, match=r"`x0`\[1\] = 2\.0 is outside the box \[-1\.0, 1\.0\]"):
+        nes.SpectralNES(np.array([0.0, 2.0, 0.0]), 1.0, bounds=(-1, 1))
+    with pytest.raises(ValueError, match=r"`x0`\[2\]"):
+        nes.fmin(nes.rastrigin, np.array([0.0, 0.0, -3.0]), 1.0, bounds=([-5, -5, 0], None))
+    # on the box (closed) is allowed: x0 at a bound starts at the genotype l − a_l
+    es = baselines.XNES(np.array([-1.0, 0.0, 1.0]), 1.0, bounds=(-1, 1))
+    np.testing.assert_allclose(es._mean, [-1.05, 0.0, 1.05])
+    np.testing.assert_array_equal(es.mean, [-1.0, 0.0, 1.0])
+    # tell(): points outside the box are refused, atomically
+    es = nes.SpectralNES(x0, 1.0, bounds=(-1, 1), seed=0)
+    X = np.array(es.ask())
+    before = _snapshot(es)
+    X[2, 1] = 1.5
+    with pytest.raises(ValueError, match=r"entry \[2, 1\] = 1\.5 is outside the box"):
+        es.tell(X, nes.rosenbrock(X))
+    _assert_same(_snapshot(es), before)
+
+
+def test_bounds_injected_points_are_mapped_back_with_the_inverse():
+    """A non-identical ``X`` (here: the last ``ask()`` with its rows permuted) is taken back to
+    genotypes by ``T⁻¹`` before ``ε`` is computed: with every sample in the invertible range
+    this is the stored-genotype update to round-off, although the samples were in ``T``'s
+    quadratic part (where ``x ≠ y``)."""
+    import pickle
+
+    es = nes.SpectralNES(np.full(3, 0.97), 0.01, bounds=(-1, 1), seed=2)
+    for _ in range(3):
+        X = es.ask()
+        es.tell(X, nes.rosenbrock(X))
+    twin = pickle.loads(pickle.dumps(es))
+    X = es.ask()
+    Xt = twin.ask()
+    np.testing.assert_array_equal(X, Xt)
+    Y = es._Y
+    assert np.all(np.abs(Y) < 1.05) and np.abs(X - Y).max() > 1e-4  # folded, invertible
+    f = nes.rosenbrock(X)
+    perm = np.random.default_rng(0).permutation(X.shape[0])
+    es.tell(X, f)
+    twin.tell(Xt[perm], f[perm])
+    np.testing.assert_allclose(twin._mean, es._mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(twin.covariance, es.covariance, rtol=1e-9, atol=1e-16)
+    np.testing.assert_array_equal(twin.result.xbest, es.result.xbest)
+
+
+def test_fmin_with_bounds_and_restarts():
+    """``fmin`` passes ``bounds`` to every run: all evaluated points are feasible, restarts
+    happen (short runs), and Rastrigin on ``[1, 5.12]²`` (constrained optimum: the corner
+    ``(1, 1)``, value 2) is solved."""
+    seen = []
+
+    def F(X):
+        seen.append(np.array(X))
+        return nes.rastrigin(X)
+
+    runs = []
+    xbest, res = nes.fmin(
+        None,
+        np.full(2, 4.0),
+        2.0,
+        parallel_objective=F,
+        bounds=(1, 5.12),
+        restarts=3,
+        seed=0,
+        maxiter=15,
+        callback=lambda es: runs.append((id(es), es.bounds[0].tolist())),
+    )
+    assert len({r[0] for r in runs}) == 4 and all(r[1] == [1.0, 1.0] for r in runs)
+    allx = np.concatenate(seen)
+    assert np.all((allx >= 1) & (allx <= 5.12))
+    assert np.all((xbest >= 1) & (xbest <= 5.12)) and np.all(np.abs(res.xfavorite) <= 5.12)
+    seen.clear()
+    xbest, res = nes.fmin(
+        None,
+        np.full(2, 4.0),
+        2.0,
+        parallel_objective=F,
+        bounds=(1, 5.12),
+        restarts=4,
+        seed=1,
+        ftarget=2 + 1e-10,
+    )
+    assert res.stop == {"ftarget": 2 + 1e-10} and np.abs(xbest - 1.0).max() < 1e-6
+    assert np.all(np.concatenate(seen) >= 1)
+
+
+def test_bounds_pickle_mid_run_resumes_bitwise():
+    """The bounds (and the pending genotypes of an ``ask()``) are part of the pickled state."""
+    import pickle
+
+    f = lambda X: ((np.asarray(X) - 2.0) ** 2).sum(axis=1) + nes.griewank(X)  # noqa: E731
+    es = nes.SpectralNES(np.full(5, 0.5), 0.7, bounds=([-1, -2, -1, None, -1], 1), seed=3)
+    for _ in range(10):
+        X = es.ask()
+        es.tell(X, f(X))
+    resumed = pickle.loads(pickle.dumps(es))
+    np.testing.assert_array_equal(resumed.bounds[0], es.bounds[0])
+    outs = []
+    for e in (es, resumed):
+        xs = []
+        for _ in range(10):
+            X = e.ask()
+            xs.append(np.array(X))
+            e.tell(X, f(X))
+        X = e.ask()  # a checkpoint between ask and tell
+        e2 = pickle.loads(pickle.dumps(e))
+        e2.tell(X, f(X))
+        outs.append((np.stack(xs), _snapshot(e2), e2.result.xbest))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    _assert_same(outs[0][1], outs[1][1])
+    np.testing.assert_array_equal(outs[0][2], outs[1][2])
+
+
+def test_bounds_on_backends(xp):
+    """Bounds work on every backend: candidates of ``x0``'s type, inside the box."""
+    x0 = asarray(xp, np.full(3, 0.5))
+    es = nes.SpectralNES(x0, 1.0, bounds=(0, 1), seed=0, maxiter=20)
+    while not es.stop():
+        X = es.ask()
+        assert type(X) is type(x0)
+        Xn = to_numpy(X)
+        assert np.all((Xn >= 0) & (Xn <= 1))
+        es.tell(X, nes.rosenbrock(X))
+    ref = nes.SpectralNES(np.full(3, 0.5), 1.0, bounds=(0, 1), seed=0, maxiter=20)
+    ref.optimize(nes.rosenbrock)
+    np.testing.assert_allclose(to_numpy(es.mean), ref.mean, rtol=1e-7, atol=1e-9)

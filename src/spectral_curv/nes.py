@@ -40,8 +40,9 @@ representable range) leaves the optimiser exactly as it was.
 
 For pycma users: ``tell`` takes repaired or injected points (the samples ``ε`` are
 recomputed from ``X``), ranks NaN/inf values worst, the optimisers pickle, ``result`` has
-pycma's fields, and :func:`fmin` is ``cma.fmin2`` with IPOP restarts (docs/nes.md, "pycma
-users").
+pycma's fields, ``bounds=(lower, upper)`` is pycma's ``bounds`` with ``BoundTransform``
+(:class:`BoxTransform`), and :func:`fmin` is ``cma.fmin2`` with IPOP restarts (docs/nes.md,
+"pycma users").
 
 Baselines with the same interface (math §6) live in :mod:`spectral_curv.baselines`:
 :class:`~spectral_curv.baselines.XNES` (full covariance ``Σ = AAᵀ``; Glasmachers et al. 2010)
@@ -80,6 +81,7 @@ from . import full
 from ._array import Array, Namespace, array_namespace
 
 __all__ = [
+    "BoxTransform",
     "CSAParameters",
     "NESResult",
     "SpectralNES",
@@ -339,6 +341,162 @@ def _real_scalar(v: Any, name: str) -> float:
     return float(a)
 
 
+# ------------------------------------------------------------------ box bounds
+
+
+def _margin(b: np.ndarray) -> np.ndarray:
+    """pycma's default width of the quadratic part at a bound ``b``: ``max(1, |b|)/20``."""
+    return np.maximum(1.0, np.abs(b)) / 20.0
+
+
+class BoxTransform:
+    """The coordinate-wise map ``T`` from the unbounded genotype space onto the box
+    ``[lower, upper]`` (pycma's ``BoundTransform``, ``BoxConstraintsLinQuadTransformation``;
+    math §6).
+
+    Per coordinate, with margins ``a_l = min((u − l)/2, max(1, |l|)/20)`` and ``a_u = min((u −
+    l)/2, max(1, |u|)/20)`` (``1`` at an infinite bound), ``T`` is
+
+    * the identity on ``[l + a_l, u − a_u]`` (about 90% of a wide box),
+    * ``l + (y − l + a_l)²/(4a_l)`` on ``[l − a_l, l + a_l]`` and ``u − (y − u − a_u)²/(4a_u)``
+      on ``[u − a_u, u + a_u]`` (value and slope match the identity at ``l + a_l``, ``u − a_u``;
+      slope 0 at ``l − a_l``, ``u + a_u``, which ``T`` maps to ``l``, ``u``),
+    * mirrored at ``l − a_l`` and ``u + a_u`` beyond them, and, when both bounds are finite,
+      periodic with period ``2(u − l + a_l + a_u)`` (an infinite bound has no periodic part).
+
+    So ``T`` is C¹, maps every real number into ``[l, u]``, and is a bijection of ``[l − a_l,
+    u + a_u]`` onto ``[l, u]``, whose inverse is :meth:`inverse`
+    (``l − a_l + 2√(a_l(x − l))`` near ``l``, ``u + a_u − 2√(a_u(u − x))`` near ``u``).
+
+    ``lower`` / ``upper``: ``None`` (unbounded), a real scalar, or an array-like of length
+    ``n``; ``±inf`` (or, in a list, ``None``) entries allowed. A ValueError for the wrong
+    length, NaN, or ``lower ≥ upper`` in any coordinate. :meth:`transform` (also ``T(y)``)
+    and :meth:`inverse` take arrays ``(..., n)`` of any backend and compute in their dtype.
+
+    Example (``[−1, 1]``: margins ``0.05``; the identity inside, folded outside)::
+
+        >>> import numpy as np
+        >>> from spectral_curv.nes import BoxTransform
+        >>> T = BoxTransform(-1.0, 1.0, 2)
+        >>> T.lower.tolist(), T.upper.tolist(), T.margins[0].tolist()
+        ([-1.0, -1.0], [1.0, 1.0], [0.05, 0.05])
+        >>> np.round(T(np.array([[0.5, 0.96], [1.05, 3.0]])), 6).tolist()
+        [[0.5, 0.9595], [1.0, -0.9]]
+        >>> y = np.array([0.3, -1.02])
+        >>> bool(np.allclose(T.inverse(T(y)), y))
+        True
+        >>> BoxTransform(None, [0.0, np.inf], 2)(np.array([2.0, 5.0])).tolist()  # half-bounded
+        [-1.9, 5.0]
+    """
+
+    def __init__(self, lower: Any, upper: Any, n: int) -> None:
+        sides = []
+        for name, v, inf in (("lower", lower, -math.inf), ("upper", upper, math.inf)):
+            if isinstance(v, list | tuple):  # pycma's per-coordinate None: unbounded there
+                v = [inf if e is None else e for e in v]
+            a = np.full(n, inf) if v is None else _host(v, f"bounds ({name})")
+            if a.ndim == 0:
+                a = np.full(n, float(a))
+            if a.shape != (n,):
+                raise ValueError(
+                    f"the {name} bound must be None, a scalar or of length n = {n}, got shape "
+                    f"{a.shape}"
+                )
+            if np.isnan(a).any():
+                bad = np.flatnonzero(np.isnan(a)).tolist()
+                raise ValueError(f"the {name} bound is NaN at coordinates {bad}")
+            sides.append(a)
+        lo, hi = sides
+        bad = np.flatnonzero(lo >= hi)
+        if bad.size:
+            raise ValueError(
+                f"lower < upper is needed in every coordinate; not so at coordinates "
+                f"{bad.tolist()} (lower {lo[bad].tolist()}, upper {hi[bad].tolist()})"
+            )
+        self.n = n
+        self.lower, self.upper = lo, hi
+        self._lo, self._hi = np.isfinite(lo), np.isfinite(hi)
+        # finite stand-ins for infinite bounds (their side of T is never used): no inf − inf
+        L, U = np.where(self._lo, lo, 0.0), np.where(self._hi, hi, 0.0)
+        half = np.where(self._lo & self._hi, (U - L) / 2.0, math.inf)
+        al = np.where(self._lo, np.minimum(half, _margin(L)), 1.0)
+        au = np.where(self._hi, np.minimum(half, _margin(U)), 1.0)
+        self.margins = (al, au)
+        self._L, self._U = L, U
+
+    @property
+    def bounded(self) -> bool:
+        """Whether any coordinate has a finite bound (else ``T`` is the identity)."""
+        return bool(self._lo.any() or self._hi.any())
+
+    def _consts(self, y: Array) -> tuple[Namespace, list[Array]]:
+        xp = array_namespace(y)
+        dev = A.device(y)
+        al, au = self.margins
+        cs = [self._L, self._U, al, au]
+        return xp, [xp.asarray(c, dtype=y.dtype, device=dev) for c in cs] + [
+            xp.asarray(m, device=dev) for m in (self._lo, self._hi)
+        ]
+
+    def transform(self, y: Array) -> Array:
+        """``T(y)``: rows of genotypes ``(..., n)`` → points inside the box (math §6).
+
+        Example::
+
+            >>> import numpy as np
+            >>> from spectral_curv.nes import BoxTransform
+            >>> np.round(BoxTransform(0.0, 1.0, 3).transform(np.array([-0.05, 0.5, 7.3])), 9)
+            array([0. , 0.5, 0.7])
+        """
+        if y.shape[-1] != self.n:
+            raise ValueError(f"expected (..., {self.n}), got shape {tuple(y.shape)}")
+        xp, (L, U, al, au, lo, hi) = self._consts(y)
+        both = lo & hi
+        # far outside (both bounds finite): shift by whole periods r into [s, s + r]
+        r = xp.where(both, 2.0 * (U - L + al + au), 1.0)
+        s = xp.where(both, L - 2.0 * al - (U - L) / 2.0, 0.0)
+        far = both & ((y < s) | (y > U + 2.0 * au + (U - L) / 2.0))
+        y = xp.where(far, y - r * xp.floor((y - s) / r), y)
+        # mirror at u + a_u and l − a_l
+        y = xp.where(hi & (y > U + au), y - 2.0 * (y - U - au), y)
+        y = xp.where(lo & (y < L - al), y + 2.0 * (L - al - y), y)
+        # quadratic near the bounds, the identity in between
+        y = xp.where(lo & (y < L + al), L + (y - (L - al)) ** 2 / 4.0 / al, y)
+        return xp.where(hi & (y > U - au), U - (y - (U + au)) ** 2 / 4.0 / au, y)
+
+    __call__ = transform
+
+    def inverse(self, x: Array) -> Array:
+        """The inverse of ``T`` on the box: points ``(..., n)`` in ``[lower, upper]`` → the
+        genotypes in ``[l − a_l, u + a_u]`` that ``T`` maps to them (pycma's ``inverse``;
+        math §6). Points outside the box are a ValueError naming the first such coordinate.
+
+        Example::
+
+            >>> import numpy as np
+            >>> from spectral_curv.nes import BoxTransform
+            >>> BoxTransform(0.0, 1.0, 3).inverse(np.array([0.0, 0.5, 0.7])).tolist()
+            [-0.05, 0.5, 0.7]
+        """
+        xh = _host(x, "x")
+        if xh.shape[-1:] != (self.n,):
+            raise ValueError(f"expected (..., {self.n}), got shape {xh.shape}")
+        out = (xh < self.lower) | (xh > self.upper)
+        if out.any():
+            idx = tuple(int(i) for i in np.argwhere(out)[0])
+            j = idx[-1]
+            raise ValueError(
+                f"entry {list(idx)} = {float(xh[idx])!r} is outside the box in coordinate {j}: "
+                f"[{self.lower[j]}, {self.upper[j]}]"
+            )
+        xp, (L, U, al, au, lo, hi) = self._consts(x)
+        low = lo & (x < L + al)
+        up = hi & (x >= U - au) & ~low
+        zero = xp.zeros_like(x)
+        y = xp.where(low, (L - al) + 2.0 * xp.sqrt(al * xp.maximum(x - L, zero)), x)
+        return xp.where(up, (U + au) - 2.0 * xp.sqrt(au * xp.maximum(U - x, zero)), y)
+
+
 # ------------------------------------------------------------------ ask/tell base
 
 
@@ -366,6 +524,7 @@ class _NESBase:
         tolflatfitness: int = 1,
         verbose: int = 0,
         dtype: Any = None,
+        bounds: Any = None,
     ) -> None:
         if isinstance(x0, list | tuple | int | float):
             x0 = np.asarray(x0, dtype=np.float64)
@@ -383,6 +542,10 @@ class _NESBase:
         self._device = A.device(x0)
         mean = xp.asarray(x0, dtype=self._dtype, device=self._device)
         A.check_finite(xp, "x0", mean)
+        box = self._box_from(bounds, n, mean)
+        x0_pheno = mean
+        if box is not None:  # the distribution lives in genotype space: μ = T⁻¹(x0)
+            mean = box.inverse(mean)
         s0 = _real_scalar(sigma0, "sigma0")
         if not math.isfinite(s0) or s0 <= 0:
             raise ValueError(f"`sigma0` must be a finite number > 0, got {sigma0!r}")
@@ -426,12 +589,14 @@ class _NESBase:
         self.sigma0 = s0
         self._rng = np.random.default_rng(seed)
         self._mean = mean
+        self._box = box
         self._eps: Array | None = None
         self._X: Array | None = None
+        self._Y: Array | None = None  # genotypes of the last ask() (with bounds only)
         self.countevals = 0
         self.countiter = 0
         self._fbest = math.inf
-        self._xbest = mean
+        self._xbest = x0_pheno
         self._best_iter = 0
         self._evals_best = 0
         self._flat = 0  # consecutive iterations whose finite values were all equal
@@ -453,7 +618,32 @@ class _NESBase:
         s = dict(s)
         s["_xp"] = importlib.import_module(s["_xp"])
         s["_device"] = A.device(s["_mean"])
+        s.setdefault("_box", None)  # pickles from before `bounds`
+        s.setdefault("_Y", None)
         self.__dict__.update(s)
+
+    @staticmethod
+    def _box_from(bounds: Any, n: int, x0: Array) -> BoxTransform | None:
+        """The :class:`BoxTransform` of ``bounds`` (``None`` when unbounded), checking ``x0``."""
+        if bounds is None:
+            return None
+        if isinstance(bounds, str | bytes) or not hasattr(bounds, "__len__") or len(bounds) != 2:
+            raise ValueError(
+                f"`bounds` must be None or a pair (lower, upper), got {type(bounds).__name__}"
+                f"{'' if not hasattr(bounds, '__len__') else f' of length {len(bounds)}'}"
+            )
+        box = BoxTransform(bounds[0], bounds[1], n)
+        if not box.bounded:  # (None, None), ±inf everywhere: no transformation at all
+            return None
+        xh = _host(x0, "x0")
+        out = np.flatnonzero((xh < box.lower) | (xh > box.upper))
+        if out.size:
+            j = int(out[0])
+            raise ValueError(
+                f"`x0`[{j}] = {float(xh[j])!r} is outside the box [{box.lower[j]}, "
+                f"{box.upper[j]}] in coordinate {j} (pycma would repair it; start inside)"
+            )
+        return box
 
     # --- to be provided by subclasses
     def _init_state(self, sigma0: float) -> None:  # pragma: no cover - abstract
@@ -503,8 +693,22 @@ class _NESBase:
 
     @property
     def mean(self) -> Array:
-        """The distribution mean ``μ`` (n,)."""
-        return self._mean
+        """The distribution mean ``μ`` (n,); with ``bounds``, its phenotype ``T(μ)`` (inside
+        the box; ``μ`` itself, in genotype space, is ``boundary_handler.inverse(mean)`` when
+        ``μ`` lies in the invertible range)."""
+        return self._mean if self._box is None else self._box.transform(self._mean)
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The box ``(lower, upper)`` (numpy float64 ``(n,)`` each, ``±inf`` where unbounded),
+        or ``None`` without bounds."""
+        b = self._box
+        return None if b is None else (b.lower.copy(), b.upper.copy())
+
+    @property
+    def boundary_handler(self) -> BoxTransform | None:
+        """The :class:`BoxTransform` ``T`` of ``bounds`` (``None`` without bounds)."""
+        return self._box
 
     @property
     def precision(self) -> Array:
@@ -531,14 +735,15 @@ class _NESBase:
             self._evals_best,
             self.countevals,
             self.countiter,
-            self._mean,
+            self.mean,
             stds,
             self.stop(),
         )
 
     def ask(self, number: int | None = None) -> Array:
         """Sample ``number`` (default ``popsize``) candidates ``(number, n)`` (mirrored: rows
-        ``k`` and ``k + ⌈number/2⌉`` are ``μ ± z``, i.e. ``x`` and ``2μ − x``)."""
+        ``k`` and ``k + ⌈number/2⌉`` are ``μ ± z``, i.e. ``x`` and ``2μ − x``; with ``bounds``
+        these are the genotypes ``y``, and the candidates are ``T(y)``, inside the box)."""
         xp = self._xp
         n = self.n
         lam = self.popsize if number is None else number
@@ -551,7 +756,11 @@ class _NESBase:
             e = self._rng.standard_normal((lam, n))
         eps = xp.asarray(e, dtype=self._dtype, device=self._device)
         z = self._transform(eps)
-        self._eps, self._X = eps, self._mean[None, :] + z
+        Y = self._mean[None, :] + z
+        if self._box is None:
+            self._eps, self._X = eps, Y
+        else:  # keep the genotypes Y for tell(); the candidates are their phenotypes T(Y)
+            self._eps, self._Y, self._X = eps, Y, self._box.transform(Y)
         return self._X
 
     def tell(self, X: Any, values: Any) -> None:
@@ -564,6 +773,11 @@ class _NESBase:
         Non-finite values (NaN, ±inf) rank below every finite one; if no value is finite the
         step is skipped with a RuntimeWarning (the evaluations and the iteration still
         count).
+
+        With ``bounds``, ``X`` is in the box (phenotypes): the last ``ask()`` uses its stored
+        genotypes ``y_i`` (and their ``ε_i``); other points are mapped back first,
+        ``y_i = T⁻¹(x_i)`` (:meth:`BoxTransform.inverse`; a point outside the box is a
+        ValueError), then ``ε_i = Σ^{-1/2}(y_i − μ)``.
 
         Atomic: the new state is computed in full and checked before it is committed. On any
         error (a ValueError for bad ``X`` / ``values``, including complex values; a
@@ -597,16 +811,18 @@ class _NESBase:
             self.countevals += m
             self.countiter += 1
             self._fiter = math.nan
-            self._eps = self._X = None
+            self._eps = self._X = self._Y = None
             self._maybe_disp()
             return
         Xa = _host(self._X, "X")
         if Xa.shape == Xh.shape and np.array_equal(Xa, Xh):
             eps, Xd = self._eps, self._X
-        else:  # repaired / injected candidates: recompute ε from X
+            Yd = Xd if self._box is None else self._Y
+        else:  # repaired / injected candidates: recompute ε from X (genotypes T⁻¹(X))
             Xd = xp.asarray(Xh, dtype=self._dtype, device=self._device)
-            eps = self._whiten(Xd - self._mean[None, :])
-        z = Xd - self._mean[None, :]
+            Yd = Xd if self._box is None else self._box.inverse(Xd)
+            eps = self._whiten(Yd - self._mean[None, :])
+        z = Yd - self._mean[None, :]
         u = xp.asarray(
             rank_utilities(f, fitness_shaping=self.fitness_shaping),
             dtype=self._dtype,
@@ -635,7 +851,7 @@ class _NESBase:
         self._mean = mean
         for name, v in attrs.items():
             setattr(self, name, v)
-        self._eps = self._X = None
+        self._eps = self._X = self._Y = None
         self._maybe_disp()
 
     def _maybe_disp(self) -> None:
@@ -713,6 +929,17 @@ class SpectralNES(_NESBase):
     ValueError. Stop options (``maxfevals``, ``maxiter``, ``ftarget``, ``tolx``, ``tolfun``,
     ``tolstagnation``) follow pycma's names.
 
+    ``bounds=(lower, upper)`` (each ``None``, a scalar or length ``n``; ``±inf`` allowed; also
+    for the baselines) is pycma's ``bounds`` with its default ``BoundTransform``: the
+    distribution lives in an unbounded genotype space, and ``ask()`` returns the phenotypes
+    ``T(y)`` of the samples, :class:`BoxTransform` (C¹, the identity well inside the box,
+    folding the outside into it), so every candidate is feasible. ``x0`` must lie in the box
+    (a ValueError names the coordinate; pycma repairs it) and starts ``μ = T⁻¹(x0)``.
+    ``mean``, ``result.xbest`` and ``result.xfavorite`` are phenotypes (in the box);
+    ``covariance``, ``precision``, ``sigma``, ``result.stds``, ``state`` (and the CSA paths)
+    are in genotype space, as in pycma. ``bounds=None`` (default) changes nothing.
+
+
     Example (one ask/tell round, then a full run on a sphere; the step-size rules)::
 
         >>> import numpy as np
@@ -733,6 +960,17 @@ class SpectralNES(_NESBase):
         >>> es = SpectralNES(np.zeros(3), 0.5, lr_sigma=0.3)  # the former (xNES) rule
         >>> es.sigma_rule, es.rank_one
         ('xnes', False)
+
+    Box bounds (the sphere around ``2·1`` in ``[−1, 1]³``: the optimum is the corner ``1``)::
+
+        >>> f = lambda X: ((X - 2.0) ** 2).sum(axis=1)
+        >>> es = SpectralNES(np.zeros(3), 0.5, bounds=(-1, 1), seed=0, maxfevals=5000)
+        >>> X = es.ask()
+        >>> bool(np.all((-1 <= X) & (X <= 1)))
+        True
+        >>> es = es.optimize(f)
+        >>> bool(np.abs(es.result.xbest - 1).max() < 1e-6), es.bounds[0].tolist()
+        (True, [-1.0, -1.0, -1.0])
     """
 
     state: full.SpectralState
@@ -871,6 +1109,7 @@ def fmin(
     parallel_objective: Callable[[Array], Any] | None = None,
     callback: Callable[[SpectralNES], Any] | None = None,
     seed: Any = None,
+    bounds: Any = None,
     **options: Any,
 ) -> tuple[Array, NESResult]:
     """Minimise ``fun`` with :class:`SpectralNES` and IPOP restarts (``cma.fmin2`` analogue;
@@ -885,7 +1124,8 @@ def fmin(
     to even with mirrored sampling), at most ``restarts`` times. Restart ``k ≥ 1`` draws from
     ``SeedSequence(seed).spawn(restarts)[k − 1]``; the first run uses ``seed`` itself (so
     ``restarts=0`` is exactly ``SpectralNES(x0, sigma0, seed=seed, ...)``). ``options`` go to
-    :class:`SpectralNES` (``popsize`` is the first run's).
+    :class:`SpectralNES` (``popsize`` is the first run's); so does ``bounds`` (every run
+    samples in the box, :class:`BoxTransform`; ``fun`` sees feasible points only).
 
     Returns ``(xbest, result)``: the best point over all runs and an :class:`NESResult` whose
     ``xbest``/``fbest``/``evals_best``/``evaluations``/``iterations`` cover all runs and
@@ -942,6 +1182,7 @@ def fmin(
             popsize=lam or popsize,
             seed=seeds[k],
             maxfevals=maxfevals - evals,
+            bounds=bounds,
             **options,
         )
         lam0 = es.popsize if k == 0 else lam0
