@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spectral_curv import cli
@@ -189,12 +190,15 @@ def test_log_ticks_are_few_and_plain():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for lo, hi in ((0.7, 60.0), (0.35, 0.9), (1e-16, 1.0), (3.0, 3.3)):
+    for lo, hi in ((0.7, 60.0), (0.35, 0.9), (1e-16, 1.0), (3.0, 3.3), (7.0, 20.0), (6.5, 11.0)):
         fig, ax = plt.subplots()
         ax.set_xscale("log")
         report.log_ticks(ax, "x", lo, hi)
         locs = [t for t in ax.get_xticks() if lo <= t <= hi]
         assert 2 <= len(locs) <= 7, (lo, hi, locs)
+        # no two labels crowded together (8, 9, 10 on a short axis overlapped: a flaky PNG check)
+        gaps = np.diff(np.log10(locs))
+        assert gaps.min() >= np.log10(hi / lo) / 8 - 1e-12, (lo, hi, locs)
         assert ax.get_xlim() == pytest.approx((lo, hi))
         plt.close(fig)
     lo, hi = report.log_limits([1.0, 50.0], text_room=0.35)

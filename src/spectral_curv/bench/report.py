@@ -447,7 +447,13 @@ def log_ticks(ax: Any, which: str, lo: float, hi: float, max_labels: int = 7) ->
         ]
 
     choices = [ticks((1.0, 2.0, 5.0)), ticks((1.0,)), ticks((1.0,), 2), ticks((1.0,), 3)]
-    fine = ticks((1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0))
+    # fine steps (1, 1.5, 2, 3, …, 9) crowd at the top of a decade (8, 9, 10): keep a tick only
+    # an eighth of the axis (in log units) after the last kept one, so labels never touch
+    gap = math.log10(hi / lo) / 8.0
+    fine: list[float] = []
+    for v in ticks((1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)):
+        if not fine or math.log10(v / fine[-1]) >= gap:
+            fine.append(v)
     if len(choices[0]) < 3 and len(fine) <= max_labels:
         choices.insert(0, fine)
     locs = next((t for t in choices if len(t) <= max_labels), choices[-1])

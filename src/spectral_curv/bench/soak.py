@@ -42,6 +42,9 @@ MODES: dict[str, dict[str, Any]] = {
     "default_reorth1": {"reorth_interval": 1},
     "default_paper": {"rotation": "paper", "max_update_rms": None, "eigenvalues": "kron"},
     "quartic": {"cayley": "quartic"},
+    "quartic_reorth5": {"cayley": "quartic", "reorth_interval": 5},
+    "guard01": {"max_step_norm": 0.1},
+    "quartic_guard05": {"cayley": "quartic", "max_step_norm": 0.5},
     "default_noclip": {"max_update_rms": None},
     "kron": {"eigenvalues": "kron"},
     "p1": {"p": 1.0},
@@ -341,7 +344,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=5000, help="MLP steps per run (default 5000)")
     p.add_argument("--seeds", type=int, default=5, help="seeds per mode (default 5)")
     p.add_argument(
-        "--modes", nargs="+", choices=tuple(MODES), default=list(MODES), help="modes to run"
+        "--modes",
+        nargs="+",
+        choices=tuple(MODES),
+        default=["default", "exact"],
+        help="modes to run (default: default exact, the acceptance's two)",
     )
     p.add_argument(
         "--tasks",

@@ -36,6 +36,7 @@ SPECTRAL_KEYS = (
     "spectral_p2_quad",
     "spectral_p2_exact",
     "spectral_p2_quartic",
+    "spectral_p2_quartic_r5",
     "spectral_p2_quad_noclip",
     "spectral_p2_quad_kron",
     "spectral_p1_quad",
@@ -287,6 +288,13 @@ def optimizer_registry() -> dict[str, OptSpec]:
     # The default step_scale="p2" gives every root p the step size of p = 2: one lr range.
     for p in (2, 1, 4):
         quartic = ("quartic", "quartic", {}, "quartic", "quartic Cayley (orthogonal to O(X⁸))")
+        quartic_r5 = (
+            "quartic_r5",
+            "quartic",
+            {"reorth_interval": 5},
+            "quartic, reorth 5",
+            "quartic Cayley, Newton–Schulz every 5 refreshes (meets the soak's drift targets)",
+        )
         clip = ("quad_noclip", "quadratic", {"max_update_rms": None}, "quad, no RMS cap", "no cap")
         kron_ev = (
             "quad_kron",
@@ -295,7 +303,7 @@ def optimizer_registry() -> dict[str, OptSpec]:
             "quad, Kronecker eigenvalues",
             "the Kronecker model's eigenvalues (the default before 2026-12-01)",
         )
-        two = (*variants[:2], quartic, clip, kron_ev, *variants[2:])
+        two = (*variants[:2], quartic, quartic_r5, clip, kron_ev, *variants[2:])
         mine = {2: two, 1: (*variants, kron_ev), 4: variants[:1]}[p]
         for c, cayley, extra, lab, desc in mine:
             lo, hi, lr0 = 1e-4, 3e-3, 3e-4
@@ -309,7 +317,7 @@ def optimizer_registry() -> dict[str, OptSpec]:
                     {"lr": ("log", lo, hi), **lr_wd, "precond_lr": ("log", 0.01, 0.5)},
                     "precond_lr",
                     notes=f"spectral_curv.torch.SpectralKron, p={p}, {desc}",
-                    draws_as=f"spectral_p{p}_quad" if c == "quad_kron" else None,
+                    draws_as=f"spectral_p{p}_quad" if c in ("quad_kron", "quartic_r5") else None,
                 )
             )
     # p = 1 with the paper's raw step (the default before step_scale="p2"), with the lr
