@@ -277,3 +277,43 @@ def test_guide_example_runs(monkeypatch):
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": "eager"}))
     exec(compile(code, "docs/guide/torch.md", "exec"), {"__name__": "guide_torch"})
+
+
+def _broken_backend(gm, inputs):
+    raise RuntimeError("no C++ compiler here")
+
+
+def test_compile_step_falls_back_to_eager_with_one_warning():
+    """A backend that cannot compile (inductor without a compiler, say): ``compile_step`` warns
+    once and steps eagerly, bitwise the eager optimizer's steps (the failed compilation
+    changed no state)."""
+    from spectral_curv.torch import CompileFallbackWarning, compile_step
+
+    me, mc = _model(), _model()
+    oe, oc = SpectralKron(me.parameters(), **OPTS), SpectralKron(mc.parameters(), **OPTS)
+    step = compile_step(oc, backend=_broken_backend)
+    with pytest.warns(CompileFallbackWarning, match="no C\\+\\+ compiler here"):
+        _steps(mc, oc, step, range(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)  # warned once, not every step
+        _steps(mc, oc, step, range(1, 5))
+    _steps(me, oe, oe.step, range(5))
+    _equal(me, oe, mc, oc)
+
+
+@pytest.mark.slow
+def test_compile_step_compiles_and_equals_eager_bitwise():
+    """Where compiling works (dynamo's ``eager`` backend here), ``compile_step`` runs the
+    graphs, one per schedule phase, and gives the eager numbers bit for bit."""
+    from spectral_curv.torch import CompileFallbackWarning, compile_step
+
+    me, mc = _model(), _model()
+    oe, oc = SpectralKron(me.parameters(), **OPTS), SpectralKron(mc.parameters(), **OPTS)
+    counter = CompileCounterWithBackend("eager")
+    step = compile_step(oc, backend=counter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        _steps(mc, oc, step, range(8))
+    assert 1 < counter.frame_count <= 6
+    _steps(me, oe, oe.step, range(8))
+    _equal(me, oe, mc, oc)

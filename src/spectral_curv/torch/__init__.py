@@ -23,7 +23,8 @@ Routing (``optim.plan``): order ≥ 2 weights get the Kronecker factors on
 
 from __future__ import annotations
 
+from ._compile import CompileFallbackWarning, compile_step
 from ._functional import init_state, spectral_kron
 from ._optimizer import SpectralKron
 
-__all__ = ["SpectralKron", "init_state", "spectral_kron"]
+__all__ = ["CompileFallbackWarning", "SpectralKron", "compile_step", "init_state", "spectral_kron"]

@@ -5,6 +5,7 @@ gradient is discarded by ``torch.where`` (the state of before the step put back)
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,3 +49,71 @@ def _all_finite(grads: list[Tensor]) -> Tensor:
     for g in grads:
         ok = ok & torch.isfinite(g).all().to(ok.device)
     return ok
+
+
+#: What a failed compilation raises (dynamo: a graph break under ``fullgraph``, a backend that
+#: failed, e.g. inductor without a C++ compiler); the step has changed nothing by then.
+_COMPILE_ERRORS: tuple[type[BaseException], ...] = (
+    torch._dynamo.exc.BackendCompilerFailed,
+    torch._dynamo.exc.Unsupported,
+    torch._inductor.exc.InductorError,
+)
+
+
+class CompileFallbackWarning(UserWarning):
+    """:func:`compile_step` could not compile the step and steps eagerly instead (math §4.7:
+    the same step either way).
+
+    Example (a ``UserWarning``, so ``-W error::UserWarning`` catches it too)::
+
+        >>> from spectral_curv.torch import CompileFallbackWarning
+        >>> issubclass(CompileFallbackWarning, UserWarning)
+        True
+    """
+
+
+def compile_step(opt: torch.optim.Optimizer, **compile_kwargs: Any) -> Callable[..., Any]:
+    """``torch.compile(opt.step, fullgraph=True, **compile_kwargs)``, falling back to the eager
+    ``opt.step`` (one :class:`CompileFallbackWarning`) wherever compiling fails: no C++
+    compiler for inductor, a backend that cannot run, a graph break. Dynamo compiles each
+    schedule phase (math §4.7) on its first call, so a later phase can fall back too; a
+    failed compilation changes no state, and the eager step then takes the same step.
+    docs/guide/torch.md, "torch.compile".
+
+    Example (a backend that always fails: the step is taken eagerly, once warned)::
+
+        >>> import warnings
+        >>> import torch
+        >>> from spectral_curv.torch import CompileFallbackWarning, SpectralKron, compile_step
+        >>> w = torch.nn.Parameter(torch.ones(3, 2))
+        >>> opt = SpectralKron([w], lr=0.1, nonfinite="skip")
+        >>> def broken(gm, inputs):
+        ...     raise RuntimeError("no compiler here")
+        >>> step = compile_step(opt, backend=broken)
+        >>> w.grad = torch.ones(3, 2)
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always")
+        ...     loss = step()
+        >>> fell = [m for m in seen if m.category is CompileFallbackWarning]
+        >>> len(fell), "no compiler here" in str(fell[0].message), int(opt.state[w]["step"])
+        (1, True, 1)
+    """
+    compiled = torch.compile(opt.step, **{"fullgraph": True, **compile_kwargs})
+    eager = opt.step
+    failed: list[BaseException] = []
+
+    def step(closure: Callable[[], Any] | None = None) -> Any:
+        if not failed:
+            try:
+                return compiled() if closure is None else compiled(closure)
+            except _COMPILE_ERRORS as e:
+                failed.append(e)
+                warnings.warn(
+                    f"torch.compile of {type(opt).__name__}.step failed ({type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:300]}); stepping eagerly from now on",
+                    CompileFallbackWarning,
+                    stacklevel=2,
+                )
+        return eager() if closure is None else eager(closure)
+
+    return step
