@@ -36,7 +36,6 @@ SPECTRAL_KEYS = (
     "spectral_p2_quad",
     "spectral_p2_exact",
     "spectral_p2_quartic",
-    "spectral_p2_quartic_r5",
     "spectral_p2_quad_noclip",
     "spectral_p2_quad_kron",
     "spectral_p1_quad",
@@ -53,18 +52,25 @@ PAPER_KEYS = (
     "spectral_p1_quad_paper",
     "spectral_p1_exact_paper",
 )
+#: Variants measured for one docs section, run with ``--optimizers``: the quartic map with
+#: Newton–Schulz every 5 refreshes (the soak's drift targets), and the default with its step
+#: compiled (``spectral_curv.torch.compile_step``, inductor; every new optimizer compiles
+#: again, minutes on a CPU).
+VARIANT_KEYS = ("spectral_p2_quartic_r5", "spectral_p2_quad_compiled")
 ALL_OPTIMIZERS = (
     "adamw",
     "muon_bf16",
     "muon_fp32",
     *SPECTRAL_KEYS,
     *PAPER_KEYS,
+    *VARIANT_KEYS,
     "soap",
     "shampoo",
     "psgd_kron",
 )
-#: Every optimizer but the paper-rule comparisons (run them with ``--optimizers``).
-DEFAULT_BENCH_OPTIMIZERS = tuple(k for k in ALL_OPTIMIZERS if k not in PAPER_KEYS)
+#: Every optimizer but the paper-rule comparisons and the variants (run them with
+#: ``--optimizers``).
+DEFAULT_BENCH_OPTIMIZERS = tuple(k for k in ALL_OPTIMIZERS if k not in PAPER_KEYS + VARIANT_KEYS)
 
 #: The demo's fixed configuration. Hyperparameters: one run of this module's tuner on the
 #: demo's own setting (Fashion-MNIST MLP, batch 128, 150 steps, 5000-image validation split,
@@ -320,6 +326,30 @@ def optimizer_registry() -> dict[str, OptSpec]:
                     draws_as=f"spectral_p{p}_quad" if c in ("quad_kron", "quartic_r5") else None,
                 )
             )
+
+    def compiled(model: Any, hp: dict[str, Any]) -> Any:
+        from ...torch import compile_step
+
+        opt = spectral(2.0, "quadratic")(model, hp)
+        cfg = torch._dynamo.config  # a new optimizer per run: ~5 graphs each, one code object
+        cfg.recompile_limit = max(cfg.recompile_limit, 256)
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4096)
+        opt.step = compile_step(opt)
+        return opt
+
+    specs.append(
+        OptSpec(
+            "spectral_p2_quad_compiled",
+            "SpectralKron p=2 quad, compiled step",
+            "spectral",
+            compiled,
+            {"lr": 3e-4, "weight_decay": 1e-2, "precond_lr": 0.1},
+            {"lr": ("log", 1e-4, 3e-3), **lr_wd, "precond_lr": ("log", 0.01, 0.5)},
+            "precond_lr",
+            notes="the default with spectral_curv.torch.compile_step (torch.compile, inductor)",
+            draws_as="spectral_p2_quad",
+        )
+    )
     # p = 1 with the paper's raw step (the default before step_scale="p2"), with the lr
     # range that step needs (its usable lr is about three decades below p = 2's).
     specs.append(

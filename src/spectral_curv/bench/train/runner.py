@@ -336,7 +336,12 @@ def tune(
 
 #: Refresh intervals of the step-time sweep (issue: report T = 1, 2, 10).
 SWEEP_INTERVALS = (1, 2, 10)
-SWEEP_KEYS = ("spectral_p2_quad", "spectral_p2_exact", "spectral_p2_quad_paper")
+SWEEP_KEYS = (
+    "spectral_p2_quad",
+    "spectral_p2_exact",
+    "spectral_p2_quad_paper",
+    "spectral_p2_quad_compiled",
+)
 
 
 def step_time_sweep(
