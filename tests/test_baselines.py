@@ -269,9 +269,11 @@ def test_input_validation():
 def test_every_spec6_reference_method_lives_here():
     """math §6's baselines in one module (issue 14 §3): the SPD and NES ones moved here; the
     former names in ``spd`` / ``nes`` are aliases of the same objects."""
-    from spectral_curv import nes, spd
+    from spectral_curv import maps, nes, spd
 
-    for name in ("rgd_step", "cholesky_step", "XNES", "CholeskyNES", "expm", "nearest_kron"):
+    for name in ("rgd_step", "cholesky_step", "XNES", "CholeskyNES", "nearest_kron"):
         assert name in bl.__all__ and getattr(bl, name).__module__ == bl.__name__, name
+    # expm is a core map now (the geodesic spectral step uses it, math §2.5); old name kept.
+    assert bl.expm is maps.expm and "expm" not in bl.__all__
     assert spd.rgd_step is bl.rgd_step and spd.cholesky_step is bl.cholesky_step
     assert nes.XNES is bl.XNES and nes.CholeskyNES is bl.CholeskyNES

@@ -50,3 +50,27 @@ def test_ipop_methods_on_rastrigin():
     for m in methods:
         r = res["runs"]["bbob_f015_i01_d02"][m]
         assert r["hit"] and r["evals"] <= 40000, (m, r)
+
+
+def test_ipop_path_passes_the_spectral_rules(monkeypatch):
+    """``--rank-one`` and ``--sigma-rule`` reach ``nes.fmin`` on the IPOP path too."""
+    from spectral_curv import nes
+
+    seen: list[dict] = []
+
+    def fake_fmin(objective, x0, sigma0, **kw):
+        seen.append(kw)
+
+    monkeypatch.setattr(nes, "fmin", fake_fmin)
+    bbob.run(
+        [1],
+        dim=2,
+        instances=[1],
+        methods=("spectral-ipop",),
+        budget_per_dim=10,
+        sigma_rule="csa",
+        rank_one=False,
+    )
+    bbob.run([1], dim=2, instances=[1], methods=("spectral-ipop",), budget_per_dim=10)
+    assert seen[0]["rank_one"] is False and seen[0]["sigma_rule"] == "csa"
+    assert "rank_one" not in seen[1]

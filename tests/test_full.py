@@ -151,6 +151,105 @@ def test_update_rotated_input_validation():
         full.update_rotated(st, np.eye(3, dtype=np.int64), beta2=0.1)
 
 
+def _geodesic_ref(b: np.ndarray, d: np.ndarray, delta: np.ndarray, beta2: float) -> np.ndarray:
+    """``S^{1/2} expm(β₂ S^{-1/2}ΔS^{-1/2}) S^{1/2}`` by float64 ``eigh`` (math §2.5)."""
+    r, ri = (b * d**0.5) @ b.T, (b / d**0.5) @ b.T
+    w, v = np.linalg.eigh(beta2 * ri @ delta @ ri)
+    return r @ ((v * np.exp(w)) @ v.T) @ r
+
+
+@pytest.mark.parametrize("cayley", ["exact", "quartic"])
+def test_update_geodesic_converges_to_the_geodesic(xp, jit, cayley):
+    """More sweeps → the dense geodesic step (eigh reference): quadratically once the
+    off-diagonal is small against the gaps (β₂ = 0.05), after a linear phase for a large step
+    (β₂ = 0.3, damped angles ≤ 0.43 rad); every backend, under jit (the traced ``expm``
+    path); ``B`` orthogonal, ``d > 0`` for an indefinite Δ."""
+    rng = np.random.default_rng(21)
+    n = 7
+    b, d = rand_state(rng, n)
+    a = rng.standard_normal((n, n))
+    delta = a + a.T  # indefinite
+    assert np.linalg.eigvalsh(delta).min() < 0 < np.linalg.eigvalsh(delta).max()
+    q = b.T @ delta @ b
+    q = 0.5 * (q + q.T)
+    st = to_state(xp, b, d)
+    # quartic: each guarded sweep leaves ≤ c⁴‖X‖₂⁸ ≈ 1.8e-6 of non-orthogonality (math §1.3)
+    orth_tol = 1e-13 if cayley == "exact" else 1e-5
+    for beta2, sweeps in ((0.05, (1, 2, 3, 5)), (0.3, (1, 2, 5, 10))):
+        ref = _geodesic_ref(b, d, delta, beta2)
+        errs = []
+        for k in sweeps:
+            step = jit(
+                lambda s, m, k=k, t=beta2: full.update_geodesic(
+                    s, m, beta2=t, sweeps=k, cayley=cayley
+                )
+            )
+            b1, d1 = np_state(step(st, asarray(xp, q)))
+            errs.append(np.abs(dense_np(b1, d1) - ref).max())
+            assert np.all(d1 > 0)
+            orth = np.abs(b1.T @ b1 - np.eye(n)).max()
+            assert orth < orth_tol, orth
+        if cayley != "exact":  # the truncated map's drift sets the floor
+            assert errs[-1] < 1e-4 * errs[0], errs
+            continue
+        assert errs[0] > 1e-3 and errs[-1] < 1e-12, errs
+        if beta2 == 0.05:  # quadratic: 1.7e-2, 1.8e-4, 1.0e-7, ~1e-15 measured
+            assert errs[1] < 0.03 * errs[0] and errs[2] < 3e-3 * errs[1], errs
+        else:  # linear first (0.39, 0.13, 1e-6, then round-off)
+            assert errs[1] < 0.5 * errs[0] and errs[2] < 1e-4 * errs[1], errs
+    # One sweep is the damped one-step update to first order in β₂ (math §2.5).
+    small = [
+        np.abs(
+            full.dense(full.update_geodesic(full.SpectralState(b, d), q, beta2=t, sweeps=1))
+            - full.dense(full.update_rotated(full.SpectralState(b, d), q, beta2=t))
+        ).max()
+        for t in (1e-3, 5e-4)
+    ]
+    assert 3.5 < small[0] / small[1] < 4.5, small  # O(β₂²)
+
+
+def test_update_geodesic_ties_and_large_steps():
+    """An exact tie (S = I) and a negative step that ``S + β₂Δ`` would take out of the cone
+    (smallest eigenvalue −3): finite, orthogonal, ``d > 0``, and still the geodesic (no pair
+    is turned by 1/0)."""
+    rng = np.random.default_rng(5)
+    n = 6
+    a = rng.standard_normal((n, n))
+    delta = -8.0 * (a @ a.T) / np.linalg.eigvalsh(a @ a.T).max()
+    assert np.linalg.eigvalsh(np.eye(n) + 0.5 * delta).min() < -2.9
+    st = full.init(n)
+    new = full.update_geodesic(st, delta, beta2=0.5, sweeps=12)
+    assert np.all(np.isfinite(new.B)) and np.all(new.d > 0)
+    np.testing.assert_allclose(new.B.T @ new.B, np.eye(n), atol=1e-13)
+    ref = _geodesic_ref(np.eye(n), np.ones(n), delta, 0.5)
+    np.testing.assert_allclose(full.dense(new), ref, rtol=0, atol=1e-12)
+    # Two exactly tied eigenvalues, coupled only through the third (second order in exp):
+    # the target's eigenvectors in the tied plane are set by that coupling, so the pair
+    # turns, by at most the damped bound 1/(2κ) rad per sweep, and the sweeps converge.
+    b, d = np.eye(3), np.array([1.0, 1.0, 3.0])
+    q = np.array([[0.0, 0.0, 0.2], [0.0, 0.0, 0.1], [0.2, 0.1, 0.0]])
+    one = full.update_geodesic(full.SpectralState(b, d), q, beta2=0.1, sweeps=1)
+    assert np.all(np.isfinite(one.B))
+    assert abs(one.B[0, 1]) <= np.sin(0.5 / np.sqrt(4.0 / 3.0)) + 1e-12
+    many = full.update_geodesic(full.SpectralState(b, d), q, beta2=0.1, sweeps=12)
+    np.testing.assert_allclose(full.dense(many), _geodesic_ref(b, d, q, 0.1), atol=1e-13)
+
+
+def test_update_geodesic_input_validation():
+    st = full.init(3)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"`sweeps`"):
+            full.update_geodesic(st, np.eye(3), beta2=0.1, sweeps=bad)
+    with pytest.raises(ValueError, match=r"`q` must be symmetric"):
+        full.update_geodesic(st, np.triu(np.ones((3, 3))), beta2=0.1)
+    with pytest.raises(ValueError, match=r"`q`.*non-finite"):
+        full.update_geodesic(st, np.full((3, 3), np.inf), beta2=0.1)
+    with pytest.raises(ValueError, match=r"`beta2`"):
+        full.update_geodesic(st, np.eye(3), beta2=-1.0)
+    with pytest.raises(ValueError, match=r"`q`"):
+        full.update_geodesic(st, np.eye(2), beta2=0.1)
+
+
 @pytest.mark.parametrize(
     ("gamma", "damping", "batch"),
     [(0.0, 0.3, None), (1.0, 0.0, None), (1.0, 0.3, 4), (0.0, 0.0, 4)],

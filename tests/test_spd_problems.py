@@ -22,23 +22,24 @@ def probs():
 @pytest.mark.parametrize("name", list(sp.problems()))
 def test_every_problem_converges_with_defaults(probs, name):
     """docs/spd.md table: the spectral method and RGD-expm reach rel. error 1e-6 with their
-    defaults (no lr) on every problem, within the measured iteration counts + slack."""
+    defaults (no lr) on every problem, within the measured iteration counts + slack (the
+    geodesic step, 3 sweeps; the paper's step, ``sweeps=0``, took 36 / 14 / 11 / 12)."""
     prob = probs[name]
-    measured = {"metric nearness": 36, "log-det": 14, "Karcher mean": 11, "Gaussian ML + trace": 12}
+    measured = {"metric nearness": 30, "log-det": 8, "Karcher mean": 5, "Gaussian ML + trace": 9}
     for method in ("spectral", "rgd_expm"):
         out = sp.run_spd(prob, method)
         assert out["reached"], (method, out["message"])
     out = sp.run_spd(prob, "spectral")
-    assert out["iters"] <= measured[name] + 5, out
+    assert out["iters"] <= measured[name] + 2, out
 
 
 @pytest.mark.parametrize("name", list(sp.problems()))
 def test_against_pymanopt_cg(probs, name):
-    """Spectral iterations within 2× pymanopt CG's (the 1.5× goal holds on three of the four
-    problems; log-det is 14 vs 9, docs/spd.md)."""
+    """Spectral iterations within 1.5× pymanopt CG's on every problem (issue 16's goal; with
+    the paper's step, ``sweeps=0``, log-det took 14 vs 9, docs/spd.md)."""
     pytest.importorskip("pymanopt")
     prob = probs[name]
     cg = sp.run_pymanopt(prob)
     ours = sp.run_spd(prob, "spectral")
     assert cg["reached"] and ours["reached"]
-    assert ours["iters"] <= 2.0 * cg["iters"], (ours["iters"], cg["iters"])
+    assert ours["iters"] <= 1.5 * cg["iters"], (ours["iters"], cg["iters"])

@@ -14,8 +14,9 @@ comes from ``array_api_compat.array_namespace``); pure functions on ``NamedTuple
   ``K ← K (I − β₂ M)`` (``exp="first_order"``) or ``K ← K · expm(−β₂ M)`` (``exp="exact"``).
   ``K`` stays lower triangular either way. To first order in β₂ it is ``S ← S + β₂Δ``:
   ``(KKᵀ)_new = KKᵀ − β₂ K (M + Mᵀ) Kᵀ + O(β₂²) = S⁻¹ − β₂ S⁻¹ Δ S⁻¹ + O(β₂²)``.
-  The matrix exponential is :func:`expm`: scaling and squaring of a degree-18 Taylor
-  polynomial, matmuls only (no eigendecomposition, no SciPy), so it runs on every backend.
+  The matrix exponential is :func:`spectral_curv.maps.expm`: scaling and squaring of a
+  degree-18 Taylor polynomial, matmuls only (no eigendecomposition, no SciPy), so it runs
+  on every backend.
 * **Van Loan–Pitsianis nearest Kronecker product** (:func:`nearest_kron`): the nearest
   ``A ⊗ C`` (``A`` r×r, ``C`` c×c, ``kron(A, C)`` with row-major ``vec``) to an
   ``rc × rc`` matrix in Frobenius norm is the leading singular pair of the rearrangement
@@ -56,6 +57,7 @@ from typing import Any, NamedTuple
 
 from . import _array as A
 from ._array import Array, Namespace, array_namespace
+from .maps import expm as expm  # moved to maps (the geodesic step uses it); old name kept
 from .nes import _NESBase
 
 __all__ = [
@@ -73,7 +75,6 @@ __all__ = [
     "default_init",
     "default_update",
     "default_update_gop",
-    "expm",
     "kl_nearest_kron",
     "kron_cholesky_dense",
     "kron_cholesky_from_factors",
@@ -113,41 +114,6 @@ def _check_square(name: str, x: Array) -> int:
     if x.ndim != 2 or x.shape[0] != x.shape[1]:
         raise ValueError(f"`{name}` must be a square matrix, got shape {tuple(x.shape)}")
     return int(x.shape[0])
-
-
-def expm(x: Array, *, order: int = 18) -> Array:
-    """Matrix exponential by scaling and squaring a Taylor polynomial (matmuls only; math §6).
-
-    ``x`` is scaled by ``2^-s`` so that ``‖x‖_F 2^-s ≤ 1/2``; the degree-``order`` Taylor
-    remainder is then below ``0.5^(order+1)/(order+1)! ≈ 1e-23`` (order 18) relative, and
-    ``s`` squarings undo the scaling. Lower-triangular input gives lower-triangular output.
-    Used by the exact Cholesky baseline; tested against ``scipy.linalg.expm``.
-
-    Example (a symmetric ``x`` with ``‖x‖_F > 1/2``, against its eigendecomposition)::
-
-        >>> import numpy as np
-        >>> from spectral_curv import baselines as bl
-        >>> x = np.array([[1.0, 2.0, 0.0], [2.0, -1.0, 0.5], [0.0, 0.5, 0.3]])
-        >>> w, q = np.linalg.eigh(x)
-        >>> bool(np.allclose(bl.expm(x), (q * np.exp(w)) @ q.T, rtol=1e-12, atol=0))
-        True
-    """
-    xp = array_namespace(x)
-    n = _check_square("x", x)
-    i = A.eye(xp, n, x)
-    norm = float(A.frobenius(xp, x))
-    s = 0
-    while norm > 0.5:
-        norm /= 2.0
-        s += 1
-    y = x / float(2**s)
-    # Horner: I + y(I + y/2 (I + y/3 (...))).
-    p = i
-    for k in range(order, 0, -1):
-        p = i + (y @ p) / float(k)
-    for _ in range(s):
-        p = p @ p
-    return p
 
 
 # --------------------------------------------------------------- default full scheme

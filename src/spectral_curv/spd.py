@@ -3,16 +3,20 @@
 Given the Euclidean gradient ``G = ∇_S f(S)`` (its symmetric part is used: that is the
 gradient on the space of symmetric matrices), one spectral step is the generic update of
 math §2 with ``Δ = −2 S G S`` and ``β₂ = lr``; with ``S = B Diag(d) Bᵀ`` this is
-``Q = BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d)``, which :func:`step` forms directly and passes to
-:func:`spectral_curv.full.update_rotated` (two matmuls; neither ``S`` nor ``Δ`` is formed).
+``Q = BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d)``, which :func:`step` forms directly (two matmuls;
+neither ``S`` nor ``Δ`` is formed). By default (``sweeps=3``) it passes ``Q`` to
+:func:`spectral_curv.full.update_geodesic`, which factors the geodesic step (the same ``S`` as
+``"rgd_expm"`` below, to the sweeps' accuracy) by matmul-only rotation sweeps (math §2.5);
+``sweeps=0`` is the paper's first-order step, :func:`spectral_curv.full.update_rotated`.
 ``Δ`` is indefinite in general, so the exact exp / Cayley maps are the default.
 
 Step-size convention (one ``lr`` for every method). To first order in ``lr`` every method
 here moves ``S ← S − 2·lr·S G S``, the Riemannian gradient step for the Gaussian (Fisher)
 metric ``½ tr(S⁻¹ U S⁻¹ V)``:
 
-* ``"spectral"``: ``full.update_rotated(state, −2 Diag(d)(BᵀGB)Diag(d), beta2=lr)``, i.e.
-  ``full.update(state, −2 S G S, beta2=lr)`` (exact maps by default).
+* ``"spectral"``: ``full.update_geodesic(state, −2 Diag(d)(BᵀGB)Diag(d), beta2=lr)``
+  (``sweeps=0``: ``full.update_rotated`` of the same ``Q``, i.e. ``full.update(state,
+  −2 S G S, beta2=lr)``; exact maps by default).
 * ``"rgd_expm"``: Riemannian GD with the affine-invariant exponential retraction,
   ``S ← S^{1/2} expm(−2·lr·S^{1/2} G S^{1/2}) S^{1/2}`` (math §6.4 with ``β = 2·lr``).
 * ``"rgd_second_order"``: the second-order retraction ``S + ξ + ½ ξ S⁻¹ ξ`` with
@@ -58,7 +62,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from . import _array as A
-from . import baselines, full
+from . import baselines, full, maps
 from ._array import Array, Namespace, array_namespace
 from .baselines import _sym_grad
 
@@ -145,6 +149,21 @@ def init(s0: Array) -> full.SpectralState:
     return full.SpectralState(v, w)
 
 
+def _resolve_sweeps(sweeps: int | None, rotation: str | None, exp: str) -> int:
+    """``sweeps`` of :func:`step`: ``None`` → 3 (0 for the paper's rule or the truncated exp)."""
+    paper_only = maps.resolve_rotation(rotation) == "paper" or exp != "exact"
+    if sweeps is None:
+        return 0 if paper_only else full.DEFAULT_SWEEPS
+    if not isinstance(sweeps, int) or isinstance(sweeps, bool) or sweeps < 0:
+        raise ValueError(f"`sweeps` must be an int >= 0, got {sweeps!r}")
+    if sweeps and paper_only:
+        raise ValueError(
+            "`sweeps` > 0 (the geodesic step) needs rotation='damped' and exp='exact'; "
+            f"got rotation={rotation!r}, exp={exp!r} (use sweeps=0 for the paper's step)"
+        )
+    return sweeps
+
+
 def step(
     state: full.SpectralState,
     grad: Array,
@@ -156,14 +175,22 @@ def step(
     tie_tol: float | None = None,
     max_step_norm: float | None = None,
     rotation: str | None = None,
+    sweeps: int | None = None,
 ) -> full.SpectralState:
-    """One spectral step with ``Δ = −2 S G S``, ``G = sym(grad)``, ``β₂ = lr`` (math §2).
+    """One spectral step with ``Δ = −2 S G S``, ``G = sym(grad)``, ``β₂ = lr`` (math §2, §2.5).
 
     ``grad`` is ``∇_S f`` at ``S = B Diag(d) Bᵀ = full.dense(state)``. The step stays in the
-    factored frame: ``Q = BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d)`` goes to
-    :func:`spectral_curv.full.update_rotated` (``S`` and ``Δ`` are never formed; the same
-    step as ``full.update(state, −2 S G S, beta2=lr)`` to round-off). The remaining options
-    are those of :func:`spectral_curv.full.update`; ``rotation`` is its basis-update rule
+    factored frame: ``Q = BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d)`` (``S`` and ``Δ`` are never formed).
+
+    ``sweeps`` (default :data:`spectral_curv.full.DEFAULT_SWEEPS` = 3): ``Q`` goes to
+    :func:`spectral_curv.full.update_geodesic`, which factors the affine-invariant geodesic
+    step ``S^{1/2} expm(−2·lr·S^{1/2}GS^{1/2}) S^{1/2}`` (the ``rgd_expm`` step) by that many
+    matmul-only rotation sweeps: the basis follows the curvature in one iteration instead of
+    over many (docs/spd.md, "Geodesic step"). ``sweeps=0`` is the paper's one-step update,
+    :func:`spectral_curv.full.update_rotated` (the same step as ``full.update(state, −2 S G S,
+    beta2=lr)`` to round-off); it is the default where ``rotation="paper"`` or
+    ``exp="first_order"`` is asked for, which only that step has. The remaining options are
+    those of :func:`spectral_curv.full.update`; ``rotation`` is its basis-update rule
     (``"damped"``, the default, or the paper's ``"paper"``; docs/spd.md, "Near ties").
 
     Example (``S = I``, ``G = I``: ``d ← exp(−2·lr)``, the ``rgd_expm`` step exactly)::
@@ -187,6 +214,18 @@ def step(
     # Q = BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d); only its strict lower triangle and diagonal are read.
     q = (-2.0 * d[:, None]) * (b.mT @ gb) * d[None, :]
     diag_q = (-2.0 * d * d) * xp.sum(b * gb, axis=-2)
+    sweeps = _resolve_sweeps(sweeps, rotation, exp)
+    if sweeps:
+        return full.update_geodesic(
+            state,
+            q,
+            beta2=lr,
+            sweeps=sweeps,
+            cayley=cayley,
+            cayley_terms=cayley_terms,
+            max_step_norm=max_step_norm,
+            check=False,
+        )
     return full.update_rotated(
         state,
         q,
@@ -381,6 +420,7 @@ def minimize(
     exp: str = "exact",
     max_step_norm: float | None = None,
     rotation: str | None = None,
+    sweeps: int | None = None,
     warn: bool = True,
 ) -> SPDResult:
     """Minimise ``f`` over SPD matrices from ``grad_fn(S) = ∇_S f(S)`` (math §2, §6.4).
@@ -391,7 +431,7 @@ def minimize(
     (optional) is recorded before the first and after every step; with ``target`` the loop
     stops once ``loss_fn(S) ≤ target``. ``cayley``/``exp`` are the spectral maps (``exp``
     also selects the Cholesky baseline's exact / first-order factor update), ``rotation`` the
-    spectral basis-update rule (:func:`step`).
+    spectral basis-update rule and ``sweeps`` its geodesic-step sweeps (:func:`step`).
 
     **Gradients.** ``grad_fn`` may be None when ``loss_fn`` is a torch or JAX objective of a
     dense ``S``: it is differentiated by ``torch.func.grad`` / ``jax.grad``, chosen by the
@@ -461,6 +501,7 @@ def minimize(
         raise ValueError("`s0` (the starting SPD matrix) is required")
     if lr is not None:
         _check_lr(lr)
+    _resolve_sweeps(sweeps, rotation, exp)
     if target is not None and loss_fn is None:
         raise ValueError("`target` needs a `loss_fn`")
     if line_search is None:
@@ -506,6 +547,7 @@ def minimize(
                 exp=exp,
                 max_step_norm=max_step_norm,
                 rotation=rotation,
+                sweeps=sweeps,
             )
             return st, full.dense(st)
         if method == "cholesky":

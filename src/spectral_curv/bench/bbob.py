@@ -38,6 +38,7 @@ def _solve_ipop(
     restarts: int,
     lr_sigma: float | None,
     sigma_rule: str | None = None,
+    rank_one: bool | None = None,
 ) -> tuple[int, bool]:
     """IPOP runs until COCO's final target, the budget, or ``restarts`` restarts."""
     x0 = np.asarray(problem.initial_solution, dtype=float)
@@ -54,6 +55,7 @@ def _solve_ipop(
     else:
         from .. import nes
 
+        extra: dict[str, Any] = {} if rank_one is None else {"rank_one": rank_one}
         nes.fmin(
             None,
             x0,
@@ -66,6 +68,7 @@ def _solve_ipop(
             lr_sigma=None if sigma_rule == "csa" else lr_sigma,
             sigma_rule=sigma_rule,
             callback=done,
+            **extra,
         )
     return int(problem.evaluations), bool(problem.final_target_hit)
 
@@ -84,7 +87,9 @@ def _solve(
 ) -> tuple[int, bool]:
     """Evaluations used and whether COCO's final target was hit."""
     if method in IPOP_METHODS:
-        return _solve_ipop(method, problem, seed, budget, popsize, restarts, lr_sigma, sigma_rule)
+        return _solve_ipop(
+            method, problem, seed, budget, popsize, restarts, lr_sigma, sigma_rule, rank_one
+        )
     x0 = np.asarray(problem.initial_solution, dtype=float)
     sigma0 = 2.0
     if method == "cma":

@@ -1,6 +1,6 @@
 """Wall-clock of one SPD spectral step: factored frame vs the former dense round trip (math §2).
 
-:func:`spectral_curv.spd.step` forms ``Q = BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d)`` directly and
+:func:`spectral_curv.spd.step` (``sweeps=0``) forms ``Q = BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d)`` and
 calls :func:`spectral_curv.full.update_rotated` (two n×n×n matmuls before the Cayley map).
 Its former implementation (kept here only, as the timing reference :func:`dense_step`) built
 ``S = B Diag(d) Bᵀ``, ``Δ = −2 S G S`` and then rotated ``Δ`` back with ``Bᵀ Δ B`` inside
@@ -33,7 +33,7 @@ def dense_step(state: full.SpectralState, grad: Any, *, lr: float, **kw: Any) ->
         >>> from spectral_curv import spd
         >>> from spectral_curv.experiments.spd_step_timing import dense_step
         >>> st, g = spd.init(np.diag([1.0, 2.0, 4.0])), np.ones((3, 3))
-        >>> a, b = dense_step(st, g, lr=0.1), spd.step(st, g, lr=0.1)
+        >>> a, b = dense_step(st, g, lr=0.1), spd.step(st, g, lr=0.1, sweeps=0)
         >>> bool(np.allclose(a.d, b.d, rtol=1e-14)), bool(np.allclose(a.B, b.B, atol=1e-14))
         (True, True)
     """
@@ -79,7 +79,7 @@ def time_steps(
         for mode in cayley:
             fns = {
                 "old": lambda c=mode, s=st, m=g: dense_step(s, m, lr=0.1, cayley=c),
-                "new": lambda c=mode, s=st, m=g: spd.step(s, m, lr=0.1, cayley=c),
+                "new": lambda c=mode, s=st, m=g: spd.step(s, m, lr=0.1, cayley=c, sweeps=0),
             }
             times: dict[str, list[float]] = {"old": [], "new": []}
             for f in fns.values():
