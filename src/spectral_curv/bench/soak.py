@@ -44,6 +44,8 @@ MODES: dict[str, dict[str, Any]] = {
     "quartic": {"cayley": "quartic"},
     "quartic_reorth5": {"cayley": "quartic", "reorth_interval": 5},
     "guard01": {"max_step_norm": 0.1},
+    "guard004": {"max_step_norm": 0.04},
+    "guard004_reorth5": {"max_step_norm": 0.04, "reorth_interval": 5},
     "quartic_guard05": {"cayley": "quartic", "max_step_norm": 0.5},
     "default_noclip": {"max_update_rms": None},
     "kron": {"eigenvalues": "kron"},
