@@ -441,3 +441,52 @@ def test_core_precondition_step_invariant(shape, batch, dtype, options, scale, b
                         x0, y0 = (x[0], y[0]) if b else (x, y)
                         assert np.array_equal(x0, y0), f"step {t}: a rejected refresh moved"
             stt = new
+
+
+# ------------------------------------------------------------------- SPD geodesic step
+@CHEAP
+@given(
+    n=st.integers(1, 7),
+    cond=st.sampled_from([1.0, 10.0, 1e3, 1e6]),
+    scale=st.sampled_from([1e-10, 1e-3, 1.0, 1e3, 1e10]),
+    step=st.floats(1e-3, 2.0),
+    sweeps=st.sampled_from([1, 3, 40]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_spd_geodesic_step_invariant(n, cond, scale, step, sweeps, seed):
+    """``spd.step`` (default: the geodesic step, math §2.5) from a random SPD ``S`` (any
+    scale, condition up to 1e6, ties when ``cond = 1``) and a random symmetric gradient whose
+    natural step ``‖lr·S^{1/2}GS^{1/2}‖₂`` is ``step``: ``B`` orthogonal, ``d > 0`` and finite;
+    scale-equivariant (``S → cS``, ``G → G/c``: ``S' → cS'``); with 40 sweeps, the RGD-expm
+    step (eigh reference)."""
+    from spectral_curv import full, spd
+
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    w = scale * np.geomspace(1.0, cond, n)
+    s = (q * w) @ q.T
+    s = 0.5 * (s + s.T)
+    a = rng.standard_normal((n, n))
+    g = 0.5 * (a + a.T)
+    r = (q * np.sqrt(w)) @ q.T
+    nat = np.linalg.norm(r @ g @ r, 2)
+    if nat == 0.0:
+        return
+    lr = step / (2.0 * nat)
+    st0 = full.SpectralState(q, w)
+    new = spd.step(st0, g, lr=lr, sweeps=sweeps)
+    note(f"d={new.d}")
+    assert np.all(np.isfinite(new.B)) and np.all(np.isfinite(new.d)) and np.all(new.d > 0)
+    assert np.abs(new.B.T @ new.B - np.eye(n)).max() < 1e-12
+    c = 7.0
+    scaled = spd.step(full.SpectralState(q, c * w), g / c, lr=lr, sweeps=sweeps)
+    np.testing.assert_allclose(
+        full.dense(scaled),
+        c * full.dense(new),
+        rtol=1e-9,
+        atol=1e-9 * c * np.abs(full.dense(new)).max(),
+    )
+    if sweeps == 40:
+        e, v = np.linalg.eigh(-2.0 * lr * r @ g @ r)
+        ref = r @ ((v * np.exp(e)) @ v.T) @ r
+        np.testing.assert_allclose(full.dense(new), ref, rtol=0, atol=1e-9 * np.abs(ref).max())
