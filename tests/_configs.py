@@ -4,7 +4,8 @@ torch optimizer) and ``test_contract.py`` (torch vs NumPy vs optax).
 
 Each entry overrides ``optim.Options``' defaults; together they cover every Cayley mode,
 both ``exp`` maps, ``p`` ≠ 2, ``gamma`` < 1, skipped refreshes, re-orthonormalisation,
-Adam grafting, RMS clipping (partially binding), weight decay, momentum on and off,
+Adam grafting, RMS clipping (partially binding), weight decay, momentum on (Nesterov and
+heavy ball) and off,
 corrected eigenvalues, and a diagonal side (``max_precond_dim=10``: a ``6 × 15`` or
 ``3 × 18`` weight keeps its column side diagonal).
 """
@@ -32,6 +33,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         precond_lr=0.3,
         damping=1e-4,
         momentum=0.5,
+        nesterov=True,  # Nesterov's step (the default is heavy ball)
         weight_decay=0.01,
         update_interval=2,
         precond_warmup=3,

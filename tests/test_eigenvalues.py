@@ -282,3 +282,19 @@ def test_numpy_checkpoint_from_before_the_option_loads_as_kron():
     new.load_state_dict(sd)
     assert new.options["eigenvalues"] == "kron"
     new.step(P, {k: rng.standard_normal(v.shape) for k, v in P.items()})
+
+
+def test_numpy_checkpoint_from_before_nesterov_resumes_heavy_ball():
+    """``nesterov`` (added later, default False) is False for a state dict without it, as
+    the heavy-ball run it was saved from (``optim.BEFORE_OPTION``)."""
+    from spectral_curv.numpy import SpectralKron
+
+    rng = np.random.default_rng(6)
+    P = {"w": rng.standard_normal((4, 3))}
+    opt = SpectralKron(P, lr=0.01)
+    P = opt.step(P, {"w": rng.standard_normal((4, 3))})
+    sd = opt.state_dict()
+    del sd["options"]["nesterov"]
+    new = SpectralKron(P, lr=0.01, nesterov=True)
+    new.load_state_dict(sd)
+    assert new.options["nesterov"] is False

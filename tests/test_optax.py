@@ -82,6 +82,7 @@ def _numpy_reference(
         "gamma": 1.0,
         "damping": 1e-8,
         "momentum": 0.9,
+        "nesterov": False,  # the default
         "weight_decay": 0.0,
         "update_interval": 2,
         "precond_warmup": 10,
@@ -151,7 +152,8 @@ def _numpy_reference(
                 clipped.append(bool(np.sqrt(np.mean(u * u)) > c["max_update_rms"]))
                 u = optim.clip_rms(u, c["max_update_rms"])
             s["buf"] = optim.add_momentum(s["buf"], u, c["momentum"])
-            P[k] = optim.apply_update(P[k], s["buf"], lr=c["lr"], weight_decay=c["weight_decay"])
+            v = u + c["momentum"] * s["buf"] if c["nesterov"] else s["buf"]
+            P[k] = optim.apply_update(P[k], v, lr=c["lr"], weight_decay=c["weight_decay"])
         traj.append({k: v.copy() for k, v in P.items()})
     return traj, clipped
 
@@ -224,6 +226,7 @@ CONFIGS = {
         max_update_rms=0.6,
         weight_decay=0.05,
         momentum=0.5,
+        nesterov=True,  # Nesterov's step (the default is heavy ball)
         update_interval=2,
         precond_warmup=3,
     ),

@@ -148,8 +148,9 @@ class RefOptimizer:
       refresh;
     - U = precondition with the refreshed factors; with corrected eigenvalues, with the basis
       before the refresh and the refreshed ``V`` (math §4.10's lagged order); Adam grafting
-      (norm of Adam's bias-corrected update), RMS clipping, heavy-ball momentum on U,
-      decoupled weight decay, ``p -= lr·m``.
+      (norm of Adam's bias-corrected update), RMS clipping, heavy-ball momentum on U
+      (``m ← μm + U``; the step ``U + μm`` with ``nesterov``, else ``m``), decoupled weight
+      decay, ``p -= lr·step``.
     """
 
     def __init__(self, shapes: list[tuple[int, ...]], **hp: Any) -> None:
@@ -241,7 +242,7 @@ class RefOptimizer:
                     self.stats["clipped"] += 1
             if hp["momentum"]:
                 s["buf"] = hp["momentum"] * s.get("buf", 0.0) + u
-                u = s["buf"]
+                u = u + hp["momentum"] * s["buf"] if hp["nesterov"] else s["buf"]
             new_params.append(prm * (1 - hp["lr"] * hp["weight_decay"]) - hp["lr"] * u)
             s["step"] = t1
         return new_params
@@ -644,6 +645,8 @@ BAD = [
     ("damping", float("inf")),
     ("momentum", 1.0),
     ("momentum", -0.1),
+    ("nesterov", 1),
+    ("nesterov", "yes"),
     ("weight_decay", -1.0),
     ("update_interval", 0),
     ("update_interval", 2.0),
@@ -1120,3 +1123,42 @@ def test_own_checkpoint_loads_after_the_default_maps_drift():
     bad["state"][key]["B_C"] = 2 * torch.eye(bad["state"][key]["B_C"].shape[0])
     with pytest.raises(ValueError, match="B_C"):
         SpectralKron(copy.deepcopy(m).parameters(), lr=0.05).load_state_dict(bad)
+
+
+def test_nesterov_step_formula_and_checkpoint_from_before_the_option():
+    """``nesterov=True`` steps along ``U + μm`` (``m ← μm + U``; math §4.7), the default
+    along ``m``; the factors and ``m`` are the same in both. A state dict saved before the
+    option existed resumes with the heavy ball it was made with."""
+    torch.manual_seed(0)
+    w0 = torch.randn(3, 4, dtype=torch.float64)
+    g = torch.randn(3, 4, dtype=torch.float64)
+    kw = dict(lr=0.1, momentum=0.5, precond_dtype=torch.float64, max_update_rms=None)
+
+    def run(steps: int, nesterov: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        w = torch.nn.Parameter(w0.clone())
+        opt = SpectralKron([w], nesterov=nesterov, **kw)
+        for _ in range(steps):
+            w.grad = g.clone()
+            opt.step()
+        return w.detach(), opt.state[w]["momentum_buffer"]
+
+    _, m1 = run(1, False)  # m₁ = U₁
+    wh, m2 = run(2, False)
+    wn, m2n = run(2, True)
+    torch.testing.assert_close(m2n, m2, rtol=0, atol=0)
+    u1, u2 = m1, m2 - 0.5 * m1
+    torch.testing.assert_close(wh, w0 - 0.1 * m1 - 0.1 * m2, rtol=0, atol=1e-14)
+    expect = w0 - 0.1 * (u1 + 0.5 * m1) - 0.1 * (u2 + 0.5 * m2)
+    torch.testing.assert_close(wn, expect, rtol=0, atol=1e-14)
+    # a checkpoint without `nesterov` (saved before the option): heavy ball, whatever the
+    # new optimizer's own option
+    w = torch.nn.Parameter(w0.clone())
+    opt = SpectralKron([w], **kw)
+    w.grad = g.clone()
+    opt.step()
+    sd = opt.state_dict()
+    for grp in sd["param_groups"]:
+        del grp["nesterov"]
+    new = SpectralKron([w], nesterov=True, **kw)
+    new.load_state_dict(sd)
+    assert new.param_groups[0]["nesterov"] is False

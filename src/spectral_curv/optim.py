@@ -103,9 +103,10 @@ GRAFTS = (None, "adam")
 STEP_SCALES = ("p2", "raw")
 EIGENVALUES = ("kron", "corrected")
 
-#: Options whose value fixes the state's layout, with the value a checkpoint saved before
-#: the option existed was made with (every adapter loads such a checkpoint in that mode).
-BEFORE_OPTION = {"eigenvalues": "kron"}
+#: Options with the value a checkpoint saved before the option existed was made with: every
+#: adapter loads such a checkpoint in that mode, where the value fixes the state's layout
+#: (``eigenvalues``: no ``V``) or the rest of the trajectory (``nesterov``: heavy ball).
+BEFORE_OPTION = {"eigenvalues": "kron", "nesterov": False}
 
 # Real options: name -> (zero allowed, None allowed). ``learning_rate`` is optax's ``lr``.
 _REAL_OPTIONS = {
@@ -181,6 +182,8 @@ def check_options(o: Any) -> None:
         m = _scalar("momentum", o["momentum"])
         if m is not None and not (_real_ok(m, True) and m < 1):
             raise ValueError(f"`momentum` must be in [0, 1), got {o['momentum']!r}")
+    if "nesterov" in o and not isinstance(o["nesterov"], bool):
+        raise ValueError(f"`nesterov` must be True or False, got {o['nesterov']!r}")
     for name, lo in _INT_OPTIONS.items():
         if name not in o:
             continue
@@ -250,7 +253,11 @@ class Options:
     - ``gamma``: 1 for a moving average (RMSprop-like), 0 for a sum (AdaGrad-like).
     - ``damping``: ``λ``; enters each factor as ``λ Tr(S_other⁻¹)``.
     - ``momentum``: undampened heavy ball ``m ← μm + U`` (the steady step is
-      ``lr/(1 − μ)``: ~10× ``lr`` at 0.9). ``weight_decay``: decoupled (AdamW-style).
+      ``lr/(1 − μ)``: ~10× ``lr`` at 0.9). ``nesterov=True``: the step is ``U + μm``
+      (Nesterov's look-ahead, as Muon and ``torch.optim.SGD(nesterov=True)``) instead of
+      ``m``, with the same steady step; better on minibatch training, worse full-batch
+      (docs/benchmarks_train.md, "Nesterov momentum"). ``weight_decay``: decoupled
+      (AdamW-style).
     - ``update_interval``, ``precond_warmup``: refresh when ``t % update_interval == 0`` or
       ``t < precond_warmup`` (and at ``t = 0``, which also sets ``S₀ = α₀ I``,
       ``α₀ = mean(G²) + λ``).
@@ -302,6 +309,7 @@ class Options:
     gamma: Any = 1.0
     damping: Any = 1e-8
     momentum: Any = 0.9
+    nesterov: bool = False
     weight_decay: Any = 0.0
     update_interval: Any = 2
     precond_warmup: Any = 10
@@ -1222,8 +1230,9 @@ def update_param(
     param: Array, g: Array, u: Array, slots: Slots, *, step: int, options: Options
 ) -> tuple[Array, Slots]:
     """The rest of a step after the direction ``u``: :func:`shape_direction`, heavy-ball
-    momentum, decoupled weight decay and the parameter update (math §4.7). Returns the new
-    parameter (``param``'s dtype) and slots.
+    momentum ``m ← μm + U`` (stepping along ``U + μm`` with ``nesterov``, else ``m``),
+    decoupled weight decay and the parameter update (math §4.7). Returns the new parameter
+    (``param``'s dtype) and slots.
 
     Example (no momentum: ``M − lr·U``)::
 
@@ -1237,8 +1246,9 @@ def update_param(
     """
     u, slots = shape_direction(u, g, slots, step=step, options=options)
     if options.momentum:
-        u = add_momentum(slots.momentum_buffer, u, options.momentum)
-        slots = slots._replace(momentum_buffer=u)
+        m = add_momentum(slots.momentum_buffer, u, options.momentum)
+        slots = slots._replace(momentum_buffer=m)
+        u = u + options.momentum * m if options.nesterov else m
     return apply_update(param, u, lr=options.lr, weight_decay=options.weight_decay), slots
 
 

@@ -58,6 +58,7 @@ def spectral_kron(
     gamma: Any = _D.gamma,
     damping: Any = _D.damping,
     momentum: Any = _D.momentum,
+    nesterov: bool = _D.nesterov,
     weight_decay: Any = _D.weight_decay,
     update_interval: Any = _D.update_interval,
     precond_warmup: Any = _D.precond_warmup,
@@ -86,9 +87,10 @@ def spectral_kron(
     """The spectral Kronecker optimizer (Lin et al., ICML 2025), as torch's ``SpectralKron``.
 
     ``chain(scale_by_spectral_kron(...), clip_by_update_rms(max_update_rms) if set,
-    heavy_ball(momentum, mu_dtype), add_decayed_weights(weight_decay),
+    heavy_ball(momentum, mu_dtype, nesterov=nesterov), add_decayed_weights(weight_decay),
     scale_by_learning_rate(learning_rate))``, i.e. per leaf
-    ``U = S^{-1/p} G`` (grafted, clipped), ``m ← μm + U``, ``M ← M − lr (m + wd M)``.
+    ``U = S^{-1/p} G`` (grafted, clipped), ``m ← μm + U``, ``M ← M − lr (v + wd M)`` with
+    ``v = m`` (default) or ``v = U + μm`` (``nesterov=True``).
     ``learning_rate`` may be a schedule. Leaves of order ≥ 2 get the Kronecker factors,
     order ≤ 1 the diagonal scheme (the routing of the torch optimizer). A non-finite
     gradient skips the whole step: every state is kept (momentum included) and the update
@@ -125,6 +127,7 @@ def spectral_kron(
             "weight_decay": weight_decay,
             "max_update_rms": max_update_rms,
             "momentum": momentum,
+            "nesterov": nesterov,
         }
     )
     floating_dtype("mu_dtype", mu_dtype, allow_none=True)
@@ -132,7 +135,7 @@ def spectral_kron(
     if max_update_rms is not None:
         parts.append(clip_by_update_rms(max_update_rms))
     parts += [
-        heavy_ball(momentum, mu_dtype),
+        heavy_ball(momentum, mu_dtype, nesterov=nesterov),
         optax.add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     ]

@@ -21,7 +21,7 @@ DEFAULTS = optim.Options()
 
 #: The options of :func:`~spectral_curv.optax.scale_by_spectral_kron`: all of
 #: ``optim.Options`` but those of the rest of the optimizer (it only preconditions).
-REST = ("lr", "momentum", "weight_decay", "max_update_rms")
+REST = ("lr", "momentum", "nesterov", "weight_decay", "max_update_rms")
 PRECOND_OPTIONS = tuple(n for n in optim.Options.names() if n not in REST)
 
 

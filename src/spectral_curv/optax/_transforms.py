@@ -72,8 +72,11 @@ def clip_by_update_rms(max_rms: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def heavy_ball(momentum: Any, mu_dtype: Any = None) -> optax.GradientTransformation:
-    """Undampened momentum ``m ← μ m + U`` (``optim.add_momentum``), output ``m``.
+def heavy_ball(
+    momentum: Any, mu_dtype: Any = None, *, nesterov: bool = False
+) -> optax.GradientTransformation:
+    """Undampened momentum ``m ← μ m + U`` (``optim.add_momentum``), output ``m``, or with
+    ``nesterov`` the look-ahead ``U + μm`` (``optim.update_param``; math §4.7).
 
     The buffer is kept in ``mu_dtype`` (default: each update leaf's dtype; the torch
     optimizer keeps it in ``precond_dtype``, so pass ``jnp.float32`` for bf16 parameters
@@ -88,7 +91,14 @@ def heavy_ball(momentum: Any, mu_dtype: Any = None) -> optax.GradientTransformat
         >>> out2, state = tx.update(u, state)
         >>> out1["w"].tolist(), [round(float(x), 5) for x in out2["w"]]
         ([1.0, 1.0], [1.9, 1.9])
+        >>> tx = heavy_ball(0.9, nesterov=True)  # U + μm: 1 + 0.9·1, then 1 + 0.9·1.9
+        >>> out1, state = tx.update(u, tx.init(u))
+        >>> out2, state = tx.update(u, state)
+        >>> [round(float(x), 5) for x in out1["w"]], [round(float(x), 5) for x in out2["w"]]
+        ([1.9, 1.9], [2.71, 2.71])
     """
+    if not isinstance(nesterov, bool):
+        raise ValueError(f"`nesterov` must be True or False, got {nesterov!r}")
     mdt = floating_dtype("mu_dtype", mu_dtype, allow_none=True)
 
     def init_fn(params: Any) -> MomentumState:
@@ -103,7 +113,13 @@ def heavy_ball(momentum: Any, mu_dtype: Any = None) -> optax.GradientTransformat
             return optim.add_momentum(b, u.astype(b.dtype), cast_hyperparam(momentum, b.dtype))
 
         bufs = jax.tree.map(lambda u, b: add(u, b).astype(b.dtype), updates, state.momentum)
-        out = jax.tree.map(lambda u, b: b.astype(u.dtype), updates, bufs)
+
+        def step(u: Any, b: Any) -> Any:
+            if not nesterov:
+                return b.astype(u.dtype)
+            return (u.astype(b.dtype) + cast_hyperparam(momentum, b.dtype) * b).astype(u.dtype)
+
+        out = jax.tree.map(step, updates, bufs)
         return out, MomentumState(bufs)
 
     return optax.GradientTransformation(init_fn, update_fn)

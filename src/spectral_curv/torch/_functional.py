@@ -142,7 +142,8 @@ def _finish(
         if o.momentum:
             torch._foreach_mul_(fb, o.momentum)
             torch._foreach_add_(fb, fu)
-            fu = fb
+            # optim.update_param: U + μm (nesterov) or m, as the same two operations
+            fu = torch._foreach_add(fu, torch._foreach_mul(fb, o.momentum)) if o.nesterov else fb
         if o.weight_decay:
             torch._foreach_mul_(fp, 1 - o.lr * o.weight_decay)
         torch._foreach_sub_(fp, torch._foreach_mul(fu, o.lr))

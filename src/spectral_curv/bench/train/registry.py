@@ -56,7 +56,12 @@ PAPER_KEYS = (
 #: Newton–Schulz every 5 refreshes (the soak's drift targets), and the default with its step
 #: compiled (``spectral_curv.torch.compile_step``, inductor; every new optimizer compiles
 #: again, minutes on a CPU).
-VARIANT_KEYS = ("spectral_p2_quartic_r5", "spectral_p2_guard004", "spectral_p2_quad_compiled")
+VARIANT_KEYS = (
+    "spectral_p2_quartic_r5",
+    "spectral_p2_guard004",
+    "spectral_p2_nesterov",
+    "spectral_p2_quad_compiled",
+)
 ALL_OPTIMIZERS = (
     "adamw",
     "muon_bf16",
@@ -308,6 +313,13 @@ def optimizer_registry() -> dict[str, OptSpec]:
             "quad, guard 0.04",
             "quadratic Cayley with the step guard ‖X‖₂ ≤ 0.04 (meets the f32 soak drift target)",
         )
+        nesterov = (
+            "nesterov",
+            "quadratic",
+            {"nesterov": True},
+            "quad, Nesterov",
+            "the default with Nesterov momentum (the step U + μm)",
+        )
         clip = ("quad_noclip", "quadratic", {"max_update_rms": None}, "quad, no RMS cap", "no cap")
         kron_ev = (
             "quad_kron",
@@ -316,7 +328,16 @@ def optimizer_registry() -> dict[str, OptSpec]:
             "quad, Kronecker eigenvalues",
             "the Kronecker model's eigenvalues (the default before 2026-12-01)",
         )
-        two = (*variants[:2], quartic, quartic_r5, guard004, clip, kron_ev, *variants[2:])
+        two = (
+            *variants[:2],
+            quartic,
+            quartic_r5,
+            guard004,
+            nesterov,
+            clip,
+            kron_ev,
+            *variants[2:],
+        )
         mine = {2: two, 1: (*variants, kron_ev), 4: variants[:1]}[p]
         for c, cayley, extra, lab, desc in mine:
             lo, hi, lr0 = 1e-4, 3e-3, 3e-4
@@ -331,7 +352,7 @@ def optimizer_registry() -> dict[str, OptSpec]:
                     "precond_lr",
                     notes=f"spectral_curv.torch.SpectralKron, p={p}, {desc}",
                     draws_as=f"spectral_p{p}_quad"
-                    if c in ("quad_kron", "quartic_r5", "guard004")
+                    if c in ("quad_kron", "quartic_r5", "guard004", "nesterov")
                     else None,
                 )
             )
