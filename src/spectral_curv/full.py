@@ -158,6 +158,20 @@ def _check_state(xp: Namespace, state: SpectralState) -> int:
     return n
 
 
+def _check_q(state: SpectralState, q: Array, check: bool) -> tuple[Namespace, int]:
+    """Namespace and size of ``state``; ``q`` (n, n), and with ``check`` from that namespace,
+    floating, finite and symmetric to round-off (eager arrays)."""
+    xp = array_namespace(state.B, state.d)
+    n = _check_state(xp, state)
+    A.check_shape("q", q, (n, n))
+    if check:
+        A.check_same_namespace(xp, B=state.B, q=q)
+        A.check_floating(xp, "q", q)
+        A.check_finite(xp, "q", q)
+        _check_symmetric(xp, "q", "Q", q)
+    return xp, n
+
+
 def _options(
     xp: Namespace,
     dtype: Any,
@@ -313,14 +327,7 @@ def update_rotated(
         >>> bool(np.allclose(a.B, b.B, atol=1e-14)), bool(np.allclose(a.d, b.d, rtol=1e-14))
         (True, True)
     """
-    xp = array_namespace(state.B, state.d)
-    n = _check_state(xp, state)
-    A.check_shape("q", q, (n, n))
-    if check:
-        A.check_same_namespace(xp, B=state.B, q=q)
-        A.check_floating(xp, "q", q)
-        A.check_finite(xp, "q", q)
-        _check_symmetric(xp, "q", "Q", q)
+    xp, n = _check_q(state, q, check)
     tol, msn = _options(
         xp, state.d.dtype, beta2, cayley, exp, cayley_terms, tie_tol, max_step_norm, rotation
     )
@@ -378,16 +385,9 @@ def update_geodesic(
         >>> bool(np.allclose(full.dense(new), r @ maps.expm(0.5 * ri @ delta @ ri) @ r))
         True
     """
-    xp = array_namespace(state.B, state.d)
-    n = _check_state(xp, state)
-    A.check_shape("q", q, (n, n))
     if not isinstance(sweeps, int) or isinstance(sweeps, bool) or sweeps < 1:
         raise ValueError(f"`sweeps` must be an int >= 1, got {sweeps!r}")
-    if check:
-        A.check_same_namespace(xp, B=state.B, q=q)
-        A.check_floating(xp, "q", q)
-        A.check_finite(xp, "q", q)
-        _check_symmetric(xp, "q", "Q", q)
+    xp, n = _check_q(state, q, check)
     _, msn = _options(
         xp, state.d.dtype, beta2, cayley, "exact", cayley_terms, None, max_step_norm, "damped"
     )
