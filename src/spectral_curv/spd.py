@@ -207,14 +207,14 @@ def step(
     xp = array_namespace(state.B, state.d)
     n = state.d.shape[-1]
     _check_lr(lr)
+    sweeps = _resolve_sweeps(sweeps, rotation, exp)
     A.check_same_namespace(xp, B=state.B, grad=grad)
     g = _sym_grad(xp, grad, n)
     b, d = state.B, state.d
     gb = g @ b
-    # Q = BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d); only its strict lower triangle and diagonal are read.
+    # Q = BᵀΔB = −2 Diag(d)(BᵀGB)Diag(d) (symmetric to round-off: the geodesic step
+    # symmetrises it, the one-step update reads its strict lower triangle and diagonal).
     q = (-2.0 * d[:, None]) * (b.mT @ gb) * d[None, :]
-    diag_q = (-2.0 * d * d) * xp.sum(b * gb, axis=-2)
-    sweeps = _resolve_sweeps(sweeps, rotation, exp)
     if sweeps:
         return full.update_geodesic(
             state,
@@ -229,7 +229,7 @@ def step(
     return full.update_rotated(
         state,
         q,
-        diag_q=diag_q,
+        diag_q=(-2.0 * d * d) * xp.sum(b * gb, axis=-2),  # diag(Q) elementwise from B, GB
         check=False,
         beta2=lr,
         cayley=cayley,
@@ -501,7 +501,8 @@ def minimize(
         raise ValueError("`s0` (the starting SPD matrix) is required")
     if lr is not None:
         _check_lr(lr)
-    _resolve_sweeps(sweeps, rotation, exp)
+    if method == "spectral":  # sweeps is the spectral step's option only
+        _resolve_sweeps(sweeps, rotation, exp)
     if target is not None and loss_fn is None:
         raise ValueError("`target` needs a `loss_fn`")
     if line_search is None:
