@@ -20,6 +20,7 @@ EXPECTED = {
     "cayley_apply_quartic": {"torch"},
     "cayley_apply_exact": {"torch"},
     "damped_generator": {"torch"},
+    "gram": {"torch"},
 }
 
 
@@ -128,6 +129,38 @@ def test_damped_generator_fast_path_equals_generic_route(op, be, batch):
     # the inputs are not modified (the fast path works in place on its own temporaries)
     np.testing.assert_array_equal(to_numpy(w), w64)
     np.testing.assert_array_equal(to_numpy(d), d64)
+
+
+@pytest.mark.parametrize("be", sorted(EXPECTED["gram"]))
+@pytest.mark.parametrize(
+    ("shape", "transposed"),
+    [((5, 7), False), ((256, 40), False), ((300, 300), True), ((2, 513, 64), False)],
+)
+def test_gram_fast_path_equals_x_xT(be, shape, transposed):
+    """The blocked ``x xᵀ`` (split from 256 rows on) against float64 NumPy: the same entries to
+    round-off, for odd sizes, batches and a transposed view."""
+    from spectral_curv import _array
+
+    xp = _load(be)
+    x64 = np.random.default_rng(7).standard_normal(shape)
+    for dtype, tol in ((xp.float64, 1e-12), (xp.float32, 1e-4)):
+        if transposed:  # a non-contiguous view (x = yᵀ), as orthonormalize passes Bᵀ
+            x = asarray(xp, np.ascontiguousarray(np.swapaxes(x64, -1, -2)), dtype).mT
+        else:
+            x = asarray(xp, x64, dtype)
+        g = backends.lookup("gram", xp)(x)
+        ref = to_numpy(x).astype(np.float64)
+        ref = ref @ np.swapaxes(ref, -1, -2)
+        got = to_numpy(g)
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+        # the mirrored off-diagonal blocks are exactly symmetric
+        if shape[-2] >= 256:
+            h = shape[-2] // 2
+            np.testing.assert_array_equal(got[..., h:, :h], np.swapaxes(got[..., :h, h:], -1, -2))
+        np.testing.assert_array_equal(to_numpy(_array.gram(x)), got)
+        with backends.generic_only():
+            generic = to_numpy(_array.gram(x))
+        np.testing.assert_allclose(got, generic, rtol=tol, atol=tol * np.abs(ref).max())
 
 
 def test_table_has_the_expected_entries():

@@ -29,6 +29,7 @@ __all__ = [
     "eps",
     "eye",
     "frobenius",
+    "gram",
     "is_lazy",
     "mT",
 ]
@@ -52,6 +53,16 @@ def is_integer_dtype(x: Array) -> bool:
 def mT(x: Array) -> Array:
     """Transpose of the last two axes."""
     return x.mT
+
+
+def gram(x: Array) -> Array:
+    """``x @ xᵀ`` over the last two axes, through the backend's ``gram`` fast path where one is
+    registered (torch on the CPU: a blocked product that skips the upper triangle's blocks,
+    the same entries at 0.6–0.9 of the time, :mod:`spectral_curv.backends.torch`)."""
+    from . import backends
+
+    impl = backends.lookup("gram", array_namespace(x))
+    return x @ x.mT if impl is None else impl(x)
 
 
 def eye(xp: Namespace, n: int, like: Array) -> Array:

@@ -302,8 +302,8 @@ def _refresh(
 
     def gram(x: Array) -> Array:
         # x xᵀ: one operand times its own transpose (numpy runs it as syrk: half the flops,
-        # an exactly symmetric result).
-        w = x @ x.mT
+        # an exactly symmetric result; torch on the CPU a blocked product, _array.gram).
+        w = A.gram(x)
         return xp.mean(w, axis=0) if sample_batch else w
 
     # W_C = (R D_K^{-1/2})(R D_K^{-1/2})ᵀ and W_K = (D_C^{-1/2} R)ᵀ(D_C^{-1/2} R); a diagonal

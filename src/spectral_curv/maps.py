@@ -11,7 +11,7 @@ import math
 from typing import Any, Literal
 
 from . import backends
-from ._array import Array, Namespace, array_namespace, eps, eye, is_lazy
+from ._array import Array, Namespace, array_namespace, eps, eye, gram, is_lazy
 
 CayleyMode = Literal["exact", "neumann", "quadratic", "quartic"]
 ExpMode = Literal["exact", "first_order"]
@@ -418,7 +418,7 @@ def cayley_apply_neumann(
         >>> bool(err[0] > err[1] > err[2] > err[3]), bool(err[3] < 1e-12)
         (True, True)
     """
-    y = x @ x.mT  # −X²
+    y = gram(x)  # −X²
     if max_norm is not None:
         g = guard_scale(xp, y, max_norm, square=True)
         x, y = g * x, (g * g) * y
@@ -427,7 +427,7 @@ def cayley_apply_neumann(
         # k = 0: P(I + X²) = P − P·y; afterwards y = X^{2^{k+1}} itself.
         p = p - p @ y if k == 0 else p + p @ y
         if k + 1 < terms:
-            y = y @ y.mT
+            y = gram(y)
     return p
 
 
@@ -453,7 +453,7 @@ def cayley_apply_quadratic(xp: Namespace, b: Array, x: Array, *, max_norm: Any =
         >>> bool(np.allclose(q.T @ q, np.eye(3) + 4 * np.linalg.matrix_power(x, 4)))
         True
     """
-    y = x @ x.mT  # −X²
+    y = gram(x)  # −X²
     if max_norm is None:
         return b + b @ (2.0 * (x - y))
     g = guard_scale(xp, y, max_norm, square=True)  # X ← gX, X² ← g²X²
@@ -493,7 +493,7 @@ def cayley_apply_quartic(xp: Namespace, b: Array, x: Array, *, max_norm: Any = N
         True
     """
     a1, a2, c = QUARTIC_COEFFS
-    y = x @ x.mT  # −X²
+    y = gram(x)  # −X²
     if max_norm is not None:
         g = guard_scale(xp, y, max_norm, square=True)  # X ← gX, X² ← g²X²
         x, y = g * x, (g * g) * y
@@ -520,7 +520,7 @@ def orthonormalize(b: Array, *, steps: int = 1) -> Array:
     xp = array_namespace(b)
     i = eye(xp, b.shape[-1], b)
     for _ in range(steps):
-        b = b @ (1.5 * i - 0.5 * (b.mT @ b))
+        b = b @ (1.5 * i - 0.5 * gram(b.mT))
     return b
 
 

@@ -4,8 +4,9 @@ The core calls :func:`lookup` and falls back to its generic array-API route when
 fast path is registered; that generic route is the reference every fast path is
 tested against (``tests/test_backends.py``). A backend's module is imported only when
 an array of that backend is seen, so ``import spectral_curv`` imports no framework.
-The registered ops are the Cayley products of math §1 (``cayley_apply_<mode>``) and the
-damped rule's rotation generator (``damped_generator``, math §2.4), both in
+The registered ops are the Cayley products of math §1 (``cayley_apply_<mode>``), the
+damped rule's rotation generator (``damped_generator``, math §2.4) and ``x xᵀ``
+(``gram``, for ``W``, the maps' ``XXᵀ`` and Newton–Schulz's ``BᵀB``), all in
 :mod:`spectral_curv.backends.torch`; a fast path must agree with the generic route
 to round-off, so it never changes results.
 

@@ -52,6 +52,7 @@ MODES: dict[str, dict[str, Any]] = {
     "p1": {"p": 1.0},
     "p1_kron": {"p": 1.0, "eigenvalues": "kron"},
     "exact": {"cayley": "exact"},
+    "exact_reorth5": {"cayley": "exact", "reorth_interval": 5},
     "exact_paper_unguarded": {
         "cayley": "exact",
         "rotation": "paper",
