@@ -397,6 +397,47 @@ def test_dtypes_preserved(pdt: str) -> None:
     assert float(loss(P)) < l0
 
 
+def test_derivative_of_an_update_is_the_direction_map(x64: None) -> None:
+    """The update's derivative in the gradient is the direction map of the factors the step
+    used, ``dG ↦ direction(S, dG)`` (``∂U/∂G = S^{-1/p}``, factors constant), on a refresh step
+    (lagged basis) and a plain step, for p = 2 and 1: the engine's direction is formed once
+    and differentiated by a JVP rule (``optax/_scale.py``), checked here against the core."""
+    from spectral_curv import kron
+
+    params, batches = _problem(4)
+    P = {k: jnp.asarray(v) for k, v in params.items()}
+    rng = np.random.default_rng(0)
+    dG = {k: jnp.asarray(rng.standard_normal(v.shape)) for k, v in P.items()}
+    for p in (2.0, 1.0):
+        tx = scale_by_spectral_kron(p=p, precond_warmup=2)
+        state = tx.init(P)
+        for b in batches[:5]:  # past the warm-up: distinct eigenvalues
+            _, state = tx.update(jax.grad(_jax_loss)(P, tuple(map(jnp.asarray, b))), state)
+        for _ in range(2):  # count 5: a plain step (update_interval 2), then a refresh step
+            G = jax.grad(_jax_loss)(P, tuple(map(jnp.asarray, batches[6])))
+            (u, new), (du, _) = jax.jvp(lambda g, tx=tx, s=state: tx.update(g, s), (G,), (dG,))
+            for k in P:
+                old_k, new_k = state.precond[k], new.precond[k]
+                used = kron.lagged(old_k, new_k) if optim.lagged(new_k) else new_k
+                shape = (used.d_C.shape[-1], used.d_K.shape[-1]) if optim.lagged(new_k) else None
+                g = G[k] if shape is None else jnp.reshape(G[k], shape)
+                dg = dG[k] if shape is None else jnp.reshape(dG[k], shape)
+                norm_p = optim.step_norm_p("p2")
+                ref_u = optim.direction(used, g, p=p, norm_p=norm_p)
+                np.testing.assert_allclose(np.ravel(u[k]), np.ravel(ref_u), rtol=1e-10, atol=1e-12)
+                if p == 2.0:  # linear in G: the derivative is the map itself
+                    ref_du = optim.direction(used, dg, p=p, norm_p=norm_p)
+                else:  # the p2 step scale depends on G: its JVP, factors held constant
+                    ref_du = jax.jvp(
+                        lambda x, st=used, p=p, q=norm_p: optim.direction(st, x, p=p, norm_p=q),
+                        (g,),
+                        (dg,),
+                    )[1]
+                np.testing.assert_allclose(np.ravel(du[k]), np.ravel(ref_du), rtol=1e-9, atol=1e-12)
+                assert float(jnp.max(jnp.abs(du[k]))) > 0
+            state = new
+
+
 @pytest.mark.slow
 def test_grad_through_a_step(x64: None) -> None:
     params, batches = _problem(5)

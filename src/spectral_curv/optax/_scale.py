@@ -235,7 +235,7 @@ def scale_by_spectral_kron(
                 G = jnp.reshape(G, (st.d_C.shape[-1], st.d_K.shape[-1]))
             # a skipped step must not see NaN; the factors are constants under differentiation
             Gs.append(jax.lax.stop_gradient(jnp.where(finite, G, jnp.zeros_like(G))))
-        new_precs, oks, _ = optim.precondition_step(
+        new_precs, oks, dirs = optim.precondition_step(
             precs,
             Gs,
             first=flags[0],
@@ -253,12 +253,13 @@ def scale_by_spectral_kron(
         )
         step1 = (state.count + 1).astype(jnp.promote_types(pdt, jnp.float32))  # Adam's 1-based step
         out, new_moments = [], []
-        for g, old, st, G, m in zip(leaves, precs, new_precs, Gs, moments):
-            # the direction with the (non-stopped) gradient: ∂U/∂G = S^{-1/p}; with corrected
-            # eigenvalues in the basis before the refresh (the engine's lagged order)
+        for g, old, st, G, u, m in zip(leaves, precs, new_precs, Gs, dirs, moments):
+            # the engine's direction, differentiable as the direction of the (non-stopped)
+            # gradient: ∂U/∂G = S^{-1/p}; with corrected eigenvalues in the basis before the
+            # refresh (the engine's lagged order)
             st = kron.lagged(old, st) if optim.lagged(st) else st
             Gd = jnp.reshape(jnp.asarray(g, dtype=G.dtype), G.shape)
-            u = jnp.reshape(optim.direction(st, Gd, p=o.p, norm_p=norm_p), g.shape)
+            u = jnp.reshape(_differentiable(u, st, Gd, o.p, norm_p), g.shape)
             if graft == "adam":
                 u, sl = optim.shape_direction(
                     u, jnp.reshape(Gd, g.shape), optim.Slots(u, *m), step=step1, options=o
@@ -287,6 +288,29 @@ def scale_by_spectral_kron(
         return treedef.unflatten(out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _differentiable(u: Any, st: optim.Precond, g: Any, p: Any, norm_p: Any) -> Any:
+    """``u``, the engine's direction of the stop-gradient ``g``, with the derivatives of
+    ``optim.direction(st, g, p=p)`` (in ``g``: ``S^{-1/p}``; in the state and an array ``p``
+    as well), so that a step is differentiable (meta-gradients) without forming the
+    direction twice: the JVP rule runs only under differentiation (math §3)."""
+    static_p = not isinstance(p, jax.Array)
+
+    def direction(st: optim.Precond, g: Any, *pp: Any) -> Any:
+        return optim.direction(st, g, p=p if static_p else pp[0], norm_p=norm_p)
+
+    @jax.custom_jvp
+    def through(u: Any, st: optim.Precond, g: Any, *pp: Any) -> Any:
+        return u
+
+    @through.defjvp
+    def through_jvp(primals: tuple, tangents: tuple) -> tuple[Any, Any]:
+        u, st, g, *pp = primals
+        _, st_dot, g_dot, *pp_dot = tangents
+        return u, jax.jvp(direction, (st, g, *pp), (st_dot, g_dot, *pp_dot))[1]
+
+    return through(u, st, g, *([] if static_p else [p]))
 
 
 def _ref(st: optim.Precond) -> jax.Array:
