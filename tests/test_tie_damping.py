@@ -60,6 +60,36 @@ def test_damped_generator_is_skew_and_matches_both_paths():
     np.testing.assert_allclose(x1, x2, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("rotation", ["damped", "paper"])
+def test_generator_is_skew_when_d_is_fused_under_jit(xp, jit, rotation):
+    """Regression: with ``symmetric=True`` both triangles of ``d_i − d_j`` were read, and XLA
+    (``jax.jit``) fuses ``d``'s producer into both broadcasts with different roundings: the
+    diagonal ``δ_ii`` was an ulp instead of 0 and the damped rule turned it into ``X_ii`` up
+    to 0.12 (float32, a small step scale), a map that is not a rotation (an optax run's
+    ``‖BᵀB − I‖`` jumped to 0.77). ``d`` is formed inside the jitted function, as
+    ``kron._refresh`` forms its gaps."""
+    from conftest import asarray, to_numpy
+
+    rng = np.random.default_rng(0)
+    for n in (2, 8, 64):
+        a = rng.uniform(0.5, 2.0, n)
+        b = rng.uniform(-1.0, 1.0, n)
+        w = rng.standard_normal((n, n))
+        w = w @ w.T
+        x32 = [asarray(xp, v, xp.float32) for v in (a, b, w)]
+
+        def gen(a_, b_, w_):
+            nxp = optim.namespace(a_)
+            d = a_ * nxp.exp(b_) / nxp.exp(nxp.mean(b_))
+            return maps.rotation_generator(
+                w_, d, 1e-7, symmetric=True, rotation=rotation, tie_tol=0.0
+            )
+
+        x = to_numpy(jit(gen)(*x32)).astype(np.float64)
+        assert np.all(np.diagonal(x) == 0.0), (n, np.abs(np.diagonal(x)).max())
+        assert np.abs(x + x.T).max() <= 1e-6 * max(np.abs(x).max(), 1e-30), n
+
+
 @pytest.mark.parametrize("mode", ["quadratic", "neumann", "exact"])
 def test_step_guard_bounds_the_two_norm(mode):
     """``cayley_apply(max_norm=ρ)`` takes the step ``gX``: ``‖gX‖₂ ≈ ρ`` in the truncated maps

@@ -181,8 +181,9 @@ def rotation_generator(
     ``X_ij = −scale · U_ij`` for every untied ``i ≠ j``, which needs no transposed pass
     over an n×n array. The result equals the default one to round-off; it is exactly skew
     when ``W`` is exactly symmetric (numpy's ``A @ A.T``, a syrk, is), and skew up to
-    ``W``'s own asymmetry otherwise. ``W`` must then be finite (with the paper's rule a tied
-    pair is zeroed by dividing by ``inf``).
+    ``W``'s own asymmetry otherwise. Traced arrays (``jax.jit``) always take the one-triangle
+    route: a fusing compiler may round the two broadcasts of ``d`` differently. ``W`` must
+    then be finite (with the paper's rule a tied pair is zeroed by dividing by ``inf``).
 
     Example (the tied pair ``d₀ = d₁`` gives no rotation; a near tie is damped)::
 
@@ -208,6 +209,12 @@ def rotation_generator(
     """
     xp = array_namespace(w, d)
     rotation = resolve_rotation(rotation)  # type: ignore[assignment]
+    if symmetric and is_lazy(w, d):
+        # A fusing compiler (XLA under jax.jit) may evaluate d's row and column broadcasts
+        # with different roundings, so that δ_ii ≠ 0 and δ_ji ≠ −δ_ij for tied pairs: a
+        # non-skew X (diagonal entries up to 1/(4κ) measured), a map that is not a
+        # rotation. One triangle, skewed, is exactly skew whatever the roundings.
+        symmetric = False
     if rotation == "damped" and symmetric and max_step_norm is None:
         impl = backends.lookup("damped_generator", xp)
         if impl is not None:
