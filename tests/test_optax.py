@@ -397,6 +397,26 @@ def test_dtypes_preserved(pdt: str) -> None:
     assert float(loss(P)) < l0
 
 
+def test_empty_tree_and_params_none_as_optax_transforms_take_them() -> None:
+    """optax conventions: an empty parameter tree updates under ``jit`` (it raised a
+    TracerBoolConversionError: the host-callback switch looked for traced leaves), and
+    ``update(grads, state)`` without ``params`` works at the default ``weight_decay=0`` (as
+    ``optax.adam``), while a non-zero one still asks for them (as ``optax.adamw``)."""
+    for opt in (spectral_kron(1e-2), spectral_kron(1e-2, nonfinite="skip")):
+        u, _ = jax.jit(opt.update)({}, opt.init({}), {})
+        assert u == {}
+    P = {"w": jnp.ones((3, 4)), "b": jnp.ones(3)}
+    g = jax.tree.map(lambda x: 0.1 * x, P)
+    opt = spectral_kron(1e-2)
+    u_none, _ = jax.jit(opt.update)(g, opt.init(P))
+    u_params, _ = jax.jit(opt.update)(g, opt.init(P), P)
+    for k in P:
+        np.testing.assert_array_equal(np.asarray(u_none[k]), np.asarray(u_params[k]))
+    wd = spectral_kron(1e-2, weight_decay=1e-2)
+    with pytest.raises(ValueError, match="params"):
+        wd.update(g, wd.init(P))
+
+
 def test_jit_keeps_the_basis_orthogonal_across_gradient_scale_jumps() -> None:
     """Regression (found by fuzzing): under ``jax.jit`` the damped generator read ``d``'s
     two broadcasts with different roundings (XLA fusion), so a 300×2 layer whose gradient

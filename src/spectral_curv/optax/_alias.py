@@ -16,7 +16,7 @@ from .. import optim
 from ._options import DEFAULTS as _D
 from ._options import PRECOND_OPTIONS, floating_dtype, graft_constants
 from ._scale import ScaleBySpectralKronState, scale_by_spectral_kron
-from ._transforms import clip_by_update_rms, heavy_ball, skip_nonfinite
+from ._transforms import add_decayed_weights, clip_by_update_rms, heavy_ball, skip_nonfinite
 
 #: The label :func:`spectral_kron` routes to the spectral optimizer (see ``others``).
 SPECTRAL = "spectral"
@@ -136,7 +136,7 @@ def spectral_kron(
         parts.append(clip_by_update_rms(max_update_rms))
     parts += [
         heavy_ball(momentum, mu_dtype, nesterov=nesterov),
-        optax.add_decayed_weights(weight_decay),
+        add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     ]
     tx = skip_nonfinite(optax.chain(*parts), self_skipping=ScaleBySpectralKronState)

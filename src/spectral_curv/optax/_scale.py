@@ -63,10 +63,11 @@ class ScaleBySpectralKronState(NamedTuple):
     skipped: jax.Array = jnp.zeros([], jnp.int32)
 
 
-def _on_host(fn: Callable[[Any], None], flag: Any, traced: bool) -> None:
-    """``fn(flag)`` now (eager), or under ``jit`` from a host callback inside a ``lax.cond``
-    on ``flag``: the device sends nothing to the host unless ``flag`` is set."""
-    if not traced:
+def _on_host(fn: Callable[[Any], None], flag: Any) -> None:
+    """``fn(flag)`` now (eager), or under ``jit`` (a traced ``flag``, even of an empty tree of
+    gradients) from a host callback inside a ``lax.cond`` on ``flag``: the device sends
+    nothing to the host unless ``flag`` is set."""
+    if not isinstance(flag, jax.core.Tracer):
         fn(flag)
     else:
         jax.lax.cond(flag, lambda: jax.debug.callback(fn, True), lambda: None)
@@ -208,9 +209,8 @@ def scale_by_spectral_kron(
         leaves, treedef = jax.tree.flatten(updates)
         precs = treedef.flatten_up_to(state.precond)
         finite = optim.all_grads_finite(jnp, leaves)
-        traced = any(isinstance(x, jax.core.Tracer) for x in leaves)
         if nonfinite == "raise":
-            _on_host(_raise_if, ~finite, traced)
+            _on_host(_raise_if, ~finite)
         pdt = jnp.result_type(*(_ref(s) for s in precs)) if precs else jnp.float32
         o = optim.Options.trusted(
             {
@@ -284,7 +284,7 @@ def scale_by_spectral_kron(
         new_state = jax.tree.map(lambda n, k: jnp.where(finite, n, k), new_state, kept)
         out = [jnp.where(finite, u, jnp.zeros_like(u)) for u in out]
         rejected_now = finite & jnp.any(jnp.stack([~jnp.all(ok) for ok in oks] or [False]))
-        _on_host(warn_once, rejected_now, traced)
+        _on_host(warn_once, rejected_now)
         return treedef.unflatten(out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -125,6 +125,21 @@ def heavy_ball(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def add_decayed_weights(weight_decay: Any) -> optax.GradientTransformation:
+    """``optax.add_decayed_weights(weight_decay)`` (its state, so checkpoints keep their
+    structure) that also takes ``params=None`` when ``weight_decay`` is a Python 0, the
+    default: there is nothing to decay, so the update need not see the parameters (as
+    ``optax.adam``'s does not)."""
+    tx = optax.add_decayed_weights(weight_decay)
+
+    def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        if params is None and isinstance(weight_decay, (int, float)) and weight_decay == 0:
+            return updates, state
+        return tx.update(updates, state, params)
+
+    return optax.GradientTransformation(tx.init, update_fn)
+
+
 def skip_nonfinite(
     tx: optax.GradientTransformation, *, self_skipping: type
 ) -> optax.GradientTransformationExtraArgs:
