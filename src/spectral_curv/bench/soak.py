@@ -51,6 +51,8 @@ MODES: dict[str, dict[str, Any]] = {
     "kron": {"eigenvalues": "kron"},
     "p1": {"p": 1.0},
     "p1_kron": {"p": 1.0, "eigenvalues": "kron"},
+    "p15": {"p": 1.5},
+    "p15_kron": {"p": 1.5, "eigenvalues": "kron"},
     "exact": {"cayley": "exact"},
     "exact_reorth5": {"cayley": "exact", "reorth_interval": 5},
     "exact_paper_unguarded": {

@@ -26,6 +26,7 @@ from ._options import (
     static_if_known,
     static_int,
 )
+from ._transforms import differentiable_direction
 
 # Float options cast to the factors' dtype when given as arrays (``inject_hyperparams``).
 _CAST = ("precond_lr", "gamma", "damping", "tie_tol", "max_step_norm", "p", "graft_eps")
@@ -259,7 +260,7 @@ def scale_by_spectral_kron(
             # refresh (the engine's lagged order)
             st = kron.lagged(old, st) if optim.lagged(st) else st
             Gd = jnp.reshape(jnp.asarray(g, dtype=G.dtype), G.shape)
-            u = jnp.reshape(_differentiable(u, st, Gd, o.p, norm_p), g.shape)
+            u = jnp.reshape(differentiable_direction(u, st, Gd, o.p, norm_p), g.shape)
             if graft == "adam":
                 u, sl = optim.shape_direction(
                     u, jnp.reshape(Gd, g.shape), optim.Slots(u, *m), step=step1, options=o
@@ -288,29 +289,6 @@ def scale_by_spectral_kron(
         return treedef.unflatten(out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _differentiable(u: Any, st: optim.Precond, g: Any, p: Any, norm_p: Any) -> Any:
-    """``u``, the engine's direction of the stop-gradient ``g``, with the derivatives of
-    ``optim.direction(st, g, p=p)`` (in ``g``: ``S^{-1/p}``; in the state and an array ``p``
-    as well), so that a step is differentiable (meta-gradients) without forming the
-    direction twice: the JVP rule runs only under differentiation (math §3)."""
-    static_p = not isinstance(p, jax.Array)
-
-    def direction(st: optim.Precond, g: Any, *pp: Any) -> Any:
-        return optim.direction(st, g, p=p if static_p else pp[0], norm_p=norm_p)
-
-    @jax.custom_jvp
-    def through(u: Any, st: optim.Precond, g: Any, *pp: Any) -> Any:
-        return u
-
-    @through.defjvp
-    def through_jvp(primals: tuple, tangents: tuple) -> tuple[Any, Any]:
-        u, st, g, *pp = primals
-        _, st_dot, g_dot, *pp_dot = tangents
-        return u, jax.jvp(direction, (st, g, *pp), (st_dot, g_dot, *pp_dot))[1]
-
-    return through(u, st, g, *([] if static_p else [p]))
 
 
 def _ref(st: optim.Precond) -> jax.Array:

@@ -1,6 +1,7 @@
 """The small transforms :func:`~spectral_curv.optax.spectral_kron` chains after the
 preconditioner: RMS clipping, heavy-ball momentum (the engine's ``optim.clip_rms`` and
-``optim.add_momentum``, math §4.7) and the whole-step skip on a non-finite gradient.
+``optim.add_momentum``, math §4.7), weight decay and the whole-step skip on a non-finite
+gradient; and the preconditioner's differentiable direction (math §3).
 """
 
 from __future__ import annotations
@@ -123,6 +124,29 @@ def heavy_ball(
         return out, MomentumState(bufs)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def differentiable_direction(u: Any, st: optim.Precond, g: Any, p: Any, norm_p: Any) -> Any:
+    """``u``, the engine's direction of the stop-gradient ``g``, with the derivatives of
+    ``optim.direction(st, g, p=p)`` (in ``g``: ``S^{-1/p}``; in the state and an array ``p``
+    as well), so that a step is differentiable (meta-gradients) without forming the
+    direction twice: the JVP rule runs only under differentiation (math §3)."""
+    static_p = not isinstance(p, jax.Array)
+
+    def direction(st: optim.Precond, g: Any, *pp: Any) -> Any:
+        return optim.direction(st, g, p=p if static_p else pp[0], norm_p=norm_p)
+
+    @jax.custom_jvp
+    def through(u: Any, st: optim.Precond, g: Any, *pp: Any) -> Any:
+        return u
+
+    @through.defjvp
+    def through_jvp(primals: tuple, tangents: tuple) -> tuple[Any, Any]:
+        u, st, g, *pp = primals
+        _, st_dot, g_dot, *pp_dot = tangents
+        return u, jax.jvp(direction, (st, g, *pp), (st_dot, g_dot, *pp_dot))[1]
+
+    return through(u, st, g, *([] if static_p else [p]))
 
 
 def add_decayed_weights(weight_decay: Any) -> optax.GradientTransformation:
