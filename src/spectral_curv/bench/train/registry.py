@@ -57,6 +57,7 @@ PAPER_KEYS = (
 #: compiled (``spectral_curv.torch.compile_step``, inductor; every new optimizer compiles
 #: again, minutes on a CPU).
 VARIANT_KEYS = (
+    "spectral_p15",
     "spectral_p2_quartic_r5",
     "spectral_p2_guard004",
     "spectral_p2_nesterov",
@@ -367,6 +368,19 @@ def optimizer_registry() -> dict[str, OptSpec]:
         opt.step = compile_step(opt)
         return opt
 
+    specs.append(
+        OptSpec(
+            "spectral_p15",
+            "SpectralKron p=1.5",
+            "spectral",
+            spectral(1.5, "quadratic"),
+            {"lr": 3e-4, "weight_decay": 1e-2, "precond_lr": 0.1},
+            {"lr": ("log", 1e-4, 3e-3), **lr_wd, "precond_lr": ("log", 0.01, 0.5)},
+            "precond_lr",
+            notes="spectral_curv.torch.SpectralKron, p=1.5, otherwise the default",
+            draws_as="spectral_p2_quad",
+        )
+    )
     specs.append(
         OptSpec(
             "spectral_p2_quad_compiled",
