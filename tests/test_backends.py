@@ -21,6 +21,7 @@ EXPECTED = {
     "cayley_apply_exact": {"torch"},
     "damped_generator": {"torch"},
     "gram": {"torch"},
+    "match_norm": {"torch"},
 }
 
 
@@ -161,6 +162,36 @@ def test_gram_fast_path_equals_x_xT(be, shape, transposed):
         with backends.generic_only():
             generic = to_numpy(_array.gram(x))
         np.testing.assert_allclose(got, generic, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("be", sorted(EXPECTED["match_norm"]))
+@pytest.mark.parametrize("p", [1.0, 1.5, 4.0, 0.5])
+def test_match_norm_fast_path_equals_generic_route(be, p):
+    """The fused ``match_norm`` against the generic route and a float64 NumPy reference
+    (``v ⊙ Π d^{-1/p}`` at the norm of ``ref``), per stacked matrix, with a spectrum wide
+    enough that ``d^{-1/p}`` alone would overflow float32 at p = 0.5; ``v`` is not modified."""
+    xp = _load(be)
+    rng = np.random.default_rng(3)
+    v64 = rng.standard_normal((3, 4, 5))
+    d1 = np.exp(rng.uniform(-40.0, 40.0, (3, 4, 1)))
+    d2 = np.exp(rng.uniform(-5.0, 5.0, (3, 1, 5)))
+    ref64 = rng.standard_normal((3, 4, 5))
+    out64 = v64 * np.exp(-(np.log(d1) + np.log(d2)) / p)
+    want = out64 * (
+        np.linalg.norm(ref64, axis=(-2, -1), keepdims=True)
+        / np.linalg.norm(out64, axis=(-2, -1), keepdims=True)
+    )
+    args = [asarray(xp, a) for a in (v64, d1, d2, ref64)]
+    fast = maps.match_norm(args[0], args[1:3], p=p, ref=args[3], axes=(-2, -1))
+    with backends.generic_only():
+        generic = maps.match_norm(args[0], args[1:3], p=p, ref=args[3], axes=(-2, -1))
+    np.testing.assert_allclose(to_numpy(fast), to_numpy(generic), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(to_numpy(fast), want, rtol=1e-9, atol=0)
+    np.testing.assert_array_equal(to_numpy(args[0]), v64)
+    f32 = [asarray(xp, a, xp.float32) for a in (v64, d1, d2, ref64)]
+    u32 = to_numpy(maps.match_norm(f32[0], f32[1:3], p=p, ref=f32[3], axes=(-2, -1)))
+    assert np.all(np.isfinite(u32))
+    np.testing.assert_allclose(u32, want, rtol=2e-4, atol=1e-6 * np.abs(want).max())
 
 
 def test_table_has_the_expected_entries():

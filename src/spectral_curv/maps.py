@@ -622,6 +622,9 @@ def match_norm(v: Array, ds: list[Array], *, p: Any, ref: Array, axes: tuple[int
     xp = array_namespace(v)
     if math.prod(v.shape) == 0:  # nothing to scale (and no minimum over an empty axis)
         return v
+    impl = backends.lookup("match_norm", xp)
+    if impl is not None:
+        return impl(v, ds, p, ref, axes)
     out = v
     for d in ds:
         ld = xp.log(d)

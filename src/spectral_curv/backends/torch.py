@@ -117,6 +117,21 @@ def cayley_apply_quartic(
     return _addmm(p, p, torch.addcmul(x, y, g, value=c / a2).mul_(a2 * g))
 
 
+@register("match_norm", "torch")
+def match_norm(
+    v: torch.Tensor, ds: list[torch.Tensor], p: Any, ref: torch.Tensor, axes: tuple[int, ...]
+) -> torch.Tensor:
+    """``maps.match_norm`` in fewer dispatched operations (in-place chains, one norm kernel
+    each): the same stabilised ``exp(−(log d − min log d)/p)`` and rescale (math §4.8)."""
+    out = v if ds else v.clone()
+    for d in ds:
+        ld = torch.log(d)
+        out = out * torch.sub(torch.amin(ld, dim=axes, keepdim=True), ld).div_(p).exp_()
+    n_ref = torch.linalg.vector_norm(ref, dim=axes, keepdim=True)
+    n_out = torch.linalg.vector_norm(out, dim=axes, keepdim=True)
+    return out.mul_(n_ref.div_(n_out.clamp_min_(torch.finfo(out.dtype).smallest_normal)))
+
+
 @register("damped_generator", "torch")
 def damped_generator(w: torch.Tensor, d: torch.Tensor, scale: Any) -> torch.Tensor:
     """``maps.rotation_generator``'s damped rule (math §2.4) for a symmetric ``W`` with two

@@ -74,12 +74,15 @@ def _bucket(
     """One engine call for a bucket; writes the factors back; returns the directions.
 
     Diagonal-scheme parameters are refreshed as one concatenated vector (elementwise math),
-    so keep-last-good decides for the bucket; the first step (a per-parameter mean) and a
-    ``step_scale="p2"`` step with ``p ≠ 2`` (a per-parameter norm) run one at a time."""
+    so keep-last-good decides for the bucket; the first step (a per-parameter mean) runs one
+    at a time, and a ``step_scale="p2"`` step with ``p ≠ 2`` takes each parameter's
+    direction with its own norm (``optim.direction`` on its slice) after the bucket's
+    refresh."""
     pl, dt = key.plan, states[0]["momentum_buffer"].dtype
-    whole = o.step_scale == "p2" and o.p != 2  # its norm is per parameter
-    if pl.kind == "diag" and (key.first or whole) and len(grads) > 1:
+    if pl.kind == "diag" and key.first and len(grads) > 1:
         return [u for g, s in zip(grads, states) for u in _bucket([g], [s], key, o)]
+    # a p ≠ 2 step scaled to the p = 2 step's norm: per parameter, not per bucket
+    own_norm = pl.kind == "diag" and o.step_scale == "p2" and o.p != 2 and len(grads) > 1
     if pl.kind == "diag":
         G = torch.cat([g.reshape(-1).to(dt) for g in grads])
     else:
@@ -90,7 +93,7 @@ def _bucket(
         first=key.first,
         refresh=key.refresh,
         reorth=key.reorth,
-        options=o,
+        options=o.replace(step_scale="raw") if own_norm else o,
     )
     if key.refresh:
         bad = (~ok).to(torch.int64)
@@ -102,6 +105,13 @@ def _bucket(
         if key.first or key.refresh:
             for s, d in zip(states, torch.split(st.d, sizes)):
                 s["d"] = d.view(s["d"].shape).clone() if len(states) > 1 else d.view(s["d"].shape)
+        if own_norm:
+            norm_p = optim.step_norm_p(o.step_scale)
+            parts = zip(torch.split(st.d, sizes), torch.split(G, sizes), grads)
+            return [
+                optim.direction(diag.DiagState(d), x, p=o.p, norm_p=norm_p).view(g.shape)
+                for d, x, g in parts
+            ]
         return [x.view(g.shape) for x, g in zip(torch.split(u, sizes), grads)]
     if key.first or key.refresh:  # otherwise the factors are unchanged
         for s, layer in zip(states, optim.unstack_precond(st)):

@@ -342,6 +342,7 @@ SWEEP_KEYS = (
     "spectral_p2_quad_paper",
     "spectral_p2_quad_compiled",
     "spectral_p2_quartic_r5",
+    "spectral_p15",
 )
 
 
