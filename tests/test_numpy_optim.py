@@ -594,11 +594,13 @@ def test_nonfinite_skip_counts_and_continues():
     assert all(np.isfinite(v).all() for v in P.values())
 
 
-def test_overflowing_refresh_is_rejected_and_counted():
+@pytest.mark.parametrize("p", [2.0, 1.5, 1.0])
+def test_overflowing_refresh_is_rejected_and_counted(p):
     """Finite float32 gradients whose squares overflow: every refresh of that step is
-    discarded (Kronecker and diagonal), counted in ``rejected``; params stay finite."""
+    discarded (Kronecker and diagonal), counted in ``rejected``; params stay finite, for
+    every root (a p ≠ 2 step is rescaled to the p = 2 step's norm, whose square overflows)."""
     P = _init(dtype=np.float32)
-    opt = SpectralKron(P, lr=0.01, reorth_interval=0, max_update_rms=1.0)
+    opt = SpectralKron(P, lr=0.01, p=p, reorth_interval=0, max_update_rms=1.0)
     batches = _batches(6, dtype=np.float32)
     for x, y in batches[:3]:
         P = opt.step(P, _grads(P, x, y))

@@ -806,12 +806,14 @@ def test_rejected_diag_refresh_is_per_block(monkeypatch):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_overflowing_refresh_is_rejected_params_stay_finite():
+@pytest.mark.parametrize("p", [2.0, 1.5, 1.0])
+def test_overflowing_refresh_is_rejected_params_stay_finite(p):
     """A finite float32 gradient whose square overflows: every refresh of that step is
-    discarded (kron and diag), params stay finite, training goes on."""
+    discarded (kron and diag), params stay finite, training goes on; for every root (a
+    p ≠ 2 step is rescaled to the p = 2 step's norm, whose square overflows too)."""
     model = _net(torch.float32)
     opt = SpectralKron(
-        model.parameters(), lr=0.01, reorth_interval=0, precond_warmup=10, max_update_rms=1.0
+        model.parameters(), lr=0.01, p=p, reorth_interval=0, precond_warmup=10, max_update_rms=1.0
     )
     batches = _batches(6, torch.float32)
     _train(model, opt, batches[:3])

@@ -608,7 +608,8 @@ def match_norm(v: Array, ds: list[Array], *, p: Any, ref: Array, axes: tuple[int
     """``v ⊙ Π_k d_k^{-1/p}`` (each ``d_k`` broadcastable against ``v``) rescaled so that its
     2-norm over ``axes`` equals that of ``ref``: the root-``p`` direction with the size of
     ``ref``. Each ``d_k^{-1/p}`` is formed as ``exp(−(log d_k − min log d_k)/p) ≤ 1`` (the
-    minimum over ``axes``), so no ``p`` overflows; a zero ``v`` gives zero. math §4.
+    minimum over ``axes``), so no ``p`` overflows, and the norms' ratio from entries scaled
+    by their largest magnitude, so no square does; a zero ``v`` gives zero. math §4.
 
     Example (``d = (4, 1)``, ``p = 1``: direction ``(1/4, 1)``, rescaled to ``|ref| = 5``)::
 
@@ -629,7 +630,14 @@ def match_norm(v: Array, ds: list[Array], *, p: Any, ref: Array, axes: tuple[int
     for d in ds:
         ld = xp.log(d)
         out = out * xp.exp(-(ld - xp.min(ld, axis=axes, keepdims=True)) / p)
-    n_ref = xp.sqrt(xp.sum(ref * ref, axis=axes, keepdims=True))
-    n_out = xp.sqrt(xp.sum(out * out, axis=axes, keepdims=True))
-    tiny = xp.finfo(out.dtype).smallest_normal
-    return out * (n_ref / xp.maximum(n_out, xp.asarray(tiny, dtype=out.dtype)))
+    # The two norms of entries divided by their common largest magnitude: a finite gradient
+    # whose square overflows (|ref| > 1.8e19 in float32) still gives a finite ratio.
+    tiny = xp.asarray(xp.finfo(out.dtype).smallest_normal, dtype=out.dtype)
+    big = xp.maximum(
+        xp.max(xp.abs(out), axis=axes, keepdims=True), xp.max(xp.abs(ref), axis=axes, keepdims=True)
+    )
+    big = xp.maximum(big, tiny)
+    r, o = ref / big, out / big
+    n_ref = xp.sqrt(xp.sum(r * r, axis=axes, keepdims=True))
+    n_out = xp.sqrt(xp.sum(o * o, axis=axes, keepdims=True))
+    return out * (n_ref / xp.maximum(n_out, tiny))

@@ -122,14 +122,27 @@ def match_norm(
     v: torch.Tensor, ds: list[torch.Tensor], p: Any, ref: torch.Tensor, axes: tuple[int, ...]
 ) -> torch.Tensor:
     """``maps.match_norm`` in fewer dispatched operations (in-place chains, one norm kernel
-    each): the same stabilised ``exp(−(log d − min log d)/p)`` and rescale (math §4.8)."""
+    each): the same stabilised ``exp(−(log d − min log d)/p)`` and rescale (math §4.8). The
+    norms of a float32/bf16 direction accumulate in float64, where no square of a finite
+    entry overflows (the generic route scales by the largest magnitude instead)."""
     out = v if ds else v.clone()
     for d in ds:
         ld = torch.log(d)
         out = out * torch.sub(torch.amin(ld, dim=axes, keepdim=True), ld).div_(p).exp_()
-    n_ref = torch.linalg.vector_norm(ref, dim=axes, keepdim=True)
-    n_out = torch.linalg.vector_norm(out, dim=axes, keepdim=True)
-    return out.mul_(n_ref.div_(n_out.clamp_min_(torch.finfo(out.dtype).smallest_normal)))
+    if out.dtype == torch.float64:
+        tiny = torch.finfo(out.dtype).smallest_normal
+        big = torch.maximum(
+            torch.linalg.vector_norm(out, float("inf"), dim=axes, keepdim=True),
+            torch.linalg.vector_norm(ref, float("inf"), dim=axes, keepdim=True),
+        ).clamp_min_(tiny)
+        n_ref = torch.linalg.vector_norm(ref / big, dim=axes, keepdim=True)
+        n_out = torch.linalg.vector_norm(out / big, dim=axes, keepdim=True)
+        return out.mul_(n_ref.div_(n_out.clamp_min_(tiny)))
+    wide = torch.float64
+    n_ref = torch.linalg.vector_norm(ref, dim=axes, keepdim=True, dtype=wide)
+    n_out = torch.linalg.vector_norm(out, dim=axes, keepdim=True, dtype=wide)
+    ratio = n_ref.div_(n_out.clamp_min_(torch.finfo(wide).smallest_normal))
+    return out.mul_(ratio.to(out.dtype))
 
 
 @register("damped_generator", "torch")
