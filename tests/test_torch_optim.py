@@ -1164,3 +1164,13 @@ def test_nesterov_step_formula_and_checkpoint_from_before_the_option():
     new = SpectralKron([w], nesterov=True, **kw)
     new.load_state_dict(sd)
     assert new.param_groups[0]["nesterov"] is False
+
+
+def test_an_unknown_keyword_names_itself_and_the_options():
+    """torch.optim's `maximize`/`foreach` are not options here: a TypeError that says so
+    (it named the internal `Options.__init__` before)."""
+    w = nn.Parameter(torch.zeros(2, 2))
+    for bad in ("maximize", "foreach"):
+        msg = f"SpectralKron got unexpected keyword.*'{bad}'.*nesterov"
+        with pytest.raises(TypeError, match=msg):
+            SpectralKron([w], **{bad: True})

@@ -207,7 +207,14 @@ def spectral_kron(
 
 def _options(kw: dict[str, Any]) -> optim.Options:
     """Validated ``optim.Options`` (deprecated names mapped; torch dtypes checked)."""
-    o = optim.Options(**optim.renamed(kw, stacklevel=4))
+    kw = optim.renamed(kw, stacklevel=4)
+    unknown = sorted(set(kw) - set(optim.Options.names()))
+    if unknown:  # e.g. torch.optim's `maximize`, `foreach`: not options of this optimizer
+        raise TypeError(
+            f"SpectralKron got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"its options are {', '.join(optim.Options.names())}"
+        )
+    o = optim.Options(**kw)
     dt = o.precond_dtype
     if dt is not None and not (isinstance(dt, torch.dtype) and dt.is_floating_point):
         raise ValueError(f"`precond_dtype` must be a floating torch.dtype or None, got {dt!r}")
