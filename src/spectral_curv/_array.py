@@ -14,6 +14,8 @@ from typing import Any
 import array_api_compat
 from array_api_compat import array_namespace, is_lazy_array
 
+from . import backends
+
 Array = Any
 Namespace = Any
 
@@ -59,8 +61,6 @@ def gram(x: Array) -> Array:
     """``x @ xᵀ`` over the last two axes, through the backend's ``gram`` fast path where one is
     registered (torch on the CPU: a blocked product that skips the upper triangle's blocks,
     the same entries at 0.6–0.9 of the time, :mod:`spectral_curv.backends.torch`)."""
-    from . import backends
-
     impl = backends.lookup("gram", array_namespace(x))
     return x @ x.mT if impl is None else impl(x)
 

@@ -11,7 +11,7 @@ import math
 from typing import Any, Literal
 
 from . import backends
-from ._array import Array, Namespace, array_namespace, eps, eye, gram, is_lazy
+from ._array import Array, Namespace, array_namespace, eps, eye, frobenius, gram, is_lazy
 
 CayleyMode = Literal["exact", "neumann", "quadratic", "quartic"]
 ExpMode = Literal["exact", "first_order"]
@@ -560,7 +560,7 @@ def expm(x: Array, *, order: int = 18) -> Array:
     if x.ndim != 2 or x.shape[0] != x.shape[1]:
         raise ValueError(f"`x` must be a square matrix, got shape {tuple(x.shape)}")
     i = eye(xp, int(x.shape[0]), x)
-    norm = xp.sqrt(xp.sum(x * x))
+    norm = frobenius(xp, x)
     lazy = is_lazy(x)
     if not lazy:
         fnorm = float(norm)
@@ -630,14 +630,30 @@ def match_norm(v: Array, ds: list[Array], *, p: Any, ref: Array, axes: tuple[int
     for d in ds:
         ld = xp.log(d)
         out = out * xp.exp(-(ld - xp.min(ld, axis=axes, keepdims=True)) / p)
-    # The two norms of entries divided by their common largest magnitude: a finite gradient
-    # whose square overflows (|ref| > 1.8e19 in float32) still gives a finite ratio.
-    tiny = xp.asarray(xp.finfo(out.dtype).smallest_normal, dtype=out.dtype)
+    return out * norm_ratio(xp, ref, out, axes)
+
+
+def norm_ratio(xp: Namespace, a: Array, b: Array, axes: tuple[int, ...]) -> Array:
+    """``‖a‖/‖b‖`` over ``axes`` (kept), from entries divided by their common largest
+    magnitude: a finite ``a`` whose square overflows (``> 1.8e19`` in float32) still gives a
+    finite ratio; a zero ``b`` gives ``‖a‖/tiny``. The rescale of :func:`match_norm` (math §4.8).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from array_api_compat import array_namespace
+        >>> from spectral_curv import maps
+        >>> xp = array_namespace(np.empty(0))
+        >>> a = np.full(4, 1e30, dtype=np.float32)  # a² overflows float32
+        >>> float(maps.norm_ratio(xp, a, np.full(4, 1e29, dtype=np.float32), (-1,))[0])
+        10.0
+    """
+    tiny = xp.asarray(xp.finfo(b.dtype).smallest_normal, dtype=b.dtype)
     big = xp.maximum(
-        xp.max(xp.abs(out), axis=axes, keepdims=True), xp.max(xp.abs(ref), axis=axes, keepdims=True)
+        xp.max(xp.abs(a), axis=axes, keepdims=True), xp.max(xp.abs(b), axis=axes, keepdims=True)
     )
     big = xp.maximum(big, tiny)
-    r, o = ref / big, out / big
-    n_ref = xp.sqrt(xp.sum(r * r, axis=axes, keepdims=True))
-    n_out = xp.sqrt(xp.sum(o * o, axis=axes, keepdims=True))
-    return out * (n_ref / xp.maximum(n_out, tiny))
+    sa, sb = a / big, b / big
+    n_a = xp.sqrt(xp.sum(sa * sa, axis=axes, keepdims=True))
+    n_b = xp.sqrt(xp.sum(sb * sb, axis=axes, keepdims=True))
+    return n_a / xp.maximum(n_b, tiny)

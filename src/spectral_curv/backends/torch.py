@@ -129,15 +129,12 @@ def match_norm(
     for d in ds:
         ld = torch.log(d)
         out = out * torch.sub(torch.amin(ld, dim=axes, keepdim=True), ld).div_(p).exp_()
-    if out.dtype == torch.float64:
-        tiny = torch.finfo(out.dtype).smallest_normal
-        big = torch.maximum(
-            torch.linalg.vector_norm(out, float("inf"), dim=axes, keepdim=True),
-            torch.linalg.vector_norm(ref, float("inf"), dim=axes, keepdim=True),
-        ).clamp_min_(tiny)
-        n_ref = torch.linalg.vector_norm(ref / big, dim=axes, keepdim=True)
-        n_out = torch.linalg.vector_norm(out / big, dim=axes, keepdim=True)
-        return out.mul_(n_ref.div_(n_out.clamp_min_(tiny)))
+    if out.dtype == torch.float64:  # nothing wider to accumulate in: the generic ratio
+        from array_api_compat import array_namespace
+
+        from ..maps import norm_ratio
+
+        return out.mul_(norm_ratio(array_namespace(out), ref, out, axes))
     wide = torch.float64
     n_ref = torch.linalg.vector_norm(ref, dim=axes, keepdim=True, dtype=wide)
     n_out = torch.linalg.vector_norm(out, dim=axes, keepdim=True, dtype=wide)
