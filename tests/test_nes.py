@@ -1208,9 +1208,9 @@ def test_fmin_with_bounds_and_restarts():
         restarts=3,
         seed=0,
         maxiter=15,
-        callback=lambda es: runs.append((id(es), es.bounds[0].tolist())),
+        callback=lambda es: runs.append((es, es.bounds[0].tolist())),  # keep es: ids get reused
     )
-    assert len({r[0] for r in runs}) == 4 and all(r[1] == [1.0, 1.0] for r in runs)
+    assert len({id(r[0]) for r in runs}) == 4 and all(r[1] == [1.0, 1.0] for r in runs)
     allx = np.concatenate(seen)
     assert np.all((allx >= 1) & (allx <= 5.12))
     assert np.all((xbest >= 1) & (xbest <= 5.12)) and np.all(np.abs(res.xfavorite) <= 5.12)
