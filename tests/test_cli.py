@@ -32,7 +32,7 @@ def test_help_lists_commands_with_descriptions(capsys):
         assert re.search(rf"^\s+{name}\s+\S", top, re.M), top  # a described subcommand
     bench = _help(capsys, ["bench"])
     assert bench.startswith("usage: spectral-curv bench")
-    for name in ("precond", "optim", "train", "soak"):
+    for name in ("precond", "optim", "train", "soak", "roots", "heldout"):
         assert re.search(rf"^\s+{name}\s+\S", bench, re.M), bench
     train = _help(capsys, ["bench", "train"])
     assert train.startswith("usage: spectral-curv bench train")

@@ -151,7 +151,7 @@ def test_corrected_eigenvalues_whiten_a_non_kronecker_diagonal_that_kron_cannot(
     sigma = np.sqrt(np.outer([1.0, 4, 16, 64], [1.0, 8, 64]) * m)
     out = {}
     for ev in ("kron", "corrected"):
-        o = optim.Options(precond_lr=0.05, eigenvalues=ev, precond_warmup=10**9)
+        o = optim.Options(precond_lr=0.05, p=2.0, eigenvalues=ev, precond_warmup=10**9)
         pl = optim.plan(sigma.shape)
         st = optim.init(pl, sigma.shape, eigenvalues=ev)
         sq = np.zeros(sigma.shape)

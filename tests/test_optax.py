@@ -78,7 +78,7 @@ def _numpy_reference(
     xp = optim.namespace(np.zeros(1))
     c = {
         "precond_lr": 0.1,
-        "p": 2.0,
+        "p": 1.5,  # the default
         "gamma": 1.0,
         "damping": 1e-8,
         "momentum": 0.9,

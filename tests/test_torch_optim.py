@@ -212,10 +212,23 @@ class RefOptimizer:
                     s["st"] = st
                 if hp["eigenvalues"] == "corrected":  # the basis V was accumulated in
                     st = pre._replace(V=st.V)
-                u = kron.precondition(st, G, p=hp["p"]).reshape(prm.shape)
-                if hp.get("step_scale", "p2") == "p2":  # the size of the p = 2 step
-                    u2 = kron.precondition(st, G, p=2.0)
-                    u = u * (np.linalg.norm(u2) / np.linalg.norm(u))
+                if hp.get("step_scale", "p2") == "p2":
+                    # Root p's direction at the size of the p = 2 step, both sizes measured in
+                    # the rotated frame (B_Cᵀ G B_K): equal to the parameter frame's while B is
+                    # orthogonal, and free of the truncated Cayley map's drift between two
+                    # Newton–Schulz steps.
+                    bc = np.eye(r) if st.B_C is None else st.B_C
+                    bk = np.eye(c) if st.B_K is None else st.B_K
+                    R = bc.T @ G @ bk
+                    if st.V is not None:
+                        cp, c2 = R * st.V ** (-1 / hp["p"]), R * st.V**-0.5
+                    else:
+                        dd = st.alpha * np.outer(st.d_C, st.d_K)
+                        cp, c2 = R * dd ** (-1 / hp["p"]), R * dd**-0.5
+                    cp = cp * (np.linalg.norm(c2) / np.linalg.norm(cp))
+                    u = (bc @ cp @ bk.T).reshape(prm.shape)
+                else:
+                    u = kron.precondition(st, G, p=hp["p"]).reshape(prm.shape)
             else:
                 if first:
                     s["d"] = diag.DiagState(g * g + lam)
@@ -422,27 +435,37 @@ def test_load_keeps_counters_on_host():
     assert st["B_C"].device.type == "meta" and st["rejected"].device.type == "meta"
 
 
-def test_item_only_on_host_counters(monkeypatch):
-    """The hot path calls ``.item()`` only on the CPU counters (no device sync per tensor)."""
+def test_host_reads_per_step_do_not_grow_with_parameters(monkeypatch):
+    """The hot path reads the host: ``.item()`` only on the CPU counters, and in all a fixed
+    number of transfers per step (the gradients' finiteness with the rejected counters, and
+    the schedule's counters of a param group), not one per parameter."""
     model = _mlp()
     opt = SpectralKron(model.parameters(), lr=0.01)
+    assert len(list(model.parameters())) >= 4
     batches = _mlp_batches(3)
     _train(model, opt, batches[:1], loss="mse")
     counters = {id(st[k]) for st in opt.state.values() for k in ("step", "refreshes")}
-    seen: list[int] = []
-    orig = torch.Tensor.item
+    items: list[int] = []
+    lists: list[torch.device] = []
+    item, tolist = torch.Tensor.item, torch.Tensor.tolist
 
-    def spy(self):
-        seen.append(id(self))
-        return orig(self)
+    def spy_item(self):
+        items.append(id(self))
+        return item(self)
 
-    monkeypatch.setattr(torch.Tensor, "item", spy)
+    def spy_tolist(self):
+        lists.append(self.device)
+        return tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", spy_item)
+    monkeypatch.setattr(torch.Tensor, "tolist", spy_tolist)
     for x, y in batches[1:]:
         opt.zero_grad()
         (model(x) - y).square().mean().backward()
         opt.step()
     monkeypatch.undo()
-    assert seen and set(seen) <= counters
+    assert set(items) <= counters
+    assert len(items) + len(lists) <= 2 * (len(batches) - 1)
 
 
 # --------------------------------------------------------- torch.optim conventions
@@ -1174,3 +1197,30 @@ def test_an_unknown_keyword_names_itself_and_the_options():
         msg = f"SpectralKron got unexpected keyword.*'{bad}'.*nesterov"
         with pytest.raises(TypeError, match=msg):
             SpectralKron([w], **{bad: True})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [1.0, 1.5, 4.0])
+def test_segment_direction_equals_per_parameter_direction(dtype: torch.dtype, p: float) -> None:
+    """The diagonal bucket's segment-wise p2-scaled direction equals ``optim.direction`` on each
+    parameter's slice, also for spectra spanning 60 decades and a zero slice."""
+    from spectral_curv import diag
+    from spectral_curv.torch._functional import segment_direction
+
+    gen = torch.Generator().manual_seed(0)
+    sizes = [1, 7, 64, 3, 5]
+    n = sum(sizes)
+    d = torch.exp(torch.randn(n, generator=gen, dtype=torch.float64) * 30).to(dtype)
+    d[:8] = torch.exp(torch.randn(8, generator=gen, dtype=torch.float64)).to(dtype)
+    g = torch.randn(n, generator=gen, dtype=dtype) * 1e3
+    g[-5:] = 0.0
+    got = segment_direction(d, g, sizes, p)
+    want = torch.cat(
+        [
+            optim.direction(diag.DiagState(di), gi, p=p, norm_p=2.0)
+            for di, gi in zip(torch.split(d, sizes), torch.split(g, sizes))
+        ]
+    )
+    assert torch.isfinite(got).all() and not got[-5:].any()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, want, rtol=tol, atol=0.0)

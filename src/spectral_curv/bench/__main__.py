@@ -1,5 +1,5 @@
-"""``python -m spectral_curv.bench {precond,optim,train,soak,roots} [options]`` (also reached as
-``spectral-curv bench``)."""
+"""``python -m spectral_curv.bench {precond,optim,train,soak,roots,heldout,device} [options]``
+(also reached as ``spectral-curv bench``)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,13 @@ SUBCOMMANDS = (
         "spectral_curv.bench.roots).",
     ),
     (
+        "heldout",
+        "held-out check: a small transformer LM on a synthetic source, lr grid per config",
+        "A causal 2-layer transformer on a fixed order-2 Markov source (nothing is tuned on "
+        "it): the test loss of SpectralKron configurations (the defaults, p = 2, ...) over an "
+        "lr grid and seeds (module spectral_curv.bench.heldout).",
+    ),
+    (
         "device",
         "GPU benchmark: refresh cost, whole step vs AdamW/Muon/SOAP, CuPy vs torch",
         "One short GPU run (<= 5 minutes on one H100/H200): the refresh step with bf16 and "
@@ -58,7 +65,7 @@ SUBCOMMANDS = (
 
 def add_subcommands(parser: argparse.ArgumentParser) -> None:
     """The benchmark subcommands under ``parser`` (imports no framework)."""
-    from . import device, precond, roots, soak, step, train
+    from . import device, heldout, precond, roots, soak, step, train
 
     adders = {
         "precond": precond.add_arguments,
@@ -66,6 +73,7 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
         "train": train.add_arguments,
         "soak": soak.add_arguments,
         "roots": roots.add_arguments,
+        "heldout": heldout.add_arguments,
         "device": device.add_arguments,
     }
     names = "{" + ",".join(adders) + "}"
@@ -102,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
         from . import roots
 
         return roots.main(args)
+    if args.bench == "heldout":
+        from . import heldout
+
+        return heldout.main(args)
     if args.bench == "device":
         from . import device
 

@@ -51,8 +51,9 @@ MODES: dict[str, dict[str, Any]] = {
     "kron": {"eigenvalues": "kron"},
     "p1": {"p": 1.0},
     "p1_kron": {"p": 1.0, "eigenvalues": "kron"},
-    "p15": {"p": 1.5},
+    "p15": {"p": 1.5},  # the default since 2026-12-01 (evening)
     "p15_kron": {"p": 1.5, "eigenvalues": "kron"},
+    "p2": {"p": 2.0},  # the default before
     "exact": {"cayley": "exact"},
     "exact_reorth5": {"cayley": "exact", "reorth_interval": 5},
     "exact_paper_unguarded": {

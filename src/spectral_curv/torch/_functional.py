@@ -58,6 +58,24 @@ def init_state(param: Tensor, options: optim.Options | None = None, **kw: Any) -
     return state
 
 
+def host_counts(states: list[dict[str, Any]]) -> list[list[int]]:
+    """``[step, refreshes]`` of each state as Python ints, read in one host transfer.
+
+    Example::
+
+        >>> import torch
+        >>> from spectral_curv.torch._functional import host_counts, init_state
+        >>> st = init_state(torch.zeros(2, 2))
+        >>> st["step"] += 3
+        >>> host_counts([st, init_state(torch.zeros(3))])
+        [[3, 0], [0, 0]]
+    """
+    if not states:
+        return []
+    flat = torch.stack([s[k].reshape(()) for s in states for k in _HOST_KEYS]).tolist()
+    return [flat[i : i + 2] for i in range(0, len(flat), 2)]
+
+
 def _precond(states: list[dict[str, Any]], pl: optim.Plan) -> optim.Precond:
     """The factor state of a bucket, stacked (Kronecker) or concatenated (diagonal)."""
     if pl.kind == "diag":
@@ -66,6 +84,43 @@ def _precond(states: list[dict[str, Any]], pl: optim.Plan) -> optim.Precond:
     if len(pre) == 1:  # a view, no copy
         return kron.KronState(*(None if v is None else v.unsqueeze(0) for v in pre[0]))
     return optim.stack_precond(pre)
+
+
+def segment_direction(d: Tensor, g: Tensor, sizes: list[int], p: Any) -> Tensor:
+    """Root ``p``'s diagonal direction ``d^{-1/p} ⊙ g`` rescaled, per segment of ``sizes`` (one
+    parameter each), to the 2-norm of ``d^{-1/2} ⊙ g`` (math §3, §4.8): ``optim.direction``
+    with ``norm_p=2`` on each slice of a concatenated bucket, in a fixed number of kernels.
+    As ``maps.match_norm``: ``d^{-1/p}`` relative to the segment's smallest ``d`` and the
+    norms from entries divided by the segment's largest magnitude (no overflow).
+
+    Example (two segments; each has the size of its own ``p = 2`` step)::
+
+        >>> import torch
+        >>> from spectral_curv.torch._functional import segment_direction
+        >>> d, g = torch.tensor([4.0, 1.0, 16.0]), torch.ones(3)
+        >>> u = segment_direction(d, g, [2, 1], p=1.0)
+        >>> [round(float(x), 4) for x in u]  # (1/4, 1)·|(1/2, 1)|/|(1/4, 1)|, then 1/4
+        [0.2712, 1.0847, 0.25]
+    """
+    n, dev = len(sizes), d.device
+    seg = torch.repeat_interleave(
+        torch.arange(n, device=dev), torch.tensor(sizes, device=dev), output_size=d.numel()
+    )
+
+    def per_segment(x: Tensor, reduce: str, init: float) -> Tensor:
+        out = torch.full((n,), init, dtype=x.dtype, device=dev)
+        return out.scatter_reduce_(0, seg, x, reduce, include_self=reduce == "sum")
+
+    ld = torch.log(d)
+    out = g * torch.sub(per_segment(ld, "amin", math.inf)[seg], ld).div_(p).exp_()
+    ref = g * d.rsqrt()
+    big = torch.maximum(per_segment(ref.abs(), "amax", 0.0), per_segment(out.abs(), "amax", 0.0))
+    scale = big.clamp_min_(torch.finfo(d.dtype).smallest_normal).reciprocal_()[seg]
+    wide = torch.float64
+    n_ref = per_segment(ref.mul(scale).to(wide).square_(), "sum", 0.0)
+    n_out = per_segment(out.mul(scale).to(wide).square_(), "sum", 0.0)
+    ratio = n_ref.div_(n_out.clamp_min_(torch.finfo(wide).smallest_normal)).sqrt_()
+    return out.mul_(ratio.to(out.dtype)[seg])
 
 
 def _bucket(
@@ -93,25 +148,20 @@ def _bucket(
         first=key.first,
         refresh=key.refresh,
         reorth=key.reorth,
-        options=o.replace(step_scale="raw") if own_norm else o,
+        options=optim.Options.trusted({**o.as_dict(), "step_scale": "raw"}) if own_norm else o,
     )
     if key.refresh:
         bad = (~ok).to(torch.int64)
-        for i, s in enumerate(states):
-            s["rejected"].add_(bad if pl.kind == "diag" else bad[i])
-            s["refreshes"].add_(1)
+        rejected = [s["rejected"] for s in states]
+        torch._foreach_add_(rejected, [bad] * len(states) if pl.kind == "diag" else bad.unbind())
+        torch._foreach_add_([s["refreshes"] for s in states], 1)
     if pl.kind == "diag":
         sizes = [g.numel() for g in grads]
         if key.first or key.refresh:
             for s, d in zip(states, torch.split(st.d, sizes)):
                 s["d"] = d.view(s["d"].shape).clone() if len(states) > 1 else d.view(s["d"].shape)
         if own_norm:
-            norm_p = optim.step_norm_p(o.step_scale)
-            parts = zip(torch.split(st.d, sizes), torch.split(G, sizes), grads)
-            return [
-                optim.direction(diag.DiagState(d), x, p=o.p, norm_p=norm_p).view(g.shape)
-                for d, x, g in parts
-            ]
+            u = segment_direction(st.d, G, sizes, o.p)
         return [x.view(g.shape) for x, g in zip(torch.split(u, sizes), grads)]
     if key.first or key.refresh:  # otherwise the factors are unchanged
         for s, layer in zip(states, optim.unstack_precond(st)):
@@ -132,8 +182,8 @@ def _finish(
     parameter in the factors' dtype), the same operations as a few ``torch._foreach_*``."""
     fused = not isinstance(o.lr, Tensor) and o.graft is None
     fp, fu, fb = [], [], []
+    torch._foreach_add_([s["step"] for s in states], 1)
     for prm, g, u, s, t in zip(params, grads, us, states, steps):
-        s["step"].add_(1)
         if fused and prm.dtype == u.dtype:
             fp.append(prm), fu.append(u), fb.append(s["momentum_buffer"])
             continue
@@ -192,7 +242,7 @@ def spectral_kron(
     """
     o = options if options is not None else optim.Options(**kw)
     if counts is None:
-        counts = [[int(s["step"].item()), int(s["refreshes"].item())] for s in states]
+        counts = host_counts(states)
     entries = [
         (_state_plan(s), (prm.device, s["momentum_buffer"].dtype), c[0], c[1])
         for prm, s, c in zip(params, states, counts)

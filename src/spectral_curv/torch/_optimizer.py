@@ -14,7 +14,7 @@ from .. import optim
 from . import _checkpoint
 from ._checkpoint import _SKIPPED
 from ._compile import _all_finite, _raise_notice, _select, _snapshot
-from ._functional import _options, init_state, spectral_kron
+from ._functional import _options, host_counts, init_state, spectral_kron
 
 
 class SpectralKron(Optimizer):
@@ -157,20 +157,25 @@ class SpectralKron(Optimizer):
         todo = []
         for group, params in work:
             params = [p for p in params if self._owns(p)]
-            o, counts = optim.Options.trusted(group), []
-            for p in params:
+            o = optim.Options.trusted(group)
+            fresh = set()
+            for i, p in enumerate(params):
                 s = self.state[p]
                 if not s:
                     s.update(init_state(p, o))
-                    counts.append([0, 0])
-                elif not compiling:
-                    counts.append([int(s["step"].item()), int(s["refreshes"].item())])
-                elif s["step"] in self._sched:
-                    counts.append(list(self._sched[s["step"]]))
-                else:
+                    fresh.add(i)
+                elif compiling and s["step"] not in self._sched:
                     raise RuntimeError("SpectralKron: state set by hand: take one eager step")
+            states = [self.state[p] for p in params]
+            if not compiling:  # one host transfer for all the counters
+                counts = host_counts(states)
+            else:
+                counts = [
+                    [0, 0] if i in fresh else list(self._sched[s["step"]])
+                    for i, s in enumerate(states)
+                ]
             if params:
-                todo.append((o, params, [self.state[p] for p in params], counts))
+                todo.append((o, params, states, counts))
         return todo
 
     def _owns(self, param: Tensor) -> bool:

@@ -237,7 +237,7 @@ def main(args: argparse.Namespace) -> int:
         opts = (
             args.optimizers
             if args.optimizers != list(DEFAULT_BENCH_OPTIMIZERS)
-            else ["adamw", "muon_fp32", "spectral_p2_quad"]
+            else ["adamw", "muon_fp32", "spectral_p15"]
         )
         models = args.models if args.models != list(MODELS) else ["mlp"]
         kw = dict(
