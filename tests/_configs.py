@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    # every default (warmup 10, interval 2, reorth every 10th refresh, quadratic Cayley)
+    # every default (warmup 10, interval 2, reorth every 5th refresh, quadratic Cayley, p 1.5)
     "defaults": dict(lr=0.01),
     "quadratic-first_order": dict(
         lr=0.05,

@@ -86,7 +86,7 @@ def _numpy_reference(
         "weight_decay": 0.0,
         "update_interval": 2,
         "precond_warmup": 10,
-        "reorth_interval": 10,
+        "reorth_interval": 5,  # the default
         "cayley": "quadratic",
         "cayley_terms": 1,
         "exp": "first_order",

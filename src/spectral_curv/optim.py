@@ -315,7 +315,7 @@ class Options:
     weight_decay: Any = 0.0
     update_interval: Any = 2
     precond_warmup: Any = 10
-    reorth_interval: Any = 10
+    reorth_interval: Any = 5
     cayley: str = "quadratic"
     cayley_terms: Any = 1
     exp: str = "first_order"

@@ -40,6 +40,7 @@ __all__ = ["MODES", "add_arguments", "drift_run", "drift_verdict", "main", "mlp_
 MODES: dict[str, dict[str, Any]] = {
     "default": {},
     "default_reorth1": {"reorth_interval": 1},
+    "default_reorth5": {"reorth_interval": 5},
     "default_paper": {"rotation": "paper", "max_update_rms": None, "eigenvalues": "kron"},
     "quartic": {"cayley": "quartic"},
     "quartic_reorth5": {"cayley": "quartic", "reorth_interval": 5},

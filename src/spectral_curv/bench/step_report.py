@@ -245,7 +245,7 @@ def markdown_section(
         "`opt.step()` alone. Medians over the timed steps; for the refresh schedules "
         "(SpectralKron, eigh) the steady-state amortized cost Σ weight · median over the "
         "step kinds (plain 1 − 1/T, refresh 1/T; SpectralKron's refreshes that also "
-        "re-orthonormalize, one in `reorth_interval` = 10, are a third kind), with the "
+        "re-orthonormalize, one in `reorth_interval` (5 by default), are a third kind), with the "
         "refresh-step and plain-step medians shown. The default `precond_warmup=10` makes "
         "every step below 10 a refresh step: those are refresh samples. *State* = bytes of "
         "the tensors in the optimizer's state (Muon rows: Muon + its AdamW). × AdamW = ratio "

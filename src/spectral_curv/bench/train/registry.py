@@ -61,6 +61,7 @@ PAPER_KEYS = (
 VARIANT_KEYS = (
     "spectral_p2_quartic_r5",
     "spectral_p2_guard004",
+    "spectral_p2_r10",
     "spectral_p2_nesterov",
     "spectral_p2_quad_compiled",
 )
@@ -313,6 +314,13 @@ def optimizer_registry() -> dict[str, OptSpec]:
             "quartic, reorth 5",
             "quartic Cayley, Newton–Schulz every 5 refreshes (meets the soak's drift targets)",
         )
+        r10 = (
+            "r10",
+            "quadratic",
+            {"reorth_interval": 10},
+            "quad, reorth 10",
+            "Newton–Schulz every 10 refreshes (with p=2: the default before 2026-12-01, evening)",
+        )
         guard004 = (
             "guard004",
             "quadratic",
@@ -339,6 +347,7 @@ def optimizer_registry() -> dict[str, OptSpec]:
             *variants[:2],
             quartic,
             quartic_r5,
+            r10,
             guard004,
             nesterov,
             clip,
@@ -359,7 +368,7 @@ def optimizer_registry() -> dict[str, OptSpec]:
                     "precond_lr",
                     notes=f"spectral_curv.torch.SpectralKron, p={p}, {desc}",
                     draws_as=f"spectral_p{p}_quad"
-                    if c in ("quad_kron", "quartic_r5", "guard004", "nesterov")
+                    if c in ("quad_kron", "quartic_r5", "r10", "guard004", "nesterov")
                     else None,
                 )
             )
