@@ -178,9 +178,14 @@ def test_spectral_route_is_float32_and_what_the_optimizer_computes():
         np.testing.assert_array_equal(a, b)
     lagged = st._replace(V=ref.V)  # the old basis, the new V
     np.testing.assert_allclose(
-        step, optim.direction(lagged, raw["G"], p=precond.P_ROOT), rtol=1e-5, atol=1e-6
+        step,
+        optim.direction(lagged, raw["G"], p=precond.P_ROOT, norm_p=precond.NORM_P),
+        rtol=1e-5,
+        atol=1e-6,
     )
-    assert not np.allclose(step, optim.direction(ref, raw["G"], p=precond.P_ROOT), atol=1e-3)
+    other = optim.direction(ref, raw["G"], p=precond.P_ROOT, norm_p=precond.NORM_P)
+    assert not np.allclose(step, other, atol=1e-3)
+    assert optim.Options().p == precond.P_ROOT and precond.NORM_P == 2.0  # what users run
 
 
 def test_report_table_markdown_plot(data, tmp_path):

@@ -32,6 +32,9 @@ def test_soak_cli_tiny_run_writes_report(tmp_path, capsys):
         assert s["finite"] == 2 and math.isfinite(s["final_min"]) and s["max_drift"] < 0.2
         assert len(row["runs"][0]["drift"]) == 3  # every 10 of 30 steps
     assert data["drift"]["steps"] == 200 and len(data["drift"]["curve"]) == 20
+    from spectral_curv import optim
+
+    assert data["drift"]["reorth_interval"] == optim.Options().reorth_interval  # the default
     text = md.read_text()
     assert soak.BEGIN in text and soak.END in text and "| teacher | exact | f32 |" in text
     assert "default" in capsys.readouterr().out

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import optim
 from . import report
 from .reference import NS_STEPS, eigh_refresh, newton_schulz5
 
@@ -108,9 +109,11 @@ SHORT = {
     "muon_ns5": "Muon-NS5",
 }
 
-# Hyperparameters of the timed spectral calls (values do not change the work done); the
-# others are SpectralKron's defaults.
-P_ROOT = 2
+# Hyperparameters of the timed spectral calls; the others are SpectralKron's defaults. The
+# root and the step's size are the defaults' (a root p ≠ 2 at the p = 2 step's norm adds the
+# rescale's elementwise passes to the step; eigh's root only changes an exponent).
+P_ROOT = optim.Options().p
+NORM_P = optim.step_norm_p(optim.Options().step_scale)
 BETA2 = 0.1
 DAMPING = 1e-8
 EIGH_BETA = 0.95
@@ -256,7 +259,7 @@ def _callables(
 
     A spectral ``fn`` returns ``(new_state, direction)``, as a refresh step computes them."""
     from .. import backends as _backends
-    from .. import kron, optim
+    from .. import kron
     from .._array import array_namespace
 
     raw = _inputs(n, seed)
@@ -283,6 +286,7 @@ def _callables(
                 st,
                 g,
                 p=P_ROOT,
+                norm_p=NORM_P,
                 precond_lr=BETA2,
                 damping=DAMPING,
                 cayley=cayley,

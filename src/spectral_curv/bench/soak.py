@@ -241,6 +241,7 @@ def drift_run(
     xp = optim.namespace(np.zeros(1, dtype=np.float32))
     st = optim.init(pl, (rows, cols), dtype=np.float32, xp=xp)
     every = max(1, steps // samples)
+    interval = optim.Options().reorth_interval
     curve: list[tuple[int, float]] = []
     refreshes = 0
     t0 = time.perf_counter()
@@ -254,12 +255,13 @@ def drift_run(
                 st = optim.first_state(st, g, damping=1e-8)
             st, _ = optim.refresh(st, g, precond_lr=0.1, damping=1e-8)
             refreshes += 1
-            if refreshes % 10 == 0:  # the optimizers' default reorth_interval
+            if refreshes % interval == 0:  # the optimizers' default schedule
                 st = optim.reorthonormalize(st)
             if (t + 1) % every == 0:
                 curve.append((t + 1, max(orth_drift(st.B_C), orth_drift(st.B_K))))
     return {
         "steps": steps,
+        "reorth_interval": interval,
         "curve": curve,
         **drift_verdict(curve),
         "wall_s": time.perf_counter() - t0,
@@ -336,7 +338,8 @@ def _markdown(data: dict[str, Any]) -> str:
         lines += [
             "",
             f"Long drift run: {d['steps']} f32 refreshes of a 16×24 layer (default options, "
-            "Newton–Schulz every 10 refreshes), gradients with a fixed covariance whose "
+            f"Newton–Schulz every {d.get('reorth_interval', 10)} refreshes), gradients with a "
+            "fixed covariance whose "
             f"eigenvalues come in pairs 1 % apart: drift (sampled every {d['steps'] // 20} steps) "
             f"first half mean {d['mean_first_half']:.2e} / max {d['max_first_half']:.2e}, "
             f"last half mean {d['mean_last_half']:.2e} / max {d['max_last_half']:.2e} → "
