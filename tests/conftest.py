@@ -90,11 +90,17 @@ def xp(request: pytest.FixtureRequest) -> Any:
     if request.param == "torch":
         import torch
 
-        prev = torch.get_default_device()
         if torch.cuda.is_available():
+            prev = torch.get_default_device()
             torch.set_default_device("cuda")
-        yield ns
-        torch.set_default_device(prev)
+            try:
+                yield ns
+            finally:
+                # None, not "cpu": setting any device pushes a torch function mode that
+                # would then intercept every torch call of every later test
+                torch.set_default_device(None if prev.type == "cpu" else prev)
+        else:
+            yield ns
     else:
         yield ns
 
