@@ -54,7 +54,8 @@ MODES: dict[str, dict[str, Any]] = {
     "p1_kron": {"p": 1.0, "eigenvalues": "kron"},
     "p15": {"p": 1.5},  # the default since 2026-12-01 (evening)
     "p15_kron": {"p": 1.5, "eigenvalues": "kron"},
-    "p2": {"p": 2.0},  # the default before
+    "p2": {"p": 2.0},
+    "previous": {"p": 2.0, "reorth_interval": 10},  # the default before 2026-12-01 (evening)
     "exact": {"cayley": "exact"},
     "exact_reorth5": {"cayley": "exact", "reorth_interval": 5},
     "exact_paper_unguarded": {

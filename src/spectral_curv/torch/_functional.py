@@ -86,10 +86,13 @@ def _precond(states: list[dict[str, Any]], pl: optim.Plan) -> optim.Precond:
     return optim.stack_precond(pre)
 
 
-def segment_direction(d: Tensor, g: Tensor, sizes: list[int], p: Any) -> Tensor:
+def segment_direction(
+    d: Tensor, g: Tensor, sizes: list[int], p: Any, ref: Tensor | None = None
+) -> Tensor:
     """Root ``p``'s diagonal direction ``d^{-1/p} ⊙ g`` rescaled, per segment of ``sizes`` (one
-    parameter each), to the 2-norm of ``d^{-1/2} ⊙ g`` (math §3, §4.8): ``optim.direction``
-    with ``norm_p=2`` on each slice of a concatenated bucket, in a fixed number of kernels.
+    parameter each), to the 2-norm of ``ref = d^{-1/2} ⊙ g`` (math §3, §4.8; formed here if
+    not given): ``optim.direction`` with ``norm_p=2`` on each slice of a concatenated bucket,
+    in a fixed number of kernels.
     As ``maps.match_norm``: ``d^{-1/p}`` relative to the segment's smallest ``d`` and the
     norms from entries divided by the segment's largest magnitude (no overflow).
 
@@ -113,7 +116,7 @@ def segment_direction(d: Tensor, g: Tensor, sizes: list[int], p: Any) -> Tensor:
 
     ld = torch.log(d)
     out = g * torch.sub(per_segment(ld, "amin", math.inf)[seg], ld).div_(p).exp_()
-    ref = g * d.rsqrt()
+    ref = g * d.rsqrt() if ref is None else ref
     big = torch.maximum(per_segment(ref.abs(), "amax", 0.0), per_segment(out.abs(), "amax", 0.0))
     scale = big.clamp_min_(torch.finfo(d.dtype).smallest_normal).reciprocal_()[seg]
     wide = torch.float64
@@ -130,13 +133,14 @@ def _bucket(
 
     Diagonal-scheme parameters are refreshed as one concatenated vector (elementwise math),
     so keep-last-good decides for the bucket; the first step (a per-parameter mean) runs one
-    at a time, and a ``step_scale="p2"`` step with ``p ≠ 2`` takes each parameter's
-    direction with its own norm (``optim.direction`` on its slice) after the bucket's
-    refresh."""
+    at a time. A ``step_scale="p2"`` step with ``p ≠ 2`` needs each parameter's own norm: the
+    engine gives the bucket's p = 2 step, and :func:`segment_direction` turns it into root
+    ``p``'s direction at that size per parameter."""
     pl, dt = key.plan, states[0]["momentum_buffer"].dtype
     if pl.kind == "diag" and key.first and len(grads) > 1:
         return [u for g, s in zip(grads, states) for u in _bucket([g], [s], key, o)]
-    # a p ≠ 2 step scaled to the p = 2 step's norm: per parameter, not per bucket
+    # a p ≠ 2 step scaled to the p = 2 step's norm: per parameter, not per bucket, from the
+    # bucket's raw p = 2 step (the reference size; the engine's p only shapes the direction)
     own_norm = pl.kind == "diag" and o.step_scale == "p2" and o.p != 2 and len(grads) > 1
     if pl.kind == "diag":
         G = torch.cat([g.reshape(-1).to(dt) for g in grads])
@@ -148,7 +152,9 @@ def _bucket(
         first=key.first,
         refresh=key.refresh,
         reorth=key.reorth,
-        options=optim.Options.trusted({**o.as_dict(), "step_scale": "raw"}) if own_norm else o,
+        options=optim.Options.trusted({**o.as_dict(), "p": 2.0, "step_scale": "raw"})
+        if own_norm
+        else o,
     )
     if key.refresh:
         bad = (~ok).to(torch.int64)
@@ -161,7 +167,7 @@ def _bucket(
             for s, d in zip(states, torch.split(st.d, sizes)):
                 s["d"] = d.view(s["d"].shape).clone() if len(states) > 1 else d.view(s["d"].shape)
         if own_norm:
-            u = segment_direction(st.d, G, sizes, o.p)
+            u = segment_direction(st.d, G, sizes, o.p, ref=u)
         return [x.view(g.shape) for x, g in zip(torch.split(u, sizes), grads)]
     if key.first or key.refresh:  # otherwise the factors are unchanged
         for s, layer in zip(states, optim.unstack_precond(st)):
