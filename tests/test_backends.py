@@ -21,6 +21,7 @@ EXPECTED = {
     "cayley_apply_exact": {"torch"},
     "damped_generator": {"torch"},
     "gram": {"torch"},
+    "known_all": {"torch"},
     "match_norm": {"torch"},
 }
 
@@ -192,6 +193,31 @@ def test_match_norm_fast_path_equals_generic_route(be, p):
     u32 = to_numpy(maps.match_norm(f32[0], f32[1:3], p=p, ref=f32[3], axes=(-2, -1)))
     assert np.all(np.isfinite(u32))
     np.testing.assert_allclose(u32, want, rtol=2e-4, atol=1e-6 * np.abs(want).max())
+
+
+def test_known_all_reads_only_host_values(xp):
+    """``_array.known_all`` says True only for all-true flags it can read without a device
+    sync or a traced value (NumPy, array-api-strict, torch on the CPU outside compile), so
+    that keep-last-good may skip its ``where``; anywhere else False (the ``where`` route)."""
+    from spectral_curv import _array
+
+    ok, bad = xp.asarray([True, True]), xp.asarray([True, False])
+    host = backend(xp) in ("numpy", "array_api_strict", "torch")
+    assert _array.known_all(xp, ok) is host
+    assert _array.known_all(xp, bad) is False
+    if backend(xp) == "jax":
+        import jax
+
+        seen = []
+        jax.jit(lambda f: seen.append(_array.known_all(xp, f)) or f)(ok)
+        assert seen == [False]
+    if backend(xp) == "torch":
+        import torch
+
+        with pytest.MonkeyPatch.context() as mp:  # as while dynamo traces a step
+            mp.setattr(torch.compiler, "is_compiling", lambda: True)
+            assert _array.known_all(xp, ok) is False
+        assert _array.known_all(xp, ok.to("meta")) is False  # not on the CPU
 
 
 def test_table_has_the_expected_entries():

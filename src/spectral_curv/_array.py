@@ -12,7 +12,8 @@ import numbers
 from typing import Any
 
 import array_api_compat
-from array_api_compat import array_namespace, is_lazy_array
+from array_api_compat import array_namespace as _compat_namespace
+from array_api_compat import is_lazy_array
 
 from . import backends
 
@@ -33,8 +34,39 @@ __all__ = [
     "frobenius",
     "gram",
     "is_lazy",
+    "known_all",
     "mT",
 ]
+
+
+#: ``array_api_compat.array_namespace`` of one array, per array type (it depends on the type
+#: only): the core looks it up dozens of times a step, each ~3 µs uncached.
+_NAMESPACE_OF_TYPE: dict[type, Namespace] = {}
+
+
+def array_namespace(*arrays: Array, **kwargs: Any) -> Namespace:
+    """``array_api_compat.array_namespace``, memoised per type for the one-array call."""
+    if len(arrays) == 1 and not kwargs:
+        ns = _NAMESPACE_OF_TYPE.get(type(arrays[0]))
+        if ns is None:
+            ns = _NAMESPACE_OF_TYPE[type(arrays[0])] = _compat_namespace(arrays[0])
+        return ns
+    return _compat_namespace(*arrays, **kwargs)
+
+
+def known_all(xp: Namespace, flags: Array) -> bool:
+    """True when ``flags`` are known, without a device sync or a traced value, to be all
+    true: NumPy and array-api-strict arrays, and torch tensors on the CPU outside
+    ``torch.compile``. False means "all true, or not known here" (a GPU, ``jax.jit``): the
+    caller then takes the branch-free route, so both give the same values."""
+    impl = backends.lookup("known_all", xp)
+    if impl is not None:
+        return bool(impl(flags))
+    if array_api_compat.is_numpy_namespace(xp) or array_api_compat.is_array_api_strict_namespace(
+        xp
+    ):
+        return bool(xp.all(flags))
+    return False
 
 
 def device(x: Array) -> Any:

@@ -342,9 +342,12 @@ def _refresh(
         new_dk = d_k * xp.exp(beta2 * (m_k - mk_mean))
         new_alpha = alpha * xp.exp((beta2 / 2.0) * (mc_mean + mk_mean)[..., 0])
         lc, lk = beta2 * mc_mean, beta2 * mk_mean  # the mean log change of each d
+        gap_c, gap_k = new_dc * xp.exp(lc), new_dk * xp.exp(lk)
     else:
-        log_nc = xp.log((1.0 - gamma * beta2) * d_c + (beta2 / (a * k_c)) * (diag_c + lam_c))
-        log_nk = xp.log((1.0 - gamma * beta2) * d_k + (beta2 / (a * k_k)) * (diag_k + lam_k))
+        # the new diagonal before its normalisation (in the old scale α): the damped rule's gaps
+        gap_c = (1.0 - gamma * beta2) * d_c + (beta2 / (a * k_c)) * (diag_c + lam_c)
+        gap_k = (1.0 - gamma * beta2) * d_k + (beta2 / (a * k_k)) * (diag_k + lam_k)
+        log_nc, log_nk = xp.log(gap_c), xp.log(gap_k)
         lc = xp.mean(log_nc, axis=-1, keepdims=True)
         lk = xp.mean(log_nk, axis=-1, keepdims=True)
         new_dc = xp.exp(log_nc - lc)
@@ -382,9 +385,7 @@ def _refresh(
     # Step guard: the paper's rule caps ‖X‖_F in the generator (math §4.5); the damped rule
     # bounds ‖X‖₂ inside the Cayley map (maps.cayley_apply).
     damped = maps.resolve_rotation(rotation) == "damped"
-    if damped:  # the new diagonal before its normalisation, i.e. in the old scale α
-        gap_c, gap_k = new_dc * xp.exp(lc), new_dk * xp.exp(lk)
-    else:
+    if not damped:
         gap_c, gap_k = d_c, d_k
     b_c = rotate(state.B_C, w_c, gap_c, k_c)
     del w_c

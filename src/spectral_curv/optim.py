@@ -640,11 +640,6 @@ def first_state(st: Precond, g: Array, *, damping: Any) -> Precond:
     return st._replace(alpha=a0)
 
 
-def _all_finite(xp: Namespace, x: Array, lead: int) -> Array:
-    flat = xp.reshape(x, (*x.shape[:lead], -1))
-    return xp.all(xp.isfinite(flat), axis=-1)
-
-
 def _select(xp: Namespace, ok: Array, new: Array | None, old: Array | None) -> Array | None:
     if new is None or old is None:
         return new
@@ -692,7 +687,7 @@ def refresh(
             st, g, beta2=precond_lr, gamma=gamma, damping=damping, exp=exp, check=False
         )
         ok = xp.all(xp.isfinite(new.d)) & xp.all(new.d > 0)
-        return diag.DiagState(xp.where(ok, new.d, st.d)), ok
+        return (new if A.known_all(xp, ok) else diag.DiagState(xp.where(ok, new.d, st.d))), ok
     kw = dict(gamma=gamma, damping=damping, cayley=cayley, exp=exp, cayley_terms=cayley_terms)
     kw.update(tie_tol=tie_tol, max_step_norm=max_step_norm, rotation=rotation)
     r = kron.rotate(st, g) if rotated is None else rotated
@@ -752,9 +747,9 @@ def _refresh_kron(st: kron.KronState, g: Array, **kw: Any) -> tuple[kron.KronSta
 def _keep_good(xp: Namespace, st: kron.KronState, newk: kron.KronState) -> tuple[Precond, Array]:
     """``newk`` where its factors are valid, else ``st`` (per stacked layer), and the flags."""
     lead = newk.alpha.ndim
-    ok = xp.isfinite(newk.alpha) & (newk.alpha > 0)
-    for f in (newk.d_C, newk.d_K):
-        ok = ok & _all_finite(xp, f, lead) & xp.all(f > 0, axis=-1)
+    # α, d_C, d_K finite and > 0, per layer (NaN propagates through min/max: rejected)
+    ad = xp.concat([newk.alpha[..., None], newk.d_C, newk.d_K], axis=-1)
+    ok = (xp.min(ad, axis=-1) > 0) & (xp.max(ad, axis=-1) < math.inf)
     for b in (newk.B_C, newk.B_K):
         if b is not None:  # finite, and |B_ij| ≤ 1 as for any orthogonal matrix (cheap)
             flat = xp.reshape(b, (*b.shape[:lead], -1))
@@ -763,6 +758,8 @@ def _keep_good(xp: Namespace, st: kron.KronState, newk: kron.KronState) -> tuple
                 xp.min(flat, axis=-1) >= -_MAX_BASIS_ENTRY
             )
             ok = ok & big
+    if A.known_all(xp, ok):  # nothing to select (the usual case)
+        return newk, ok
     return kron.KronState(*(_select(xp, ok, n, o) for n, o in zip(newk, st))), ok
 
 
@@ -1532,7 +1529,7 @@ def stack_precond(states: Sequence[Precond]) -> Precond:
         >>> st.alpha.shape, st.B_C.shape, len(optim.unstack_precond(st))
         ((2,), (2, 4, 4), 2)
     """
-    xp = array_namespace(*(v for v in states[0] if v is not None))
+    xp = array_namespace(next(v for v in states[0] if v is not None))
     fields = zip(*states)
     return type(states[0])(*(None if v[0] is None else xp.stack(list(v)) for v in fields))
 

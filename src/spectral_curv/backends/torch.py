@@ -23,9 +23,19 @@ def _eye_like(x: torch.Tensor) -> torch.Tensor:
 def _addmm(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if p.ndim == 2:
         return torch.addmm(p, a, b)
+    if p.ndim == a.ndim == b.ndim == 3:
+        return torch.baddbmm(p, a, b)
     return torch.baddbmm(
         p.reshape(-1, *p.shape[-2:]), a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
     ).reshape(p.shape)
+
+
+@register("known_all", "torch")
+def known_all(flags: torch.Tensor) -> bool:
+    """``_array.known_all``: read on the CPU (no device sync) outside ``torch.compile``."""
+    if flags.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return bool(flags.all())
 
 
 #: Rows from which the CPU :func:`gram` splits ``x`` in two (blocks of at least half this).
@@ -48,23 +58,47 @@ def gram(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cat([gram(top), off.mT], -1), torch.cat([off, gram(bottom)], -1)], -2)
 
 
+#: The power iterations' unit start vector per (n, dtype, device) (``maps.guard_scale``'s).
+_GUARD_START: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _guard_start(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (n, dtype, device)
+    v = _GUARD_START.get(key)
+    if v is None:
+        with torch.inference_mode(False):  # a normal tensor, usable outside inference mode
+            v = torch.cos(torch.arange(n, dtype=dtype, device=device) * 1.7 + 0.3)
+            v = v / torch.linalg.vector_norm(v)
+        if torch.compiler.is_compiling():  # a traced (fake) tensor is not kept
+            return v
+        _GUARD_START[key] = v
+    return v
+
+
 def _guard(m: torch.Tensor, max_norm: Any, square: bool) -> torch.Tensor:
     """``maps.guard_scale`` with torch ops: ``min(1, max_norm/ν)``, ``ν = ‖m‖_F`` or, with
-    ``square``, ``ν² ≈ ‖m‖₂`` by the same power iterations from the same start."""
+    ``square``, ``ν² ≈ ‖m‖₂`` by the same power iterations from the same start:
+    ``ν² = ‖m⁴v‖/‖m³v‖``, normalised once midway instead of at every iteration (half the
+    dispatched operations; the same estimate to round-off, no overflow before ``‖m‖₂²``
+    would)."""
     from ..maps import GUARD_POWER_ITERS
 
     floor = torch.finfo(m.dtype).smallest_normal
     if square:
         # row vectors and an elementwise product + sum: torch's batched (n×n)·(n×1) matmul
-        # is ~10× slower than this on the CPU
-        n = m.shape[-1]
-        v = torch.cos(torch.arange(n, dtype=m.dtype, device=m.device) * 1.7 + 0.3)
-        v = v / torch.linalg.vector_norm(v)
-        for _ in range(GUARD_POWER_ITERS):
-            w = torch.mv(m, v) if m.ndim == 2 else (m * v.unsqueeze(-2)).sum(-1)
-            nu = torch.linalg.vector_norm(w, dim=-1, keepdim=True)  # ‖m v‖, v unit
-            v = w / nu.clamp_min(floor)
-        nu = nu.unsqueeze(-1).sqrt()
+        # is ~10× slower than this on the CPU; the shared start is one (n×n)·n product
+        # (m symmetric: m·w as a row or a column, alternately, with no transposes; no matmul,
+        # which torch.compile may lower to other kernels than eager: bitwise the same step)
+        dims = (-2, -1)
+        w = (m * _guard_start(m.shape[-1], m.dtype, m.device)).sum(-1, keepdim=True)  # a column
+        prev = w
+        for k in range(1, GUARD_POWER_ITERS):
+            if k == GUARD_POWER_ITERS // 2:
+                w = w / torch.linalg.vector_norm(w, dim=dims, keepdim=True).clamp_min_(floor)
+            prev = w
+            w = (m * w).sum(-2 if w.shape[-1] == 1 else -1, keepdim=True)
+        n_prev = torch.linalg.vector_norm(prev, dim=dims, keepdim=True).clamp_min_(floor)
+        nu = torch.linalg.vector_norm(w, dim=dims, keepdim=True).div_(n_prev).sqrt_()
     else:
         nu = torch.linalg.vector_norm(m, dim=(-2, -1), keepdim=True)
     return torch.clamp(max_norm / nu.clamp_min(floor), max=1.0)
@@ -144,15 +178,16 @@ def match_norm(
 
 @register("damped_generator", "torch")
 def damped_generator(w: torch.Tensor, d: torch.Tensor, scale: Any) -> torch.Tensor:
-    """``maps.rotation_generator``'s damped rule (math §2.4) for a symmetric ``W`` with two
-    n×n temporaries instead of eight (in-place passes; on the CPU each fresh n×n temporary
-    also costs its page faults)."""
+    """``maps.rotation_generator``'s damped rule (math §2.4) for a symmetric ``W`` in ten
+    dispatched operations and three n×n temporaries (the generic route: eight): with
+    ``t = scale·W``, ``X = −δ t / (δ² + 4κ² t² + tiny)``, the same quotient as
+    ``−scale·Wδ/(δ² + κ²(2·scale·W)² + tiny)`` (no ``scale²`` to underflow)."""
     from ..maps import DAMPED_KAPPA2
 
-    c = DAMPED_KAPPA2 * (2.0 * scale) ** 2
-    diff = d.unsqueeze(-1) - d.unsqueeze(-2)
-    den = torch.mul(w, w).mul_(c).addcmul_(diff, diff).add_(torch.finfo(w.dtype).smallest_normal)
-    return diff.mul_(w).div_(den).mul_(-scale)
+    t = torch.mul(w, scale)
+    nd = d.unsqueeze(-2) - d.unsqueeze(-1)  # −δ
+    den = torch.mul(t, t).mul_(4.0 * DAMPED_KAPPA2).addcmul_(nd, nd)
+    return nd.mul_(t).div_(den.add_(torch.finfo(w.dtype).smallest_normal))
 
 
 def _solve(a: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

@@ -11,16 +11,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import optim
 from ._functional import _HOST_KEYS
 
-#: State entries a step changes in place (the others it replaces): a compiled step copies them.
-_IN_PLACE = ("rejected", *optim.Slots._fields)
 _NOTICE: list[bool] = []  # whether _raise_notice has warned (once per process)
 
 
 def _snapshot(prm: Tensor, s: dict[str, Any]) -> tuple[Tensor, dict[str, Any], dict[str, Any]]:
-    old = {k: v.clone() if k in _IN_PLACE else v for k, v in s.items() if k not in _HOST_KEYS}
+    """Copies of ``prm`` and its state (a step updates every entry in place)."""
+    old = {k: v.clone() for k, v in s.items() if k not in _HOST_KEYS}
     return prm, s, {"": prm.clone(), **old}
 
 
@@ -29,10 +27,7 @@ def _select(ok: Tensor, prm: Tensor, s: dict[str, Any], old: dict[str, Any]) -> 
     the new values where it is True); the counters ``step``/``refreshes`` advance."""
     prm.copy_(torch.where(ok, prm, old.pop("")))
     for k, v in old.items():
-        if k in _IN_PLACE:
-            s[k].copy_(torch.where(ok, s[k], v))
-        elif s[k] is not v:
-            s[k] = torch.where(ok, s[k], v)
+        s[k].copy_(torch.where(ok, s[k], v))
 
 
 def _raise_notice(ctx: Any) -> None:

@@ -72,7 +72,9 @@ def host_counts(states: list[dict[str, Any]]) -> list[list[int]]:
     """
     if not states:
         return []
-    flat = torch.stack([s[k].reshape(()) for s in states for k in _HOST_KEYS]).tolist()
+    flat = torch.stack(
+        [x if (x := s[k]).ndim == 0 else x.reshape(()) for s in states for k in _HOST_KEYS]
+    ).tolist()
     return [flat[i : i + 2] for i in range(0, len(flat), 2)]
 
 
@@ -143,7 +145,7 @@ def _bucket(
     # bucket's raw p = 2 step (the reference size; the engine's p only shapes the direction)
     own_norm = pl.kind == "diag" and o.step_scale == "p2" and o.p != 2 and len(grads) > 1
     if pl.kind == "diag":
-        G = torch.cat([g.reshape(-1).to(dt) for g in grads])
+        G = torch.cat([g.reshape(-1) if g.dtype == dt else g.reshape(-1).to(dt) for g in grads])
     else:
         G = torch.stack([g.reshape(pl.rows, pl.cols) for g in grads]).to(dt)
     (st,), (ok,), (u,) = optim.precondition_step(
@@ -163,15 +165,18 @@ def _bucket(
         torch._foreach_add_([s["refreshes"] for s in states], 1)
     if pl.kind == "diag":
         sizes = [g.numel() for g in grads]
-        if key.first or key.refresh:
-            for s, d in zip(states, torch.split(st.d, sizes)):
-                s["d"] = d.view(s["d"].shape).clone() if len(states) > 1 else d.view(s["d"].shape)
+        if key.first or key.refresh:  # into the state's own tensors: one kernel, no allocation
+            dst = [s["d"] for s in states]
+            torch._foreach_copy_(dst, [d.view(t.shape) for d, t in zip(st.d.split(sizes), dst)])
         if own_norm:
             u = segment_direction(st.d, G, sizes, o.p, ref=u)
         return [x.view(g.shape) for x, g in zip(torch.split(u, sizes), grads)]
     if key.first or key.refresh:  # otherwise the factors are unchanged
-        for s, layer in zip(states, optim.unstack_precond(st)):
-            s.update((k, v.clone()) for k, v in optim.flat_state(layer).items())
+        dst, src = [], []
+        for k, v in optim.flat_state(st).items():  # stacked: one slice per parameter
+            dst += [s[k] for s in states]
+            src += v.unbind(0)
+        torch._foreach_copy_(dst, src)
     return [u[i].reshape(g.shape) for i, g in enumerate(grads)]
 
 

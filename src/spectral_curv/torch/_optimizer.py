@@ -219,6 +219,13 @@ class SpectralKron(Optimizer):
 
 def _check_param(p: Tensor) -> None:
     g = p.grad
+    if (
+        g.layout is torch.strided
+        and p.dtype.is_floating_point
+        and g.dtype.is_floating_point
+        and p.device.type != "meta"
+    ):  # the usual case, in attribute reads only
+        return
     if g.is_sparse:
         raise RuntimeError("SpectralKron does not support sparse gradients")
     if torch.is_complex(p) or torch.is_complex(g):
@@ -230,9 +237,12 @@ def _check_param(p: Tensor) -> None:
 
 
 def _host_flags(grads: list[Tensor], state: Any) -> tuple[bool, int]:
-    """Whether every gradient is finite (a fused max-abs per tensor, NaN propagating), and
-    the total of the ``rejected`` counters (refreshes of earlier steps), in one host sync
-    per device."""
+    """Whether every gradient is finite, and the total of the ``rejected`` counters
+    (refreshes of earlier steps), in one host sync per device.
+
+    A finite 2-norm (``torch._foreach_norm``'s fused kernel, ~6× faster on the CPU than its
+    max-abs) proves every entry finite; only where it is not (a NaN/inf entry, or finite
+    entries whose squares overflow) does the exact max-abs check decide."""
     by_dev: dict[torch.device, list[Tensor]] = {}
     for g in grads:
         if g.numel():
@@ -245,7 +255,7 @@ def _host_flags(grads: list[Tensor], state: Any) -> tuple[bool, int]:
     for dev in by_dev.keys() | rej.keys():
         parts = []
         if by_dev.get(dev):
-            norms = torch.stack(torch._foreach_norm(by_dev[dev], float("inf")))
+            norms = torch.stack(torch._foreach_norm(by_dev[dev]))
             parts.append(torch.isfinite(norms).all().to(torch.int64))
         else:
             parts.append(torch.ones((), dtype=torch.int64, device=dev))
@@ -254,5 +264,7 @@ def _host_flags(grads: list[Tensor], state: Any) -> tuple[bool, int]:
         else:
             parts.append(torch.zeros((), dtype=torch.int64, device=dev))
         ok, n = torch.stack(parts).tolist()
+        if not ok and by_dev.get(dev):  # overflow of a square, or a NaN/inf entry: exact check
+            ok = bool(torch.stack(torch._foreach_norm(by_dev[dev], float("inf"))).isfinite().all())
         finite, total = finite and bool(ok), total + int(n)
     return finite, total

@@ -60,6 +60,7 @@ PAPER_KEYS = (
 #: again, minutes on a CPU).
 VARIANT_KEYS = (
     "spectral_p2_quartic_r5",
+    "spectral_p15_quartic_r5",
     "spectral_p2_guard004",
     "spectral_p2_r10",
     "spectral_p2_nesterov",
@@ -393,6 +394,19 @@ def optimizer_registry() -> dict[str, OptSpec]:
             {"lr": ("log", 1e-4, 3e-3), **lr_wd, "precond_lr": ("log", 0.01, 0.5)},
             "precond_lr",
             notes="spectral_curv.torch.SpectralKron, the default options (p=1.5, quadratic Cayley)",
+            draws_as="spectral_p2_quad",
+        )
+    )
+    specs.append(
+        OptSpec(
+            "spectral_p15_quartic_r5",
+            "SpectralKron p=1.5 quartic, reorth 5",
+            "spectral",
+            spectral(1.5, "quartic", reorth_interval=5),
+            {"lr": 3e-4, "weight_decay": 1e-2, "precond_lr": 0.1},
+            {"lr": ("log", 1e-4, 3e-3), **lr_wd, "precond_lr": ("log", 0.01, 0.5)},
+            "precond_lr",
+            notes="spectral_curv.torch.SpectralKron, p=1.5, quartic Cayley, Newton–Schulz every 5",
             draws_as="spectral_p2_quad",
         )
     )

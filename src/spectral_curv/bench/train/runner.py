@@ -343,6 +343,7 @@ SWEEP_KEYS = (
     "spectral_p2_quad_compiled",
     "spectral_p2_quartic_r5",
     "spectral_p15",
+    "spectral_p15_quartic_r5",
     "spectral_p2_r10",
 )
 
