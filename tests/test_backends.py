@@ -218,6 +218,73 @@ def test_known_all_reads_only_host_values(xp):
             mp.setattr(torch.compiler, "is_compiling", lambda: True)
             assert _array.known_all(xp, ok) is False
         assert _array.known_all(xp, ok.to("meta")) is False  # not on the CPU
+        seen = []
+        torch.func.vmap(lambda f: seen.append(_array.known_all(xp, f)) or f)(ok[:, None])
+        trace = torch.jit.trace
+        trace(
+            lambda f: seen.append(_array.known_all(xp, f > 0)) or f, ok.double(), check_trace=False
+        )
+        assert seen == [False, False]
+
+
+def test_keep_last_good_under_a_trace():
+    """A refresh traced with a good gradient (``torch.jit.trace``) still rejects a later
+    non-finite one: keep-last-good is not a Python branch frozen at trace time."""
+    torch = pytest.importorskip("torch")
+    from spectral_curv import optim
+
+    g = torch.linspace(-1.0, 1.0, 12, dtype=torch.float64).reshape(4, 3)
+    pl = optim.plan((4, 3))
+    st = optim.first_state(optim.init(pl, (4, 3), xp=optim.namespace(g)), g, damping=0.0)
+    st = st._replace(alpha=torch.as_tensor(st.alpha, dtype=torch.float64))
+
+    def refresh(g):
+        new, ok = optim.refresh(st, g, precond_lr=0.1)
+        return new.alpha, ok
+
+    traced = torch.jit.trace(refresh, (g,), check_trace=False)
+    bad = g.clone()
+    bad[0, 0] = float("nan")
+    alpha, ok = traced(bad)
+    assert not bool(ok) and float(alpha) == float(st.alpha)
+
+
+def test_torch_guard_of_a_large_float32_step():
+    """The torch step guard (power iterations, float64 norms) gives float64 NumPy's scale for
+    ``‖X‖₂`` from 1e-3 to 1e8 in float32, where ``‖m⁴v‖²`` overflows float32, and lets
+    autograd through."""
+    torch = pytest.importorskip("torch")
+    from spectral_curv.backends import torch as fast
+
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((2, 16, 16))
+    x64 = a - np.swapaxes(a, -1, -2)
+    x64 /= np.linalg.norm(x64, 2, axis=(-2, -1), keepdims=True)
+    xp64 = array_api_compat.array_namespace(x64)
+    for size in (1e-3, 1.0, 1e3, 1e6, 1e8):
+        x = size * x64
+        y = -(x @ np.swapaxes(x, -1, -2))  # X² of a skew X
+        want = maps.guard_scale(xp64, y, 0.25, square=True)
+        got = fast._guard(torch.tensor(y, dtype=torch.float32), 0.25, True)
+        assert got.dtype == torch.float32
+        np.testing.assert_allclose(to_numpy(got).astype(np.float64), want, rtol=1e-4)
+    x = torch.tensor(x64[0], requires_grad=True)
+    maps.cayley_apply(
+        torch.eye(16, dtype=torch.float64), x, mode="quadratic", max_norm=0.1
+    ).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_namespace_memo_skips_void_dtypes():
+    """``_array.array_namespace`` is memoised per type, but a NumPy array of jax's ``float0``
+    (which array_api_compat maps to ``jax.numpy``) neither fills nor reads the memo."""
+    jax = pytest.importorskip("jax")
+    from spectral_curv import _array
+
+    z = np.zeros(2, dtype=jax.dtypes.float0)
+    assert _array.array_namespace(z) is array_api_compat.array_namespace(z)
+    assert _array.array_namespace(np.ones(2)) is array_api_compat.array_namespace(np.ones(2))
+    assert _array.array_namespace(z) is array_api_compat.array_namespace(z)
 
 
 def test_table_has_the_expected_entries():

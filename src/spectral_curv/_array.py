@@ -45,11 +45,18 @@ _NAMESPACE_OF_TYPE: dict[type, Namespace] = {}
 
 
 def array_namespace(*arrays: Array, **kwargs: Any) -> Namespace:
-    """``array_api_compat.array_namespace``, memoised per type for the one-array call."""
+    """``array_api_compat.array_namespace``, memoised per type for the one-array call (not
+    for a NumPy array of a void dtype such as ``jax.float0``, which array_api_compat maps to
+    ``jax.numpy``)."""
     if len(arrays) == 1 and not kwargs:
-        ns = _NAMESPACE_OF_TYPE.get(type(arrays[0]))
+        x = arrays[0]
+        ns = _NAMESPACE_OF_TYPE.get(type(x))
         if ns is None:
-            ns = _NAMESPACE_OF_TYPE[type(arrays[0])] = _compat_namespace(arrays[0])
+            ns = _compat_namespace(x)
+            if getattr(getattr(x, "dtype", None), "kind", "") != "V":
+                _NAMESPACE_OF_TYPE[type(x)] = ns
+        elif getattr(getattr(x, "dtype", None), "kind", "") == "V":
+            return _compat_namespace(x)
         return ns
     return _compat_namespace(*arrays, **kwargs)
 

@@ -1529,7 +1529,7 @@ def stack_precond(states: Sequence[Precond]) -> Precond:
         >>> st.alpha.shape, st.B_C.shape, len(optim.unstack_precond(st))
         ((2,), (2, 4, 4), 2)
     """
-    xp = array_namespace(next(v for v in states[0] if v is not None))
+    xp = array_namespace(*(v for v in states[0] if v is not None))
     fields = zip(*states)
     return type(states[0])(*(None if v[0] is None else xp.stack(list(v)) for v in fields))
 

@@ -32,8 +32,16 @@ def _addmm(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @register("known_all", "torch")
 def known_all(flags: torch.Tensor) -> bool:
-    """``_array.known_all``: read on the CPU (no device sync) outside ``torch.compile``."""
-    if flags.device.type != "cpu" or torch.compiler.is_compiling():
+    """``_array.known_all``: read for a plain tensor on the CPU (no device sync) outside
+    ``torch.compile``, ``torch.jit.trace`` and ``torch.func`` transforms (whose values a
+    Python branch must not depend on)."""
+    if (
+        type(flags) is not torch.Tensor
+        or flags.device.type != "cpu"
+        or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._functorch.is_functorch_wrapped_tensor(flags)
+    ):
         return False
     return bool(flags.all())
 
@@ -62,16 +70,18 @@ def gram(x: torch.Tensor) -> torch.Tensor:
 _GUARD_START: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
 
 
-def _guard_start(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (n, dtype, device)
-    v = _GUARD_START.get(key)
+def _guard_start(m: torch.Tensor) -> torch.Tensor:
+    """The unit start vector for ``m``'s size, dtype and device; kept only for a plain eager
+    tensor (not a traced, fake or compiled one)."""
+    n, plain = m.shape[-1], type(m) is torch.Tensor and not torch.compiler.is_compiling()
+    key = (n, m.dtype, m.device)
+    v = _GUARD_START.get(key) if plain else None
     if v is None:
         with torch.inference_mode(False):  # a normal tensor, usable outside inference mode
-            v = torch.cos(torch.arange(n, dtype=dtype, device=device) * 1.7 + 0.3)
+            v = torch.cos(torch.arange(n, dtype=m.dtype, device=m.device) * 1.7 + 0.3)
             v = v / torch.linalg.vector_norm(v)
-        if torch.compiler.is_compiling():  # a traced (fake) tensor is not kept
-            return v
-        _GUARD_START[key] = v
+        if plain:
+            _GUARD_START[key] = v
     return v
 
 
@@ -79,28 +89,30 @@ def _guard(m: torch.Tensor, max_norm: Any, square: bool) -> torch.Tensor:
     """``maps.guard_scale`` with torch ops: ``min(1, max_norm/ν)``, ``ν = ‖m‖_F`` or, with
     ``square``, ``ν² ≈ ‖m‖₂`` by the same power iterations from the same start:
     ``ν² = ‖m⁴v‖/‖m³v‖``, normalised once midway instead of at every iteration (half the
-    dispatched operations; the same estimate to round-off, no overflow before ``‖m‖₂²``
-    would)."""
+    dispatched operations; the same estimate to round-off). The norms accumulate in float64,
+    where the squares of ``m⁴v``'s entries do not overflow (``‖X‖₂`` up to ~1e9 in float32)."""
     from ..maps import GUARD_POWER_ITERS
 
     floor = torch.finfo(m.dtype).smallest_normal
     if square:
         # row vectors and an elementwise product + sum: torch's batched (n×n)·(n×1) matmul
-        # is ~10× slower than this on the CPU; the shared start is one (n×n)·n product
-        # (m symmetric: m·w as a row or a column, alternately, with no transposes; no matmul,
-        # which torch.compile may lower to other kernels than eager: bitwise the same step)
-        dims = (-2, -1)
-        w = (m * _guard_start(m.shape[-1], m.dtype, m.device)).sum(-1, keepdim=True)  # a column
+        # is ~10× slower than this on the CPU; m symmetric: m·w as a row or a column,
+        # alternately, with no transposes; no matmul, which torch.compile may lower to other
+        # kernels than eager (the compiled step is bitwise the eager one)
+        dims, wide = (-2, -1), torch.float64
+        w = (m * _guard_start(m)).sum(-1, keepdim=True)  # a column
         prev = w
         for k in range(1, GUARD_POWER_ITERS):
             if k == GUARD_POWER_ITERS // 2:
-                w = w / torch.linalg.vector_norm(w, dim=dims, keepdim=True).clamp_min_(floor)
+                size = torch.linalg.vector_norm(w, dim=dims, keepdim=True, dtype=wide)
+                w = w / size.clamp_min(floor).to(m.dtype)
             prev = w
             w = (m * w).sum(-2 if w.shape[-1] == 1 else -1, keepdim=True)
-        n_prev = torch.linalg.vector_norm(prev, dim=dims, keepdim=True).clamp_min_(floor)
-        nu = torch.linalg.vector_norm(w, dim=dims, keepdim=True).div_(n_prev).sqrt_()
-    else:
-        nu = torch.linalg.vector_norm(m, dim=(-2, -1), keepdim=True)
+        n_prev = torch.linalg.vector_norm(prev, dim=dims, keepdim=True, dtype=wide)
+        n_w = torch.linalg.vector_norm(w, dim=dims, keepdim=True, dtype=wide)
+        nu = torch.sqrt(n_w / n_prev.clamp_min(floor))
+        return torch.clamp(max_norm / nu.clamp_min(floor), max=1.0).to(m.dtype)
+    nu = torch.linalg.vector_norm(m, dim=(-2, -1), keepdim=True)
     return torch.clamp(max_norm / nu.clamp_min(floor), max=1.0)
 
 
