@@ -147,7 +147,8 @@ def _bucket(
     if pl.kind == "diag":
         G = torch.cat([g.reshape(-1) if g.dtype == dt else g.reshape(-1).to(dt) for g in grads])
     else:
-        G = torch.stack([g.reshape(pl.rows, pl.cols) for g in grads]).to(dt)
+        G = torch.stack([g.reshape(pl.rows, pl.cols) for g in grads])
+        G = G if G.dtype == dt else G.to(dt)
     (st,), (ok,), (u,) = optim.precondition_step(
         [_precond(states, pl)],
         [G],
@@ -177,7 +178,7 @@ def _bucket(
             dst += [s[k] for s in states]
             src += v.unbind(0)
         torch._foreach_copy_(dst, src)
-    return [u[i].reshape(g.shape) for i, g in enumerate(grads)]
+    return [x.reshape(g.shape) for x, g in zip(u.unbind(0), grads)]
 
 
 def _finish(
@@ -203,21 +204,29 @@ def _finish(
         for k, v in optim.flat_state(slots).items():
             s[k].copy_(v)
     if fp:
-        if o.max_update_rms is not None:  # optim.clip_rms: U·c/max(rms(U), c)
+        scale = None
+        if o.max_update_rms is not None:  # optim.clip_rms: U·c/max(rms(U), c), as U·scale
             c = o.max_update_rms
-            rms = torch._foreach_norm(fu)
-            torch._foreach_div_(rms, [math.sqrt(max(u.numel(), 1)) for u in fu])
-            torch._foreach_clamp_min_(rms, c)
-            fu = torch._foreach_div(fu, rms)
-            torch._foreach_mul_(fu, c)
-        if o.momentum:
+            size = [math.sqrt(max(u.numel(), 1)) for u in fu]
+            rms = torch.stack(torch._foreach_norm(fu))
+            rms = rms.div_(torch.tensor(size, dtype=rms.dtype, device=rms.device))
+            scale = torch.div(c, rms.clamp_min_(c)).unbind()
+        if o.momentum:  # m ← μm + U; optim.update_param steps along U + μm (nesterov) or m
             torch._foreach_mul_(fb, o.momentum)
-            torch._foreach_add_(fb, fu)
-            # optim.update_param: U + μm (nesterov) or m, as the same two operations
-            fu = torch._foreach_add(fu, torch._foreach_mul(fb, o.momentum)) if o.nesterov else fb
+            if scale is None:
+                torch._foreach_add_(fb, fu)
+            else:
+                torch._foreach_addcmul_(fb, fu, scale)
+            if o.nesterov:
+                fu = fu if scale is None else torch._foreach_mul(fu, scale)
+                fu = torch._foreach_add(fu, fb, alpha=o.momentum)
+            else:
+                fu = fb
+        elif scale is not None:
+            fu = torch._foreach_mul(fu, scale)
         if o.weight_decay:
             torch._foreach_mul_(fp, 1 - o.lr * o.weight_decay)
-        torch._foreach_sub_(fp, torch._foreach_mul(fu, o.lr))
+        torch._foreach_add_(fp, fu, alpha=-o.lr)
 
 
 def spectral_kron(
