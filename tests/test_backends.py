@@ -275,6 +275,22 @@ def test_torch_guard_of_a_large_float32_step():
     assert torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("mode", ["quadratic", "quartic", "neumann"])
+def test_torch_fast_path_broadcasts_a_shared_basis(mode):
+    """A 2-D basis with a batch of generators (leading axes broadcast, as in the generic
+    route): the fused ``P + P·F`` takes the broadcasting product instead of failing."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((3, 5, 5))
+    x = torch.tensor(0.1 * (a - np.swapaxes(a, -1, -2)))
+    b = torch.tensor(np.linalg.qr(rng.standard_normal((5, 5)))[0])
+    fast = maps.cayley_apply(b, x, mode=mode, terms=2, max_norm=0.25)
+    with backends.generic_only():
+        generic = maps.cayley_apply(b, x, mode=mode, terms=2, max_norm=0.25)
+    assert tuple(fast.shape) == (3, 5, 5)
+    np.testing.assert_allclose(to_numpy(fast), to_numpy(generic), rtol=0, atol=1e-12)
+
+
 def test_namespace_memo_skips_void_dtypes():
     """``_array.array_namespace`` is memoised per type, but a NumPy array of jax's ``float0``
     (which array_api_compat maps to ``jax.numpy``) neither fills nor reads the memo."""

@@ -21,9 +21,12 @@ def _eye_like(x: torch.Tensor) -> torch.Tensor:
 
 
 def _addmm(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``p + a @ b`` in one kernel where the shapes allow it (the same leading axes)."""
+    if not p.shape[:-2] == a.shape[:-2] == b.shape[:-2]:  # broadcast leading axes
+        return p + a @ b
     if p.ndim == 2:
         return torch.addmm(p, a, b)
-    if p.ndim == a.ndim == b.ndim == 3:
+    if p.ndim == 3:
         return torch.baddbmm(p, a, b)
     return torch.baddbmm(
         p.reshape(-1, *p.shape[-2:]), a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
