@@ -48,17 +48,12 @@ def array_namespace(*arrays: Array, **kwargs: Any) -> Namespace:
     """``array_api_compat.array_namespace``, memoised per type for the one-array call (not
     for a NumPy array of a void dtype such as ``jax.float0``, which array_api_compat maps to
     ``jax.numpy``)."""
-    if len(arrays) == 1 and not kwargs:
-        x = arrays[0]
-        ns = _NAMESPACE_OF_TYPE.get(type(x))
-        if ns is None:
-            ns = _compat_namespace(x)
-            if getattr(getattr(x, "dtype", None), "kind", "") != "V":
-                _NAMESPACE_OF_TYPE[type(x)] = ns
-        elif getattr(getattr(x, "dtype", None), "kind", "") == "V":
-            return _compat_namespace(x)
-        return ns
-    return _compat_namespace(*arrays, **kwargs)
+    if len(arrays) != 1 or kwargs or getattr(getattr(arrays[0], "dtype", None), "kind", "") == "V":
+        return _compat_namespace(*arrays, **kwargs)
+    ns = _NAMESPACE_OF_TYPE.get(type(arrays[0]))
+    if ns is None:
+        ns = _NAMESPACE_OF_TYPE[type(arrays[0])] = _compat_namespace(arrays[0])
+    return ns
 
 
 def known_all(xp: Namespace, flags: Array) -> bool:

@@ -333,6 +333,10 @@ def _refresh(
     lam_k = (damping * xp.sum(1.0 / d_c, axis=-1))[..., None]
     k_c, k_k = float(c), float(r)
     a = alpha[..., None]
+    # The damped rule takes the pair gaps after the d update (the 2×2 Jacobi angle of the
+    # refreshed S uses its new diagonal; docs/math.md); the paper's rule, before it.
+    damped = maps.resolve_rotation(rotation) == "damped"
+    gap_c, gap_k = d_c, d_k
     if exp == "exact":
         m_c = (-gamma * d_c + (diag_c + lam_c) / (a * k_c)) / d_c
         m_k = (-gamma * d_k + (diag_k + lam_k) / (a * k_k)) / d_k
@@ -342,12 +346,15 @@ def _refresh(
         new_dk = d_k * xp.exp(beta2 * (m_k - mk_mean))
         new_alpha = alpha * xp.exp((beta2 / 2.0) * (mc_mean + mk_mean)[..., 0])
         lc, lk = beta2 * mc_mean, beta2 * mk_mean  # the mean log change of each d
-        gap_c, gap_k = new_dc * xp.exp(lc), new_dk * xp.exp(lk)
+        if damped:  # the new diagonal before its normalisation (in the old scale α)
+            gap_c, gap_k = new_dc * xp.exp(lc), new_dk * xp.exp(lk)
     else:
-        # the new diagonal before its normalisation (in the old scale α): the damped rule's gaps
-        gap_c = (1.0 - gamma * beta2) * d_c + (beta2 / (a * k_c)) * (diag_c + lam_c)
-        gap_k = (1.0 - gamma * beta2) * d_k + (beta2 / (a * k_k)) * (diag_k + lam_k)
-        log_nc, log_nk = xp.log(gap_c), xp.log(gap_k)
+        # the new diagonal before its normalisation (in the old scale α)
+        raw_c = (1.0 - gamma * beta2) * d_c + (beta2 / (a * k_c)) * (diag_c + lam_c)
+        raw_k = (1.0 - gamma * beta2) * d_k + (beta2 / (a * k_k)) * (diag_k + lam_k)
+        log_nc, log_nk = xp.log(raw_c), xp.log(raw_k)
+        if damped:
+            gap_c, gap_k = raw_c, raw_k
         lc = xp.mean(log_nc, axis=-1, keepdims=True)
         lk = xp.mean(log_nk, axis=-1, keepdims=True)
         new_dc = xp.exp(log_nc - lc)
@@ -380,13 +387,8 @@ def _refresh(
             max_norm=max_step_norm if damped else None,
         )
 
-    # The damped rule takes the pair gaps after the d update (the 2×2 Jacobi angle of the
-    # refreshed S uses its new diagonal; docs/math.md); the paper's rule, before it.
     # Step guard: the paper's rule caps ‖X‖_F in the generator (math §4.5); the damped rule
     # bounds ‖X‖₂ inside the Cayley map (maps.cayley_apply).
-    damped = maps.resolve_rotation(rotation) == "damped"
-    if not damped:
-        gap_c, gap_k = d_c, d_k
     b_c = rotate(state.B_C, w_c, gap_c, k_c)
     del w_c
     b_k = rotate(state.B_K, w_k, gap_k, k_k)
