@@ -137,6 +137,24 @@ def asarray(xp: Any, a: Any, dtype: Any = None) -> Any:
     return xp.asarray(np.asarray(a), dtype=xp.float64 if dtype is None else dtype)
 
 
+def _plain_value(v: Any) -> Any:
+    """``v`` with NumPy scalars/arrays as Python values (nested in tuples, lists, dicts)."""
+    if isinstance(v, (np.generic, np.ndarray)):
+        return v.tolist()
+    if isinstance(v, (tuple, list)):
+        return type(v)(_plain_value(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _plain_value(x) for k, x in v.items()}
+    return v
+
+
+@pytest.fixture
+def record_property(record_property: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+    """pytest's, with NumPy values as Python ones: pytest-xdist cannot send a NumPy scalar
+    from a worker (an INTERNALERROR that ends ``pytest -n 2``)."""
+    return lambda name, value: record_property(name, _plain_value(value))
+
+
 @pytest.fixture
 def paper_rule(monkeypatch):
     """The paper's basis update ``U_ij = −W_ij/(d_i − d_j)`` as the core's default

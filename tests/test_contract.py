@@ -539,6 +539,13 @@ BAD = [
     ("graft_betas", (1.0, 0.0)),
     ("precond_dtype", "float16"),
     ("nonfinite", "ignore"),
+    # None only where an option documents it (was accepted, then failed mid-step)
+    ("lr", None),
+    ("precond_lr", None),
+    ("p", None),
+    ("damping", None),
+    ("momentum", None),
+    ("weight_decay", None),
 ]
 
 
@@ -829,6 +836,52 @@ def test_torch_load_state_dict_hooks():
     assert seen["pre_keys"] == list(range(len(SHAPES)))  # the full "state"
     assert fresh.opt.param_groups[0]["lr"] == 0.123  # the pre-hook's dict was loaded
     assert seen["post_step"] == 3 and seen["post_buf"] == 7.0
+
+
+@pytest.mark.parametrize("name", ["torch", "numpy"])
+def test_callable_lr_is_rejected_where_schedules_are_not_taken(name):
+    # optax takes a schedule; torch and NumPy change `lr` between steps instead (it was
+    # accepted and failed inside the first step, after the counters had advanced)
+    with pytest.raises(ValueError, match="`lr`"):
+        DRIVERS[name](_init(), lr=lambda t: 0.1)
+
+
+@pytest.mark.parametrize("before", ["any step", "a parameter's first gradient"])
+def test_torch_state_missing_from_a_checkpoint_starts_fresh(before):
+    # torch.optim's state is a defaultdict: a parameter without saved state (a checkpoint
+    # taken before any step, or before the parameter had a gradient) starts fresh on its
+    # first step, as on an optimizer that never saved; a KeyError before
+    import torch
+
+    from spectral_curv.torch import SpectralKron
+
+    def make() -> tuple[list[torch.nn.Parameter], SpectralKron]:
+        ps = [torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64)) for _ in range(2)]
+        return ps, SpectralKron(ps, lr=0.1)
+
+    def give(ps: list[torch.nn.Parameter], which: list[int], t: int) -> None:
+        for i in which:
+            ps[i].grad = torch.full_like(ps[i], 0.1 * (t + 1 + i)).cumsum(0)
+
+    first = [] if before == "any step" else [0]
+    (a, opt_a), (b, opt_b) = make(), make()
+    for t in range(2 if first else 0):
+        give(a, first, t)
+        opt_a.step()
+        give(b, first, t)
+        opt_b.step()
+    (c, opt_c) = make()
+    with torch.no_grad():
+        for x, y in zip(c, a):
+            x.copy_(y)
+    opt_c.load_state_dict(opt_a.state_dict())
+    for t in range(2, 6):
+        for ps, opt in ((b, opt_b), (c, opt_c)):
+            give(ps, [0, 1], t)
+            opt.step()
+    for x, y in zip(b, c):
+        assert torch.equal(x, y)
+    assert int(opt_c.state[c[1]]["step"]) == 4
 
 
 def test_torch_non_parameter_state_is_copied_as_is():

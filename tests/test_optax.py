@@ -24,6 +24,7 @@ from spectral_curv import optim  # noqa: E402
 from spectral_curv.optax import (  # noqa: E402
     SPECTRAL,
     STATIC_ARGS,
+    ScaleBySpectralKronState,
     clip_by_update_rms,
     order_labels,
     scale_by_spectral_kron,
@@ -572,3 +573,102 @@ def test_bad_hyperparameters(kwargs: dict[str, Any], name: str) -> None:
 def test_clip_by_update_rms_rejects_bad_value() -> None:
     with pytest.raises(ValueError, match="max_update_rms"):
         clip_by_update_rms(-1.0)
+
+
+# --------------------------------------------------------------------------- JAX conventions
+# Found by an outside probe of optax's conventions (each failed before the fix).
+
+
+def _spectral_states(state: Any) -> list[Any]:
+    own = lambda x: isinstance(x, ScaleBySpectralKronState)  # noqa: E731
+    return [x for x in jax.tree.leaves(state, is_leaf=own) if own(x)]
+
+
+def test_vmap_over_update_checks_each_problem() -> None:
+    """Under ``jax.vmap`` the host check's ``lax.cond`` is a select: both branches ran and a
+    finite batch raised "a gradient contains NaN or inf". Now each problem is checked."""
+    P = {"w": jnp.ones((2, 4, 3))}
+    G = {"w": jnp.linspace(0.1, 1.0, 24).reshape(2, 4, 3)}
+    opt = spectral_kron(1e-2)
+    u, _ = jax.jit(jax.vmap(opt.update))(G, jax.vmap(opt.init)(P))
+    jax.effects_barrier()
+    for i in range(2):  # each problem as if stepped alone
+        one, _ = opt.update({"w": G["w"][i]}, opt.init({"w": P["w"][i]}))
+        np.testing.assert_allclose(np.asarray(u["w"][i]), np.asarray(one["w"]), rtol=1e-5)
+    bad = {"w": G["w"].at[1, 0, 0].set(jnp.nan)}
+    with pytest.raises(Exception, match="NaN or inf"):
+        jax.jit(jax.vmap(opt.update))(bad, jax.vmap(opt.init)(P))
+        jax.effects_barrier()
+    skip = spectral_kron(1e-2, nonfinite="skip")
+    u, st = jax.jit(jax.vmap(skip.update))(bad, jax.vmap(skip.init)(P))
+    assert np.asarray(_spectral_states(st)[0].skipped).tolist() == [0, 1]
+    assert bool(jnp.all(u["w"][1] == 0)) and bool(jnp.any(u["w"][0] != 0))
+
+
+def test_graft_state_can_be_donated() -> None:
+    """``graft="adam"``: ``init`` gave the same tree for both moments, so ``jit`` with the
+    state donated failed ("Attempt to donate the same buffer twice")."""
+    opt = spectral_kron(1e-2, graft="adam")
+    P = {"w": jnp.ones((4, 3))}
+    state = opt.init(P)
+    u, _ = jax.jit(opt.update, donate_argnums=1)({"w": jnp.full((4, 3), 0.3)}, state, P)
+    assert bool(jnp.all(jnp.isfinite(u["w"])))
+
+
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": 1e-3, "momentum": 1.5}, "momentum"),
+        ({"learning_rate": 1e-3, "precond_lr": -0.5}, "precond_lr"),
+        ({"learning_rate": 1e-3, "p": 0.0}, "p"),
+    ],
+)
+def test_concrete_jax_array_options_are_validated(kw: dict[str, Any], name: str) -> None:
+    """A concrete (not traced) jax array is checked like a Python number: array_api_compat
+    counts every jax array as lazy, so these passed and gave NaN updates later. Through
+    ``inject_hyperparams`` (arrays at ``init``) too."""
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        spectral_kron(**{k: jnp.asarray(v) for k, v in kw.items()})
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        optax.inject_hyperparams(spectral_kron)(**kw).init({"w": jnp.ones((4, 3))})
+
+
+@pytest.mark.parametrize("bad", ["w", "b"])
+def test_nonfinite_skips_the_whole_step_with_others(bad: str) -> None:
+    """With ``others``, a NaN in a leaf routed to another optimizer skipped nothing (that
+    optimizer's update was NaN) and did not raise: ``partition`` shows each transform only its
+    leaves. The step is now whole: every state kept, the update zero, the skip counted once;
+    ``"raise"`` raises for either leaf."""
+    P = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+    G = {"w": jnp.full((4, 3), 0.3), "b": jnp.full(3, 0.2)}
+    G[bad] = G[bad].at[0].set(jnp.nan)
+    opt = spectral_kron(1e-2, nonfinite="skip", others={"other": optax.adamw(1e-3)})
+    state = opt.init(P)
+    u, new = jax.jit(opt.update)(G, state, P)
+    assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(u))
+    (old_s,), (new_s,) = _spectral_states(state), _spectral_states(new)
+    assert int(new_s.skipped) == int(old_s.skipped) + 1
+    for a, b in zip(
+        jax.tree.leaves(new_s._replace(skipped=0)), jax.tree.leaves(old_s._replace(skipped=0))
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(
+        jax.tree.leaves(new.inner_states["other"]), jax.tree.leaves(state.inner_states["other"])
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    raising = spectral_kron(1e-2, others={"other": optax.adamw(1e-3)})
+    with pytest.raises(Exception, match="NaN or inf"):
+        jax.jit(raising.update)(G, raising.init(P), P)
+        jax.effects_barrier()
+
+
+def test_validate_state_checks_skipped() -> None:
+    """``validate_state`` let a negative ``skipped`` counter through."""
+    from spectral_curv.optax import validate_state
+
+    P = {"w": jnp.ones((4, 3))}
+    st = scale_by_spectral_kron().init(P)
+    validate_state(st, P)
+    with pytest.raises(ValueError, match="`skipped`"):
+        validate_state(st._replace(skipped=jnp.asarray(-4, jnp.int32)), P)

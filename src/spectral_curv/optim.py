@@ -145,7 +145,12 @@ def _scalar(name: str, v: Any) -> Any:
                 f"`{name}` must be a real scalar{f' ({what})' if what else ''}, "
                 f"got shape {tuple(v.shape)}"
             )
-        return None if A.is_lazy(v) else v.item()
+        if not A.is_lazy(v):
+            return v.item()
+        try:  # e.g. a concrete jax array, which array_api_compat counts as lazy
+            return v.item()
+        except TypeError:  # traced (jax: ConcretizationTypeError): no value to check yet
+            return None
     return v
 
 
@@ -170,17 +175,21 @@ def check_options(o: Any) -> None:
     Traceback (most recent call last):
     ...
     ValueError: `p` must be finite and > 0, got 0
+    >>> check_options({"momentum": None})  # None only where an option documents it
+    Traceback (most recent call last):
+    ...
+    ValueError: `momentum` must be in [0, 1), got None
     """
     for name, (zero, allow_none) in _REAL_OPTIONS.items():
         if name not in o or (o[name] is None and allow_none):
             continue
         v = _scalar(name, o[name])
-        if v is not None and not _real_ok(v, zero):
+        if (o[name] is None or v is not None) and not _real_ok(v, zero):
             bound = ">= 0" if zero else "> 0"
             raise ValueError(f"`{name}` must be finite and {bound}, got {o[name]!r}")
     if "momentum" in o:
         m = _scalar("momentum", o["momentum"])
-        if m is not None and not (_real_ok(m, True) and m < 1):
+        if (o["momentum"] is None or m is not None) and not (_real_ok(m, True) and m < 1):
             raise ValueError(f"`momentum` must be in [0, 1), got {o['momentum']!r}")
     if "nesterov" in o and not isinstance(o["nesterov"], bool):
         raise ValueError(f"`nesterov` must be True or False, got {o['nesterov']!r}")

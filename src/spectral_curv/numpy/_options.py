@@ -34,7 +34,10 @@ def check_options(opts: Mapping[str, Any]) -> optim.Options:
         ...
         ValueError: `precond_dtype` must be a real floating dtype, got 'int8'
     """
-    o = optim.Options(**optim.renamed(opts, stacklevel=4))
+    opts = optim.renamed(opts, stacklevel=4)
+    if callable(opts.get("lr")):  # set `opt.lr` between steps instead
+        raise ValueError(f"`lr` must be a real number, got {opts['lr']!r}")
+    o = optim.Options(**opts)
     floats = {k: float(v) for k, v in o.as_dict().items() if k in _FLOATS and v is not None}
     ints = {k: int(getattr(o, k)) for k in _INTS}
     dt = o.precond_dtype

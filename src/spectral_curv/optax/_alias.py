@@ -15,7 +15,7 @@ import optax
 from .. import optim
 from ._options import DEFAULTS as _D
 from ._options import PRECOND_OPTIONS, floating_dtype, graft_constants
-from ._scale import ScaleBySpectralKronState, scale_by_spectral_kron
+from ._scale import ScaleBySpectralKronState, _on_host, _raise_if, scale_by_spectral_kron
 from ._transforms import add_decayed_weights, clip_by_update_rms, heavy_ball, skip_nonfinite
 
 #: The label :func:`spectral_kron` routes to the spectral optimizer (see ``others``).
@@ -94,7 +94,9 @@ def spectral_kron(
     ``learning_rate`` may be a schedule. Leaves of order ≥ 2 get the Kronecker factors,
     order ≤ 1 the diagonal scheme (the routing of the torch optimizer). A non-finite
     gradient skips the whole step: every state is kept (momentum included) and the update
-    is zero; ``nonfinite="raise"`` also raises (see :func:`scale_by_spectral_kron`).
+    is zero; ``nonfinite="raise"`` also raises (see :func:`scale_by_spectral_kron`). With
+    ``others`` the step is the whole tree's: a non-finite gradient in any leaf keeps every
+    optimizer's state and zeroes every update.
     ``mu_dtype``: the momentum's dtype (default: each leaf's).
 
     Routing leaves elsewhere: ``others`` maps labels to complete optax optimizers (their
@@ -131,23 +133,54 @@ def spectral_kron(
         }
     )
     floating_dtype("mu_dtype", mu_dtype, allow_none=True)
-    parts = [scale_by_spectral_kron(**precond)]
-    if max_update_rms is not None:
-        parts.append(clip_by_update_rms(max_update_rms))
-    parts += [
+    rest = [] if max_update_rms is None else [clip_by_update_rms(max_update_rms)]
+    rest += [
         heavy_ball(momentum, mu_dtype, nesterov=nesterov),
         add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     ]
-    tx = skip_nonfinite(optax.chain(*parts), self_skipping=ScaleBySpectralKronState)
     if others is None:
         if label_fn is not None:
             raise ValueError("`label_fn` needs `others` (the transforms for its labels)")
-        return optax.with_extra_args_support(tx)
+        return optax.with_extra_args_support(_chain(precond, rest))
     if not isinstance(others, Mapping) or SPECTRAL in others:
         raise ValueError(
             f"`others` must be a dict of optax transforms without the key {SPECTRAL!r}"
         )
-    return optax.with_extra_args_support(
-        optax.partition({SPECTRAL: tx, **others}, label_fn or order_labels)
-    )
+    # the whole step, other optimizers' leaves included: `partition` shows each transform
+    # only its own leaves, so the non-finite check and the skip are taken around it (and a
+    # "raise" raised there, once, for any leaf)
+    tx = _chain({**precond, "nonfinite": "skip"}, rest)
+    inner = optax.partition({SPECTRAL: tx, **others}, label_fn or order_labels)
+    return optax.with_extra_args_support(_skip_whole_step(inner, nonfinite))
+
+
+def _chain(precond: dict[str, Any], rest: list[Any]) -> optax.GradientTransformation:
+    """The spectral chain of :func:`spectral_kron` (a non-finite step kept whole)."""
+    tx = optax.chain(scale_by_spectral_kron(**precond), *rest)
+    return skip_nonfinite(tx, self_skipping=ScaleBySpectralKronState)
+
+
+def _skip_whole_step(
+    tx: optax.GradientTransformation, nonfinite: str
+) -> optax.GradientTransformationExtraArgs:
+    """``tx`` (a partition) whose states are all kept and updates zeroed when any gradient is
+    not finite; the spectral state counts the skip; ``nonfinite="raise"`` raises."""
+    own = lambda x: isinstance(x, ScaleBySpectralKronState)  # noqa: E731
+
+    def update_fn(updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
+        ok = optim.all_grads_finite(jnp, jax.tree.leaves(updates))
+        if nonfinite == "raise":
+            _on_host(_raise_if, ~ok)
+        new_u, new_s = tx.update(updates, state, params, **extra)
+
+        def keep(n: Any, o: Any) -> Any:
+            kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), n, o)
+            if not own(n):
+                return kept
+            return kept._replace(skipped=jnp.where(ok, n.skipped, o.skipped + 1))
+
+        new_s = jax.tree.map(keep, new_s, state, is_leaf=own)
+        return jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_u), new_s
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)

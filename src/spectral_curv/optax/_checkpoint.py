@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .. import optim
 from ._options import DEFAULTS as _D
@@ -21,7 +22,8 @@ def validate_state(
     """Raise a ValueError naming the leaf and the field unless ``state`` (e.g. restored from a
     checkpoint) is a valid :func:`scale_by_spectral_kron` state for ``params``.
 
-    Checks the tree structure, the counters (``0 ≤ rejected ≤ refreshes ≤ count``), and per
+    Checks the tree structure, the counters (``0 ≤ rejected ≤ refreshes ≤ count``,
+    ``skipped ≥ 0``), and per
     leaf the factors against the leaf's plan (``optim.check_precond``: shapes, finite,
     ``α, d > 0``, ``Π d = 1``, orthogonal ``B``) and the graft moments. Reads values: call
     it eagerly, outside ``jit``.
@@ -47,6 +49,9 @@ def validate_state(
         rejs = treedef.flatten_up_to(state.rejected)
     except (ValueError, TypeError) as e:
         raise ValueError(f"state does not match the params' tree structure: {e}") from e
+    skipped = np.asarray(state.skipped)
+    if skipped.shape != () or skipped.dtype.kind not in "iu" or int(skipped) < 0:
+        raise ValueError(f"state `skipped` must be an integer >= 0, got {state.skipped!r}")
     graft = state.exp_avg is not None
     moments = (
         zip(treedef.flatten_up_to(state.exp_avg), treedef.flatten_up_to(state.exp_avg_sq))

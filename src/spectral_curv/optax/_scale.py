@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from .. import diag, kron, optim
@@ -70,8 +71,10 @@ def _on_host(fn: Callable[[Any], None], flag: Any) -> None:
     nothing to the host unless ``flag`` is set."""
     if not isinstance(flag, jax.core.Tracer):
         fn(flag)
-    else:
-        jax.lax.cond(flag, lambda: jax.debug.callback(fn, True), lambda: None)
+    else:  # the flag itself goes to the host: under `vmap` the cond is a select, both run
+        jax.lax.cond(
+            flag, lambda: jax.debug.callback(lambda f: fn(bool(np.any(f))), flag), lambda: None
+        )
 
 
 def _raise_if(bad: Any) -> None:
@@ -190,8 +193,8 @@ def scale_by_spectral_kron(
             refreshes=jnp.zeros([], jnp.int32),
             rejected=jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params),
             precond=jax.tree.map(one, params),
-            exp_avg=moments,
-            exp_avg_sq=moments,
+            exp_avg=moments,  # two trees, not one twice (donating the state would fail)
+            exp_avg_sq=None if moments is None else jax.tree.map(jnp.zeros_like, moments),
             skipped=jnp.zeros([], jnp.int32),
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import defaultdict
 from typing import Any
 
 import torch
@@ -52,7 +53,7 @@ def load_state_dict(opt: Optimizer, state_dict: dict[str, Any]) -> None:
         if isinstance(group[_SKIPPED], bool) or not isinstance(group[_SKIPPED], int):
             raise ValueError(f"state dict: `{_SKIPPED}` must be an int, got {group[_SKIPPED]!r}")
         groups.append(group)
-    state: dict[Any, Any] = {}
+    state: defaultdict[Any, Any] = defaultdict(dict)  # as torch.optim: fresh on first use
     for k, v in sd["state"].items():
         if k not in id_map:
             state[k] = copy.deepcopy(v)

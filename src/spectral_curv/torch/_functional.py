@@ -284,6 +284,11 @@ def _options(kw: dict[str, Any]) -> optim.Options:
             f"SpectralKron got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
             f"its options are {', '.join(optim.Options.names())}"
         )
+    if callable(kw.get("lr")):  # optax takes schedules; torch.optim changes `lr` instead
+        raise ValueError(
+            f"`lr` must be a float or a 1-element tensor, got {kw['lr']!r} "
+            "(for a schedule: torch.optim.lr_scheduler)"
+        )
     o = optim.Options(**kw)
     dt = o.precond_dtype
     if dt is not None and not (isinstance(dt, torch.dtype) and dt.is_floating_point):
