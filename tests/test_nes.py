@@ -562,7 +562,8 @@ def test_tell_own_ask_copy_is_bitwise_and_earlier_ask_recomputes_eps(cls):
 
 def test_injected_points_equal_the_update_by_hand():
     """``tell`` with arbitrary points (not sampled, other count than ``popsize``) equals the
-    dense formula with ``ε_i = S^{1/2}(x_i − μ)`` (``_old_spectral_update``)."""
+    dense formula with ``ε_i = S^{1/2}(x_i − μ)`` (``_old_spectral_update``), each shortened
+    to ``‖ε_i‖ ≤ √n + 2n/(n + 2)``."""
     rng = np.random.default_rng(2)
     n = 5
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -572,6 +573,10 @@ def test_injected_points_equal_the_update_by_hand():
     X = es.mean + rng.standard_normal((13, n))  # injected: 13 points, not from ask()
     f = nes.rosenbrock(X)
     eps = (X - es.mean) @ full.dense(es.state, 0.5)
+    r = math.sqrt(n) + 2 * n / (n + 2)  # pycma's repair_genotype: ‖ε_i‖ ≤ r
+    size = np.linalg.norm(eps, axis=1)
+    assert 0 < np.sum(size > r) < len(size)  # some points are shortened, some are not
+    eps = eps * np.minimum(1.0, r / size)[:, None]
     mean_ref, st_ref = _old_spectral_update(es, eps, nes.rank_utilities(f))
     es.tell(X, f)
     np.testing.assert_allclose(es.mean, mean_ref, rtol=0, atol=1e-12)
@@ -579,6 +584,38 @@ def test_injected_points_equal_the_update_by_hand():
     assert es.countevals == 13 and es.result.fbest == float(f.min())
     np.testing.assert_array_equal(es.result.xbest, X[int(np.argmin(f))])
     assert es.result.evals_best == int(np.argmin(f)) + 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_repaired_candidates_keep_the_distribution_usable(seed):
+    """Candidates clipped into a box that excludes the optimum (pycma's repair loop) made the
+    recomputed ``ε`` grow without bound (‖ε‖ 4 → 1e40) until ``tell`` raised a
+    FloatingPointError (seed 1: iteration 19). With the repaired steps shortened it runs, and
+    finds the box's best point."""
+    es = nes.SpectralNES(np.full(5, 3.0), 0.5, seed=seed)
+    for _ in range(300):
+        X = np.clip(es.ask(), -0.2, 2.0)
+        es.tell(X, np.sum((X + 1.0) ** 2, axis=1))
+    assert math.isfinite(es.sigma) and np.all(np.isfinite(es.mean))
+    assert es.result.fbest == pytest.approx(5 * 0.8**2, rel=1e-9)
+
+
+def test_candidates_repaired_in_place_count_as_repaired():
+    """``ask()`` returned its own buffer, so a candidate changed in place was taken for the
+    sample (its stale ``ε`` used). Now the same as repairing a copy."""
+    f = lambda X: np.sum(X**2, axis=1)  # noqa: E731
+
+    def run(inplace: bool) -> nes.SpectralNES:
+        es = nes.SpectralNES(np.ones(5), 0.5, seed=3)
+        X = es.ask()
+        Xr = X if inplace else X.copy()
+        Xr[0] = 5.0
+        es.tell(Xr, f(Xr))
+        return es
+
+    a, b = run(True), run(False)
+    np.testing.assert_array_equal(a.mean, b.mean)
+    np.testing.assert_array_equal(full.dense(a.state), full.dense(b.state))
 
 
 def test_injected_points_xnes_by_hand():
@@ -1269,3 +1306,12 @@ def test_bounds_on_backends(xp):
     ref = nes.SpectralNES(np.full(3, 0.5), 1.0, bounds=(0, 1), seed=0, maxiter=20)
     ref.optimize(nes.rosenbrock)
     np.testing.assert_allclose(to_numpy(es.mean), ref.mean, rtol=1e-7, atol=1e-9)
+
+
+def test_numpy_integers_are_counts_as_in_pycma():
+    """``popsize=np.int64(8)`` and ``ask(np.int64(4))`` were ValueErrors (pycma takes them)."""
+    es = nes.SpectralNES(np.ones(3), 0.5, popsize=np.int64(8), seed=0)
+    assert es.popsize == 8 and type(es.popsize) is int
+    assert es.ask(np.int64(4)).shape == (4, 3)
+    with pytest.raises(ValueError, match="`number`"):
+        es.ask(np.bool_(True))

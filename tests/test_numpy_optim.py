@@ -474,6 +474,8 @@ def test_structure_shape_dtype_mismatch_raises():
             opt.step(params, grads)
     with pytest.raises(TypeError, match="real floating"):
         opt.step(P, {**g, "b1": np.ones(8, dtype=np.int64)})
+    with pytest.raises(TypeError, match=r"np\.matrix"):  # was a broadcasting error mid-step
+        opt.step(P, {**g, "W2": np.asmatrix(g["W2"])})
     _sd_equal(opt.state_dict(), before)
     lopt = SpectralKron(list(P.values()), lr=0.01)
     with pytest.raises(ValueError, match="must hold 9 arrays"):
@@ -491,6 +493,7 @@ def test_structure_shape_dtype_mismatch_raises():
         ([[1.0, 2.0]], TypeError, "arrays"),
         ({1: np.ones(3)}, TypeError, "keys must be str"),
         (np.ones(3), TypeError, "dict of name"),
+        ({"w": np.asmatrix(np.ones((3, 2)))}, TypeError, "np.matrix"),
     ],
 )
 def test_bad_params_raise(params, error, match):

@@ -71,6 +71,7 @@ Example::
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -101,6 +102,11 @@ __all__ = [
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _is_int(v: Any) -> bool:
+    """A Python or NumPy integer (not a bool), as pycma takes counts."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
 
 
 def default_popsize(n: int) -> int:
@@ -558,8 +564,9 @@ class _NESBase:
                 "problem's coordinates)"
             )
         popsize = default_popsize(n) if popsize is None else popsize
-        if not isinstance(popsize, int) or isinstance(popsize, bool) or popsize < 2:
+        if not _is_int(popsize) or popsize < 2:
             raise ValueError(f"`popsize` must be an int >= 2, got {popsize!r}")
+        popsize = int(popsize)
         if mirrored and popsize % 2:
             raise ValueError(f"mirrored sampling needs an even `popsize`, got {popsize}")
         lr_cov = default_lr_cov(n) if lr_cov is None else lr_cov
@@ -567,7 +574,7 @@ class _NESBase:
         for name, v in (("lr_mean", lr_mean), ("lr_cov", lr_cov), ("lr_sigma", lr_sigma)):
             A.check_positive(name, v)
         for name, v in (("tolflatfitness", tolflatfitness), ("verbose", verbose)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            if not _is_int(v) or v < 0:
                 raise ValueError(f"`{name}` must be an int >= 0, got {v!r}")
         self.n = n
         self.popsize = popsize
@@ -747,8 +754,9 @@ class _NESBase:
         xp = self._xp
         n = self.n
         lam = self.popsize if number is None else number
-        if not isinstance(lam, int) or isinstance(lam, bool) or lam < 1:
+        if not _is_int(lam) or lam < 1:
             raise ValueError(f"`number` must be an int >= 1, got {number!r}")
+        lam = int(lam)
         if self.mirrored:
             half = self._rng.standard_normal(((lam + 1) // 2, n))
             e = np.concatenate([half, -half], axis=0)[:lam]
@@ -761,7 +769,8 @@ class _NESBase:
             self._eps, self._X = eps, Y
         else:  # keep the genotypes Y for tell(); the candidates are their phenotypes T(Y)
             self._eps, self._Y, self._X = eps, Y, self._box.transform(Y)
-        return self._X
+        # a copy: candidates repaired in place must not change what tell() compares them to
+        return xp.asarray(self._X, copy=True)
 
     def tell(self, X: Any, values: Any) -> None:
         """Update the distribution from candidates ``X`` ``(m, n)`` and their values ``(m,)``
@@ -769,7 +778,10 @@ class _NESBase:
 
         ``X`` may be any points (repaired or injected candidates): unless ``X`` is exactly
         the last ``ask()``, the standard-normal samples are recomputed from it with the
-        current distribution, ``ε_i = Σ^{-1/2}(x_i − μ)`` (the inverse of the sampling map).
+        current distribution, ``ε_i = Σ^{-1/2}(x_i − μ)`` (the inverse of the sampling map),
+        and a step with ``‖ε_i‖ > √n + 2n/(n + 2)`` is shortened to that length (pycma's
+        ``repair_genotype``: one far point cannot blow the distribution up). ``ask()``
+        returns a copy, so candidates repaired in place count as repaired.
         Non-finite values (NaN, ±inf) rank below every finite one; if no value is finite the
         step is skipped with a RuntimeWarning (the evaluations and the iteration still
         count).
@@ -818,11 +830,19 @@ class _NESBase:
         if Xa.shape == Xh.shape and np.array_equal(Xa, Xh):
             eps, Xd = self._eps, self._X
             Yd = Xd if self._box is None else self._Y
+            z = Yd - self._mean[None, :]
         else:  # repaired / injected candidates: recompute ε from X (genotypes T⁻¹(X))
             Xd = xp.asarray(Xh, dtype=self._dtype, device=self._device)
             Yd = Xd if self._box is None else self._box.inverse(Xd)
-            eps = self._whiten(Yd - self._mean[None, :])
-        z = Yd - self._mean[None, :]
+            z = Yd - self._mean[None, :]
+            eps = self._whiten(z)
+            # pycma's repair_genotype: a step longer than r = √n + 2n/(n + 2) in the
+            # distribution's norm (‖ε‖) is shortened to r, so that one far point cannot
+            # blow the covariance up (ε εᵀ enters the update)
+            r = math.sqrt(n) + 2.0 * n / (n + 2.0)
+            size = xp.sqrt(xp.sum(eps * eps, axis=1))[:, None]
+            shrink = r / xp.maximum(size, r * xp.ones_like(size))  # ≤ 1
+            eps, z = eps * shrink, z * shrink
         u = xp.asarray(
             rank_utilities(f, fitness_shaping=self.fitness_shaping),
             dtype=self._dtype,
@@ -1149,7 +1169,7 @@ def fmin(
     """
     if fun is None and parallel_objective is None:
         raise ValueError("give `fun` (one point → value) or `parallel_objective`")
-    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 0:
+    if not _is_int(restarts) or restarts < 0:
         raise ValueError(f"`restarts` must be an int >= 0, got {restarts!r}")
     inc = _real_scalar(incpopsize, "incpopsize")
     if not (math.isfinite(inc) and inc >= 1):

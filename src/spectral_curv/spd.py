@@ -258,7 +258,7 @@ class SPDResult(NamedTuple):
     iterations while still above ``target``). ``niter`` is the number of steps taken,
     ``nfev`` the number of ``loss_fn`` calls (line-search trials included) and ``grad_norm``
     the natural gradient norm ``‖S^{1/2} G S^{1/2}‖_F`` at the last iterate where it was
-    computed (NaN when none was).
+    computed, the one before the returned ``S`` (NaN when none was).
 
     Example (``losses`` holds ``K + 1`` values for ``K`` steps)::
 

@@ -45,7 +45,10 @@ def _namespace(arrays: list[Array], what: str) -> Namespace:
 
 
 def _check_floating(xp: Namespace, a: Array, what: str) -> None:
-    """A TypeError unless ``a`` is a real floating array of namespace ``xp``."""
+    """A TypeError unless ``a`` is a real floating array of namespace ``xp`` (not an
+    ``np.matrix``, whose ``*`` is a matrix product)."""
+    if isinstance(a, np.matrix):
+        raise TypeError(f"`{what}` is an np.matrix; pass np.asarray(...) (a 2-D ndarray)")
     try:
         ns = optim.namespace(a)
     except TypeError as e:
