@@ -546,6 +546,7 @@ BAD = [
     ("damping", None),
     ("momentum", None),
     ("weight_decay", None),
+    ("graft_betas", (0.9, None)),
 ]
 
 
@@ -882,6 +883,25 @@ def test_torch_state_missing_from_a_checkpoint_starts_fresh(before):
     for x, y in zip(b, c):
         assert torch.equal(x, y)
     assert int(opt_c.state[c[1]]["step"]) == 4
+
+
+def test_torch_empty_state_entry_loads_as_no_state():
+    # reading opt.state[p] for a parameter without state creates `{}` (a defaultdict), which
+    # state_dict() saves; loading it was a ValueError ("must have the keys ..."), torch's
+    # optimizers load it as no state
+    import torch
+
+    from spectral_curv.torch import SpectralKron
+
+    ps = [torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64)) for _ in range(2)]
+    opt = SpectralKron(ps, lr=0.1)
+    ps[0].grad = torch.ones(3, 2, dtype=torch.float64)
+    opt.step()
+    assert opt.state[ps[1]] == {}  # the read that creates the empty entry
+    fresh = SpectralKron([torch.nn.Parameter(p.detach().clone()) for p in ps], lr=0.1)
+    fresh.load_state_dict(opt.state_dict())
+    q = fresh.param_groups[0]["params"]
+    assert q[1] not in fresh.state and int(fresh.state[q[0]]["step"]) == 1
 
 
 def test_torch_non_parameter_state_is_copied_as_is():

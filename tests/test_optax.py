@@ -622,6 +622,7 @@ def test_graft_state_can_be_donated() -> None:
         ({"learning_rate": 1e-3, "momentum": 1.5}, "momentum"),
         ({"learning_rate": 1e-3, "precond_lr": -0.5}, "precond_lr"),
         ({"learning_rate": 1e-3, "p": 0.0}, "p"),
+        ({"learning_rate": 1e-3, "update_interval": 0}, "update_interval"),
     ],
 )
 def test_concrete_jax_array_options_are_validated(kw: dict[str, Any], name: str) -> None:
@@ -672,3 +673,10 @@ def test_validate_state_checks_skipped() -> None:
     validate_state(st, P)
     with pytest.raises(ValueError, match="`skipped`"):
         validate_state(st._replace(skipped=jnp.asarray(-4, jnp.int32)), P)
+
+
+def test_nonfinite_is_validated_with_others() -> None:
+    """With ``others`` the policy is applied outside the partition and was not checked: a
+    typo such as ``"Raise"`` silently skipped instead of raising."""
+    with pytest.raises(ValueError, match="`nonfinite`"):
+        spectral_kron(1e-2, others={"other": optax.adamw(1e-3)}, nonfinite="Raise")

@@ -780,8 +780,10 @@ class _NESBase:
         the last ``ask()``, the standard-normal samples are recomputed from it with the
         current distribution, ``ε_i = Σ^{-1/2}(x_i − μ)`` (the inverse of the sampling map),
         and a step with ``‖ε_i‖ > √n + 2n/(n + 2)`` is shortened to that length (pycma's
-        ``repair_genotype``: one far point cannot blow the distribution up). ``ask()``
-        returns a copy, so candidates repaired in place count as repaired.
+        ``repair_genotype``: one far point cannot blow the distribution up). Rows equal to a
+        row of the last ``ask()`` keep their samples (pycma: only unknown solutions are
+        repaired). ``ask()`` returns a copy, so candidates repaired in place count as
+        repaired.
         Non-finite values (NaN, ±inf) rank below every finite one; if no value is finite the
         step is skipped with a RuntimeWarning (the evaluations and the iteration still
         count).
@@ -838,11 +840,25 @@ class _NESBase:
             eps = self._whiten(z)
             # pycma's repair_genotype: a step longer than r = √n + 2n/(n + 2) in the
             # distribution's norm (‖ε‖) is shortened to r, so that one far point cannot
-            # blow the covariance up (ε εᵀ enters the update)
+            # blow the covariance up (ε εᵀ enters the update); the norm from entries scaled
+            # by their largest magnitude (no overflow of a square)
             r = math.sqrt(n) + 2.0 * n / (n + 2.0)
-            size = xp.sqrt(xp.sum(eps * eps, axis=1))[:, None]
-            shrink = r / xp.maximum(size, r * xp.ones_like(size))  # ≤ 1
+            one = xp.ones((m, 1), dtype=self._dtype, device=self._device)
+            big = xp.max(xp.abs(eps), axis=1, keepdims=True)
+            big = xp.where(big > 0, big, one)
+            size = big * xp.sqrt(xp.sum((eps / big) ** 2, axis=1, keepdims=True))
+            shrink = r / xp.maximum(size, r * one)  # ≤ 1
             eps, z = eps * shrink, z * shrink
+            # rows the last ask() sent (found by value, as pycma's archive finds them) keep
+            # their samples and genotypes, unshortened
+            sent = {row.tobytes(): i for i, row in enumerate(Xa)}
+            idx = np.array([sent.get(row.tobytes(), -1) for row in Xh])
+            if (idx >= 0).any():
+                take = xp.asarray(np.maximum(idx, 0), device=self._device)
+                known = xp.asarray((idx >= 0)[:, None], device=self._device)
+                ys = self._X if self._box is None else self._Y
+                eps = xp.where(known, xp.take(self._eps, take, axis=0), eps)
+                z = xp.where(known, xp.take(ys, take, axis=0) - self._mean[None, :], z)
         u = xp.asarray(
             rank_utilities(f, fitness_shaping=self.fitness_shaping),
             dtype=self._dtype,

@@ -145,13 +145,18 @@ def _scalar(name: str, v: Any) -> Any:
                 f"`{name}` must be a real scalar{f' ({what})' if what else ''}, "
                 f"got shape {tuple(v.shape)}"
             )
-        if not A.is_lazy(v):
-            return v.item()
-        try:  # e.g. a concrete jax array, which array_api_compat counts as lazy
-            return v.item()
-        except TypeError:  # traced (jax: ConcretizationTypeError): no value to check yet
-            return None
+        return _item_if_concrete(v)
     return v
+
+
+def _item_if_concrete(v: Any) -> Any:
+    """``v.item()`` for a 1-element array with a value now, None for a traced one."""
+    if not A.is_lazy(v):
+        return v.item()
+    try:  # e.g. a concrete jax array, which array_api_compat counts as lazy
+        return v.item()
+    except TypeError:  # traced (jax: ConcretizationTypeError): no value to check yet
+        return None
 
 
 def _real_ok(v: Any, lo_ok: bool) -> bool:
@@ -200,9 +205,8 @@ def check_options(o: Any) -> None:
         if hasattr(v, "dtype") and not isinstance(v, numbers.Number):
             if getattr(v, "ndim", 1) != 0 or not A.is_integer_dtype(v):
                 raise ValueError(f"`{name}` must be an int >= {lo}, got an array of {v.dtype}")
-            if A.is_lazy(v):
+            if (v := _item_if_concrete(v)) is None:  # traced: no value to check yet
                 continue
-            v = v.item()
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
             raise ValueError(f"`{name}` must be an int >= {lo}, got {o[name]!r}")
     if "cayley" in o and o["cayley"] not in maps.CAYLEY_MODES:
@@ -231,7 +235,7 @@ def check_options(o: Any) -> None:
 
 
 def _check_betas(key: str, b: Any) -> None:
-    ok = isinstance(b, (tuple, list)) and len(b) == 2
+    ok = isinstance(b, (tuple, list)) and len(b) == 2 and all(x is not None for x in b)
     if ok:
         vals = [_scalar(key, x) for x in b]
         ok = all(v is None or (_real_ok(v, True) and v < 1) for v in vals)

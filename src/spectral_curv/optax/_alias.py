@@ -133,6 +133,8 @@ def spectral_kron(
         }
     )
     floating_dtype("mu_dtype", mu_dtype, allow_none=True)
+    if nonfinite not in optim.NONFINITE:  # checked here: with `others` it is taken outside
+        raise ValueError(f"`nonfinite` must be one of {optim.NONFINITE}, got {nonfinite!r}")
     rest = [] if max_update_rms is None else [clip_by_update_rms(max_update_rms)]
     rest += [
         heavy_ball(momentum, mu_dtype, nesterov=nesterov),

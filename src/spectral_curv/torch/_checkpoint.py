@@ -59,6 +59,8 @@ def load_state_dict(opt: Optimizer, state_dict: dict[str, Any]) -> None:
             state[k] = copy.deepcopy(v)
             continue
         prm = id_map[k]
+        if isinstance(v, dict) and not v:  # an entry read but never filled: no state (torch)
+            continue
         grp = next(g for g in groups if any(prm is q for q in g["params"]))
         state[prm] = _load_one(prm, v, optim.Options.trusted(grp), k)
     opt.__setstate__({"state": state, "param_groups": groups})
