@@ -1357,3 +1357,42 @@ def test_far_injected_point_is_shortened_not_zeroed_in_float32():
         es.tell(X, f)
         moves.append(float(es.mean[0]) - before)
     assert moves[0] == pytest.approx(moves[1], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        ({"maxiter": "10"}, "maxiter"),
+        ({"maxfevals": -1}, "maxfevals"),
+        ({"ftarget": None}, "ftarget"),
+        ({"ftarget": math.nan}, "ftarget"),
+        ({"tolx": math.nan}, "tolx"),
+        ({"tolfun": -1.0}, "tolfun"),
+        ({"tolstagnation": 2.5}, "tolstagnation"),
+    ],
+)
+def test_bad_stop_options_raise_at_construction(kw, name):
+    """Stop options were taken unchecked: a string failed later inside ``stop()`` with a bare
+    TypeError, a NaN tolerance or a negative budget passed silently."""
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        nes.SpectralNES(np.ones(3), 0.5, **kw)
+
+
+def test_ftarget_needs_an_evaluation_and_fmin_takes_a_generator():
+    """``ftarget=inf`` stopped before any evaluation (``fbest`` is inf then) with ``xbest =
+    x0``; ``fmin(seed=Generator)`` was a bare TypeError from ``SeedSequence``."""
+    es = nes.SpectralNES(np.ones(3), 0.5, ftarget=math.inf, seed=0)
+    assert es.stop() == {}
+    X = es.ask()
+    es.tell(X, np.sum(X**2, axis=1))
+    assert "ftarget" in es.stop()
+    runs = [
+        nes.fmin(
+            lambda x: float(x @ x), np.ones(3), 0.5, seed=np.random.default_rng(3), ftarget=1e-8
+        )
+        for _ in range(2)
+    ]
+    assert runs[0][1].stop == {"ftarget": 1e-8}
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])  # a fresh Generator each: the same run
+    with pytest.raises(ValueError, match="`seed`"):
+        nes.fmin(lambda x: float(x @ x), np.ones(3), 0.5, seed="abc")

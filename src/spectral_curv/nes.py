@@ -109,6 +109,11 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
 
 
+def _is_real(v: Any) -> bool:
+    """A Python or NumPy real number (not a bool)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
 def default_popsize(n: int) -> int:
     """``4 + ⌊3 ln n⌋`` (Wierstra et al. 2014), rounded up to even for mirrored sampling.
 
@@ -576,6 +581,19 @@ class _NESBase:
         for name, v in (("tolflatfitness", tolflatfitness), ("verbose", verbose)):
             if not _is_int(v) or v < 0:
                 raise ValueError(f"`{name}` must be an int >= 0, got {v!r}")
+        tolstagnation = (
+            int(100 + 100 * n**1.5 / popsize) if tolstagnation is None else tolstagnation
+        )
+        if not _is_int(tolstagnation) or tolstagnation < 0:
+            raise ValueError(f"`tolstagnation` must be an int >= 0 or None, got {tolstagnation!r}")
+        for name, v in (("maxfevals", maxfevals), ("maxiter", maxiter)):
+            if not _is_real(v) or not v >= 0:  # an int, or inf (no budget)
+                raise ValueError(f"`{name}` must be a number >= 0 (inf: none), got {v!r}")
+        for name, v in (("tolx", tolx), ("tolfun", tolfun)):
+            if not _is_real(v) or not 0 <= v < math.inf:
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {v!r}")
+        if not _is_real(ftarget) or math.isnan(ftarget):
+            raise ValueError(f"`ftarget` must be a number (-inf: none), got {ftarget!r}")
         self.n = n
         self.popsize = popsize
         self.lr_mean, self.lr_cov, self.lr_sigma = float(lr_mean), float(lr_cov), float(lr_sigma)
@@ -588,9 +606,7 @@ class _NESBase:
             "ftarget": ftarget,
             "tolx": tolx,
             "tolfun": tolfun,
-            "tolstagnation": (
-                int(100 + 100 * n**1.5 / popsize) if tolstagnation is None else tolstagnation
-            ),
+            "tolstagnation": tolstagnation,
             "tolflatfitness": tolflatfitness,
         }
         self.sigma0 = s0
@@ -913,7 +929,7 @@ class _NESBase:
             out["maxfevals"] = o["maxfevals"]
         if self.countiter >= o["maxiter"]:
             out["maxiter"] = o["maxiter"]
-        if self._fbest <= o["ftarget"]:
+        if self.countevals > 0 and self._fbest <= o["ftarget"]:  # (fbest is inf before any)
             out["ftarget"] = o["ftarget"]
         if self.countiter > 0:
             xp = self._xp
@@ -1159,7 +1175,8 @@ def fmin(
     with the population multiplied by ``incpopsize`` (IPOP, Auger & Hansen 2005; rounded up
     to even with mirrored sampling), at most ``restarts`` times. Restart ``k ≥ 1`` draws from
     ``SeedSequence(seed).spawn(restarts)[k − 1]``; the first run uses ``seed`` itself (so
-    ``restarts=0`` is exactly ``SpectralNES(x0, sigma0, seed=seed, ...)``). ``options`` go to
+    ``restarts=0`` is exactly ``SpectralNES(x0, sigma0, seed=seed, ...)``; a ``Generator``
+    is first turned into a ``SeedSequence`` of one draw from it). ``options`` go to
     :class:`SpectralNES` (``popsize`` is the first run's); so does ``bounds`` (every run
     samples in the box, :class:`BoxTransform`; ``fun`` sees feasible points only).
 
@@ -1199,7 +1216,12 @@ def fmin(
     popsize = options.pop("popsize", None)
     mirrored = options.get("mirrored", True)
     verbose = options.get("verbose", 0)
-    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    if isinstance(seed, np.random.Generator):  # its own stream: the restarts' seeds from it
+        seed = np.random.SeedSequence(int(seed.integers(2**63)))
+    try:
+        ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    except TypeError as e:
+        raise ValueError(f"`seed` must be None, an int, a SeedSequence or a Generator: {e}") from e
     seeds = [seed, *ss.spawn(restarts)]
     xbest: Array | None = None
     fbest, evals_best, evals, iters = math.inf, 0, 0, 0
