@@ -827,3 +827,15 @@ def test_minimize_new_arguments_validated():
         spd.minimize(prob.grad, prob.s0, lr=0.1, max_rises=0)
     with pytest.raises(ValueError, match="`lam`"):
         spd.gaussian_ml(3, lam=0.0)
+
+
+def test_spectral_state_start_is_validated():
+    """A ``full.SpectralState`` ``s0`` was taken unchecked: negative ``d`` failed later as
+    "grad contains non-finite values" or a line search without decrease."""
+    st = spd.init(np.diag([0.5, 1.0, 2.0]))
+    grad = lambda s: s - np.eye(3)  # noqa: E731
+    spd.minimize(grad, st, lr=0.25, steps=2)  # a valid state is taken
+    with pytest.raises(ValueError, match="`s0`"):
+        spd.minimize(grad, st._replace(d=-st.d), lr=0.25, steps=2)
+    with pytest.raises(ValueError, match=r"`s0`.*orthogonal"):
+        spd.minimize(grad, full.SpectralState(2.0 * st.B, st.d), lr=0.25, steps=2)

@@ -521,6 +521,12 @@ def minimize(
             raise ValueError("`s0` may be a SpectralState only for method='spectral'")
         state: Any = s0
         s = full.dense(state)
+        _check_spd("s0", s)  # d > 0 and finite: a dense S that is SPD
+        xp = array_namespace(s)
+        n = s.shape[-1]
+        drift = xp.max(xp.abs(state.B.mT @ state.B - A.eye(xp, n, s)))
+        if not float(drift) <= math.sqrt(A.eps(xp, s.dtype)):
+            raise ValueError(f"`s0`: `B` must be orthogonal, ‖BᵀB − I‖_max = {float(drift):.3g}")
     else:
         _check_spd("s0", s0)
         s = s0
