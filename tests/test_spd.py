@@ -609,6 +609,8 @@ def test_bad_input_raises_naming_the_argument():
         spd.minimize(grad, np.ones((4, 3)), lr=0.1, steps=1)
     with pytest.raises(ValueError, match=r"`s0`.*square"):
         spd.init(np.ones(4))
+    with pytest.raises(ValueError, match=r"`s0`.*non-empty"):  # was numpy's zero-size error
+        spd.minimize(grad, np.ones((0, 0)), lr=0.1, steps=1)
     with pytest.raises(ValueError, match=r"`grad`.*shape"):
         spd.minimize(lambda m: np.ones((3, 3)), s, lr=0.1, steps=1)
     with pytest.raises(ValueError, match=r"`grad`.*shape"):

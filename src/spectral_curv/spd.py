@@ -105,8 +105,8 @@ def _check_spd(name: str, s: Array) -> tuple[Namespace, Array, Array]:
         xp = array_namespace(s)
     except TypeError as e:
         raise ValueError(f"`{name}` must be an array, got {type(s)!r}") from e
-    if s.ndim != 2 or s.shape[0] != s.shape[1]:
-        raise ValueError(f"`{name}` must be a square matrix, got shape {tuple(s.shape)}")
+    if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] == 0:
+        raise ValueError(f"`{name}` must be a non-empty square matrix, got shape {tuple(s.shape)}")
     if not xp.isdtype(s.dtype, "real floating"):
         raise ValueError(f"`{name}` must have a real floating dtype, got {s.dtype}")
     if not A.is_lazy(s):
