@@ -1236,3 +1236,15 @@ def test_segment_direction_equals_per_parameter_direction(dtype: torch.dtype, p:
     assert torch.isfinite(got).all() and not got[-5:].any()
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, want, rtol=tol, atol=0.0)
+
+
+def test_functional_form_validates_like_the_class():
+    """``spectral_kron(..., **options)`` and ``init_state(p, **options)`` built the options
+    without the torch checks: a callable ``lr`` failed inside the step."""
+    from spectral_curv.torch import init_state, spectral_kron
+
+    w = torch.ones(3, 2)
+    with pytest.raises(ValueError, match="`lr`"):
+        spectral_kron([w], [torch.ones(3, 2)], [init_state(w)], lr=lambda t: 0.1)
+    with pytest.raises(ValueError, match="`precond_dtype`"):
+        init_state(w, precond_dtype="float32")

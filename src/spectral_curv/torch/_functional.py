@@ -47,7 +47,7 @@ def init_state(param: Tensor, options: optim.Options | None = None, **kw: Any) -
         ((4, 4), torch.float32)
     """
     o, shape, dev = (
-        options if options is not None else optim.Options(**kw),
+        options if options is not None else _options(kw),
         tuple(param.shape),
         param.device,
     )
@@ -260,7 +260,7 @@ def spectral_kron(
         >>> torch.equal(w1, w2), bool((w2 < 1).any())
         (True, True)
     """
-    o = options if options is not None else optim.Options(**kw)
+    o = options if options is not None else _options(kw)
     if counts is None:
         counts = host_counts(states)
     entries = [
