@@ -297,3 +297,47 @@ def test_replicated_dtensor_params_raise(ranks: list[dict[str, Any]]) -> None:
             pytest.skip("DTensor / device mesh unavailable")
         assert "DTensor" in res["dtensor_error"] and "not supported" in res["dtensor_error"]
         assert "Replicate()" in res["dtensor_error"]
+
+
+@pytest.mark.parametrize("eigenvalues", ["kron", "corrected"])
+def test_dcp_state_dict_before_the_first_step_uses_every_option(eigenvalues: str) -> None:
+    """``dcp_state_dict()`` created missing state with three of the group's options, so with
+    ``eigenvalues="kron"`` it added a ``V`` buffer: the optimizer then ran the corrected
+    step (2.8e-2 off ``SpectralKron`` after 10 steps) and a DCP checkpoint of a ``"kron"``
+    run could not be loaded ("Missing key ... V")."""
+    w0 = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    w1, w2 = nn.Parameter(w0.clone()), nn.Parameter(w0.clone())
+    o1 = SpectralKron([w1], lr=1e-2, eigenvalues=eigenvalues)
+    o2 = DistributedSpectralKron([w2], lr=1e-2, eigenvalues=eigenvalues)
+    o2.dcp_state_dict()
+    for s in range(10):
+        g = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+        w1.grad, w2.grad = g.clone(), g.clone()
+        o1.step()
+        o2.step()
+    assert sorted(o1.state[w1]) == sorted(o2.state[w2])
+    assert torch.equal(w1, w2)
+
+
+def test_dcp_load_does_not_warn_again_for_loaded_rejections() -> None:
+    """``load_dcp_state_dict`` kept the fresh optimizer's warning baseline at 0, so the next
+    step warned about a rejection counted before the checkpoint (``load_state_dict`` does
+    not)."""
+    import warnings
+
+    w = nn.Parameter(torch.ones(3, 2, dtype=torch.float64))
+    opt = DistributedSpectralKron([w], lr=1e-2)
+    opt.dcp_state_dict()
+    opt.state[w]["rejected"] += 1  # as if a refresh had been rejected before the save
+    sd = {
+        k: (v.clone() if isinstance(v, torch.Tensor) else v)
+        for k, v in opt.dcp_state_dict().items()
+    }
+    w2 = nn.Parameter(torch.ones(3, 2, dtype=torch.float64))
+    fresh = DistributedSpectralKron([w2], lr=1e-2)
+    fresh.load_dcp_state_dict({**fresh.dcp_state_dict(), **sd})
+    w2.grad = torch.full((3, 2), 0.1, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh.step()
+    assert int(fresh.state[w2]["rejected"]) == 1

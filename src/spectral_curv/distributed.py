@@ -481,15 +481,8 @@ class DistributedSpectralKron(SpectralKron):
             for prm in g["params"]:
                 if self._owned(prm):
                     st = self.state[prm]
-                    if not st:
-                        st.update(
-                            init_state(
-                                prm,
-                                max_precond_dim=g["max_precond_dim"],
-                                precond_dtype=g["precond_dtype"],
-                                graft=g["graft"],
-                            )
-                        )
+                    if not st:  # as the first step creates it: every option of the group
+                        st.update(init_state(prm, optim.Options.trusted(g)))
                     for key, val in st.items():
                         out[f"state.{i}.{key}"] = val
                 i += 1
@@ -521,6 +514,12 @@ class DistributedSpectralKron(SpectralKron):
                         if src is not st[key]:
                             st[key].copy_(src)
                 i += 1
+        # the loaded counters are the baseline of the once-only warning (as load_state_dict)
+        self._rejected_seen = sum(
+            int(st["rejected"])
+            for st in self.state.values()
+            if isinstance(st, dict) and "rejected" in st
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's shard: the state of the owned parameters only, plus the assignment
