@@ -809,10 +809,12 @@ def test_rejected_refresh_is_per_layer(monkeypatch):
     assert all(torch.isfinite(v).all() for st in opt.state.values() for v in st.values())
 
 
-def test_rejected_diag_refresh_is_per_block(monkeypatch):
+def test_rejected_diag_refresh_is_per_entry(monkeypatch):
     """The diagonal-scheme parameters of a group (here the biases) are refreshed as one
-    concatenated block: a NaN in the block's refresh keeps every one of them at its last good
-    ``d`` and counts a rejection for each; the matrix layers are unaffected."""
+    concatenated block, and keep-last-good is per entry (as NumPy and optax, which refresh
+    them one at a time): a NaN in the block's first entry keeps that entry's last good ``d``
+    and counts a rejection for its bias only; the other entries and biases are refreshed, the
+    matrix layers unaffected."""
     model = _net(torch.float32)
     opt = SpectralKron(model.parameters(), lr=0.05, reorth_interval=0)
     batches = _batches(3, torch.float32)
@@ -834,8 +836,12 @@ def test_rejected_diag_refresh_is_per_block(monkeypatch):
     _train(model, opt, batches[2:])
     monkeypatch.undo()
     assert calls == [(sum(p.numel() for p in biases),)]  # one call for the whole block
-    for p, d0 in zip(biases, before):
-        assert int(opt.state[p]["rejected"]) == 1 and torch.equal(opt.state[p]["d"], d0)
+    first, *rest = zip(biases, before)
+    d = opt.state[first[0]]["d"]
+    assert int(opt.state[first[0]]["rejected"]) == 1 and d[0] == first[1][0]
+    assert not torch.equal(d[1:], first[1][1:])
+    for p, d0 in rest:
+        assert int(opt.state[p]["rejected"]) == 0 and not torch.equal(opt.state[p]["d"], d0)
     assert all(int(opt.state[p]["rejected"]) == 0 for p in model.parameters() if p.ndim > 1)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

@@ -123,6 +123,12 @@ _REAL_OPTIONS = {
     "max_step_norm": (False, True),
     "max_update_rms": (False, True),
 }
+# The largest ``max_step_norm`` the truncated Cayley maps take (the largest measured: soak
+# ``quartic_guard05``): at ``‖X‖₂ = 0.5`` one quadratic refresh's ``QᵀQ = I + 4X⁴`` has
+# singular values up to 1.12, and Newton–Schulz re-orthonormalisation converges only below
+# √3; at 1–2 the basis blew up (drift 4.9 accepted, then non-finite parameters).
+_MAX_TRUNCATED_STEP = 0.5
+
 # Integer options: name -> smallest value.
 _INT_OPTIONS = {
     "update_interval": 1,
@@ -211,6 +217,16 @@ def check_options(o: Any) -> None:
             raise ValueError(f"`{name}` must be an int >= {lo}, got {o[name]!r}")
     if "cayley" in o and o["cayley"] not in maps.CAYLEY_MODES:
         raise ValueError(f"`cayley` must be one of {maps.CAYLEY_MODES}, got {o['cayley']!r}")
+    if o.get("cayley", "quadratic") != "exact" and "max_step_norm" in o:
+        rho = (
+            _scalar("max_step_norm", o["max_step_norm"]) if o["max_step_norm"] is not None else None
+        )
+        if rho is not None and _real_ok(rho, False) and rho > _MAX_TRUNCATED_STEP:
+            raise ValueError(
+                f"`max_step_norm` must be <= {_MAX_TRUNCATED_STEP} with cayley="
+                f"{o.get('cayley', 'quadratic')!r} (a truncated map is orthogonal only for small "
+                f"steps: QᵀQ = I + 4X⁴ for the quadratic one), got {o['max_step_norm']!r}"
+            )
     if "rotation" in o and o["rotation"] not in maps.ROTATION_MODES:
         raise ValueError(f"`rotation` must be one of {maps.ROTATION_MODES}, got {o['rotation']!r}")
     if "eigenvalues" in o and o["eigenvalues"] not in EIGENVALUES:
@@ -282,7 +298,8 @@ class Options:
       the factor update's modes (:func:`spectral_curv.kron.update_gop`). ``rotation=
       "damped"`` (default) bounds each eigenvector pair's turn where eigenvalues nearly tie;
       ``"paper"`` is the paper's exact rule. ``max_step_norm=None``: the core's guard (0.25 in
-      the truncated Cayley maps, none in exact mode).
+      the truncated Cayley maps, none in exact mode); at most 0.5 with a truncated map
+      (larger steps are far from orthogonal: ``QᵀQ = I + 4X⁴``).
     - ``eigenvalues``: the step's eigenvalues in the learned eigenbasis. ``"corrected"``
       (default): a per-entry moving average ``V`` of the rotated gradient's squares, refreshed
       with the factors (EKFAC/SOAP's correction: no extra matmul, one more parameter-sized
@@ -676,9 +693,10 @@ def refresh(
 ) -> tuple[Precond, Array]:
     """The core's GOP update (``kron.update_gop`` / ``diag.update_gop``) with keep-last-good.
 
-    Returns ``(state, ok)``: ``ok`` (one flag per stacked layer) is False where the update
-    gave non-finite or non-positive factors, or a basis entry ``|B_ij| > 1.25`` (an exploding
-    rotation: an orthogonal matrix has ``|B_ij| ≤ 1``), which are then left as they were.
+    Returns ``(state, ok)``: ``ok`` (one flag per stacked layer; for the diagonal scheme one
+    per entry of ``d``) is False where the update gave non-finite or non-positive factors, or
+    a basis entry ``|B_ij| > 1.25`` (an exploding rotation: an orthogonal matrix has
+    ``|B_ij| ≤ 1``), which are then left as they were.
     ``rotated``: ``kron.rotate(st, g)`` where the caller has formed it (Kronecker states).
 
     Example (a good update is kept; a non-finite gradient leaves the factors as they were)::
@@ -699,7 +717,9 @@ def refresh(
         new = diag.update_gop(
             st, g, beta2=precond_lr, gamma=gamma, damping=damping, exp=exp, check=False
         )
-        ok = xp.all(xp.isfinite(new.d)) & xp.all(new.d > 0)
+        # per entry (the scheme is elementwise): a parameter's refresh does not depend on
+        # what shares its bucket (torch concatenates a group's vectors)
+        ok = xp.isfinite(new.d) & (new.d > 0)
         return (new if A.known_all(xp, ok) else diag.DiagState(xp.where(ok, new.d, st.d))), ok
     kw = dict(gamma=gamma, damping=damping, cayley=cayley, exp=exp, cayley_terms=cayley_terms)
     kw.update(tie_tol=tie_tol, max_step_norm=max_step_norm, rotation=rotation)
@@ -914,9 +934,14 @@ def graft_adam(
     exp_avg = exp_avg + (1 - b1) * (g - exp_avg)
     exp_avg_sq = b2 * exp_avg_sq + (1 - b2) * (g * g)
     adam = (exp_avg / (1 - b1**step)) / (xp.sqrt(exp_avg_sq / (1 - b2**step)) + eps)
-    tiny = xp.finfo(u.dtype).smallest_normal
-    scale = _norm(xp, adam) / xp.maximum(_norm(xp, u), xp.asarray(tiny, dtype=u.dtype))
-    return u * scale, exp_avg, exp_avg_sq
+    # U/‖U‖ from entries scaled by their largest magnitude (no square overflows, no ratio
+    # ‖adam‖/‖U‖ overflows for a tiny U); a zero U stays zero (it was 0·inf = NaN)
+    big = xp.max(xp.abs(u)) if math.prod(u.shape) else xp.asarray(0.0, dtype=u.dtype)
+    safe = xp.where(big > 0, big, xp.ones_like(big))
+    unit = u / safe
+    n_unit = _norm(xp, unit)
+    unit = unit / xp.where(n_unit > 0, n_unit, xp.ones_like(n_unit))
+    return unit * _norm(xp, adam), exp_avg, exp_avg_sq
 
 
 def clip_rms(u: Array, max_rms: Any) -> Array:
@@ -1079,8 +1104,7 @@ def _cast_like(xp: Namespace, new: Any, old: Any) -> Any:
 def _accepted(xp: Namespace, st: Precond) -> Array:
     """All-True ``ok`` flags shaped like :func:`refresh`'s for ``st`` (no refresh ran)."""
     ref = st.d if isinstance(st, diag.DiagState) else st.alpha
-    shape = () if isinstance(st, diag.DiagState) else tuple(ref.shape)
-    return xp.ones(shape, dtype=xp.bool, device=A.device(ref))
+    return xp.ones(tuple(ref.shape), dtype=xp.bool, device=A.device(ref))
 
 
 def precondition_step(
@@ -1103,7 +1127,8 @@ def precondition_step(
     or a diagonal state with its gradient, in the factors' dtype. ``cond`` decides each flag:
     :func:`python_cond` for Python bools, ``jax.lax.cond`` for traced ones (one ``cond`` per
     flag for all buckets). Returns ``(states, ok, directions)``; ``ok[k]`` is False for each
-    stacked layer whose refresh was rejected (all True when none ran). math §3–§5.
+    stacked layer (diagonal: each entry) whose refresh was rejected (all True when none ran).
+    math §3–§5.
 
     Example (one 4×3 layer on its first step: a refresh ran and was kept)::
 

@@ -159,8 +159,8 @@ class SpectralKron:
                     [us[0][j, ...] for j in range(len(idx))],
                 )
             for i, s, st, ok, u in zip(idx, sts, new, oks, us):
-                s.update(optim.flat_state(st))
-                s["rejected"] += int(key.refresh and not bool(ok))
+                s.update(_arrays(xp, optim.flat_state(st)))
+                s["rejected"] += int(key.refresh and not bool(xp.all(ok)))
                 s["refreshes"] += int(key.refresh)
                 directions[i] = xp.reshape(u, lay.shapes[i])
         out = list(ps)
@@ -171,7 +171,7 @@ class SpectralKron:
             out[i], slots = optim.update_param(
                 ps[i], g, directions[i], optim.slots_of(s), step=s["step"], options=o
             )
-            s.update(optim.flat_state(slots))
+            s.update(_arrays(xp, optim.flat_state(slots)))
         return out
 
     # ----------------------------------------------------------------- checkpoints
@@ -209,3 +209,10 @@ class SpectralKron:
         """
         loaded = restore(self._layout, self._opts, state_dict)  # raises before any change
         self._opts, self.skipped_steps, self._plans, self._states = loaded
+
+
+def _arrays(xp: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` as arrays: NumPy returns scalars for 0-d results, whose float32 ``pow``/
+    ``exp`` round differently from a 0-d array's, and a restored state holds arrays (a
+    0-d parameter's resume was not bitwise)."""
+    return {k: xp.asarray(v) for k, v in values.items()}

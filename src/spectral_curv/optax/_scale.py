@@ -277,7 +277,7 @@ def scale_by_spectral_kron(
             count=inc(state.count),
             refreshes=jnp.where(flags[1], inc(state.refreshes), state.refreshes),
             rejected=treedef.unflatten(
-                [r + (~ok).astype(jnp.int32) for r, ok in zip(rejected, oks)]
+                [r + (~jnp.all(ok)).astype(jnp.int32) for r, ok in zip(rejected, oks)]
             ),
             precond=treedef.unflatten(new_precs),
             exp_avg=treedef.unflatten([m[0] for m in new_moments]) if graft == "adam" else None,

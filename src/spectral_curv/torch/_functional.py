@@ -3,12 +3,14 @@ parameters through ``optim.precondition_step``, the last step with ``torch._fore
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .. import _array as A
 from .. import diag, kron, optim
 
 # The torch fast paths are registered up front (no lazy import inside a compiled step).
@@ -128,16 +130,24 @@ def segment_direction(
     return out.mul_(ratio.to(out.dtype)[seg])
 
 
+def _segment_any(flags: Tensor, sizes: list[int]) -> Tensor:
+    """Per segment of ``sizes`` (zero sizes allowed): 1 where any flag is set, as int64."""
+    counts = torch.cat([flags.new_zeros(1, dtype=torch.int64), flags.to(torch.int64).cumsum(0)])
+    ends = torch.tensor(list(itertools.accumulate(sizes)), device=flags.device)
+    return (torch.diff(counts[ends], prepend=counts[:1]) > 0).to(torch.int64)
+
+
 def _bucket(
     grads: list[Tensor], states: list[dict[str, Any]], key: optim.BucketKey, o: optim.Options
 ) -> list[Tensor]:
     """One engine call for a bucket; writes the factors back; returns the directions.
 
-    Diagonal-scheme parameters are refreshed as one concatenated vector (elementwise math),
-    so keep-last-good decides for the bucket; the first step (a per-parameter mean) runs one
-    at a time. A ``step_scale="p2"`` step with ``p ≠ 2`` needs each parameter's own norm: the
-    engine gives the bucket's p = 2 step, and :func:`segment_direction` turns it into root
-    ``p``'s direction at that size per parameter."""
+    Diagonal-scheme parameters are refreshed as one concatenated vector (elementwise math,
+    keep-last-good per entry, a rejection counted for the parameter it belongs to); the first
+    step (a per-parameter mean) runs one at a time. A ``step_scale="p2"`` step with ``p ≠ 2``
+    needs each parameter's own norm: the engine gives the bucket's p = 2 step, and
+    :func:`segment_direction` turns it into root ``p``'s direction at that size per
+    parameter."""
     pl, dt = key.plan, states[0]["momentum_buffer"].dtype
     if pl.kind == "diag" and key.first and len(grads) > 1:
         return [u for g, s in zip(grads, states) for u in _bucket([g], [s], key, o)]
@@ -159,13 +169,16 @@ def _bucket(
         if own_norm
         else o,
     )
+    sizes = [g.numel() for g in grads]
     if key.refresh:
-        bad = (~ok).to(torch.int64)
         rejected = [s["rejected"] for s in states]
-        torch._foreach_add_(rejected, [bad] * len(states) if pl.kind == "diag" else bad.unbind())
+        if pl.kind == "diag":  # ok per entry: a parameter's count from its own entries
+            if not A.known_all(_XP, ok):
+                torch._foreach_add_(rejected, _segment_any(~ok, sizes).unbind())
+        else:
+            torch._foreach_add_(rejected, (~ok).to(torch.int64).unbind())
         torch._foreach_add_([s["refreshes"] for s in states], 1)
     if pl.kind == "diag":
-        sizes = [g.numel() for g in grads]
         if key.first or key.refresh:  # into the state's own tensors: one kernel, no allocation
             dst = [s["d"] for s in states]
             torch._foreach_copy_(dst, [d.view(t.shape) for d, t in zip(st.d.split(sizes), dst)])
