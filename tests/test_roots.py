@@ -206,3 +206,26 @@ def test_diverging_run_never_raises(p, cayley):
     res = diverging_run(p, cayley, lr=30.0, steps=25)
     assert res["ok"], res["ended"]
     assert res["params_finite"] or res["ended"].startswith("stopped by nonfinite")
+
+
+def test_ill_conditioned_exact_solve_is_rejected_not_accepted():
+    """The paper's rule in exact mode (no step guard): after a 3,000× jump of the gradient
+    scale one Cayley solve is ill-conditioned, and a basis with ‖BᵀB − I‖ ≈ 1.08 was accepted
+    (every |B_ij| ≤ 1.25 passed; its own checkpoint was then refused). Found by fuzzing."""
+    torch = pytest.importorskip("torch")
+    from spectral_curv.torch import SpectralKron
+
+    kw = dict(lr=1e-3, cayley="exact", rotation="paper")
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.zeros(35, 5))
+    opt = SpectralKron([w], **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optim.RejectedRefreshWarning)
+        for t in range(4):
+            w.grad = torch.randn(35, 5) * (1.0 if t < 3 else 3e3)
+            opt.step()
+    b = opt.state[w]["B_C"].double()
+    assert float((b.T @ b - torch.eye(35, dtype=b.dtype)).abs().max()) < 1e-3
+    assert int(opt.state[w]["rejected"]) >= 1
+    fresh = SpectralKron([torch.nn.Parameter(w.detach().clone())], **kw)
+    fresh.load_state_dict(opt.state_dict())  # its own checkpoint loads

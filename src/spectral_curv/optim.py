@@ -695,8 +695,9 @@ def refresh(
 
     Returns ``(state, ok)``: ``ok`` (one flag per stacked layer; for the diagonal scheme one
     per entry of ``d``) is False where the update gave non-finite or non-positive factors, or
-    a basis entry ``|B_ij| > 1.25`` (an exploding rotation: an orthogonal matrix has
-    ``|B_ij| ≤ 1``), which are then left as they were.
+    a basis column whose squared norm is off 1 by more than :func:`orthogonality_tol` (an
+    exploding or ill-conditioned rotation: an orthogonal matrix has unit columns), which are
+    then left as they were.
     ``rotated``: ``kron.rotate(st, g)`` where the caller has formed it (Kronecker states).
 
     Example (a good update is kept; a non-finite gradient leaves the factors as they were)::
@@ -779,18 +780,17 @@ def _refresh_kron(st: kron.KronState, g: Array, **kw: Any) -> tuple[kron.KronSta
 
 def _keep_good(xp: Namespace, st: kron.KronState, newk: kron.KronState) -> tuple[Precond, Array]:
     """``newk`` where its factors are valid, else ``st`` (per stacked layer), and the flags."""
-    lead = newk.alpha.ndim
     # α, d_C, d_K finite and > 0, per layer (NaN propagates through min/max: rejected)
     ad = xp.concat([newk.alpha[..., None], newk.d_C, newk.d_K], axis=-1)
     ok = (xp.min(ad, axis=-1) > 0) & (xp.max(ad, axis=-1) < math.inf)
     for b in (newk.B_C, newk.B_K):
-        if b is not None:  # finite, and |B_ij| ≤ 1 as for any orthogonal matrix (cheap)
-            flat = xp.reshape(b, (*b.shape[:lead], -1))
-            # two reductions, no n×n temporary; NaN propagates through max/min: rejected
-            big = (xp.max(flat, axis=-1) <= _MAX_BASIS_ENTRY) & (
-                xp.min(flat, axis=-1) >= -_MAX_BASIS_ENTRY
-            )
-            ok = ok & big
+        if b is not None:  # unit columns, as any orthogonal matrix has (the diagonal of BᵀB,
+            # O(n²)), within the checkpoint's orthogonality_tol, so a refresh never accepts a
+            # basis its own checkpoint would refuse (an ill-conditioned exact solve gave
+            # ‖BᵀB − I‖ ≈ 1 with every |B_ij| ≤ 1.25); NaN/inf propagate: rejected
+            tol = orthogonality_tol(A.eps(xp, b.dtype), b.shape[-1])
+            dev = xp.max(xp.abs(xp.sum(b * b, axis=-2) - 1.0), axis=-1)
+            ok = ok & (dev <= tol)
     if A.known_all(xp, ok):  # nothing to select (the usual case)
         return newk, ok
     return kron.KronState(*(_select(xp, ok, n, o) for n, o in zip(newk, st))), ok
@@ -830,10 +830,6 @@ def warn_rejected_once(warned: bool, seen: Any, now: Any, *, stacklevel: int = 2
         return warned
     warnings.warn(REJECTED_MESSAGE, RejectedRefreshWarning, stacklevel=stacklevel + 1)
     return True
-
-
-#: Largest ``|B_ij|`` a refreshed basis may have (orthogonal: ≤ 1; drift allowed for).
-_MAX_BASIS_ENTRY = 1.25
 
 
 def _numerical_failure(e: BaseException) -> bool:
