@@ -5,6 +5,7 @@ the learning rate (math §4.7), and the routing of leaves to other optimizers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -154,35 +155,13 @@ def spectral_kron(
     # "raise" raised there, once, for any leaf)
     tx = _chain({**precond, "nonfinite": "skip"}, rest)
     inner = optax.partition({SPECTRAL: tx, **others}, label_fn or order_labels)
-    return optax.with_extra_args_support(_skip_whole_step(inner, nonfinite))
+    on_bad = functools.partial(_on_host, _raise_if) if nonfinite == "raise" else None
+    return optax.with_extra_args_support(
+        skip_nonfinite(inner, self_skipping=ScaleBySpectralKronState, on_bad=on_bad)
+    )
 
 
 def _chain(precond: dict[str, Any], rest: list[Any]) -> optax.GradientTransformation:
     """The spectral chain of :func:`spectral_kron` (a non-finite step kept whole)."""
     tx = optax.chain(scale_by_spectral_kron(**precond), *rest)
     return skip_nonfinite(tx, self_skipping=ScaleBySpectralKronState)
-
-
-def _skip_whole_step(
-    tx: optax.GradientTransformation, nonfinite: str
-) -> optax.GradientTransformationExtraArgs:
-    """``tx`` (a partition) whose states are all kept and updates zeroed when any gradient is
-    not finite; the spectral state counts the skip; ``nonfinite="raise"`` raises."""
-    own = lambda x: isinstance(x, ScaleBySpectralKronState)  # noqa: E731
-
-    def update_fn(updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
-        ok = optim.all_grads_finite(jnp, jax.tree.leaves(updates))
-        if nonfinite == "raise":
-            _on_host(_raise_if, ~ok)
-        new_u, new_s = tx.update(updates, state, params, **extra)
-
-        def keep(n: Any, o: Any) -> Any:
-            kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), n, o)
-            if not own(n):
-                return kept
-            return kept._replace(skipped=jnp.where(ok, n.skipped, o.skipped + 1))
-
-        new_s = jax.tree.map(keep, new_s, state, is_leaf=own)
-        return jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_u), new_s
-
-    return optax.GradientTransformationExtraArgs(tx.init, update_fn)

@@ -6,6 +6,7 @@ gradient; and the preconditioner's differentiable direction (math §3).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -165,19 +166,28 @@ def add_decayed_weights(weight_decay: Any) -> optax.GradientTransformation:
 
 
 def skip_nonfinite(
-    tx: optax.GradientTransformation, *, self_skipping: type
+    tx: optax.GradientTransformation,
+    *,
+    self_skipping: type,
+    on_bad: Callable[[Any], None] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """``tx`` whose every state is kept (and update zeroed) on a non-finite gradient; a state
-    of type ``self_skipping`` inside (the preconditioner's) decides for itself (it counts the
-    skip)."""
+    """``tx`` whose every state is kept (and update zeroed) on a non-finite gradient in any
+    leaf; a state of type ``self_skipping`` (the preconditioner's) counts the skip in its
+    ``skipped`` field. ``on_bad(flag)`` (e.g. a host-side raise) gets the "not finite" flag
+    first."""
+    own = lambda x: isinstance(x, self_skipping)  # noqa: E731
 
     def update_fn(updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
         ok = optim.all_grads_finite(jnp, jax.tree.leaves(updates))
+        if on_bad is not None:
+            on_bad(~ok)
         new_u, new_s = tx.update(updates, state, params, **extra)
-        own = lambda x: isinstance(x, self_skipping)  # noqa: E731
 
         def keep(n: Any, o: Any) -> Any:
-            return n if own(n) else jax.tree.map(lambda a, b: jnp.where(ok, a, b), n, o)
+            kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), n, o)
+            if not own(n):
+                return kept
+            return kept._replace(skipped=jnp.where(ok, n.skipped, o.skipped + 1))
 
         new_s = jax.tree.map(keep, new_s, state, is_leaf=own)
         return jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_u), new_s

@@ -169,7 +169,7 @@ def _bucket(
         if own_norm
         else o,
     )
-    sizes = [g.numel() for g in grads]
+    sizes = [g.numel() for g in grads] if pl.kind == "diag" else []
     if key.refresh:
         rejected = [s["rejected"] for s in states]
         if pl.kind == "diag":  # ok per entry: a parameter's count from its own entries
