@@ -972,20 +972,29 @@ def test_embedding_trains():
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
 
 
-def test_changing_max_precond_dim_later_keeps_plans():
-    """The bucket plan comes from each state, so a group option changed mid-training cannot
-    stack incompatible states."""
+def test_changing_max_precond_dim_later_applies_to_new_states_only():
+    """``max_precond_dim`` changed mid-training applies to the parameters that have no state
+    yet; one whose state it would change raises (the layout test above) until that state is
+    dropped; a bucket never stacks states of different plans."""
     a, b = nn.Linear(8, 8), nn.Linear(8, 8)
     opt = SpectralKron([*a.parameters(), *b.parameters()], lr=0.01, max_precond_dim=4)
     a(torch.randn(4, 8)).sum().backward()
     opt.step()  # a.weight: both sides diagonal
+    opt.param_groups[0]["max_precond_dim"] = 6  # a.weight's plan is the same: no error
+    opt.zero_grad()
+    b(a(torch.randn(4, 8))).square().sum().backward()
+    opt.step()  # b.weight is new: both sides diagonal too
     opt.param_groups[0]["max_precond_dim"] = 100
-    for _ in range(4):  # b.weight is new: full factors; a.weight keeps its diagonal plan
+    with pytest.raises(ValueError, match="max_precond_dim"):
+        opt.step()
+    opt.state.pop(a.weight)  # both start afresh, with full factors
+    opt.state.pop(b.weight)
+    for _ in range(4):
         opt.zero_grad()
         b(a(torch.randn(4, 8))).square().sum().backward()
         opt.step()
-    assert "B_C" not in opt.state[a.weight] and "B_C" in opt.state[b.weight]
-    # b's rotation is really refreshed (not silently dropped by a mixed bucket)
+    assert "B_C" in opt.state[a.weight] and "B_C" in opt.state[b.weight]
+    # the rotation is really refreshed (not silently dropped by a mixed bucket)
     assert not torch.allclose(opt.state[b.weight]["B_C"], torch.eye(8))
 
 
@@ -1254,3 +1263,68 @@ def test_functional_form_validates_like_the_class():
         spectral_kron([w], [torch.ones(3, 2)], [init_state(w)], lr=lambda t: 0.1)
     with pytest.raises(ValueError, match="`precond_dtype`"):
         init_state(w, precond_dtype="float32")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"max_precond_dim": 8},  # the 12×12 layers' sides become diagonal
+        {"eigenvalues": "kron"},  # no `V`
+        {"graft": "adam"},  # Adam's moments were never created
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_layout_option_changed_after_the_first_step_raises_before_any_change(change):
+    """``max_precond_dim``, ``eigenvalues`` and ``graft`` fix a parameter's state when it is
+    created. Changed in a param group afterwards, the next ``step()`` raises a ValueError
+    naming them, before any state or parameter changes (it used to ignore the change and
+    write a state dict it could not load, or, for ``graft``, fail with a TypeError after the
+    counters and factors had moved); set back, the run goes on; the parameter's state
+    dropped, it starts afresh with the new options and the state dict loads."""
+    model = _mlp()
+    opt = SpectralKron(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    old = dict(opt.param_groups[0])
+    before = copy.deepcopy((list(model.parameters()), opt.state_dict()))
+    opt.param_groups[0].update(change)
+    with pytest.raises(ValueError, match=f"{next(iter(change))}.*cannot change"):
+        step()
+    for a, b in zip(model.parameters(), before[0]):
+        assert torch.equal(a, b)
+    for k, st in opt.state_dict()["state"].items():
+        for f, v in st.items():
+            assert torch.equal(v, before[1]["state"][k][f]), (k, f)
+    opt.param_groups[0].update({k: old[k] for k in change})  # set back: the run goes on
+    step()
+    opt.param_groups[0].update(change)
+    for p in model.parameters():  # start afresh with the new options
+        opt.state.pop(p)
+    step()
+    w = model[2].weight
+    assert set(opt.state[w]) == optim.state_keys(
+        optim.plan((12, 12), 8 if "max_precond_dim" in change else 4096),
+        optim.Options.trusted(opt.param_groups[0]),
+    )
+    fresh = SpectralKron(model.parameters(), lr=0.01, **change)
+    fresh.load_state_dict(opt.state_dict())
+    assert int(fresh.state[w]["step"]) == 1
+
+
+def test_changing_a_numeric_option_after_the_first_step_is_not_a_layout_change():
+    model = _mlp()
+    opt = SpectralKron(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    for lr in (0.01, 0.001, 0.001):
+        opt.param_groups[0].update(lr=lr, max_precond_dim=100, p=2.0)  # same plans
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert int(opt.state[model[0].weight]["step"]) == 3

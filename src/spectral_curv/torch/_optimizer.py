@@ -16,6 +16,9 @@ from ._checkpoint import _SKIPPED
 from ._compile import _all_finite, _raise_notice, _select, _snapshot
 from ._functional import _options, host_counts, init_state, spectral_kron
 
+#: Options that fix the layout of a parameter's state (its keys) when it is created.
+LAYOUT_OPTIONS = ("max_precond_dim", "eigenvalues", "graft")
+
 
 class SpectralKron(Optimizer):
     """Kronecker spectral-factorized preconditioner (Lin et al., ICML 2025) as a torch optimizer.
@@ -70,6 +73,7 @@ class SpectralKron(Optimizer):
         o = _options({"lr": lr, "precond_lr": precond_lr, **options})
         self._skips: dict[str, Tensor] = {}  # see _host_state
         self._sched: dict[Tensor, list[int]] = {}
+        self._layouts: dict[int, tuple[Any, ...]] = {}
         super().__init__(params, o.as_dict())
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -154,6 +158,9 @@ class SpectralKron(Optimizer):
         tensor counters when eager and kept in ``self._sched`` (keyed by the ``step`` tensor,
         which every alias of a state shares), read from there when compiled, so that dynamo
         makes one graph per phase (first, refresh, plain, re-orthonormalise)."""
+        if not compiling:  # before any state is created
+            for group, _ in work:
+                self._check_layout(group)
         todo = []
         for group, params in work:
             params = [p for p in params if self._owns(p)]
@@ -178,6 +185,32 @@ class SpectralKron(Optimizer):
                 todo.append((o, params, states, counts))
         return todo
 
+    def _check_layout(self, group: dict[str, Any]) -> None:
+        """Raise a ValueError when a parameter of ``group`` has state whose layout (its keys)
+        is not the one the group's options give: :data:`LAYOUT_OPTIONS` fix it when the state
+        is created (a change would be ignored, and the state dict would not load). Checked
+        again only after one of them changed."""
+        layout = tuple(group[k] for k in LAYOUT_OPTIONS)
+        if self._layouts.get(id(group)) == layout:
+            return
+        o = optim.Options.trusted(group)
+        for i, p in enumerate(group["params"]):
+            s = self.state.get(p)
+            if not s or "step" not in s:
+                continue
+            want = optim.state_keys(optim.plan(tuple(p.shape), o.max_precond_dim), o)
+            if set(s) != want:
+                diff = sorted(set(s) ^ want)
+                raise ValueError(
+                    f"SpectralKron: param {i} of a param group (shape {tuple(p.shape)}) has "
+                    f"state for other options than the group's {dict(zip(LAYOUT_OPTIONS, layout))} "
+                    f"(keys {diff} differ): {', '.join(map(repr, LAYOUT_OPTIONS))} fix a "
+                    "parameter's state when it is created and cannot change afterwards; "
+                    "set them back, or drop the parameter's state (opt.state.pop(param)) to "
+                    "start it afresh"
+                )
+        self._layouts[id(group)] = layout
+
     def _owns(self, param: Tensor) -> bool:
         """Whether this optimizer updates ``param`` (a distributed subclass updates only the
         parameters its rank owns, after every gradient was validated)."""
@@ -200,6 +233,7 @@ class SpectralKron(Optimizer):
         """Containers a compiled step fills in (dynamo drops attribute writes in a step, not
         dict updates): ``_skips["n"]`` counts its skipped steps; ``_sched``: see ``_prepare``."""
         self._skips, self._sched = {}, {}
+        self._layouts: dict[int, tuple[Any, ...]] = {}  # per group: the options last checked
         for s in self.state.values():
             if isinstance(s, dict) and isinstance(s.get("step"), Tensor) and not s["step"].is_meta:
                 self._sched[s["step"]] = [int(s["step"]), int(s.get("refreshes", 0))]
