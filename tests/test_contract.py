@@ -987,3 +987,48 @@ def test_graft_with_a_zero_direction_stays_finite(adapter):
     for _ in range(2):
         d.step({k: np.zeros(s) for k, s in SHAPES.items()})
     assert all(np.all(np.isfinite(np.asarray(v))) for v in d.params.values())
+
+
+@pytest.mark.parametrize("scale", [1e10, 1e15])
+def test_float32_direction_is_invariant_to_the_gradient_scale(adapter, scale):
+    """The step is invariant to a constant scale of the gradients (math §4: W, the gaps and
+    α scale together), in float32 too, as long as the squares fit: the rotation generator
+    multiplied W by δ and squared it before scaling (overflow at |G| ~ 1e10; XLA's flushed
+    subnormal scale² made 0·inf = NaN and a rejected refresh, NumPy's gave no rotation), so
+    optax and NumPy lost the invariance long before torch (found by an outside probe)."""
+    P = _init(np.float32)
+    runs = []
+    for s in (1.0, scale):
+        d = adapter(P, lr=0.01, momentum=0.0, max_update_rms=None)
+        for t in range(12):
+            g = _grads(P, t)  # the same gradients in both runs, scaled
+            d.step({k: (v * np.float32(s)).astype(np.float32) for k, v in g.items()})
+        runs.append(d.params)
+    for k in SHAPES:
+        a, b = (np.asarray(r[k], dtype=np.float64) for r in runs)
+        np.testing.assert_allclose(b - P[k], a - P[k], rtol=2e-3, atol=1e-6, err_msg=k)
+
+
+def test_a_huge_first_gradient_gives_the_same_first_step_in_every_adapter():
+    """A 1e20 float32 gradient on the first step (α₀ clamped to float32's largest value; the
+    refresh overflows and is rejected): every adapter takes the step ``G/√α₀``. optax took
+    none (the norm ratio of the root-p rescale scaled both norms by the larger one, and the
+    smaller one's squares were flushed to 0 on XLA's CPU), and its factors, at 1e38, then
+    held the parameters still for hundreds of steps (found by an outside probe)."""
+    P = {"w": np.zeros((8, 5), np.float32)}
+    g = {"w": (1e20 * np.random.default_rng(0).standard_normal((8, 5))).astype(np.float32)}
+    moved = {}
+    for name in ADAPTERS:
+        try:
+            d = _driver(name)(P, lr=0.01, momentum=0.0, max_update_rms=None)
+        except pytest.skip.Exception:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optim.RejectedRefreshWarning)
+            d.step(g)
+        moved[name] = np.asarray(d.params["w"], dtype=np.float64) - P["w"]
+    assert moved
+    alpha0 = float(np.finfo(np.float32).max)  # mean(G²) = 1e40, clamped (optim.first_state)
+    ref = -0.01 * g["w"].astype(np.float64) / np.sqrt(alpha0)
+    for name, u in moved.items():
+        np.testing.assert_allclose(u, ref, rtol=1e-3, err_msg=name)

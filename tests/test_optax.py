@@ -680,3 +680,18 @@ def test_nonfinite_is_validated_with_others() -> None:
     typo such as ``"Raise"`` silently skipped instead of raising."""
     with pytest.raises(ValueError, match="`nonfinite`"):
         spectral_kron(1e-2, others={"other": optax.adamw(1e-3)}, nonfinite="Raise")
+
+
+@pytest.mark.parametrize("graft", [None, "adam"])
+def test_python_float_leaf_is_a_parameter_as_in_optax(graft):
+    """A Python float leaf is a 0-d parameter, as for optax's own optimizers (``init`` failed
+    with ``AttributeError: 'float' object has no attribute 'shape'``)."""
+    params = {"w": jnp.ones((3, 2)), "s": 1.0}
+    grads = {"w": jnp.ones((3, 2)), "s": 0.5}
+    ref_params = {"w": jnp.ones((3, 2)), "s": jnp.asarray(1.0)}
+    tx = spectral_kron(1e-2, graft=graft)
+    u, _ = tx.update(grads, tx.init(params), params)
+    v, _ = tx.update({"w": grads["w"], "s": jnp.asarray(0.5)}, tx.init(ref_params), ref_params)
+    assert jnp.shape(u["s"]) == () and float(u["s"]) < 0
+    np.testing.assert_array_equal(np.asarray(u["s"]), np.asarray(v["s"]))
+    np.testing.assert_array_equal(np.asarray(u["w"]), np.asarray(v["w"]))

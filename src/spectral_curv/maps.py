@@ -221,44 +221,57 @@ def rotation_generator(
             return impl(w, d, scale)
     n = d.shape[-1]
     diff = d[..., :, None] - d[..., None, :]
-    # U = −q is kept as q, its sign folded into the scale at the end. Few n×n passes (they,
-    # not flops, are this function's cost).
+    # Few n×n passes (they, not flops, are this function's cost). W is in the units of the
+    # gradient's square (α ~ |G|²) and scale in their inverse: every product below is formed
+    # so that none overflows or underflows with the gradient's scale (W·δ, W² and a scale²
+    # that underflowed to 0 gave 0·inf = NaN at |G| ~ 1e10 in float32).
     if rotation == "damped":
-        # q = W δ / (δ² + κ² a²), a = 2·scale·W. No tie threshold is needed: q → 0
-        # continuously as δ → 0 and is exactly 0 at δ = 0 (the tiny term keeps 0/0, W_ij = 0
-        # at a tie, at 0); the diagonal (δ = 0) is 0 too.
-        c = DAMPED_KAPPA2 * (2.0 * scale) ** 2
+        # X = t δ / (δ² + κ² a²), t = −scale·W (the pair's dimensionless coupling), a = 2t,
+        # the torch fast path's quotient. No tie threshold is needed: X → 0 continuously as
+        # δ → 0 and is exactly 0 at δ = 0 (the tiny term keeps 0/0, W_ij = 0 at a tie, at 0);
+        # the diagonal (δ = 0) is 0 too.
+        t = (-scale) * w
         tiny = xp.finfo(w.dtype).smallest_normal
-        q = (w * diff) / (diff * diff + c * (w * w) + tiny)
+        x = (t * diff) / (diff * diff + (4.0 * DAMPED_KAPPA2) * (t * t) + tiny)
+        del t
         if not symmetric:
-            q = xp.where(strict_lower_mask(xp, n, d), q, 0.0)
+            x = xp.where(strict_lower_mask(xp, n, d), x, 0.0)
+        if max_step_norm is not None:
+            x = x * _frobenius_cap(xp, x, max_step_norm, symmetric)
+        return x if symmetric else skew(x)
+    # the paper's rule: U = −q, q = W/δ (X = −scale·q)
+    tol = default_tie_tol(xp, d.dtype) if tie_tol is None else tie_tol
+    # tol·max(|d_i|, |d_j|) is max(t_i, t_j) with t = tol·|d| bitwise (rounding is
+    # monotone), and "> max(t_i, t_j)" is "> t_i and > t_j": two boolean broadcast
+    # compares, no n×n float threshold.
+    td = tol * xp.abs(d)
+    gap = xp.abs(diff)
+    gap_ok = (gap > td[..., :, None]) & (gap > td[..., None, :])
+    del gap
+    if symmetric:
+        # Tied pairs and the diagonal divide a finite W by inf: ±0, no second `where`.
+        q = w / xp.where(gap_ok, diff, math.inf)
     else:
-        tol = default_tie_tol(xp, d.dtype) if tie_tol is None else tie_tol
-        # tol·max(|d_i|, |d_j|) is max(t_i, t_j) with t = tol·|d| bitwise (rounding is
-        # monotone), and "> max(t_i, t_j)" is "> t_i and > t_j": two boolean broadcast
-        # compares, no n×n float threshold.
-        t = tol * xp.abs(d)
-        gap = xp.abs(diff)
-        gap_ok = (gap > t[..., :, None]) & (gap > t[..., None, :])
-        del gap
-        if symmetric:
-            # Tied pairs and the diagonal divide a finite W by inf: ±0, no second `where`.
-            q = w / xp.where(gap_ok, diff, math.inf)
-        else:
-            mask = gap_ok & strict_lower_mask(xp, n, d)
-            q = xp.where(mask, w / xp.where(mask, diff, 1.0), 0.0)
-    if max_step_norm is not None:
-        if symmetric:
-            # ‖X‖_F² from one dot product (a BLAS dot in numpy): no n×n temporary.
-            flat = xp.reshape(q, (*q.shape[:-2], n * n))
-            sq = xp.vecdot(flat, flat)
-        else:
-            # ‖L − Lᵀ‖_F = √2 ‖L‖_F for strictly lower L.
-            sq = 2.0 * xp.sum(q * q, axis=(-2, -1))
-        norm = abs(scale) * xp.sqrt(sq)[..., None, None]  # (..., 1, 1): broadcasts per matrix
-        floor = xp.finfo(q.dtype).smallest_normal * xp.ones_like(norm)
-        scale = scale * xp.minimum(xp.ones_like(norm), max_step_norm / xp.maximum(norm, floor))
+        mask = gap_ok & strict_lower_mask(xp, n, d)
+        q = xp.where(mask, w / xp.where(mask, diff, 1.0), 0.0)
+    if max_step_norm is not None:  # ‖X‖_F from scale·q (q's own square may overflow)
+        scale = scale * _frobenius_cap(xp, scale * q, max_step_norm, symmetric)
     return (-scale) * (q if symmetric else skew(q))
+
+
+def _frobenius_cap(xp: Namespace, m: Array, bound: Any, symmetric: bool) -> Array:
+    """``min(1, bound/‖X‖_F)`` per matrix (shape ``(..., 1, 1)``) for ``X = m`` (both
+    triangles) or ``X = Skew(m)`` (``m`` strictly lower: ``‖X‖_F = √2 ‖m‖_F``); math §5.4."""
+    n = m.shape[-1]
+    if symmetric:
+        # ‖X‖_F² from one dot product (a BLAS dot in numpy): no n×n temporary.
+        flat = xp.reshape(m, (*m.shape[:-2], n * n))
+        sq = xp.vecdot(flat, flat)
+    else:
+        sq = 2.0 * xp.sum(m * m, axis=(-2, -1))
+    norm = xp.sqrt(sq)[..., None, None]  # (..., 1, 1): broadcasts per matrix
+    floor = xp.finfo(m.dtype).smallest_normal * xp.ones_like(norm)
+    return xp.minimum(xp.ones_like(norm), bound / xp.maximum(norm, floor))
 
 
 def cayley(x: Array, *, mode: CayleyMode = "exact", terms: int = 1) -> Array:
@@ -634,9 +647,12 @@ def match_norm(v: Array, ds: list[Array], *, p: Any, ref: Array, axes: tuple[int
 
 
 def norm_ratio(xp: Namespace, a: Array, b: Array, axes: tuple[int, ...]) -> Array:
-    """``‖a‖/‖b‖`` over ``axes`` (kept), from entries divided by their common largest
-    magnitude: a finite ``a`` whose square overflows (``> 1.8e19`` in float32) still gives a
-    finite ratio; a zero ``b`` gives ``‖a‖/tiny``. The rescale of :func:`match_norm` (math §4.8).
+    """``‖a‖/‖b‖`` over ``axes`` (kept), each norm from its entries divided by its own largest
+    magnitude, times the ratio of the two: a finite ``a`` whose square overflows (``> 1.8e19``
+    in float32) still gives a finite ratio, and so do ``a`` and ``b`` of very different sizes
+    (a common scale made the smaller one's squares subnormal, flushed to 0 on XLA's CPU: a
+    zero direction after a 1e20 gradient). A zero ``b`` gives 0. The rescale of
+    :func:`match_norm` (math §4.8).
 
     Example::
 
@@ -647,13 +663,15 @@ def norm_ratio(xp: Namespace, a: Array, b: Array, axes: tuple[int, ...]) -> Arra
         >>> a = np.full(4, 1e30, dtype=np.float32)  # a² overflows float32
         >>> float(maps.norm_ratio(xp, a, np.full(4, 1e29, dtype=np.float32), (-1,))[0])
         10.0
+        >>> b = np.full(4, 1e-21, dtype=np.float32)  # (b/max|a|)² is below float32's range
+        >>> f"{float(maps.norm_ratio(xp, np.ones(4, dtype=np.float32), b, (-1,))[0]):.4g}"
+        '1e+21'
     """
     tiny = xp.asarray(xp.finfo(b.dtype).smallest_normal, dtype=b.dtype)
-    big = xp.maximum(
-        xp.max(xp.abs(a), axis=axes, keepdims=True), xp.max(xp.abs(b), axis=axes, keepdims=True)
-    )
-    big = xp.maximum(big, tiny)
-    sa, sb = a / big, b / big
+    ma = xp.maximum(xp.max(xp.abs(a), axis=axes, keepdims=True), tiny)
+    mb = xp.maximum(xp.max(xp.abs(b), axis=axes, keepdims=True), tiny)
+    sa, sb = a / ma, b / mb
     n_a = xp.sqrt(xp.sum(sa * sa, axis=axes, keepdims=True))
     n_b = xp.sqrt(xp.sum(sb * sb, axis=axes, keepdims=True))
-    return n_a / xp.maximum(n_b, tiny)
+    ok = n_b > 0
+    return xp.where(ok, (ma / mb) * (n_a / xp.where(ok, n_b, 1.0)), 0.0)

@@ -175,6 +175,7 @@ def scale_by_spectral_kron(
                 "outside jax.jit, or pass static_args=('max_precond_dim',) to "
                 "optax.inject_hyperparams"
             )
+        params = jax.tree.map(jnp.asarray, params)  # a Python float leaf, as optax's own
         for x in jax.tree.leaves(params):
             if jnp.iscomplexobj(x) or not jnp.issubdtype(jnp.result_type(x), jnp.floating):
                 dt = jnp.result_type(x)
@@ -211,6 +212,7 @@ def scale_by_spectral_kron(
                 )
             terms = 1  # unused by the "exact" and "quadratic" maps
         leaves, treedef = jax.tree.flatten(updates)
+        leaves = [jnp.asarray(g) for g in leaves]  # a Python float leaf, as optax's own
         precs = treedef.flatten_up_to(state.precond)
         finite = optim.all_grads_finite(jnp, leaves)
         if nonfinite == "raise":

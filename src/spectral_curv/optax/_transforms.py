@@ -105,7 +105,10 @@ def heavy_ball(
 
     def init_fn(params: Any) -> MomentumState:
         return MomentumState(
-            jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype if mdt is None else mdt), params)
+            jax.tree.map(
+                lambda x: jnp.zeros(jnp.shape(x), jnp.result_type(x) if mdt is None else mdt),
+                params,
+            )
         )
 
     def update_fn(updates: Any, state: MomentumState, params: Any = None) -> tuple[Any, Any]:

@@ -97,8 +97,9 @@ def segment_direction(
     parameter each), to the 2-norm of ``ref = d^{-1/2} ⊙ g`` (math §3, §4.8; formed here if
     not given): ``optim.direction`` with ``norm_p=2`` on each slice of a concatenated bucket,
     in a fixed number of kernels.
-    As ``maps.match_norm``: ``d^{-1/p}`` relative to the segment's smallest ``d`` and the
-    norms from entries divided by the segment's largest magnitude (no overflow).
+    As ``maps.match_norm``: ``d^{-1/p}`` relative to the segment's smallest ``d`` (no
+    overflow); the norms accumulate in float64, where no square of a float32 entry
+    overflows or underflows.
 
     Example (two segments; each has the size of its own ``p = 2`` step)::
 
@@ -121,11 +122,9 @@ def segment_direction(
     ld = torch.log(d)
     out = g * torch.sub(per_segment(ld, "amin", math.inf)[seg], ld).div_(p).exp_()
     ref = g * d.rsqrt() if ref is None else ref
-    big = torch.maximum(per_segment(ref.abs(), "amax", 0.0), per_segment(out.abs(), "amax", 0.0))
-    scale = big.clamp_min_(torch.finfo(d.dtype).smallest_normal).reciprocal_()[seg]
-    wide = torch.float64
-    n_ref = per_segment(ref.mul(scale).to(wide).square_(), "sum", 0.0)
-    n_out = per_segment(out.mul(scale).to(wide).square_(), "sum", 0.0)
+    wide = torch.float64  # no square of a float32/bf16 entry overflows or underflows there
+    n_ref = per_segment(ref.to(wide).square(), "sum", 0.0)  # not in place: .to may not copy
+    n_out = per_segment(out.to(wide).square(), "sum", 0.0)
     ratio = n_ref.div_(n_out.clamp_min_(torch.finfo(wide).smallest_normal)).sqrt_()
     return out.mul_(ratio.to(out.dtype)[seg])
 
