@@ -29,6 +29,7 @@ from spectral_curv.optax import (  # noqa: E402
     order_labels,
     scale_by_spectral_kron,
     spectral_kron,
+    validate_state,
 )
 
 
@@ -695,3 +696,42 @@ def test_python_float_leaf_is_a_parameter_as_in_optax(graft):
     assert jnp.shape(u["s"]) == () and float(u["s"]) < 0
     np.testing.assert_array_equal(np.asarray(u["s"]), np.asarray(v["s"]))
     np.testing.assert_array_equal(np.asarray(u["w"]), np.asarray(v["w"]))
+
+
+def test_validate_state_takes_the_whole_optimizer_state_with_others():
+    """``validate_state`` finds the spectral state inside ``spectral_kron``'s state (with
+    ``others``: leaves routed elsewhere are masked there and skipped); it used to accept
+    only the inner ``ScaleBySpectralKronState``, which ``others`` hides in a partition."""
+    params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3), "emb": jnp.ones((5, 2))}
+    labels = {"w": "spectral", "b": "spectral", "emb": "other"}
+    tx = spectral_kron(1e-2, others={"other": optax.adamw(1e-3)}, label_fn=lambda p: labels)
+    _, state = tx.update(params, tx.init(params), params)
+    validate_state(state, params)
+    inner = [
+        x
+        for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ScaleBySpectralKronState))
+        if isinstance(x, ScaleBySpectralKronState)
+    ]
+    assert len(inner) == 1 and isinstance(inner[0].precond["emb"], optax.MaskedNode)
+    bad_w = inner[0].precond["w"]._replace(d_C=-jnp.ones(4))
+    bad = jax.tree.map(
+        lambda x: (
+            x._replace(precond={**x.precond, "w": bad_w})
+            if isinstance(x, ScaleBySpectralKronState)
+            else x
+        ),
+        state,
+        is_leaf=lambda x: isinstance(x, ScaleBySpectralKronState),
+    )
+    with pytest.raises(ValueError, match=r"\['w'\]: `d_C` must be > 0"):
+        validate_state(bad, params)
+    with pytest.raises(ValueError, match="holding 0"):
+        validate_state(optax.adam(1e-3).init(params), params)
+
+
+def test_validate_state_names_max_precond_dim():
+    params = {"w": jnp.ones((5, 2))}
+    state = scale_by_spectral_kron(max_precond_dim=3).init(params)
+    with pytest.raises(ValueError, match="another `max_precond_dim`"):
+        validate_state(state, params)
+    validate_state(state, params, max_precond_dim=3)

@@ -10,8 +10,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from .. import optim
+from .. import kron, optim
 from ._options import DEFAULTS as _D
 from ._scale import ScaleBySpectralKronState
 
@@ -21,6 +22,10 @@ def validate_state(
 ) -> None:
     """Raise a ValueError naming the leaf and the field unless ``state`` (e.g. restored from a
     checkpoint) is a valid :func:`scale_by_spectral_kron` state for ``params``.
+
+    ``state`` may also be a whole optimizer's state that holds exactly one such state (e.g.
+    :func:`spectral_kron`'s, with or without ``others``); leaves routed to ``others`` (masked
+    in it) are skipped. ``max_precond_dim``: the one the state was made with.
 
     Checks the tree structure, the counters (``0 ≤ rejected ≤ refreshes ≤ count``,
     ``skipped ≥ 0``), and per
@@ -42,7 +47,18 @@ def validate_state(
         ValueError: state leaf ['w']: `d_C` must be > 0
     """
     if not isinstance(state, ScaleBySpectralKronState):
-        raise ValueError(f"expected a ScaleBySpectralKronState, got {type(state)!r}")
+        mine = ScaleBySpectralKronState
+        found = [
+            x
+            for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, mine))
+            if isinstance(x, mine)
+        ]
+        if len(found) != 1:
+            raise ValueError(
+                "expected a ScaleBySpectralKronState or an optax state holding exactly one, "
+                f"got {type(state)!r} holding {len(found)}"
+            )
+        state = found[0]
     paths, treedef = jax.tree_util.tree_flatten_with_path(params)
     try:
         precs = treedef.flatten_up_to(state.precond)
@@ -60,9 +76,19 @@ def validate_state(
     )
     o = optim.Options(graft="adam" if graft else None)
     for (path, x), pre, rej, (ea, eas) in zip(paths, precs, rejs, moments):
+        if isinstance(pre, optax.MaskedNode):  # a leaf another optimizer steps (`others`)
+            continue
         where = f"state leaf {jax.tree_util.keystr(path)}"
         optim.check_counters(state.count, state.refreshes, rej, where=where)
         pl = optim.plan(tuple(x.shape), max_precond_dim)
+        if isinstance(pre, kron.KronState) and pl.kind == "kron":
+            sides = (pre.B_C is None, pre.B_K is None)
+            if sides != (pl.diag_rows, pl.diag_cols):
+                raise ValueError(
+                    f"{where}: the factors are for another `max_precond_dim` than "
+                    f"{max_precond_dim} (diagonal sides {sides}, expected "
+                    f"{(pl.diag_rows, pl.diag_cols)}): pass the one the state was made with"
+                )
         optim.check_precond(pre, pl, optim.matrix_shape(pl, tuple(x.shape)), where=where)
         slots = optim.Slots(jnp.zeros(x.shape), ea, eas)
         optim.check_slots(slots, tuple(x.shape), o, where=where)
