@@ -33,6 +33,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "p1": {"p": 1.0},
     "quartic_r5": {"cayley": "quartic", "reorth_interval": 5},
     "exact": {"cayley": "exact"},
+    "damp16": {"damping": 1e-16},
 }
 
 

@@ -53,6 +53,7 @@ MODES: dict[str, dict[str, Any]] = {
     "p1": {"p": 1.0},
     "p1_kron": {"p": 1.0, "eigenvalues": "kron"},
     "p15": {"p": 1.5},  # the default since 2026-12-01 (evening)
+    "damp16": {"damping": 1e-16},  # Adam's eps squared (docs/benchmarks_train.md, "Damping")
     "p15_kron": {"p": 1.5, "eigenvalues": "kron"},
     "p2": {"p": 2.0},
     "previous": {"p": 2.0, "reorth_interval": 10},  # the default before 2026-12-01 (evening)

@@ -65,6 +65,7 @@ VARIANT_KEYS = (
     "spectral_p2_r10",
     "spectral_p2_nesterov",
     "spectral_p2_quad_compiled",
+    "spectral_p15_damp16",
 )
 ALL_OPTIMIZERS = (
     "adamw",
@@ -407,6 +408,19 @@ def optimizer_registry() -> dict[str, OptSpec]:
             {"lr": ("log", 1e-4, 3e-3), **lr_wd, "precond_lr": ("log", 0.01, 0.5)},
             "precond_lr",
             notes="spectral_curv.torch.SpectralKron, p=1.5, quartic Cayley, Newton–Schulz every 5",
+            draws_as="spectral_p2_quad",
+        )
+    )
+    specs.append(
+        OptSpec(
+            "spectral_p15_damp16",
+            "SpectralKron p=1.5, damping 1e-16",
+            "spectral",
+            spectral(1.5, "quadratic", damping=1e-16),
+            {"lr": 3e-4, "weight_decay": 1e-2, "precond_lr": 0.1},
+            {"lr": ("log", 1e-4, 3e-3), **lr_wd, "precond_lr": ("log", 0.01, 0.5)},
+            "precond_lr",
+            notes="spectral_curv.torch.SpectralKron, p=1.5, damping=1e-16 (Adam's eps squared)",
             draws_as="spectral_p2_quad",
         )
     )
