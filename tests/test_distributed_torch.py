@@ -341,3 +341,84 @@ def test_dcp_load_does_not_warn_again_for_loaded_rejections() -> None:
         warnings.simplefilter("error")
         fresh.step()
     assert int(fresh.state[w2]["rejected"]) == 1
+
+
+def _layout_worker(rank: int, port: int, out: str) -> None:
+    import datetime
+    import os
+
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=30)
+    )
+    try:
+        torch.manual_seed(0)
+        w0, w1 = nn.Parameter(torch.randn(6, 4)), nn.Parameter(torch.randn(3, 2))
+        opt = DistributedSpectralKron([w0, w1], lr=1e-2)
+        for p in (w0, w1):
+            p.grad = torch.ones_like(p)
+        opt.step()
+        opt.param_groups[0]["max_precond_dim"] = 4  # on every rank; w0's owner alone has state
+        result = "stepped"
+        try:
+            opt.step()
+        except ValueError as e:
+            result = "ValueError: " + str(e)
+        except Exception as e:  # a collective timing out
+            result = f"{type(e).__name__}: {e}"
+        opt.param_groups[0]["max_precond_dim"] = 4096  # set back: every rank steps on
+        try:
+            opt.step()
+            recovered = True
+        except Exception:  # the process group broken by a timed-out collective
+            recovered = False
+        info = {"result": result, "owner": opt.owner_of(w0), "recovered": recovered}
+        torch.save(info, Path(out) / f"layout{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_layout_option_change_raises_on_every_rank(tmp_path: Path) -> None:
+    """A parameter has state on its owner only, so the layout check (options that fix a
+    parameter's state, changed after its first step) raised on that rank alone, and the
+    others went on into the broadcast and waited out the process group's timeout (found by
+    a review). Every rank raises now, before any collective of the step."""
+    try:
+        mp.spawn(_layout_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    except Exception as e:  # pragma: no cover - environment without working loopback gloo
+        if "gloo" in str(e).lower() or "connect" in str(e).lower():
+            pytest.skip(f"gloo process group could not start: {e}")
+        raise
+    res = [torch.load(tmp_path / f"layout{r}.pt", weights_only=False) for r in range(WORLD)]
+    for r, x in enumerate(res):
+        assert x["result"].startswith("ValueError"), (r, x["result"])
+        assert "max_precond_dim" in x["result"]
+    owner = res[0]["owner"]
+    assert "param 0 of a param group" in res[owner]["result"]  # the owner names it
+    assert "another rank" in res[1 - owner]["result"]
+    assert all(x["recovered"] for x in res)
+
+
+def test_dcp_load_with_other_layout_options_raises_before_any_change() -> None:
+    """``load_dcp_state_dict`` of a checkpoint saved with ``graft="adam"`` into an optimizer
+    without grafting dropped the moments and set the group to ``"adam"``: the next step
+    failed (found by a review). It raises now, naming the option, and changes nothing."""
+    w = nn.Parameter(torch.ones(3, 2, dtype=torch.float64))
+    saved = DistributedSpectralKron([w], lr=1e-2, graft="adam")
+    w.grad = torch.full((3, 2), 0.1, dtype=torch.float64)
+    saved.step()
+    sd = {
+        k: (v.clone() if isinstance(v, torch.Tensor) else v)
+        for k, v in saved.dcp_state_dict().items()
+    }
+    w2 = nn.Parameter(torch.ones(3, 2, dtype=torch.float64))
+    fresh = DistributedSpectralKron([w2], lr=1e-2)
+    mine = fresh.dcp_state_dict()
+    before = {k: v.clone() for k, v in fresh.state[w2].items()}
+    with pytest.raises(ValueError, match="graft"):
+        fresh.load_dcp_state_dict({**mine, "param_groups": sd["param_groups"]})
+    assert fresh.param_groups[0]["graft"] is None
+    for k, v in fresh.state[w2].items():
+        assert torch.equal(v, before[k]), k

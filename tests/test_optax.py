@@ -735,3 +735,28 @@ def test_validate_state_names_max_precond_dim():
     with pytest.raises(ValueError, match="another `max_precond_dim`"):
         validate_state(state, params)
     validate_state(state, params, max_precond_dim=3)
+
+
+def test_validate_state_does_not_let_a_masked_field_hide_a_spectral_leaf():
+    """A spectral leaf whose factors were replaced by ``optax.MaskedNode`` passed (a leaf
+    routed elsewhere is masked in every field, this one in one); ``update`` then failed
+    (found by a review)."""
+    params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+    state = scale_by_spectral_kron().init(params)
+    bad = state._replace(precond={**state.precond, "w": optax.MaskedNode()})
+    with pytest.raises(ValueError, match=r"\['w'\]: masked in some"):
+        validate_state(bad, params)
+
+
+def test_python_float_leaves_through_validate_state_and_heavy_ball():
+    """Python float leaves: ``validate_state`` and ``heavy_ball``'s update failed with an
+    ``AttributeError`` (``init`` took them; found by a review)."""
+    from spectral_curv.optax import heavy_ball
+
+    params = {"w": jnp.ones((4, 3)), "s": 1.5}
+    tx = spectral_kron(1e-2)
+    _, state = tx.update({"w": jnp.ones((4, 3)), "s": 0.5}, tx.init(params), params)
+    validate_state(state, params)
+    hb = heavy_ball(0.9)
+    u, _ = hb.update({"w": jnp.ones((4, 3)), "s": 0.5}, hb.init(params))
+    assert float(u["s"]) == 0.5

@@ -317,3 +317,21 @@ def test_compile_step_compiles_and_equals_eager_bitwise():
     assert 1 < counter.frame_count <= 6
     _steps(me, oe, oe.step, range(8))
     _equal(me, oe, mc, oc)
+
+
+def test_compile_step_checks_layout_options_eagerly():
+    """A graph cannot raise, so the check of the options that fix a parameter's state
+    (``max_precond_dim``, ``eigenvalues``, ``graft`` changed after its first step) runs
+    eagerly in ``compile_step`` before the compiled step (found by a review: the compiled
+    step ignored the change and the state dict it wrote did not load)."""
+    w = nn.Parameter(torch.randn(6, 4))
+    opt = SpectralKron([w], lr=0.01)
+    step = sct.compile_step(opt, backend="eager")
+    w.grad = torch.randn(6, 4)
+    step()
+    opt.param_groups[0]["max_precond_dim"] = 4
+    before = {k: v.clone() for k, v in opt.state[w].items()}
+    with pytest.raises(ValueError, match="max_precond_dim"):
+        step()
+    for k, v in opt.state[w].items():
+        assert torch.equal(v, before[k]), k

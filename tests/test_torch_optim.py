@@ -1328,3 +1328,53 @@ def test_changing_a_numeric_option_after_the_first_step_is_not_a_layout_change()
         F.cross_entropy(model(x), y).backward()
         opt.step()
     assert int(opt.state[model[0].weight]["step"]) == 3
+
+
+def test_layout_check_follows_parameters_moved_between_groups():
+    """The layout check is cached per group; moving a parameter into a group with another
+    ``max_precond_dim`` by hand, or replacing a group by a new dict (which may reuse a freed
+    dict's id), is checked again (found by a review)."""
+    a, b = nn.Linear(6, 6), nn.Linear(6, 6)
+    opt = SpectralKron(
+        [{"params": list(a.parameters())}, {"params": list(b.parameters()), "max_precond_dim": 4}],
+        lr=0.01,
+    )
+    x = torch.randn(4, 6)
+
+    def step():
+        opt.zero_grad()
+        b(a(x)).square().sum().backward()
+        opt.step()
+
+    def move(p, src, dst):
+        ps = opt.param_groups[src]["params"]
+        del ps[next(i for i, q in enumerate(ps) if q is p)]
+        opt.param_groups[dst]["params"].append(p)
+
+    step()
+    move(a.weight, 0, 1)  # a.weight (full factors) into group 1
+    with pytest.raises(ValueError, match="max_precond_dim"):
+        step()
+    move(a.weight, 1, 0)
+    step()
+    for _ in range(20):  # a new dict for group 1, with another max_precond_dim
+        opt.param_groups[1] = {**opt.param_groups[1], "max_precond_dim": 4096}
+        with pytest.raises(ValueError, match="max_precond_dim"):
+            step()
+        opt.param_groups[1] = {**opt.param_groups[1], "max_precond_dim": 4}
+        step()
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1.0, 1e160])
+def test_segment_direction_keeps_float64_range(scale):
+    """The segmented diagonal rescale equals ``maps.match_norm`` per segment for float64
+    entries anywhere in float64's range (unscaled float64 squares overflowed at 1e154 and
+    gave NaN; found by a review)."""
+    from spectral_curv.torch._functional import segment_direction
+
+    rng = np.random.default_rng(0)
+    d, g = rng.uniform(0.5, 2.0, 7), scale * rng.standard_normal(7)
+    got = segment_direction(torch.tensor(d), torch.tensor(g), [4, 3], 1.5).numpy()
+    for sl in (slice(0, 4), slice(4, 7)):
+        ref = maps.match_norm(g[sl], [d[sl]], p=1.5, ref=g[sl] / np.sqrt(d[sl]), axes=(-1,))
+        np.testing.assert_allclose(got[sl], ref, rtol=1e-12)

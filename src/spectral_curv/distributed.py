@@ -54,6 +54,7 @@ from torch import Tensor
 
 from . import optim
 from .torch import SpectralKron, init_state
+from .torch._optimizer import LAYOUT_OPTIONS
 
 __all__ = [
     "DistributedSpectralKron",
@@ -293,6 +294,7 @@ class DistributedSpectralKron(SpectralKron):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_layouts()  # on the groups as every rank has them (not the swapped ones)
         sharded = [
             prm
             for g in self.param_groups
@@ -319,9 +321,11 @@ class DistributedSpectralKron(SpectralKron):
             self.state[full] = self.state[prm]  # the same dict: the step fills it in place
         self._proxies = set(proxies.values())
         skipped = self.skipped_steps
+        self._swapped = True  # the groups hold this rank's parameters only: no layout check
         try:
             super().step()  # validates the gradients, updates the owned parameters
         finally:
+            self._swapped = False
             for g, params in zip(self.param_groups, saved):
                 g["params"] = params
             for full in proxies.values():
@@ -334,6 +338,27 @@ class DistributedSpectralKron(SpectralKron):
 
     def _owns(self, param: Tensor) -> bool:
         return param in self._proxies or self._owned(param)
+
+    def _check_layouts(self) -> None:
+        if not getattr(self, "_swapped", False):
+            super()._check_layouts()
+
+    def _agree(self, problem: str | None) -> str | None:
+        """Every rank raises where one does: a parameter has state on its owner only (one
+        all-reduce, only in a step whose layout options changed)."""
+        if self.world_size == 1:
+            return problem
+        prm = next(p for g in self.param_groups for p in g["params"])
+        local = prm.to_local() if prm in self._sharded else prm  # type: ignore[attr-defined]
+        flag = torch.tensor([0 if problem is None else 1], dtype=torch.int32, device=local.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.process_group)
+        if problem is None and int(flag.item()):
+            problem = (
+                "DistributedSpectralKron: a parameter owned by another rank has state for "
+                "other options than its group's (that rank names it): "
+                f"{', '.join(map(repr, LAYOUT_OPTIONS))} cannot change after the first step"
+            )
+        return problem
 
     def _sharded_grads_finite(self, sharded: list[Tensor]) -> bool:
         """Validate the local gradient shards, then agree across ranks (one all-reduce)."""
@@ -499,6 +524,14 @@ class DistributedSpectralKron(SpectralKron):
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups):
             raise ValueError("load_dcp_state_dict: the number of param groups differs")
+        for i, (g, saved) in enumerate(zip(self.param_groups, groups)):
+            for k in LAYOUT_OPTIONS:  # they fix the state that dcp_state_dict() laid out
+                if k in saved and saved[k] != g[k]:
+                    raise ValueError(
+                        f"load_dcp_state_dict: param group {i} was saved with {k}={saved[k]!r}, "
+                        f"this optimizer has {g[k]!r}: create it with the checkpoint's "
+                        f"{', '.join(LAYOUT_OPTIONS)} (they fix the state's layout)"
+                    )
         for g, saved in zip(self.param_groups, groups):
             g.update({k: v for k, v in saved.items() if k != "params"})
         self.skipped_steps = int(state_dict["skipped_steps"])

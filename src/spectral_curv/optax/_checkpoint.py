@@ -76,11 +76,17 @@ def validate_state(
     )
     o = optim.Options(graft="adam" if graft else None)
     for (path, x), pre, rej, (ea, eas) in zip(paths, precs, rejs, moments):
-        if isinstance(pre, optax.MaskedNode):  # a leaf another optimizer steps (`others`)
-            continue
         where = f"state leaf {jax.tree_util.keystr(path)}"
+        masked = [
+            isinstance(v, optax.MaskedNode) for v in (pre, rej, *((ea, eas) if graft else ()))
+        ]
+        if all(masked):  # a leaf another optimizer steps (`others`, optax.masked)
+            continue
+        if any(masked):  # a masked field cannot stand in for a missing or corrupted one
+            raise ValueError(f"{where}: masked in some of the state's fields only")
+        shape = tuple(jnp.shape(x))  # a Python float leaf is a 0-d parameter
         optim.check_counters(state.count, state.refreshes, rej, where=where)
-        pl = optim.plan(tuple(x.shape), max_precond_dim)
+        pl = optim.plan(shape, max_precond_dim)
         if isinstance(pre, kron.KronState) and pl.kind == "kron":
             sides = (pre.B_C is None, pre.B_K is None)
             if sides != (pl.diag_rows, pl.diag_cols):
@@ -89,6 +95,6 @@ def validate_state(
                     f"{max_precond_dim} (diagonal sides {sides}, expected "
                     f"{(pl.diag_rows, pl.diag_cols)}): pass the one the state was made with"
                 )
-        optim.check_precond(pre, pl, optim.matrix_shape(pl, tuple(x.shape)), where=where)
-        slots = optim.Slots(jnp.zeros(x.shape), ea, eas)
-        optim.check_slots(slots, tuple(x.shape), o, where=where)
+        optim.check_precond(pre, pl, optim.matrix_shape(pl, shape), where=where)
+        slots = optim.Slots(jnp.zeros(shape), ea, eas)
+        optim.check_slots(slots, shape, o, where=where)

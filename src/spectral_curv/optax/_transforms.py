@@ -113,6 +113,7 @@ def heavy_ball(
 
     def update_fn(updates: Any, state: MomentumState, params: Any = None) -> tuple[Any, Any]:
         del params
+        updates = jax.tree.map(jnp.asarray, updates)  # a Python float leaf, as in init
 
         def add(u: Any, b: Any) -> Any:
             return optim.add_momentum(b, u.astype(b.dtype), cast_hyperparam(momentum, b.dtype))

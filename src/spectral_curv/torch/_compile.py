@@ -98,6 +98,9 @@ def compile_step(opt: torch.optim.Optimizer, **compile_kwargs: Any) -> Callable[
     failed: list[BaseException] = []
 
     def step(closure: Callable[[], Any] | None = None) -> Any:
+        check = getattr(opt, "_check_layouts", None)
+        if check is not None:  # eager, outside the graph (a graph cannot raise it)
+            check()
         if not failed:
             try:
                 return compiled() if closure is None else compiled(closure)

@@ -99,7 +99,7 @@ def segment_direction(
     in a fixed number of kernels.
     As ``maps.match_norm``: ``d^{-1/p}`` relative to the segment's smallest ``d`` (no
     overflow); the norms accumulate in float64, where no square of a float32 entry
-    overflows or underflows.
+    overflows or underflows (float64 entries: each norm scaled by its own largest entry).
 
     Example (two segments; each has the size of its own ``p = 2`` step)::
 
@@ -122,10 +122,20 @@ def segment_direction(
     ld = torch.log(d)
     out = g * torch.sub(per_segment(ld, "amin", math.inf)[seg], ld).div_(p).exp_()
     ref = g * d.rsqrt() if ref is None else ref
-    wide = torch.float64  # no square of a float32/bf16 entry overflows or underflows there
-    n_ref = per_segment(ref.to(wide).square(), "sum", 0.0)  # not in place: .to may not copy
-    n_out = per_segment(out.to(wide).square(), "sum", 0.0)
-    ratio = n_ref.div_(n_out.clamp_min_(torch.finfo(wide).smallest_normal)).sqrt_()
+    wide = torch.float64
+    tiny = torch.finfo(wide).smallest_normal
+    if d.dtype == wide:  # nothing wider: each norm from entries scaled by its own largest
+
+        def norm_sq(x: Tensor) -> tuple[Tensor, Tensor]:
+            big = per_segment(x.abs(), "amax", 0.0).clamp_min_(tiny)
+            return per_segment((x / big[seg]).square_(), "sum", 0.0), big
+
+        (n_ref, m_ref), (n_out, m_out) = norm_sq(ref), norm_sq(out)
+        ratio = m_ref.div_(m_out).mul_(n_ref.div_(n_out.clamp_min_(tiny)).sqrt_())
+    else:  # float32/bf16: no square overflows or underflows in float64
+        n_ref = per_segment(ref.to(wide).square(), "sum", 0.0)
+        n_out = per_segment(out.to(wide).square(), "sum", 0.0)
+        ratio = n_ref.div_(n_out.clamp_min_(tiny)).sqrt_()
     return out.mul_(ratio.to(out.dtype)[seg])
 
 

@@ -73,7 +73,7 @@ class SpectralKron(Optimizer):
         o = _options({"lr": lr, "precond_lr": precond_lr, **options})
         self._skips: dict[str, Tensor] = {}  # see _host_state
         self._sched: dict[Tensor, list[int]] = {}
-        self._layouts: dict[int, tuple[Any, ...]] = {}
+        self._layouts: dict[int, tuple[dict[str, Any], tuple[Any, ...]]] = {}
         super().__init__(params, o.as_dict())
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -117,6 +117,8 @@ class SpectralKron(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not torch.compiler.is_compiling():  # before any state changes (compile_step: eager)
+            self._check_layouts()
         work = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
         grads = [p.grad for _, ps in work for p in ps if p.grad is not None]
         for p in (p for _, ps in work for p in ps):
@@ -158,9 +160,6 @@ class SpectralKron(Optimizer):
         tensor counters when eager and kept in ``self._sched`` (keyed by the ``step`` tensor,
         which every alias of a state shares), read from there when compiled, so that dynamo
         makes one graph per phase (first, refresh, plain, re-orthonormalise)."""
-        if not compiling:  # before any state is created
-            for group, _ in work:
-                self._check_layout(group)
         todo = []
         for group, params in work:
             params = [p for p in params if self._owns(p)]
@@ -185,14 +184,28 @@ class SpectralKron(Optimizer):
                 todo.append((o, params, states, counts))
         return todo
 
-    def _check_layout(self, group: dict[str, Any]) -> None:
-        """Raise a ValueError when a parameter of ``group`` has state whose layout (its keys)
-        is not the one the group's options give: :data:`LAYOUT_OPTIONS` fix it when the state
-        is created (a change would be ignored, and the state dict would not load). Checked
-        again only after one of them changed."""
-        layout = tuple(group[k] for k in LAYOUT_OPTIONS)
-        if self._layouts.get(id(group)) == layout:
+    def _check_layouts(self) -> None:
+        """Raise a ValueError when a parameter has state whose layout (its keys) is not the
+        one its group's options give: :data:`LAYOUT_OPTIONS` fix it when the state is
+        created (a change would be ignored, and the state dict would not load). Checked only
+        for the groups whose layout options or parameter count changed since the last check,
+        so an ordinary step does no work here (and a distributed one no collective)."""
+        changed = []
+        for g in self.param_groups:
+            key = (tuple(g[k] for k in LAYOUT_OPTIONS), len(g["params"]))
+            seen = self._layouts.get(id(g))  # the group itself is kept: its id is not reused
+            if seen is None or seen[0] is not g or seen[1] != key:
+                changed.append((g, key))
+        if not changed:
             return
+        msg = self._agree(next((m for g, _ in changed if (m := self._layout_problem(g))), None))
+        if msg is not None:
+            raise ValueError(msg)
+        for g, key in changed:
+            self._layouts[id(g)] = (g, key)
+
+    def _layout_problem(self, group: dict[str, Any]) -> str | None:
+        """What :meth:`_check_layouts` raises for ``group``, or None."""
         o = optim.Options.trusted(group)
         for i, p in enumerate(group["params"]):
             s = self.state.get(p)
@@ -200,16 +213,21 @@ class SpectralKron(Optimizer):
                 continue
             want = optim.state_keys(optim.plan(tuple(p.shape), o.max_precond_dim), o)
             if set(s) != want:
-                diff = sorted(set(s) ^ want)
-                raise ValueError(
+                layout = {k: group[k] for k in LAYOUT_OPTIONS}
+                return (
                     f"SpectralKron: param {i} of a param group (shape {tuple(p.shape)}) has "
-                    f"state for other options than the group's {dict(zip(LAYOUT_OPTIONS, layout))} "
-                    f"(keys {diff} differ): {', '.join(map(repr, LAYOUT_OPTIONS))} fix a "
-                    "parameter's state when it is created and cannot change afterwards; "
+                    f"state for other options than the group's {layout} (keys "
+                    f"{sorted(set(s) ^ want)} differ): {', '.join(map(repr, LAYOUT_OPTIONS))} "
+                    "fix a parameter's state when it is created and cannot change afterwards; "
                     "set them back, or drop the parameter's state (opt.state.pop(param)) to "
                     "start it afresh"
                 )
-        self._layouts[id(group)] = layout
+        return None
+
+    def _agree(self, problem: str | None) -> str | None:
+        """The problem of :meth:`_check_layouts` as every process sees it (one process: its
+        own; a distributed subclass agrees across ranks)."""
+        return problem
 
     def _owns(self, param: Tensor) -> bool:
         """Whether this optimizer updates ``param`` (a distributed subclass updates only the
@@ -233,7 +251,7 @@ class SpectralKron(Optimizer):
         """Containers a compiled step fills in (dynamo drops attribute writes in a step, not
         dict updates): ``_skips["n"]`` counts its skipped steps; ``_sched``: see ``_prepare``."""
         self._skips, self._sched = {}, {}
-        self._layouts: dict[int, tuple[Any, ...]] = {}  # per group: the options last checked
+        self._layouts = {}  # per group: the group and its layout options last checked
         for s in self.state.values():
             if isinstance(s, dict) and isinstance(s.get("step"), Tensor) and not s["step"].is_meta:
                 self._sched[s["step"]] = [int(s["step"]), int(s.get("refreshes", 0))]
