@@ -193,15 +193,21 @@ def _reference() -> list[Any]:
         torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    out = tmp_path_factory.mktemp("dist")
+def _spawn(worker: Any, out: Path) -> None:
+    """``worker(rank, port, out)`` on ``WORLD`` gloo processes (skipped where gloo cannot
+    start on the loopback)."""
     try:
-        mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+        mp.spawn(worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
     except Exception as e:  # pragma: no cover - environment without working loopback gloo
         if "gloo" in str(e).lower() or "connect" in str(e).lower():
             pytest.skip(f"gloo process group could not start: {e}")
         raise
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("dist")
+    _spawn(_worker, out)
     return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -385,12 +391,7 @@ def test_layout_option_change_raises_on_every_rank(tmp_path: Path) -> None:
     parameter's state, changed after its first step) raised on that rank alone, and the
     others went on into the broadcast and waited out the process group's timeout (found by
     a review). Every rank raises now, before any collective of the step."""
-    try:
-        mp.spawn(_layout_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    except Exception as e:  # pragma: no cover - environment without working loopback gloo
-        if "gloo" in str(e).lower() or "connect" in str(e).lower():
-            pytest.skip(f"gloo process group could not start: {e}")
-        raise
+    _spawn(_layout_worker, tmp_path)
     res = [torch.load(tmp_path / f"layout{r}.pt", weights_only=False) for r in range(WORLD)]
     for r, x in enumerate(res):
         assert x["result"].startswith("ValueError"), (r, x["result"])
