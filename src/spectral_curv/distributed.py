@@ -211,6 +211,7 @@ class DistributedSpectralKron(SpectralKron):
         self._loads: list[float] = [0.0] * self.world_size
         self._sharded: set[Tensor] = set()  # DTensor (FSDP2) parameters
         self._proxies: set[Tensor] = set()  # full-matrix stand-ins during a step
+        self._swapped = False  # the groups hold this rank's parameters only (in a step)
         super().__init__(params, **options)
 
     # -- assignment ---------------------------------------------------------------------
@@ -321,7 +322,7 @@ class DistributedSpectralKron(SpectralKron):
             self.state[full] = self.state[prm]  # the same dict: the step fills it in place
         self._proxies = set(proxies.values())
         skipped = self.skipped_steps
-        self._swapped = True  # the groups hold this rank's parameters only: no layout check
+        self._swapped = True  # no layout check on the swapped groups (done above)
         try:
             super().step()  # validates the gradients, updates the owned parameters
         finally:
@@ -340,7 +341,7 @@ class DistributedSpectralKron(SpectralKron):
         return param in self._proxies or self._owned(param)
 
     def _check_layouts(self) -> None:
-        if not getattr(self, "_swapped", False):
+        if not self._swapped:
             super()._check_layouts()
 
     def _agree(self, problem: str | None) -> str | None:

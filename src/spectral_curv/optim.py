@@ -1350,12 +1350,15 @@ def check_precond(st: Precond, pl: Plan, shape: tuple[int, ...], *, where: str =
             want["V"] = (r, c)
     for field, shp in want.items():
         x = getattr(st, field)
+        other = " (a state made with another `max_precond_dim`?)" if field[0] == "B" else ""
         if shp is None:
             if x is not None:
-                _fail(where, field, "must be absent: that side is kept diagonal by the plan")
+                _fail(
+                    where, field, f"must be absent: that side is kept diagonal by the plan{other}"
+                )
             continue
         if x is None or not hasattr(x, "shape"):
-            _fail(where, field, "is missing")
+            _fail(where, field, f"is missing{other}")
         if tuple(x.shape) != shp:
             _fail(where, field, f"must have shape {shp}, got {tuple(x.shape)}")
         xp = array_namespace(x)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import kron, optim
+from .. import optim
 from ._options import DEFAULTS as _D
 from ._scale import ScaleBySpectralKronState
 
@@ -87,14 +87,6 @@ def validate_state(
         shape = tuple(jnp.shape(x))  # a Python float leaf is a 0-d parameter
         optim.check_counters(state.count, state.refreshes, rej, where=where)
         pl = optim.plan(shape, max_precond_dim)
-        if isinstance(pre, kron.KronState) and pl.kind == "kron":
-            sides = (pre.B_C is None, pre.B_K is None)
-            if sides != (pl.diag_rows, pl.diag_cols):
-                raise ValueError(
-                    f"{where}: the factors are for another `max_precond_dim` than "
-                    f"{max_precond_dim} (diagonal sides {sides}, expected "
-                    f"{(pl.diag_rows, pl.diag_cols)}): pass the one the state was made with"
-                )
         optim.check_precond(pre, pl, optim.matrix_shape(pl, shape), where=where)
         slots = optim.Slots(jnp.zeros(shape), ea, eas)
         optim.check_slots(slots, shape, o, where=where)
