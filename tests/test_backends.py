@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import types
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import _load, asarray, backend, to_numpy
-from spectral_curv import backends, maps
+from spectral_curv import backends, baselines, maps, optim
 
 #: Every op a backend module registers, by backend; the test below checks TABLE has no others.
 EXPECTED = {
@@ -23,6 +24,10 @@ EXPECTED = {
     "gram": {"torch"},
     "known_all": {"torch"},
     "match_norm": {"torch"},
+    "unstack": {"torch"},
+    "newton_schulz5": {"torch"},
+    "segment_direction": {"torch"},
+    "update_params": {"torch"},
 }
 
 
@@ -193,6 +198,77 @@ def test_match_norm_fast_path_equals_generic_route(be, p):
     u32 = to_numpy(maps.match_norm(f32[0], f32[1:3], p=p, ref=f32[3], axes=(-2, -1)))
     assert np.all(np.isfinite(u32))
     np.testing.assert_allclose(u32, want, rtol=2e-4, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("be", sorted(EXPECTED["newton_schulz5"]))
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6)])
+def test_newton_schulz5_fast_path_equals_generic_route(be, shape):
+    """torch.optim.Muon's ``addmm`` loop against the generic products (wide and tall)."""
+    xp = _load(be)
+    g = asarray(xp, np.random.default_rng(4).standard_normal(shape))
+    fast = baselines.newton_schulz5(g)
+    with backends.generic_only():
+        generic = baselines.newton_schulz5(g)
+    np.testing.assert_allclose(to_numpy(fast), to_numpy(generic), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("be", sorted(EXPECTED["segment_direction"]))
+@pytest.mark.parametrize("with_ref", [False, True])
+def test_segment_direction_fast_path_equals_generic_route(be, with_ref):
+    """The scatter-reduce ``segment_direction`` against the generic per-slice route (and its
+    ``ref`` shortcut: the ``p = 2`` step given instead of formed), with empty segments."""
+    xp = _load(be)
+    rng = np.random.default_rng(5)
+    sizes = [3, 0, 5, 1, 0]
+    d64, g64 = np.exp(rng.uniform(-20, 20, 9)), rng.standard_normal(9)
+    d, g = asarray(xp, d64), asarray(xp, g64)
+    ref = asarray(xp, g64 / np.sqrt(d64)) if with_ref else None
+    fast = optim.segment_direction(d, g, sizes, p=1.5, ref=ref)
+    with backends.generic_only():
+        generic = optim.segment_direction(d, g, sizes, p=1.5, ref=ref)
+    np.testing.assert_allclose(to_numpy(fast), to_numpy(generic), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("be", sorted(EXPECTED["update_params"]))
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {},
+        {"momentum": 0.0},
+        {"nesterov": True},
+        {"max_update_rms": 0.3, "weight_decay": 0.1},
+        {"max_update_rms": 0.3, "nesterov": True},
+        {"max_update_rms": 0.3, "momentum": 0.0},
+        {"graft": "adam", "weight_decay": 0.1},
+    ],
+)
+def test_update_params_fast_path_equals_generic_route(be, opts):
+    """The ``torch._foreach_*`` end of a step against ``optim.update_param`` per parameter,
+    for the fused options and the ones it hands back (grafting; a float32 parameter of a
+    float64 direction), two steps so that momentum is used; its inputs are not changed."""
+    xp = _load(be)
+    o = optim.Options(lr=0.1, **opts)
+    shapes, dts = [(3, 4), (5,), (0,), (2, 2)], [xp.float64, xp.float64, xp.float64, xp.float32]
+
+    def run(generic: bool) -> list[np.ndarray]:
+        rng = np.random.default_rng(6)
+        ps = [asarray(xp, rng.standard_normal(s), dt) for s, dt in zip(shapes, dts)]
+        sl = [optim.init_slots(xp, s, o, dtype=xp.float64, device=None) for s in shapes]
+        for t in (1, 2):
+            us = [asarray(xp, rng.standard_normal(s)) for s in shapes]
+            gs = [asarray(xp, rng.standard_normal(s)) for s in shapes]
+            before = [to_numpy(x).copy() for x in ps + [s.momentum_buffer for s in sl]]
+            with backends.generic_only() if generic else contextlib.nullcontext():
+                new, new_sl = optim.update_params(ps, gs, us, sl, steps=[t] * 4, options=o)
+            after = [to_numpy(x) for x in ps + [s.momentum_buffer for s in sl]]
+            for a, b in zip(before, after):  # the inputs are not changed
+                np.testing.assert_array_equal(a, b)
+            ps, sl = new, new_sl
+        return [to_numpy(x) for x in ps] + [to_numpy(s.momentum_buffer) for s in sl]
+
+    assert backends.lookup("update_params", xp) is backends.TABLE["update_params"][be]
+    for fast, generic in zip(run(False), run(True)):
+        np.testing.assert_allclose(fast, generic, rtol=1e-6, atol=1e-12)
 
 
 def test_known_all_reads_only_host_values(xp):

@@ -251,3 +251,45 @@ def test_optax_rejected_refresh_warns_once():
         warnings.simplefilter("error", optim.RejectedRefreshWarning)
         _, state = tx.update(huge, state)  # once per transform
     assert int(state.rejected["w"]) == 2
+
+
+@pytest.mark.parametrize("p", [2.0, 1.5])
+@pytest.mark.parametrize("step", [0, 1, 10])
+def test_bucket_step_equals_each_parameter_alone(p, step):
+    """``optim.bucket_step`` (Kronecker layers stacked, diagonal parameters concatenated, the
+    p2 size per parameter) gives each parameter what ``precondition_step`` gives it alone,
+    and counts a rejected refresh for the parameter it belongs to (an inf in its gradient)."""
+    rng = np.random.default_rng(step)
+    o = optim.Options(p=p, update_interval=2)  # step 1: no refresh
+    for shape, n in (((4, 3), 3), ((5,), 4)):
+        pl = optim.plan(shape)
+        sts = []
+        for _ in range(n):  # some history: other factors per parameter
+            st = optim.init(pl, optim.matrix_shape(pl, shape))
+            G = rng.standard_normal(shape).reshape(optim.matrix_shape(pl, shape))
+            st = optim.first_state(st, G, damping=1e-8)
+            sts.append(optim.refresh(st, G, **o.refresh_kwargs())[0] if step else st)
+        grads = [rng.standard_normal(shape) for _ in range(n)]
+        grads[2][0] = np.inf
+        ((key, _),) = optim.buckets([(pl, "cpu", step, step)] * n, o).items()
+        with np.errstate(all="ignore"):
+            res = optim.bucket_step(sts, grads, key, o)
+            alone = [
+                optim.precondition_step(
+                    [st],
+                    [g.reshape(optim.matrix_shape(pl, shape))],
+                    first=key.first,
+                    refresh=key.refresh,
+                    reorth=key.reorth,
+                    options=o,
+                )
+                for st, g in zip(sts, grads)
+            ]
+        for st, u, (new, _, us) in zip(res.states, res.directions, alone):
+            for a, b in zip(st, new[0]):
+                if a is not None:
+                    np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+            np.testing.assert_allclose(u, us[0].reshape(u.shape), rtol=1e-12, atol=0)
+        want = [int(not np.all(oks[0])) for _, oks, _ in alone]
+        got = [0] * n if res.rejected is None else res.rejected.tolist()
+        assert got == want == [int(key.refresh and i == 2) for i in range(n)]

@@ -446,10 +446,14 @@ def test_moved_names_remain_importable():
 
     from spectral_curv.experiments import nes as ex
 
-    assert nes.XNES is baselines.XNES and nes.CholeskyNES is baselines.CholeskyNES
-    assert nes.benchmark is ex.benchmark and nes.summarise is ex.summarise
-    assert nes.main is ex.main and nes.FUNCTIONS is ex.FUNCTIONS and nes._plot is ex._plot
-    from spectral_curv.nes import XNES, benchmark  # from-imports work too
+    with pytest.warns(DeprecationWarning, match="baselines.XNES"):
+        assert nes.XNES is baselines.XNES
+    with pytest.warns(DeprecationWarning):
+        assert nes.CholeskyNES is baselines.CholeskyNES
+        assert nes.benchmark is ex.benchmark and nes.summarise is ex.summarise
+        assert nes.main is ex.main and nes.FUNCTIONS is ex.FUNCTIONS and nes._plot is ex._plot
+    with pytest.warns(DeprecationWarning, match="experiments.nes.benchmark"):
+        from spectral_curv.nes import XNES, benchmark  # from-imports work too
 
     assert XNES is baselines.XNES and benchmark is ex.benchmark
     assert "XNES" in dir(nes) and "XNES" not in nes.__all__

@@ -182,13 +182,19 @@ def test_step_default_is_the_geodesic_step():
 
 
 def test_baseline_steps_moved_to_baselines_with_aliases():
-    """The SPD baselines live in ``baselines`` (math §6 in one place); the old names remain."""
-    assert spd.rgd_step is baselines.rgd_step
-    assert spd.cholesky_step is baselines.cholesky_step
-    from spectral_curv.spd import cholesky_step, rgd_step
+    """The SPD baselines live in ``baselines`` (math §6 in one place); the old names remain,
+    with a DeprecationWarning (they were called deprecated and did not warn)."""
+    with pytest.warns(DeprecationWarning, match="baselines.rgd_step"):
+        assert spd.rgd_step is baselines.rgd_step
+    with pytest.warns(DeprecationWarning, match="baselines.cholesky_step"):
+        assert spd.cholesky_step is baselines.cholesky_step
+    with pytest.warns(DeprecationWarning):
+        from spectral_curv.spd import cholesky_step, rgd_step
 
     assert (rgd_step, cholesky_step) == (baselines.rgd_step, baselines.cholesky_step)
     assert "rgd_step" not in spd.__all__ and "rgd_step" in baselines.__all__
+    with pytest.raises(AttributeError, match="no_such_name"):
+        spd.no_such_name  # noqa: B018
 
 
 def test_cholesky_step_matches_dense_formula():

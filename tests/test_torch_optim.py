@@ -1231,8 +1231,7 @@ def test_an_unknown_keyword_names_itself_and_the_options():
 def test_segment_direction_equals_per_parameter_direction(dtype: torch.dtype, p: float) -> None:
     """The diagonal bucket's segment-wise p2-scaled direction equals ``optim.direction`` on each
     parameter's slice, also for spectra spanning 60 decades and a zero slice."""
-    from spectral_curv import diag
-    from spectral_curv.torch._functional import segment_direction
+    from spectral_curv import backends, diag
 
     gen = torch.Generator().manual_seed(0)
     sizes = [1, 7, 64, 3, 5]
@@ -1241,7 +1240,8 @@ def test_segment_direction_equals_per_parameter_direction(dtype: torch.dtype, p:
     d[:8] = torch.exp(torch.randn(8, generator=gen, dtype=torch.float64)).to(dtype)
     g = torch.randn(n, generator=gen, dtype=dtype) * 1e3
     g[-5:] = 0.0
-    got = segment_direction(d, g, sizes, p)
+    assert backends.lookup("segment_direction", optim.namespace(d)) is not None
+    got = optim.segment_direction(d, g, sizes, p=p)
     want = torch.cat(
         [
             optim.direction(diag.DiagState(di), gi, p=p, norm_p=2.0)
@@ -1370,11 +1370,9 @@ def test_segment_direction_keeps_float64_range(scale):
     """The segmented diagonal rescale equals ``maps.match_norm`` per segment for float64
     entries anywhere in float64's range (unscaled float64 squares overflowed at 1e154 and
     gave NaN; found by a review)."""
-    from spectral_curv.torch._functional import segment_direction
-
     rng = np.random.default_rng(0)
     d, g = rng.uniform(0.5, 2.0, 7), scale * rng.standard_normal(7)
-    got = segment_direction(torch.tensor(d), torch.tensor(g), [4, 3], 1.5).numpy()
+    got = optim.segment_direction(torch.tensor(d), torch.tensor(g), [4, 3], p=1.5).numpy()
     for sl in (slice(0, 4), slice(4, 7)):
         ref = maps.match_norm(g[sl], [d[sl]], p=1.5, ref=g[sl] / np.sqrt(d[sl]), axes=(-1,))
         np.testing.assert_allclose(got[sl], ref, rtol=1e-12)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
@@ -97,6 +98,16 @@ def gram(x: Array) -> Array:
     the same entries at 0.6–0.9 of the time, :mod:`spectral_curv.backends.torch`)."""
     impl = backends.lookup("gram", array_namespace(x))
     return x @ x.mT if impl is None else impl(x)
+
+
+def unstacker(xp: Namespace) -> Callable[[Array], tuple[Array, ...]]:
+    """``x ↦ (x[0], x[1], …)`` along the first axis (array API ``unstack``) for namespace
+    ``xp``, through the backend's fast path where one is registered (torch: ``unbind``;
+    array_api_compat's ``unstack`` iterates in Python)."""
+    impl = backends.lookup("unstack", xp)
+    if impl is not None:
+        return impl
+    return lambda x: tuple(xp.unstack(x, axis=0))
 
 
 def eye(xp: Namespace, n: int, like: Array) -> Array:

@@ -47,6 +47,11 @@ is in this one module:
   :class:`~spectral_curv.nes.SpectralNES`): :class:`XNES` (full covariance ``Σ = AAᵀ``,
   Glasmachers et al. 2010) and :class:`CholeskyNES` (``Σ = KKᵀ``, Lin et al. 2021).
 
+The methods the optimizer benchmarks compare against are here as well: Muon's quintic
+Newton–Schulz orthogonalisation (:func:`newton_schulz5`) and one Shampoo/SOAP eigh refresh
+and step (:func:`eigh_refresh`); :mod:`spectral_curv.bench.reference` wraps them as torch
+optimizers.
+
 ``spd.rgd_step``, ``spd.cholesky_step``, ``nes.XNES`` and ``nes.CholeskyNES`` remain
 importable from their former modules as deprecated aliases of these objects.
 """
@@ -56,11 +61,14 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _array as A
+from . import backends
 from ._array import Array, Namespace, array_namespace
 from .maps import expm as expm  # moved to maps (the geodesic step uses it); old name kept
 from .nes import _NESBase
 
 __all__ = [
+    "NS_COEFFS",
+    "NS_STEPS",
     "XNES",
     "CholeskyNES",
     "CholeskyState",
@@ -75,12 +83,14 @@ __all__ = [
     "default_init",
     "default_update",
     "default_update_gop",
+    "eigh_refresh",
     "kl_nearest_kron",
     "kron_cholesky_dense",
     "kron_cholesky_from_factors",
     "kron_cholesky_update_gop",
     "kron_dense",
     "nearest_kron",
+    "newton_schulz5",
     "projection_from_factors",
     "projection_update_gop",
     "rearrange",
@@ -871,3 +881,67 @@ class CholeskyNES(_NESBase):
     def covariance(self) -> Array:
         """The search covariance ``Σ = KKᵀ`` (dense, ``(n, n)``)."""
         return self.K @ self.K.mT
+
+
+# ----------------------------------------------------------------------------- Muon, Shampoo
+#: Muon's quintic Newton–Schulz coefficients and step count (torch.optim.Muon, Keller
+#: Jordan's muon.py).
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+
+
+def newton_schulz5(g: Array, steps: int = NS_STEPS, eps: float = 1e-7) -> Array:
+    """Muon's quintic Newton–Schulz orthogonalisation of a matrix ``g``, in ``g``'s dtype
+    (math §6): ``X = G/max(‖G‖_F, eps)`` (transposed if tall), then ``steps`` times ``A = XXᵀ``,
+    ``B = bA + cA²``, ``X ← aX + BX`` with (a, b, c) = :data:`NS_COEFFS`: 3 products a step.
+    torch runs ``torch.optim.Muon``'s ``addmm`` loop (a fast path of the same products).
+
+    Example (the singular values move towards 1, not onto it)::
+
+        >>> import numpy as np
+        >>> from spectral_curv.baselines import newton_schulz5
+        >>> g = np.random.default_rng(0).standard_normal((6, 4))
+        >>> sv = np.linalg.svd(newton_schulz5(g), compute_uv=False)
+        >>> bool(np.all((sv > 0.6) & (sv < 1.3)))
+        True
+    """
+    xp = array_namespace(g)
+    impl = backends.lookup("newton_schulz5", xp)
+    if impl is not None:
+        return impl(g, steps, eps)
+    a, b, c = NS_COEFFS
+    tall = g.shape[-2] > g.shape[-1]
+    x = g.mT if tall else g
+    nrm = xp.sqrt(xp.sum(x * x))
+    x = x / xp.where(nrm > eps, nrm, eps)
+    for _ in range(steps):
+        gram = x @ x.mT
+        upd = b * gram + c * (gram @ gram)
+        x = a * x + upd @ x
+    return x.mT if tall else x
+
+
+def eigh_refresh(
+    xp: Namespace, left: Array, right: Array, g: Array, *, p: float = 2.0, beta: float = 0.95
+) -> tuple[tuple[Array, ...], Array]:
+    """One Shampoo/SOAP-style refresh and step (math §6): accumulate both factors, ``eigh``
+    both, precondition. Returns ``((L, R, Q_L, λ_L, Q_R, λ_R), step)`` with
+    ``step = Q_L [(Q_Lᵀ G Q_R) ⊙ λ_L^{-1/2p} λ_R^{-1/2p}ᵀ] Q_Rᵀ`` (``(L ⊗ R)^{-1/2p}`` per
+    factor, i.e. ``S^{-1/p}`` for ``S = L ⊗ R``).
+
+    Example (``β = 0`` and ``G = 2I``: ``L = R = 4I``, the step ``4^{-1/2}G = I``)::
+
+        >>> import numpy as np
+        >>> from spectral_curv.baselines import eigh_refresh
+        >>> g = 2 * np.eye(3)
+        >>> _, step = eigh_refresh(np, np.eye(3), np.eye(3), g, beta=0.0)
+        >>> np.allclose(step, np.eye(3))
+        True
+    """
+    left = beta * left + (1.0 - beta) * (g @ g.mT)
+    right = beta * right + (1.0 - beta) * (g.mT @ g)
+    lam_l, q_l = xp.linalg.eigh(left)
+    lam_r, q_r = xp.linalg.eigh(right)
+    e = -1.0 / (2.0 * p)
+    core = (q_l.mT @ g @ q_r) * (lam_l**e)[:, None] * (lam_r**e)[None, :]
+    return (left, right, q_l, lam_l, q_r, lam_r), q_l @ core @ q_r.mT

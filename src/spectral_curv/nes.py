@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -1396,10 +1397,16 @@ _MOVED = {
 
 
 def __getattr__(name: str) -> Any:
-    """Deprecated aliases of names that moved out of this module (loaded lazily)."""
+    """Deprecated aliases of names that moved out of this module (loaded lazily, with a
+    DeprecationWarning naming the new place; removed in 0.2)."""
     if name in _MOVED:
         import importlib
 
+        warnings.warn(
+            f"spectral_curv.nes.{name} moved to {_MOVED[name]}.{name}; the alias goes in 0.2",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

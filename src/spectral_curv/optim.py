@@ -37,14 +37,16 @@ Embedding example (an optimizer of your own that preconditions with the spectral
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
+import typing
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeGuard
 
 from . import _array as A
-from . import diag, kron, maps
+from . import backends, diag, kron, maps
 from ._array import Array, Namespace, array_namespace
 
 __all__ = [
@@ -885,6 +887,70 @@ def direction(st: Precond, g: Array, *, p: Any, norm_p: Any = None) -> Array:
     return kron.precondition(st, g, p=p, norm_p=norm_p, check=False)
 
 
+def segment_direction(
+    d: Array, g: Array, sizes: Sequence[int], *, p: Any, ref: Array | None = None
+) -> Array:
+    """:func:`direction` with ``norm_p=2`` on each slice of a concatenated diagonal bucket:
+    per segment of ``sizes`` (one parameter each), ``d^{-1/p} ⊙ g`` rescaled to the 2-norm of
+    ``d^{-1/2} ⊙ g`` (math §3, §4.8). ``ref``, that ``p = 2`` step if already formed, lets a
+    fast path skip forming it (torch: a fixed number of kernels for any number of segments).
+
+    Example (two segments; each has the size of its own ``p = 2`` step)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> u = optim.segment_direction(np.array([4.0, 1.0, 16.0]), np.ones(3), [2, 1], p=1.0)
+        >>> [round(float(x), 4) for x in u]  # (1/4, 1)·|(1/2, 1)|/|(1/4, 1)|, then 1/4
+        [0.2712, 1.0847, 0.25]
+    """
+    xp = array_namespace(d, g)
+    impl = backends.lookup("segment_direction", xp)
+    if impl is not None:
+        return impl(d, g, list(sizes), p, ref)
+    ends = [0, *itertools.accumulate(sizes)]
+    parts = [
+        direction(diag.DiagState(d[a:b]), g[a:b], p=p, norm_p=2.0)
+        for a, b in itertools.pairwise(ends)
+    ]
+    return xp.concat(parts) if parts else g
+
+
+def update_params(
+    params: Sequence[Array],
+    grads: Sequence[Array],
+    us: Sequence[Array],
+    slots: Sequence[Slots],
+    *,
+    steps: Sequence[int],
+    options: Options,
+) -> tuple[list[Array], list[Slots]]:
+    """:func:`update_param` for each parameter (``steps``: 1-based step counts); ``grads[i]``
+    in ``us[i]``'s dtype; the inputs are not changed. A fast path forms the step of many
+    parameters at once (torch: a few ``torch._foreach_*`` kernels where it is RMS clipping,
+    momentum and decay). math §4.7.
+
+    Example (no momentum: ``M − lr·U`` for each parameter)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> o = optim.Options(lr=0.5, momentum=0.0)
+        >>> ws, _ = optim.update_params([np.ones(2), np.zeros(1)], [np.ones(2), np.ones(1)],
+        ...                             [np.ones(2), np.ones(1)], [optim.Slots(np.zeros(2)),
+        ...                             optim.Slots(np.zeros(1))], steps=[1, 1], options=o)
+        >>> [w.tolist() for w in ws]
+        [[0.5, 0.5], [-0.5]]
+    """
+    if params:
+        impl = backends.lookup("update_params", array_namespace(*params))
+        if impl is not None:
+            return impl(list(params), list(grads), list(us), list(slots), list(steps), options)
+    out = [
+        update_param(prm, g, u, sl, step=t, options=options)
+        for prm, g, u, sl, t in zip(params, grads, us, slots, steps)
+    ]
+    return [w for w, _ in out], [sl for _, sl in out]
+
+
 def step_norm_p(step_scale: str) -> float | None:
     """The ``norm_p`` of :func:`direction` for the option ``step_scale``: ``"p2"`` rescales
     the root-``p`` step to the norm of the root-2 step (2.0), ``"raw"`` leaves it (None).
@@ -969,6 +1035,22 @@ def add_momentum(buf: Array, u: Array, momentum: Any) -> Array:
         [1.9, 1.9]
     """
     return momentum * buf + u
+
+
+def momentum_step(buf: Array, u: Array, momentum: Any, *, nesterov: bool) -> tuple[Array, Array]:
+    """:func:`add_momentum`, and the direction a step takes with it: ``m`` itself, or with
+    ``nesterov`` the look-ahead ``U + μm`` (math §4.7). Returns ``(m, direction)``.
+
+    Example (one unit update from ``m = 1``, μ = 0.9)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> m, v = optim.momentum_step(np.ones(1), np.ones(1), 0.9, nesterov=True)
+        >>> [round(float(m[0]), 5), round(float(v[0]), 5)]  # 1.9, then 1 + 0.9·1.9
+        [1.9, 2.71]
+    """
+    m = add_momentum(buf, u, momentum)
+    return m, (u + momentum * m if nesterov else m)
 
 
 def apply_update(param: Array, u: Array, *, lr: Any, weight_decay: Any = 0.0) -> Array:
@@ -1195,6 +1277,116 @@ def precondition_step(
     return new, oks, dirs
 
 
+class BucketStep(NamedTuple):
+    """What :func:`bucket_step` gives per parameter of a bucket: its new factor state (a view
+    of the bucket's stacked or concatenated result), its direction in its gradient's shape,
+    and ``rejected``: an int64 vector, 1 for each parameter whose refresh keep-last-good
+    discarded, or None when none was (no refresh ran, or all are known to be kept)."""
+
+    states: list[Precond]
+    directions: list[Array]
+    rejected: Array | None
+
+
+def _segment_any(xp: Namespace, flags: Array, sizes: Sequence[int]) -> Array:
+    """Per segment of ``sizes`` (zero sizes allowed): 1 where any flag is set (int64)."""
+    counts = xp.cumulative_sum(xp.astype(flags, xp.int64), include_initial=True)
+    ends = list(itertools.accumulate(sizes))
+    take = xp.asarray([0, *ends], device=A.device(flags))
+    c = xp.take(counts, take)
+    return xp.astype(c[1:] > c[:-1], xp.int64)
+
+
+def bucket_step(
+    states: Sequence[Precond], grads: Sequence[Array], key: BucketKey, options: Options
+) -> BucketStep:
+    """One eager step of the preconditioner for a bucket of :func:`buckets` (Python flags):
+    same-plan Kronecker layers stacked into one batched :func:`precondition_step`; diagonal
+    parameters concatenated into one vector (elementwise math; the first step, a
+    per-parameter mean, one at a time), each parameter's ``step_scale="p2"`` size from its
+    own slice (:func:`segment_direction`). ``grads[i]`` has ``params[i]``'s shape and is
+    cast to the factors' dtype. math §3–§5.
+
+    Example (two same-shaped layers in one batched refresh)::
+
+        >>> import numpy as np
+        >>> from spectral_curv import optim
+        >>> o, pl = optim.Options(), optim.plan((4, 3))
+        >>> (key, idx), = optim.buckets([(pl, "cpu", 0, 0), (pl, "cpu", 0, 0)], o).items()
+        >>> res = optim.bucket_step([optim.init(pl, (4, 3))] * 2,
+        ...                         [np.ones((4, 3)), np.eye(4, 3)], key, o)
+        >>> [u.shape for u in res.directions], res.rejected
+        ([(4, 3), (4, 3)], None)
+    """
+    pl, n = Plan(*key.plan), len(grads)
+    dss = [s for s in states if isinstance(s, diag.DiagState)]  # all of them, or none
+    if dss and key.first and n > 1:
+        parts = [bucket_step([s], [g], key, options) for s, g in zip(states, grads)]
+        rej = None
+        if any(r.rejected is not None for r in parts):
+            xp = array_namespace(dss[0].d)
+            zero = xp.zeros(1, dtype=xp.int64, device=A.device(dss[0].d))
+            rej = xp.concat([zero if r.rejected is None else r.rejected for r in parts])
+        return BucketStep([r.states[0] for r in parts], [r.directions[0] for r in parts], rej)
+    ref = dss[0].d if dss else typing.cast(kron.KronState, states[0]).alpha
+    xp, dt = array_namespace(ref), ref.dtype
+    shapes = [tuple(g.shape) for g in grads]
+
+    def shaped(x: Array, shape: tuple[int, ...]) -> Array:  # no call when it has the shape
+        return x if tuple(x.shape) == shape else xp.reshape(x, shape)
+
+    gs = [g if g.dtype == dt else xp.astype(g, dt) for g in grads]
+    # a p ≠ 2 step at the p = 2 step's size: per parameter, not per bucket (the engine gives
+    # the bucket's raw p = 2 step; its p then only shapes the direction)
+    own_norm = pl.kind == "diag" and options.step_scale == "p2" and options.p != 2 and n > 1
+    sizes = [math.prod(sh) for sh in shapes]
+    if pl.kind == "diag":
+        G = (
+            xp.concat([shaped(g, (k,)) for g, k in zip(gs, sizes)])
+            if n > 1
+            else shaped(gs[0], (sizes[0],))
+        )
+        ds = [shaped(s.d, (k,)) for s, k in zip(dss, sizes)]
+        st: Precond = diag.DiagState(xp.concat(ds) if n > 1 else ds[0])
+    elif n == 1:  # a view, no copy
+        G = xp.expand_dims(shaped(gs[0], (pl.rows, pl.cols)), axis=0)
+        st = type(states[0])(*(None if v is None else xp.expand_dims(v, axis=0) for v in states[0]))
+    else:
+        G = xp.stack([shaped(g, (pl.rows, pl.cols)) for g in gs])
+        st = stack_precond(states)
+    o = options
+    if own_norm:
+        o = Options.trusted({**options.as_dict(), "p": 2.0, "step_scale": "raw"})
+    (new,), (ok,), (u,) = precondition_step(
+        [st], [G], first=key.first, refresh=key.refresh, reorth=key.reorth, options=o
+    )
+    rejected = None
+    if key.refresh and not A.known_all(xp, ok):
+        bad = ~ok
+        rejected = _segment_any(xp, bad, sizes) if pl.kind == "diag" else xp.astype(bad, xp.int64)
+    if pl.kind == "kron":
+        us = A.unstacker(xp)(u)
+        return BucketStep(
+            unstack_precond(new), [shaped(x, sh) for x, sh in zip(us, shapes)], rejected
+        )
+    d = typing.cast(diag.DiagState, new).d
+    if own_norm:
+        u = segment_direction(d, G, sizes, p=options.p, ref=u)
+    if n == 1:
+        return BucketStep(
+            [diag.DiagState(shaped(d, tuple(dss[0].d.shape)))],
+            [shaped(u, shapes[0])],
+            rejected,
+        )
+    ends = [0, *itertools.accumulate(sizes)]
+    cut = list(itertools.pairwise(ends))
+    return BucketStep(
+        [diag.DiagState(shaped(d[a:b], tuple(s.d.shape))) for (a, b), s in zip(cut, dss)],
+        [shaped(u[a:b], sh) for (a, b), sh in zip(cut, shapes)],
+        rejected,
+    )
+
+
 class Slots(NamedTuple):
     """Per-parameter buffers of the update after the direction: heavy-ball momentum and,
     with ``graft="adam"``, Adam's moments (None otherwise)."""
@@ -1279,9 +1471,8 @@ def update_param(
     """
     u, slots = shape_direction(u, g, slots, step=step, options=options)
     if options.momentum:
-        m = add_momentum(slots.momentum_buffer, u, options.momentum)
+        m, u = momentum_step(slots.momentum_buffer, u, options.momentum, nesterov=options.nesterov)
         slots = slots._replace(momentum_buffer=m)
-        u = u + options.momentum * m if options.nesterov else m
     return apply_update(param, u, lr=options.lr, weight_decay=options.weight_decay), slots
 
 
@@ -1582,8 +1773,10 @@ def unstack_precond(st: Precond) -> list[Precond]:
         >>> [s.B_C.shape for s in optim.unstack_precond(st)]
         [(4, 4), (4, 4)]
     """
-    n = next(v for v in st if v is not None).shape[0]
-    return [type(st)(*(None if v is None else v[j, ...] for v in st)) for j in range(n)]
+    ref = next(v for v in st if v is not None)
+    n, split = ref.shape[0], A.unstacker(array_namespace(ref))
+    cols = [(None,) * n if v is None else split(v) for v in st]
+    return [type(st)(*fields) for fields in zip(*cols)]
 
 
 def check_state(

@@ -66,10 +66,6 @@ from . import baselines, full, maps
 from ._array import Array, Namespace, array_namespace
 from .baselines import _sym_grad
 
-# Deprecated aliases (the baselines moved to spectral_curv.baselines; math §6).
-from .baselines import cholesky_step as cholesky_step
-from .baselines import rgd_step as rgd_step
-
 __all__ = [
     "METHODS",
     "GaussianML",
@@ -1187,3 +1183,17 @@ def gaussian_ml(
         f_star,
         _to(xp, s0, dtype, device),
     )
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated aliases of the baselines' steps, which moved to :mod:`.baselines` (math §6),
+    with a DeprecationWarning; removed in 0.2."""
+    if name in ("rgd_step", "cholesky_step"):
+        warnings.warn(
+            f"spectral_curv.spd.{name} moved to spectral_curv.baselines.{name}; the alias goes "
+            "in 0.2",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(baselines, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

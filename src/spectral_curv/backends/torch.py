@@ -1,5 +1,7 @@
 """Torch fast paths: fused GEMM-accumulate for the Cayley products (math §1), the damped
-rotation generator in place (math §2.4), and a blocked ``x xᵀ`` on the CPU.
+rotation generator in place (math §2.4), a blocked ``x xᵀ`` on the CPU, and the optimizer's
+per-parameter work over many parameters in a fixed number of kernels (a diagonal bucket's
+segment-wise direction, math §4.8; the end of a step with ``torch._foreach_*``, math §4.7).
 
 ``torch.addmm``/``baddbmm`` compute ``P + P @ Y`` in one kernel without a temporary,
 and the exact Cayley uses one LU solve; results equal the generic route to round-off.
@@ -7,6 +9,7 @@ and the exact Cayley uses one LU solve; results equal the generic route to round
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -47,6 +50,12 @@ def known_all(flags: torch.Tensor) -> bool:
     ):
         return False
     return bool(flags.all())
+
+
+@register("unstack", "torch")
+def unstack(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``_array.unstack``: ``x.unbind(0)`` (array_api_compat's ``unstack`` iterates in Python)."""
+    return x.unbind(0)
 
 
 #: Rows from which the CPU :func:`gram` splits ``x`` in two (blocks of at least half this).
@@ -230,3 +239,105 @@ def cayley_apply_exact(
     else:
         c = _solve(i - x, i + x)
     return b @ c
+
+
+@register("segment_direction", "torch")
+def segment_direction(
+    d: torch.Tensor, g: torch.Tensor, sizes: list[int], p: Any, ref: torch.Tensor | None
+) -> torch.Tensor:
+    """``optim.segment_direction`` in a fixed number of kernels (scatter-reductions over a
+    segment index). As ``maps.match_norm``: ``d^{-1/p}`` relative to the segment's smallest
+    ``d`` (no overflow); the norms accumulate in float64, where no square of a float32 entry
+    overflows or underflows (float64 entries: each norm scaled by its own largest entry)."""
+    n, dev = len(sizes), d.device
+    seg = torch.repeat_interleave(
+        torch.arange(n, device=dev), torch.tensor(sizes, device=dev), output_size=d.numel()
+    )
+
+    def per_segment(x: torch.Tensor, reduce: str, init: float) -> torch.Tensor:
+        out = torch.full((n,), init, dtype=x.dtype, device=dev)
+        return out.scatter_reduce_(0, seg, x, reduce, include_self=reduce == "sum")
+
+    ld = torch.log(d)
+    out = g * torch.sub(per_segment(ld, "amin", math.inf)[seg], ld).div_(p).exp_()
+    ref = g * d.rsqrt() if ref is None else ref
+    wide = torch.float64
+    tiny = torch.finfo(wide).smallest_normal
+    if d.dtype == wide:  # nothing wider: each norm from entries scaled by its own largest
+
+        def norm_sq(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            big = per_segment(x.abs(), "amax", 0.0).clamp_min_(tiny)
+            return per_segment((x / big[seg]).square_(), "sum", 0.0), big
+
+        (n_ref, m_ref), (n_out, m_out) = norm_sq(ref), norm_sq(out)
+        ratio = m_ref.div_(m_out).mul_(n_ref.div_(n_out.clamp_min_(tiny)).sqrt_())
+    else:  # float32/bf16: no square overflows or underflows in float64
+        n_ref = per_segment(ref.to(wide).square(), "sum", 0.0)
+        n_out = per_segment(out.to(wide).square(), "sum", 0.0)
+        ratio = n_ref.div_(n_out.clamp_min_(tiny)).sqrt_()
+    return out.mul_(ratio.to(out.dtype)[seg])
+
+
+@register("update_params", "torch")
+def update_params(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    us: list[torch.Tensor],
+    slots: list[Any],
+    steps: list[int],
+    options: Any,
+) -> tuple[list[torch.Tensor], list[Any]]:
+    """``optim.update_params``: where the step reduces to RMS clipping, momentum, decay and
+    the update (no grafting, a float ``lr``, the parameter in the direction's dtype), the
+    same operations as a few ``torch._foreach_*`` kernels on all those parameters (new
+    tensors; the inputs are not changed); the others through ``optim.update_param``."""
+    from ..optim import update_param
+
+    o, new_p, new_s = options, list(params), list(slots)
+    fused = not isinstance(o.lr, torch.Tensor) and o.graft is None
+    idx = []
+    for i, (prm, g, u, sl, t) in enumerate(zip(params, grads, us, slots, steps)):
+        if fused and prm.dtype == u.dtype:
+            idx.append(i)
+        else:
+            new_p[i], new_s[i] = update_param(prm, g, u, sl, step=t, options=o)
+    if not idx:
+        return new_p, new_s
+    fp: list[torch.Tensor] | tuple[torch.Tensor, ...] = [params[i] for i in idx]
+    fu: list[torch.Tensor] | tuple[torch.Tensor, ...] = [us[i] for i in idx]
+    if o.max_update_rms is not None:  # optim.clip_rms: U·c/max(rms(U), c)
+        c = o.max_update_rms
+        size = [math.sqrt(max(u.numel(), 1)) for u in fu]
+        rms = torch.stack(torch._foreach_norm(fu))
+        rms = rms.div_(torch.tensor(size, dtype=rms.dtype, device=rms.device))
+        fu = torch._foreach_mul(fu, torch.div(c, rms.clamp_min_(c)).unbind())
+    if o.momentum:  # m ← μm + U; optim.update_param steps along U + μm (nesterov) or m
+        fb = torch._foreach_mul([slots[i].momentum_buffer for i in idx], o.momentum)
+        torch._foreach_add_(fb, fu)
+        for i, m in zip(idx, fb):
+            new_s[i] = type(slots[i])(m, *slots[i][1:])
+        fu = torch._foreach_add(fu, fb, alpha=o.momentum) if o.nesterov else fb
+    if o.weight_decay:
+        fp = torch._foreach_mul(fp, 1 - o.lr * o.weight_decay)
+        torch._foreach_add_(fp, fu, alpha=-o.lr)
+    else:
+        fp = torch._foreach_add(fp, fu, alpha=-o.lr)
+    for i, w in zip(idx, fp):
+        new_p[i] = w
+    return new_p, new_s
+
+
+@register("newton_schulz5", "torch")
+def newton_schulz5(g: torch.Tensor, steps: int, eps: float) -> torch.Tensor:
+    """``baselines.newton_schulz5`` as ``torch.optim.Muon``'s ``addmm`` loop."""
+    from ..baselines import NS_COEFFS
+
+    a, b, c = NS_COEFFS
+    tall = g.size(-2) > g.size(-1)
+    x = g.mT if tall else g
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.mT
+        upd = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, upd, x, beta=a)
+    return x.mT if tall else x

@@ -91,13 +91,13 @@ def build_parser(prog: str = "python -m spectral_curv.bench") -> argparse.Argume
 def run(args: argparse.Namespace) -> int:
     """Dispatch parsed ``bench`` arguments to their runner."""
     if args.bench == "precond":
-        from . import precond
+        from . import precond, precond_report
 
-        return precond.main(args)
+        return precond.main(args, precond_report)
     if args.bench == "optim":
-        from . import step
+        from . import step, step_report
 
-        return step.main(args)
+        return step.main(args, step_report)
     if args.bench == "train":
         from . import train
 

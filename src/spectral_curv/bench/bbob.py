@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from . import report
+
 __all__ = ["main", "run", "table"]
 
 METHODS = ("spectral", "xnes", "cma")
@@ -219,17 +221,16 @@ def table(res: dict[str, Any]) -> str:
         f = pid.split("_")[1]
         for m, v in r.items():
             per.setdefault(f, {}).setdefault(m, []).append((v["evals"], v["hit"]))
-    head = f"| function | {' | '.join(methods)} |"
-    lines = [head, "|---|" + "---:|" * len(methods)]
+    table = [["function", *methods]]
     for f, by in per.items():
-        cells = []
+        cells = [f]
         for m in methods:
             runs = by.get(m, [])
             hits = [e for e, h in runs if h]
             med = f"{statistics.median(hits):,.0f}" if hits else "—"
             cells.append(f"{med} ({len(hits)}/{len(runs)})")
-        lines.append(f"| {f} | {' | '.join(cells)} |")
-    return "\n".join(lines)
+        table.append(cells)
+    return "\n".join(report.md_table(table))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,8 @@ the remaining measurements are marked ``skipped (budget)``):
     default ``Options``), and a plain step
     (``optim.direction`` only), with bf16 and fp32 factors, for n×n layers (n = 1024, 2048,
     4096, 8192) and a 768×3072 one; beside ``torch.linalg.eigh`` of both factors in fp32
-    (:func:`.reference.eigh_refresh`, Shampoo/SOAP's refresh) and Muon's 5 Newton–Schulz
-    steps: bf16 as ``torch.optim.Muon`` runs them, fp32 as :func:`.reference.newton_schulz5`.
+    (:func:`.baselines.eigh_refresh`, Shampoo/SOAP's refresh) and Muon's 5 Newton–Schulz
+    steps: bf16 as ``torch.optim.Muon`` runs them, fp32 as :func:`.baselines.newton_schulz5`.
     Times are medians of repeats after a warm-up (CUDA events around each call, the device
     synchronised before it; ``time.perf_counter`` off CUDA), also given in
     matmul-equivalents: ÷ one ``(r×c)·(c×c)`` product (n×n×n for a square layer) in the
@@ -72,8 +72,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ..baselines import NS_COEFFS, NS_STEPS, eigh_refresh, newton_schulz5
 from . import report
-from .reference import NS_COEFFS, NS_STEPS, eigh_refresh, newton_schulz5
 
 __all__ = [
     "DTYPES",
@@ -91,7 +91,7 @@ __all__ = [
 SECTIONS = ("precond", "batched", "step", "cupy")
 DTYPES = ("bfloat16", "float32")
 SHORT_DTYPE = {"bfloat16": "bf16", "float32": "fp32"}
-BEGIN, END = "<!-- gpu:begin -->", "<!-- gpu:end -->"
+BEGIN, END = report.markers("gpu")
 
 #: Targets (issue 17): refresh ≥ EIGH_SPEEDUP× faster than the fp32 eigh refresh at
 #: n ≥ EIGH_MIN_N; refresh ≤ Muon NS5; whole step at T = 2 ≤ STEP_RATIO × AdamW.
@@ -357,18 +357,7 @@ def _plain_step(state: Any, g: Any) -> Any:
 
 def _ns5_copy(g: Any) -> Any:
     """``torch.optim.Muon``'s Newton–Schulz (bf16), for a torch without ``torch.optim._muon``."""
-    import torch
-
-    a, b, c = NS_COEFFS
-    x = g.bfloat16()
-    tall = x.size(0) > x.size(1)
-    x = x.T if tall else x
-    x = x / x.norm().clamp(min=1e-7)
-    for _ in range(NS_STEPS):
-        gram = x @ x.T
-        upd = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-        x = torch.addmm(x, upd, x, beta=a)
-    return x.T if tall else x
+    return newton_schulz5(g.bfloat16())
 
 
 def _ns5_impl() -> tuple[Callable[[Any], Any], str]:
@@ -385,7 +374,7 @@ def _ns5_impl() -> tuple[Callable[[Any], Any], str]:
 
 def muon_ns5_bf16(g: Any) -> Any:
     """Muon's 5 quintic Newton–Schulz steps in bf16, as ``torch.optim.Muon`` runs them
-    (:func:`.reference.newton_schulz5` runs the same products in fp32). Pass an fp32 ``g``:
+    (:func:`.baselines.newton_schulz5` runs the same products in fp32). Pass an fp32 ``g``:
     torch's function works in place on ``g.bfloat16()``, which is ``g`` itself for bf16."""
     return _ns5_impl()[0](g)
 
@@ -465,7 +454,7 @@ def _precond_shape(
     rows.append(_row("precond", shape, "float32", "eigh_refresh", seed=seed))
     rows.append(_row("precond", shape, "bfloat16", "muon_ns5", seed=seed, impl="torch.optim.Muon"))
     rows.append(
-        _row("precond", shape, "float32", "muon_ns5", seed=seed, impl="reference.newton_schulz5")
+        _row("precond", shape, "float32", "muon_ns5", seed=seed, impl="baselines.newton_schulz5")
     )
     if ctx.over():
         for row in rows:
@@ -1154,7 +1143,7 @@ def markdown(data: dict[str, Any]) -> str:
         "`optim.refresh_and_direction`, SpectralKron's default options; plain step: "
         "`optim.direction` alone; eigh: both factors accumulated, `torch.linalg.eigh`ed and "
         "applied, fp32; Muon NS5: bf16 as `torch.optim.Muon` runs it (from the fp32 "
-        "gradient), fp32 as `bench.reference.newton_schulz5`.",
+        "gradient), fp32 as `baselines.newton_schulz5`.",
         "",
     ]
     lines += _rows_table(sec.get("precond", {}))

@@ -23,10 +23,10 @@ repeats (so a burst of load from elsewhere hits both). Methods:
 ``spectral_exact``
     ``cayley="exact"``: 8 products and one LU solve per factor.
 ``eigh_refresh``
-    Shampoo/SOAP (:func:`.reference.eigh_refresh`): accumulate both factors (2 products),
+    Shampoo/SOAP (:func:`.baselines.eigh_refresh`): accumulate both factors (2 products),
     ``eigh`` of both, the preconditioned step (4 products).
 ``muon_ns5``
-    Muon's 5 quintic Newton–Schulz steps (:func:`.reference.newton_schulz5`), fp32: 15.
+    Muon's 5 quintic Newton–Schulz steps (:func:`.baselines.newton_schulz5`), fp32: 15.
 
 A plain step (no refresh: ``optim.direction`` only) costs 4 products; the periodic
 re-orthonormalisation (one refresh in ``reorth_interval``) is not timed. "flop-eq" counts
@@ -52,8 +52,8 @@ from typing import Any
 import numpy as np
 
 from .. import optim
+from ..baselines import NS_STEPS, eigh_refresh, newton_schulz5
 from . import report
-from .reference import NS_STEPS, eigh_refresh, newton_schulz5
 
 __all__ = [
     "BACKENDS",
@@ -612,10 +612,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     report.add_quiet_argument(p)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Entry point of ``bench precond`` (parsed ``args``)."""
-    from . import precond_report as rep
-
+def main(args: argparse.Namespace, rep: Any) -> int:
+    """Entry point of ``bench precond`` (parsed ``args``); ``rep``, the report module
+    (:mod:`.precond_report`, which imports this one), prints and writes the results."""
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
     out = report.outputs(args, quick=args.quick)

@@ -133,16 +133,14 @@ def _wide(data: dict[str, Any], backend: str) -> list[str]:
     sizes = sorted({r["n"] for r in rows})
     terms = data["config"]["cayley_terms"]
     cell = {(r["n"], r["method"]): r for r in rows}
-    head = (
-        "| n | matmul (ms) | "
-        + " | ".join(LABELS[m].format(K=terms) for m in methods)
-        + " | rounds | page faults / call (spectral; matmul) |"
-    )
-    lines = [head, "|" + "---:|" * (4 + len(methods))]
-    prods = " | ".join(analytic_label(m, backend, terms) for m in methods)
-    flops = " | ".join(_fmt(flop_eq(m, backend, terms)) for m in methods)
-    lines.append(f"| *products (analytic)* | | {prods} | | |")
-    lines.append(f"| *flop-eq on {backend}* | | {flops} | | |")
+    labels = [LABELS[m].format(K=terms) for m in methods]
+    prods = [analytic_label(m, backend, terms) for m in methods]
+    flops = [_fmt(flop_eq(m, backend, terms)) for m in methods]
+    table = [
+        ["n", "matmul (ms)", *labels, "rounds", "page faults / call (spectral; matmul)"],
+        ["*products (analytic)*", "", *prods, "", ""],
+        [f"*flop-eq on {backend}*", "", *flops, "", ""],
+    ]
     for n in sizes:
         mm = next(r["matmul_median_s"] for r in rows if r["n"] == n)
         vals = []
@@ -154,10 +152,8 @@ def _wide(data: dict[str, Any], backend: str) -> list[str]:
             vals.append(v)
         ex = cell[(n, methods[0])].get("extra", {})
         pf = f"{ex.get('page_faults', '?')}; {ex.get('matmul_page_faults', '?')}"
-        lines.append(
-            f"| {n} | {1e3 * mm:.2f} | " + " | ".join(vals) + f" | {ex.get('rounds', '?')} | {pf} |"
-        )
-    return lines
+        table.append([str(n), f"{1e3 * mm:.2f}", *vals, str(ex.get("rounds", "?")), pf])
+    return report.md_table(table, "r" * (4 + len(methods)))
 
 
 def baseline_ratios(

@@ -1,7 +1,8 @@
-"""The reference methods the benchmarks compare against, in one place.
+"""The reference optimizers the benchmarks compare against, in one place.
 
-``newton_schulz5`` (Muon's orthogonalisation), ``eigh_refresh`` (one Shampoo/SOAP refresh +
-step on bare arrays), and torch optimizers: :class:`MuonFP32` (``torch.optim.Muon``'s update
+The math is :mod:`spectral_curv.baselines`' (``newton_schulz5``, Muon's orthogonalisation;
+``eigh_refresh``, one Shampoo/SOAP refresh + step on bare arrays; re-exported here); the
+torch optimizers built on it are here: :class:`MuonFP32` (``torch.optim.Muon``'s update
 with fp32 Newton–Schulz), :class:`EighRefresh` (a Shampoo-style eigh optimizer),
 :class:`Chain` (optimizers over disjoint parameter sets stepped as one) and
 :class:`DecoupledWD`. These are benchmark baselines, not tuned optimizers. torch is imported
@@ -14,6 +15,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from .. import optim
+from ..baselines import NS_COEFFS, NS_STEPS, eigh_refresh, newton_schulz5
+
 __all__ = [
     "NS_COEFFS",
     "NS_STEPS",
@@ -25,67 +29,6 @@ __all__ = [
     "newton_schulz5",
     "state_bytes",
 ]
-
-#: Muon's quintic Newton–Schulz coefficients and step count (torch.optim.Muon, Keller
-#: Jordan's muon.py).
-NS_COEFFS = (3.4445, -4.7750, 2.0315)
-NS_STEPS = 5
-
-
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
-def newton_schulz5(g: Any, steps: int = NS_STEPS, eps: float = 1e-7) -> Any:
-    """Muon's quintic Newton–Schulz orthogonalisation of a matrix ``g``, in float32.
-
-    ``X = G/‖G‖_F`` (transposed if tall), then ``steps`` times ``A = XXᵀ``,
-    ``B = bA + cA²``, ``X ← aX + BX`` with (a, b, c) = :data:`NS_COEFFS`: 3 products a step.
-    A torch tensor runs ``torch.optim.Muon``'s ``addmm`` loop (cast to fp32, not bf16); any
-    other array the same products through its array-API namespace, in its own dtype.
-    """
-    a, b, c = NS_COEFFS
-    if _is_torch(g):
-        import torch
-
-        x = g.float()
-        tall = x.size(0) > x.size(1)
-        x = x.T if tall else x
-        x = x / x.norm().clamp(min=eps)
-        for _ in range(steps):
-            gram = x @ x.T
-            upd = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-            x = torch.addmm(x, upd, x, beta=a)
-        return x.T if tall else x
-    from .._array import array_namespace
-
-    xp = array_namespace(g)
-    tall = g.shape[-2] > g.shape[-1]
-    x = g.mT if tall else g
-    x = x / (xp.sqrt(xp.sum(x * x)) + eps)
-    for _ in range(steps):
-        gram = x @ x.mT
-        upd = b * gram + c * (gram @ gram)
-        x = a * x + upd @ x
-    return x.mT if tall else x
-
-
-def eigh_refresh(
-    xp: Any, left: Any, right: Any, g: Any, *, p: float = 2.0, beta: float = 0.95
-) -> tuple[Any, Any]:
-    """Shampoo/SOAP-style refresh + step: accumulate both factors, ``eigh`` both, precondition.
-
-    Returns ``((L, R, Q_L, λ_L, Q_R, λ_R), step)`` with
-    ``step = Q_L [(Q_Lᵀ G Q_R) ⊙ λ_L^{-1/2p} λ_R^{-1/2p}ᵀ] Q_Rᵀ`` (``(L ⊗ R)^{-1/2p}`` per
-    factor, i.e. ``S^{-1/p}`` for ``S = L ⊗ R``).
-    """
-    left = beta * left + (1.0 - beta) * (g @ g.mT)
-    right = beta * right + (1.0 - beta) * (g.mT @ g)
-    lam_l, q_l = xp.linalg.eigh(left)
-    lam_r, q_r = xp.linalg.eigh(right)
-    e = -1.0 / (2.0 * p)
-    core = (q_l.mT @ g @ q_r) * (lam_l**e)[:, None] * (lam_r**e)[None, :]
-    return (left, right, q_l, lam_l, q_r, lam_r), q_l @ core @ q_r.mT
 
 
 def state_bytes(opt: Any) -> int:
@@ -148,7 +91,7 @@ class MuonFP32(_Plain):
                 buf = st["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - self.momentum)
                 upd = p.grad.lerp(buf, self.momentum) if self.nesterov else buf
-                upd = newton_schulz5(upd).to(p.dtype)
+                upd = newton_schulz5(upd.float()).to(p.dtype)
                 lr = self.lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1]))
                 p.mul_(1 - self.lr * self.weight_decay)
                 p.add_(upd, alpha=-lr)
@@ -178,7 +121,7 @@ class EighRefresh(_Plain):
         beta: float = 0.95,
         momentum: float = 0.9,
         eps: float = 1e-6,
-        max_precond_dim: int = 4096,
+        max_precond_dim: int = optim.DEFAULT_MAX_PRECOND_DIM,
     ) -> None:
         super().__init__(params)
         self.lr, self.T, self.precond_warmup, self.p = lr, update_interval, precond_warmup, p
@@ -186,7 +129,9 @@ class EighRefresh(_Plain):
         self.steps = 0
 
     def refresh_due(self, k: int) -> bool:
-        return k == 0 or k < self.precond_warmup or k % self.T == 0
+        """Whether step ``k`` (0-based) refreshes: ``SpectralKron``'s schedule (math §4.7)."""
+        kw = {"precond_warmup": self.precond_warmup, "reorth_interval": 0, "cayley": "exact"}
+        return bool(optim.schedule(k, 0, update_interval=self.T, **kw)[1])
 
     def _init(self, p: Any) -> dict[str, Any]:
         import torch

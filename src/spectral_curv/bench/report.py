@@ -9,6 +9,7 @@ import ctypes
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "machine_info",
     "markers",
     "md_table",
+    "median",
     "outputs",
     "progress_printer",
     "publish",
@@ -378,6 +380,11 @@ class Progress:
 
 
 # --------------------------------------------------------------------------- tables
+
+
+def median(xs: Sequence[float]) -> float | None:
+    """The median of ``xs``, or None when there is none."""
+    return statistics.median(xs) if xs else None
 
 
 def _aligned(cells: list[list[str]], align: str | None) -> str:

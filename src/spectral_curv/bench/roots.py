@@ -33,7 +33,7 @@ from . import report
 
 __all__ = ["add_arguments", "autoencoder_run", "diverging_run", "main", "sweep"]
 
-BEGIN, END = "<!-- roots:begin -->", "<!-- roots:end -->"
+BEGIN, END = report.markers("roots")
 
 #: The compared optimizers: name -> (kind, options).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -68,7 +68,7 @@ MODES: dict[str, dict[str, Any]] = {
     },
 }
 
-BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+BEGIN, END = report.markers("soak")
 
 
 def orth_drift(b: Any) -> float:
@@ -323,18 +323,34 @@ def _markdown(data: dict[str, Any]) -> str:
         f"{cfg['record_every']} steps), float64 check. Target: every run finite, final loss "
         "within 2× of the group's best, drift ≤ 2e-2 (bf16 factors) / 1e-4 (f32).",
         "",
-        "| task | mode | factors | finite | final loss (min – max) | within 2× | max drift | "
-        "rejected refreshes |",
-        "|---|---|---|---|---|---|---|---|",
+    ]
+    table = [
+        [
+            "task",
+            "mode",
+            "factors",
+            "finite",
+            "final loss (min – max)",
+            "within 2×",
+            "max drift",
+            "rejected refreshes",
+        ]
     ]
     for row in data["rows"]:
         s = row["summary"]
-        lines.append(
-            f"| {row.get('task', 'digits')} | {row['mode']} | {row['precond_dtype']} | "
-            f"{s['finite']}/{s['seeds']} | "
-            f"{s['final_min']:.4f} – {s['final_max']:.4f} | {'yes' if s['within_2x'] else 'no'} "
-            f"| {s['max_drift']:.2e} | {s['rejected']} |"
+        table.append(
+            [
+                row.get("task", "digits"),
+                row["mode"],
+                row["precond_dtype"],
+                f"{s['finite']}/{s['seeds']}",
+                f"{s['final_min']:.4f} – {s['final_max']:.4f}",
+                "yes" if s["within_2x"] else "no",
+                f"{s['max_drift']:.2e}",
+                str(s["rejected"]),
+            ]
         )
+    lines += report.md_table(table, "l" * 8)
     d = data.get("drift")
     if d:
         lines += [

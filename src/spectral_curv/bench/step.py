@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -327,22 +326,18 @@ def optimizer_specs(cfg: Config, *, precond_warmup: int | None = None) -> list[S
 # --------------------------------------------------------------------------- timing
 
 
-def _median(xs: Sequence[float]) -> float | None:
-    return statistics.median(xs) if xs else None
-
-
 def summarize(
     times: Sequence[float], phases: Sequence[str] | None, weights: dict[str, float] | None
 ) -> dict[str, Any]:
     """Median of ``times``; with a schedule, per-phase medians and the amortized
     ``Σ_phase weight · median(phase)`` (an unsampled "reorth" phase counts as "refresh";
     any other unsampled phase falls back to the overall median, flagged)."""
-    out: dict[str, Any] = {"median_s": _median(times), "min_s": min(times), "n": len(times)}
+    out: dict[str, Any] = {"median_s": report.median(times), "min_s": min(times), "n": len(times)}
     if phases is None or weights is None:
         out["amortized_s"] = out["median_s"]
         return out
     per = {ph: [t for t, q in zip(times, phases) if q == ph] for ph in weights}
-    out["phase_median_s"] = {ph: _median(v) for ph, v in per.items()}
+    out["phase_median_s"] = {ph: report.median(v) for ph, v in per.items()}
     out["phase_n"] = {ph: len(v) for ph, v in per.items()}
     est, missing = 0.0, []
     for ph, w in weights.items():
@@ -519,7 +514,7 @@ def _lane_result(lane: dict[str, Any], cuda: bool) -> dict[str, Any]:
         "notes": s.notes,
         "whole": summarize(lane["whole"], ph, s.weights),
         "opt": summarize(lane["opt_t"], ph, s.weights),
-        "fwd_bwd_median_s": _median([w - o for w, o in zip(lane["whole"], lane["opt_t"])]),
+        "fwd_bwd_median_s": report.median([w - o for w, o in zip(lane["whole"], lane["opt_t"])]),
         "state_bytes": lane["state_bytes"],
         "cuda_step_peak_bytes": lane["cuda_step_peak"] if cuda else None,
         "final_loss": lane["loss"],
@@ -768,11 +763,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def main(args: argparse.Namespace) -> int:
-    """Entry point of ``bench optim`` (parsed ``args``)."""
+def main(args: argparse.Namespace, rep: Any) -> int:
+    """Entry point of ``bench optim`` (parsed ``args``); ``rep``, the report module
+    (:mod:`.step_report`, which imports this one), prints and writes the results."""
     import torch
-
-    from . import step_report as rep
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda, but torch sees no CUDA device", file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
-from .step import EIGH_LABEL, TARGET_RATIO, Config, _median
+from .step import EIGH_LABEL, TARGET_RATIO, Config
 
 __all__ = ["FILES", "command", "markdown_section", "plot", "profile_table", "table"]
 
@@ -64,7 +64,7 @@ HEADERS = [
 
 
 def _fwd_bwd(data: dict[str, Any]) -> float | None:
-    return _median([r["fwd_bwd_median_s"] for r in data["results"]])
+    return report.median([r["fwd_bwd_median_s"] for r in data["results"]])
 
 
 def table(data: dict[str, Any]) -> str:
@@ -90,7 +90,7 @@ def table(data: dict[str, Any]) -> str:
         f" {c['batch']}×{c['seq']} = {c['batch'] * c['seq']} tokens, {c['n_params']:,} params,"
         f" {c['dtype']} on {c['device']}; forward+backward ≈ {_ms(_fwd_bwd(data))} ms; "
         f"torch threads {m['torch_threads']}; load {m['loadavg_start']} → {m['loadavg_end']}; "
-        f"probe min/median/max {_ms(min(probe))}/{_ms(_median(probe))}/{_ms(max(probe))} ms; "
+        f"probe min/median/max {_ms(min(probe))}/{_ms(report.median(probe))}/{_ms(max(probe))} ms; "
         "optimizers interleaved round-robin; times are medians.",
     ]
     if data.get("profile"):
@@ -141,15 +141,15 @@ def _md_table(data: dict[str, Any]) -> list[str]:
     cuda = any(r.get("cuda_step_peak_bytes") is not None for r in data["results"])
     if cuda:
         heads.append("CUDA peak above live during opt.step (MiB)")
-    lines = ["| " + " | ".join(heads) + " |", "|---|" + "---:|" * (len(heads) - 1)]
+    table = [heads]
     for r in data["results"]:
         cells = _cols(r)
         if r["family"] == "spectral":
             cells[0] = f"**{cells[0]}**"
         if cuda:
             cells.append(_mib(r["cuda_step_peak_bytes"] or 0))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        table.append(cells)
+    return report.md_table(table)
 
 
 def command(cfg: dict[str, Any], *, profile: bool = False, threads: int | None = None) -> str:
@@ -222,7 +222,7 @@ def markdown_section(
                     f"thread env {m['thread_env']}" if m["thread_env"] else "",
                     f"load average {m.get('loadavg_start')} → {m.get('loadavg_end')}",
                     f"contention probe (20 small elementwise ops, once per round) min/median/max "
-                    f"{_ms(min(probe))}/{_ms(_median(probe))}/{_ms(max(probe))} ms",
+                    f"{_ms(min(probe))}/{_ms(report.median(probe))}/{_ms(max(probe))} ms",
                     f"{c['date']}, timing run {c['wall_s']:.0f} s"
                     + (f" + profile {c['profile_wall_s']:.0f} s" if "profile_wall_s" in c else ""),
                 ],
@@ -285,10 +285,8 @@ def _md_profile(rows: list[dict[str, Any]]) -> list[str]:
         "profiler; 'Python + dispatch' is time inside `opt.step()` outside every aten op; "
         "the profiler itself adds a few µs per op).",
         "",
-        "| " + " | ".join(heads) + " |",
-        "|---|---|" + "---:|" * (len(heads) - 2),
     ]
-    out += ["| " + " | ".join(_profile_cells(r)) + " |" for r in rows]
+    out += report.md_table([heads, *map(_profile_cells, rows)], "ll" + "r" * (len(heads) - 2))
     out.append("")
     return out
 

@@ -1,6 +1,6 @@
 """:class:`SpectralKron`: the NumPy adapter's optimizer. It owns the per-parameter state
 (plain dicts of arrays, committed only once a step succeeded) and routes each step through
-the engine (``optim.buckets`` → ``optim.precondition_step`` → ``optim.update_param``: math
+the engine (``optim.buckets`` → ``optim.bucket_step`` → ``optim.update_params``: math
 §3–§5); the parameters' container is :class:`~._layout.Layout`'s, the state dict
 :mod:`._checkpoint`'s.
 """
@@ -132,7 +132,7 @@ class SpectralKron:
     def _update(
         self, ps: list[Array], gs: list[Array], states: list[dict[str, Any]], active: list[int]
     ) -> list[Array]:
-        """The engine's step (``optim.buckets`` → ``precondition_step`` → ``update_param``)."""
+        """The engine's step (``optim.buckets`` → ``bucket_step`` → ``update_params``)."""
         lay, o = self._layout, self._opts
         xp, dts = lay.xp, {i: lay.precond_dtype(i, o) for i in active}
         entries = [
@@ -141,37 +141,28 @@ class SpectralKron:
         directions: dict[int, Array] = {}
         for key, pos in optim.buckets(entries, o).items():
             idx = [active[j] for j in pos]
-            sts = [states[i] for i in idx]
-            pre = [optim.precond_of(s, key.plan) for s in sts]
-            G = [xp.astype(gs[i], dts[i]) for i in idx]  # diagonal: one parameter at a time
-            if key.plan.kind == "kron":  # same-shaped layers: one batched refresh
-                pre, G = (
-                    [optim.stack_precond(pre)],
-                    [xp.stack([xp.reshape(g, key.plan[1:3]) for g in G])],
-                )
-            new, oks, us = optim.precondition_step(
-                pre, G, first=key.first, refresh=key.refresh, reorth=key.reorth, options=o
-            )
-            if key.plan.kind == "kron":
-                new, oks, us = (
-                    optim.unstack_precond(new[0]),
-                    [oks[0][j] for j in range(len(idx))],
-                    [us[0][j, ...] for j in range(len(idx))],
-                )
-            for i, s, st, ok, u in zip(idx, sts, new, oks, us):
+            pre = [optim.precond_of(states[i], key.plan) for i in idx]
+            res = optim.bucket_step(pre, [gs[i] for i in idx], key, o)
+            for j, (i, st, u) in enumerate(zip(idx, res.states, res.directions)):
+                s = states[i]
                 s.update(_arrays(xp, optim.flat_state(st)))
-                s["rejected"] += int(key.refresh and not bool(xp.all(ok)))
+                s["rejected"] += 0 if res.rejected is None else int(res.rejected[j])
                 s["refreshes"] += int(key.refresh)
-                directions[i] = xp.reshape(u, lay.shapes[i])
-        out = list(ps)
+                directions[i] = u
         for i in active:
-            s = states[i]
-            s["step"] += 1
-            g = xp.astype(gs[i], dts[i])
-            out[i], slots = optim.update_param(
-                ps[i], g, directions[i], optim.slots_of(s), step=s["step"], options=o
-            )
-            s.update(_arrays(xp, optim.flat_state(slots)))
+            states[i]["step"] += 1
+        new, slots = optim.update_params(
+            [ps[i] for i in active],
+            [xp.astype(gs[i], dts[i]) for i in active],
+            [directions[i] for i in active],
+            [optim.slots_of(states[i]) for i in active],
+            steps=[states[i]["step"] for i in active],
+            options=o,
+        )
+        out = list(ps)
+        for i, w, sl in zip(active, new, slots):
+            out[i] = w
+            states[i].update(_arrays(xp, optim.flat_state(sl)))
         return out
 
     # ----------------------------------------------------------------- checkpoints

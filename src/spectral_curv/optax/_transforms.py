@@ -77,8 +77,8 @@ def clip_by_update_rms(max_rms: Any) -> optax.GradientTransformation:
 def heavy_ball(
     momentum: Any, mu_dtype: Any = None, *, nesterov: bool = False
 ) -> optax.GradientTransformation:
-    """Undampened momentum ``m ← μ m + U`` (``optim.add_momentum``), output ``m``, or with
-    ``nesterov`` the look-ahead ``U + μm`` (``optim.update_param``; math §4.7).
+    """Undampened momentum ``m ← μ m + U``, output ``m``, or with ``nesterov`` the look-ahead
+    ``U + μm`` (``optim.momentum_step``, as ``optim.update_param``; math §4.7).
 
     The buffer is kept in ``mu_dtype`` (default: each update leaf's dtype; the torch
     optimizer keeps it in ``precond_dtype``, so pass ``jnp.float32`` for bf16 parameters
@@ -115,18 +115,15 @@ def heavy_ball(
         del params
         updates = jax.tree.map(jnp.asarray, updates)  # a Python float leaf, as in init
 
-        def add(u: Any, b: Any) -> Any:
-            return optim.add_momentum(b, u.astype(b.dtype), cast_hyperparam(momentum, b.dtype))
+        def step(u: Any, b: Any) -> tuple[Any, Any]:
+            mu = cast_hyperparam(momentum, b.dtype)
+            m, v = optim.momentum_step(b, u.astype(b.dtype), mu, nesterov=nesterov)
+            return m.astype(b.dtype), v.astype(u.dtype)
 
-        bufs = jax.tree.map(lambda u, b: add(u, b).astype(b.dtype), updates, state.momentum)
-
-        def step(u: Any, b: Any) -> Any:
-            if not nesterov:
-                return b.astype(u.dtype)
-            return (u.astype(b.dtype) + cast_hyperparam(momentum, b.dtype) * b).astype(u.dtype)
-
-        out = jax.tree.map(step, updates, bufs)
-        return out, MomentumState(bufs)
+        leaves, treedef = jax.tree.flatten(updates)
+        pairs = [step(u, b) for u, b in zip(leaves, treedef.flatten_up_to(state.momentum))]
+        bufs = treedef.unflatten([m for m, _ in pairs])
+        return treedef.unflatten([v for _, v in pairs]), MomentumState(bufs)
 
     return optax.GradientTransformation(init_fn, update_fn)
 

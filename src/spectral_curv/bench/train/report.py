@@ -202,17 +202,14 @@ def precond_lines(path: str | os.PathLike[str]) -> list[str]:
         f"{d['config'].get('date', '')}; every size and method in "
         f"[benchmarks.md](benchmarks.md)):",
         "",
-        "| method | " + " | ".join(f"{b} n={n}" for b, n in cols) + " |",
-        "|---|" + "---:|" * len(cols),
     ]
+    table = [["method", *(f"{b} n={n}" for b, n in cols)]]
     for m in PRECOND_METHODS:
         got = {(r["backend"], r["n"]): r for r in res if r["method"] == m}
-        if not got:
-            continue
-        label = next(iter(got.values()))["label"]
-        cells = [f"{got[c]['ratio']:.1f}" if c in got else "—" for c in cols]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines
+        if got:
+            label = next(iter(got.values()))["label"]
+            table.append([label, *(f"{got[c]['ratio']:.1f}" if c in got else "—" for c in cols)])
+    return lines + report.md_table(table)
 
 
 def markdown_section(
