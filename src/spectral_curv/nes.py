@@ -1412,7 +1412,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MOVED))
+    """The module's own names (the deprecated aliases are left out: ``help``/``inspect``
+    would warn for each)."""
+    return sorted(globals())
 
 
 if __name__ == "__main__":  # pragma: no cover

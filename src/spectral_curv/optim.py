@@ -1340,14 +1340,12 @@ def bucket_step(
     # the bucket's raw p = 2 step; its p then only shapes the direction)
     own_norm = pl.kind == "diag" and options.step_scale == "p2" and options.p != 2 and n > 1
     sizes = [math.prod(sh) for sh in shapes]
-    if pl.kind == "diag":
-        G = (
-            xp.concat([shaped(g, (k,)) for g, k in zip(gs, sizes)])
-            if n > 1
-            else shaped(gs[0], (sizes[0],))
-        )
-        ds = [shaped(s.d, (k,)) for s, k in zip(dss, sizes)]
-        st: Precond = diag.DiagState(xp.concat(ds) if n > 1 else ds[0])
+    st: Precond
+    if pl.kind == "diag" and n == 1:  # in its own shape (NumPy rounds 0-d arrays as scalars)
+        G, st = shaped(gs[0], tuple(dss[0].d.shape)), dss[0]
+    elif pl.kind == "diag":
+        G = xp.concat([shaped(g, (k,)) for g, k in zip(gs, sizes)])
+        st = diag.DiagState(xp.concat([shaped(s.d, (k,)) for s, k in zip(dss, sizes)]))
     elif n == 1:  # a view, no copy
         G = xp.expand_dims(shaped(gs[0], (pl.rows, pl.cols)), axis=0)
         st = type(states[0])(*(None if v is None else xp.expand_dims(v, axis=0) for v in states[0]))
@@ -1363,7 +1361,12 @@ def bucket_step(
     rejected = None
     if key.refresh and not A.known_all(xp, ok):
         bad = ~ok
-        rejected = _segment_any(xp, bad, sizes) if pl.kind == "diag" else xp.astype(bad, xp.int64)
+        if pl.kind == "kron":
+            rejected = xp.astype(bad, xp.int64)
+        elif n == 1:
+            rejected = xp.reshape(xp.astype(xp.any(bad), xp.int64), (1,))
+        else:
+            rejected = _segment_any(xp, bad, sizes)
     if pl.kind == "kron":
         us = A.unstacker(xp)(u)
         return BucketStep(

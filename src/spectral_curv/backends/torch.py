@@ -305,18 +305,28 @@ def update_params(
         return new_p, new_s
     fp: list[torch.Tensor] | tuple[torch.Tensor, ...] = [params[i] for i in idx]
     fu: list[torch.Tensor] | tuple[torch.Tensor, ...] = [us[i] for i in idx]
-    if o.max_update_rms is not None:  # optim.clip_rms: U·c/max(rms(U), c)
+    scale = None
+    if o.max_update_rms is not None:  # optim.clip_rms: U·c/max(rms(U), c), as U·scale
         c = o.max_update_rms
         size = [math.sqrt(max(u.numel(), 1)) for u in fu]
         rms = torch.stack(torch._foreach_norm(fu))
         rms = rms.div_(torch.tensor(size, dtype=rms.dtype, device=rms.device))
-        fu = torch._foreach_mul(fu, torch.div(c, rms.clamp_min_(c)).unbind())
+        scale = torch.div(c, rms.clamp_min_(c)).unbind()
     if o.momentum:  # m ← μm + U; optim.update_param steps along U + μm (nesterov) or m
         fb = torch._foreach_mul([slots[i].momentum_buffer for i in idx], o.momentum)
-        torch._foreach_add_(fb, fu)
+        if scale is None:
+            torch._foreach_add_(fb, fu)
+        else:  # μm + U·scale in one rounding, as the step has always formed it
+            torch._foreach_addcmul_(fb, fu, scale)
         for i, m in zip(idx, fb):
             new_s[i] = type(slots[i])(m, *slots[i][1:])
-        fu = torch._foreach_add(fu, fb, alpha=o.momentum) if o.nesterov else fb
+        if o.nesterov:
+            fu = fu if scale is None else torch._foreach_mul(fu, scale)
+            fu = torch._foreach_add(fu, fb, alpha=o.momentum)
+        else:
+            fu = fb
+    elif scale is not None:
+        fu = torch._foreach_mul(fu, scale)
     if o.weight_decay:
         fp = torch._foreach_mul(fp, 1 - o.lr * o.weight_decay)
         torch._foreach_add_(fp, fu, alpha=-o.lr)

@@ -136,7 +136,13 @@ class SpectralKron:
         lay, o = self._layout, self._opts
         xp, dts = lay.xp, {i: lay.precond_dtype(i, o) for i in active}
         entries = [
-            (self._plans[i], str(dts[i]), states[i]["step"], states[i]["refreshes"]) for i in active
+            (
+                self._plans[i],
+                (str(dts[i]), str(lay.devices[i])),
+                states[i]["step"],
+                states[i]["refreshes"],
+            )
+            for i in active
         ]
         directions: dict[int, Array] = {}
         for key, pos in optim.buckets(entries, o).items():
