@@ -269,6 +269,19 @@ def test_update_params_fast_path_equals_generic_route(be, opts):
     assert backends.lookup("update_params", xp) is backends.TABLE["update_params"][be]
     for fast, generic in zip(run(False), run(True)):
         np.testing.assert_allclose(fast, generic, rtol=1e-6, atol=1e-12)
+    if be == "torch":  # the torch optimizer's in-place form: the pure fast path's bits
+        from spectral_curv.backends import torch as fast_paths
+
+        rng = np.random.default_rng(6)
+        ps = [asarray(xp, rng.standard_normal(s), dt) for s, dt in zip(shapes, dts)]
+        sl = [optim.init_slots(xp, s, o, dtype=xp.float64, device=None) for s in shapes]
+        for t in (1, 2):
+            us = [asarray(xp, rng.standard_normal(s)) for s in shapes]
+            gs = [asarray(xp, rng.standard_normal(s)) for s in shapes]
+            fast_paths.update_params_(ps, gs, us, sl, [t] * 4, o)
+        got = [to_numpy(x) for x in ps] + [to_numpy(s.momentum_buffer) for s in sl]
+        for a, b in zip(got, run(False)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_known_all_reads_only_host_values(xp):

@@ -293,3 +293,55 @@ def test_bucket_step_equals_each_parameter_alone(p, step):
         want = [int(not np.all(oks[0])) for _, oks, _ in alone]
         got = [0] * n if res.rejected is None else res.rejected.tolist()
         assert got == want == [int(key.refresh and i == 2) for i in range(n)]
+
+
+def test_rms_clip_of_a_huge_finite_update_clips_it():
+    """A finite float32 update whose squares overflow (|U| ≳ 1.8e19, e.g. ``step_scale="raw"``
+    with ``p < 1`` and tiny gradients) was scaled by ``c/inf = 0``: a zero step, silently
+    (found by an outside fuzz). Its RMS now comes from the entries scaled by the largest, in
+    the generic route, the torch fast path and JAX alike."""
+    u = np.array([1e20, -1e20, 0.0, 3e19], dtype=np.float32)
+    want = u.astype(np.float64) * (3.0 / np.sqrt(np.mean(u.astype(np.float64) ** 2)))
+    with np.errstate(over="ignore"):
+        got = optim.clip_rms(u, 3.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    o = optim.Options(max_update_rms=3.0, lr=1.0, momentum=0.0)
+    slots = [optim.Slots(np.zeros(4, np.float32))]
+    with np.errstate(over="ignore"):
+        new, _ = optim.update_params(
+            [np.zeros(4, np.float32)], [u], [u], slots, steps=[1], options=o
+        )
+    np.testing.assert_allclose(new[0], -want, rtol=1e-6)
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(u)
+    for mom in (0.0, 0.9):  # the foreach fast path, with and without momentum
+        o = optim.Options(max_update_rms=3.0, lr=1.0, momentum=mom)
+        new, _ = optim.update_params(
+            [torch.zeros(4)], [t], [t], [optim.Slots(torch.zeros(4))], steps=[1], options=o
+        )
+        np.testing.assert_allclose(new[0].numpy(), -want, rtol=1e-6)
+    jnp = pytest.importorskip("jax.numpy")
+    np.testing.assert_allclose(np.asarray(optim.clip_rms(jnp.asarray(u), 3.0)), want, rtol=1e-5)
+
+
+def test_foreach_end_of_step_keeps_each_parameter_dtype():
+    """Clipped updates of float32 and float64 parameters in one call: the norms were stacked
+    into float64, and a 0-d float32 parameter came back float64 (the NumPy adapter on torch
+    tensors then refused the next step; found by an outside fuzz)."""
+    torch = pytest.importorskip("torch")
+    o = optim.Options(max_update_rms=0.1, lr=0.5, momentum=0.0)
+    ps = [torch.tensor(0.5), torch.zeros(3, dtype=torch.float64), torch.ones(2)]
+    us = [torch.tensor(2.0), torch.ones(3, dtype=torch.float64), torch.ones(2)]
+    for mom, nesterov in ((0.0, False), (0.9, True), (0.9, False)):
+        o = o.replace(momentum=mom, nesterov=nesterov)
+        slots = [optim.Slots(torch.zeros_like(u)) for u in us]
+        new, sl = optim.update_params(ps, us, us, slots, steps=[1] * 3, options=o)
+        assert [w.dtype for w in new] == [p.dtype for p in ps]
+        assert [s.momentum_buffer.dtype for s in sl] == [p.dtype for p in ps]
+        from spectral_curv.numpy import SpectralKron
+
+        opt = SpectralKron([p.clone() for p in ps], max_update_rms=0.1, momentum=mom)
+        qs = [p.clone() for p in ps]
+        for _ in range(3):  # a later step checks the dtypes it is given
+            qs = opt.step(qs, us)
+        assert [q.dtype for q in qs] == [p.dtype for p in ps]

@@ -155,8 +155,10 @@ def test_torch_singular_solve_is_a_rejected_refresh(monkeypatch):
         warnings.simplefilter("error", optim.RejectedRefreshWarning)
         opt.step()  # step 1: refreshed (warm-up); the failure is counted, not raised
     assert int(opt.state[w]["rejected"]) == 1 and torch.equal(opt.state[w]["B_C"], b)
-    with pytest.warns(optim.RejectedRefreshWarning):
+    with pytest.warns(optim.RejectedRefreshWarning) as rec:
         opt.step()  # warned once, at the next step's host sync
+    # at the user's line, not inside torch's no_grad/profiling wrappers (found by a fuzz)
+    assert [r.filename for r in rec] == [__file__]
     with warnings.catch_warnings():
         warnings.simplefilter("error", optim.RejectedRefreshWarning)
         opt.step()  # not again

@@ -1020,6 +1020,10 @@ def clip_rms(u: Array, max_rms: Any) -> Array:
     """
     xp = array_namespace(u)
     rms = xp.sqrt(xp.mean(u * u))
+    # a finite update whose squares overflow: its RMS from the entries scaled by the largest
+    big = xp.max(xp.abs(u))
+    scaled = big * xp.sqrt(xp.mean((u / xp.where(big > 0, big, 1.0)) ** 2))
+    rms = xp.where(xp.isfinite(rms), rms, scaled)
     return u * (max_rms / xp.maximum(rms, xp.asarray(max_rms, dtype=u.dtype)))
 
 

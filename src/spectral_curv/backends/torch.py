@@ -278,6 +278,23 @@ def segment_direction(
     return out.mul_(ratio.to(out.dtype)[seg])
 
 
+def _fusable(params: list[torch.Tensor], us: list[torch.Tensor], o: Any) -> list[int]:
+    """The parameters whose step :func:`_foreach_update` forms: all of them when there is no
+    grafting and ``lr`` is a float, each in its direction's dtype; the others take
+    ``optim.update_param``."""
+    if isinstance(o.lr, torch.Tensor) or o.graft is not None:
+        return []
+    return [i for i, (p, u) in enumerate(zip(params, us)) if p.dtype == u.dtype]
+
+
+def _groups(us: list[torch.Tensor], idx: list[int]) -> list[list[int]]:
+    """``idx`` by device and dtype (a foreach kernel takes one of each)."""
+    out: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i in idx:
+        out.setdefault((us[i].device, us[i].dtype), []).append(i)
+    return list(out.values())
+
+
 @register("update_params", "torch")
 def update_params(
     params: list[torch.Tensor],
@@ -289,52 +306,92 @@ def update_params(
 ) -> tuple[list[torch.Tensor], list[Any]]:
     """``optim.update_params``: where the step reduces to RMS clipping, momentum, decay and
     the update (no grafting, a float ``lr``, the parameter in the direction's dtype), the
-    same operations as a few ``torch._foreach_*`` kernels on all those parameters (new
+    same operations as a few ``torch._foreach_*`` kernels per device and dtype (new
     tensors; the inputs are not changed); the others through ``optim.update_param``."""
     from ..optim import update_param
 
     o, new_p, new_s = options, list(params), list(slots)
-    fused = not isinstance(o.lr, torch.Tensor) and o.graft is None
-    idx = []
-    for i, (prm, g, u, sl, t) in enumerate(zip(params, grads, us, slots, steps)):
-        if fused and prm.dtype == u.dtype:
-            idx.append(i)
-        else:
-            new_p[i], new_s[i] = update_param(prm, g, u, sl, step=t, options=o)
-    if not idx:
-        return new_p, new_s
-    fp: list[torch.Tensor] | tuple[torch.Tensor, ...] = [params[i] for i in idx]
-    fu: list[torch.Tensor] | tuple[torch.Tensor, ...] = [us[i] for i in idx]
+    fused = _fusable(params, us, o)
+    for i in sorted(set(range(len(params))) - set(fused)):
+        new_p[i], new_s[i] = update_param(
+            params[i], grads[i], us[i], slots[i], step=steps[i], options=o
+        )
+    for ids in _groups(us, fused):
+        bufs = [slots[i].momentum_buffer for i in ids]
+        ws, ms = _foreach_update([params[i] for i in ids], [us[i] for i in ids], bufs, o, False)
+        for i, w, m in zip(ids, ws, ms):
+            new_p[i] = w
+            new_s[i] = slots[i] if m is None else type(slots[i])(m, *slots[i][1:])
+    return new_p, new_s
+
+
+def update_params_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    us: list[torch.Tensor],
+    slots: list[Any],
+    steps: list[int],
+    options: Any,
+) -> None:
+    """:func:`update_params` in place: the parameters and the slots' tensors take the new
+    values (the fused ones are updated by the kernels themselves: no new tensors, no copies).
+    The torch optimizer's end of a step; the same arithmetic, bit for bit."""
+    from ..optim import update_param
+
+    o = options
+    fused = _fusable(params, us, o)
+    for i in sorted(set(range(len(params))) - set(fused)):
+        new, sl = update_param(params[i], grads[i], us[i], slots[i], step=steps[i], options=o)
+        params[i].copy_(new)
+        for dst, src in zip(slots[i], sl):
+            if dst is not None and src is not dst:
+                dst.copy_(src)
+    for ids in _groups(us, fused):
+        bufs = [slots[i].momentum_buffer for i in ids]
+        _foreach_update([params[i] for i in ids], [us[i] for i in ids], bufs, o, True)
+
+
+def _foreach_update(
+    fp: list[torch.Tensor], fu: list[torch.Tensor], bufs: list[torch.Tensor], o: Any, inplace: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | list[None]]:
+    """The kernels of :func:`update_params` (``inplace``: of :func:`update_params_`, into
+    ``fp`` and ``bufs``) for parameters of one device and dtype: the new parameters and
+    momentum buffers (None without momentum)."""
     scale = None
     if o.max_update_rms is not None:  # optim.clip_rms: U·c/max(rms(U), c), as U·scale
-        c = o.max_update_rms
-        size = [math.sqrt(max(u.numel(), 1)) for u in fu]
-        rms = torch.stack(torch._foreach_norm(fu))
-        rms = rms.div_(torch.tensor(size, dtype=rms.dtype, device=rms.device))
-        scale = torch.div(c, rms.clamp_min_(c)).unbind()
+        c, wide = o.max_update_rms, torch.float64
+        size = torch.tensor([math.sqrt(max(u.numel(), 1)) for u in fu], dtype=wide)
+        # the norms accumulate in float64: no square of a float32 entry overflows (a huge
+        # finite update is clipped, not zeroed)
+        rms = torch.stack(torch._foreach_norm(fu, 2, dtype=wide)).div_(size.to(fu[0].device))
+        scale = torch.div(c, rms.clamp_min_(c)).to(fu[0].dtype).unbind()
+    step: list[torch.Tensor] | tuple[torch.Tensor, ...] = fu
+    if scale is not None and not (o.momentum and not o.nesterov):
+        step = torch._foreach_mul(fu, scale)
+    fb: list[torch.Tensor] = []
     if o.momentum:  # m ← μm + U; optim.update_param steps along U + μm (nesterov) or m
-        fb = torch._foreach_mul([slots[i].momentum_buffer for i in idx], o.momentum)
+        if inplace:
+            fb = bufs
+            torch._foreach_mul_(fb, o.momentum)
+        else:
+            fb = list(torch._foreach_mul(bufs, o.momentum))
         if scale is None:
             torch._foreach_add_(fb, fu)
         else:  # μm + U·scale in one rounding, as the step has always formed it
             torch._foreach_addcmul_(fb, fu, scale)
-        for i, m in zip(idx, fb):
-            new_s[i] = type(slots[i])(m, *slots[i][1:])
-        if o.nesterov:
-            fu = fu if scale is None else torch._foreach_mul(fu, scale)
-            fu = torch._foreach_add(fu, fb, alpha=o.momentum)
-        else:
-            fu = fb
-    elif scale is not None:
-        fu = torch._foreach_mul(fu, scale)
+        step = torch._foreach_add(step, fb, alpha=o.momentum) if o.nesterov else fb
+    new = fp
     if o.weight_decay:
-        fp = torch._foreach_mul(fp, 1 - o.lr * o.weight_decay)
-        torch._foreach_add_(fp, fu, alpha=-o.lr)
+        if inplace:
+            torch._foreach_mul_(new, 1 - o.lr * o.weight_decay)
+        else:
+            new = list(torch._foreach_mul(fp, 1 - o.lr * o.weight_decay))
+        torch._foreach_add_(new, step, alpha=-o.lr)
+    elif inplace:
+        torch._foreach_add_(new, step, alpha=-o.lr)
     else:
-        fp = torch._foreach_add(fp, fu, alpha=-o.lr)
-    for i, w in zip(idx, fp):
-        new_p[i] = w
-    return new_p, new_s
+        new = list(torch._foreach_add(fp, step, alpha=-o.lr))
+    return list(new), (list(fb) if fb else [None] * len(fp))
 
 
 @register("newton_schulz5", "torch")

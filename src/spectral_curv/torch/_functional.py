@@ -1,6 +1,7 @@
 """The functional step: :func:`init_state` and :func:`spectral_kron` (the engine's
-``optim.buckets`` → ``optim.bucket_step`` → ``optim.update_params``, math §3–§5, with the
-states' tensors updated in place by ``torch._foreach_*``)."""
+``optim.buckets`` → ``optim.bucket_step`` → ``optim.update_params``, math §3–§5; the states'
+tensors and the parameters updated in place: ``torch._foreach_*``, and ``update_params``'
+in-place fast path)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import Tensor
 from .. import optim
 
 # The torch fast paths are registered up front (no lazy import inside a compiled step).
-from ..backends import torch as _torch_fast_paths  # noqa: F401
+from ..backends import torch as _torch_fast_paths
 
 _XP = optim.namespace(torch.zeros(0))
 _HOST_KEYS = ("step", "refreshes")  # int64 counters on the CPU: read every step, no sync
@@ -108,19 +109,13 @@ def _finish(
     o: optim.Options,
     steps: list[int],
 ) -> None:
-    """``optim.update_params`` (``steps``: the new 1-based step counts), its results copied
-    into the parameters and the states (one ``_foreach_copy_``)."""
+    """``optim.update_params`` in place (the registered fast path's in-place form:
+    parameters and momentum updated by the ``torch._foreach_*`` kernels themselves);
+    ``steps``: the new 1-based step counts."""
     torch._foreach_add_([s["step"] for s in states], 1)
-    slots = [optim.slots_of(s) for s in states]
     gs = [g if g.dtype == u.dtype else g.to(u.dtype) for g, u in zip(grads, us)]
-    new_p, new_s = optim.update_params(params, gs, us, slots, steps=steps, options=o)
-    dst, src = list(params), list(new_p)
-    for s, old, new in zip(states, slots, new_s):
-        if new is not old:
-            for k, a, b in zip(new._fields, new, old):
-                if a is not b:
-                    dst.append(s[k]), src.append(a)
-    torch._foreach_copy_(dst, src)
+    slots = [optim.slots_of(s) for s in states]
+    _torch_fast_paths.update_params_(params, gs, us, slots, steps, o)
 
 
 def spectral_kron(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -127,7 +128,8 @@ class SpectralKron(Optimizer):
             finite, rejected = _host_flags(grads, self.state)
             seen, self._rejected_seen = getattr(self, "_rejected_seen", 0), rejected
             warned = getattr(self, "_warned", False)
-            self._warned = optim.warn_rejected_once(warned, seen, rejected, stacklevel=2)
+            level = _caller_level()
+            self._warned = optim.warn_rejected_once(warned, seen, rejected, stacklevel=level)
             if not finite:
                 if self.nonfinite == "raise":
                     raise ValueError(optim.NONFINITE_MESSAGE)
@@ -267,6 +269,19 @@ class SpectralKron(Optimizer):
         field, and leaves the optimizer exactly as it was.
         """
         _checkpoint.load_state_dict(self, state_dict)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` (the function that calls this one: 1) of the first frame outside
+    torch and this package: the user's ``opt.step()`` line, above the wrappers torch puts
+    around ``step`` (``no_grad``, profiling hooks), where a warning should point."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_INTERNAL = ("torch.", "spectral_curv.")
 
 
 def _check_param(p: Tensor) -> None:
