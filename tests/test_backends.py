@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import subprocess
 import sys
 import types
@@ -245,20 +246,24 @@ def test_segment_direction_fast_path_equals_generic_route(be, with_ref):
 def test_update_params_fast_path_equals_generic_route(be, opts):
     """The ``torch._foreach_*`` end of a step against ``optim.update_param`` per parameter,
     for the fused options and the ones it hands back (grafting; a float32 parameter of a
-    float64 direction), two steps so that momentum is used; its inputs are not changed."""
+    float64 direction), two steps so that momentum is used; its inputs are not changed; its
+    in-place form (the torch optimizer's) gives the same bits."""
     xp = _load(be)
     o = optim.Options(lr=0.1, **opts)
     shapes, dts = [(3, 4), (5,), (0,), (2, 2)], [xp.float64, xp.float64, xp.float64, xp.float32]
 
-    def run(generic: bool) -> list[np.ndarray]:
+    def run(mode: str) -> list[np.ndarray]:
         rng = np.random.default_rng(6)
         ps = [asarray(xp, rng.standard_normal(s), dt) for s, dt in zip(shapes, dts)]
         sl = [optim.init_slots(xp, s, o, dtype=xp.float64, device=None) for s in shapes]
         for t in (1, 2):
             us = [asarray(xp, rng.standard_normal(s)) for s in shapes]
             gs = [asarray(xp, rng.standard_normal(s)) for s in shapes]
+            if mode == "inplace":  # the torch optimizer's form: into ps and sl
+                fast_paths.update_params(ps, gs, us, sl, [t] * 4, o, inplace=True)
+                continue
             before = [to_numpy(x).copy() for x in ps + [s.momentum_buffer for s in sl]]
-            with backends.generic_only() if generic else contextlib.nullcontext():
+            with backends.generic_only() if mode == "generic" else contextlib.nullcontext():
                 new, new_sl = optim.update_params(ps, gs, us, sl, steps=[t] * 4, options=o)
             after = [to_numpy(x) for x in ps + [s.momentum_buffer for s in sl]]
             for a, b in zip(before, after):  # the inputs are not changed
@@ -267,21 +272,12 @@ def test_update_params_fast_path_equals_generic_route(be, opts):
         return [to_numpy(x) for x in ps] + [to_numpy(s.momentum_buffer) for s in sl]
 
     assert backends.lookup("update_params", xp) is backends.TABLE["update_params"][be]
-    for fast, generic in zip(run(False), run(True)):
-        np.testing.assert_allclose(fast, generic, rtol=1e-6, atol=1e-12)
-    if be == "torch":  # the torch optimizer's in-place form: the pure fast path's bits
-        from spectral_curv.backends import torch as fast_paths
-
-        rng = np.random.default_rng(6)
-        ps = [asarray(xp, rng.standard_normal(s), dt) for s, dt in zip(shapes, dts)]
-        sl = [optim.init_slots(xp, s, o, dtype=xp.float64, device=None) for s in shapes]
-        for t in (1, 2):
-            us = [asarray(xp, rng.standard_normal(s)) for s in shapes]
-            gs = [asarray(xp, rng.standard_normal(s)) for s in shapes]
-            fast_paths.update_params_(ps, gs, us, sl, [t] * 4, o)
-        got = [to_numpy(x) for x in ps] + [to_numpy(s.momentum_buffer) for s in sl]
-        for a, b in zip(got, run(False)):
-            np.testing.assert_array_equal(a, b)
+    fast_paths = importlib.import_module(f"spectral_curv.backends.{be}")
+    fast = run("fast")
+    for a, b in zip(fast, run("generic")):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+    for a, b in zip(fast, run("inplace")):  # the same bits
+        np.testing.assert_array_equal(a, b)
 
 
 def test_known_all_reads_only_host_values(xp):

@@ -303,11 +303,15 @@ def update_params(
     slots: list[Any],
     steps: list[int],
     options: Any,
+    inplace: bool = False,
 ) -> tuple[list[torch.Tensor], list[Any]]:
     """``optim.update_params``: where the step reduces to RMS clipping, momentum, decay and
     the update (no grafting, a float ``lr``, the parameter in the direction's dtype), the
     same operations as a few ``torch._foreach_*`` kernels per device and dtype (new
-    tensors; the inputs are not changed); the others through ``optim.update_param``."""
+    tensors; the inputs are not changed); the others through ``optim.update_param``.
+    ``inplace`` (the torch optimizer's end of a step): the parameters and the slots' tensors
+    take the new values instead, the fused ones from the kernels themselves (no new tensors,
+    no copies; the same arithmetic, bit for bit); returns them."""
     from ..optim import update_param
 
     o, new_p, new_s = options, list(params), list(slots)
@@ -316,47 +320,27 @@ def update_params(
         new_p[i], new_s[i] = update_param(
             params[i], grads[i], us[i], slots[i], step=steps[i], options=o
         )
+        if inplace:
+            params[i].copy_(new_p[i])
+            for dst, src in zip(slots[i], new_s[i]):
+                if dst is not None and src is not dst:
+                    dst.copy_(src)
+            new_p[i], new_s[i] = params[i], slots[i]
     for ids in _groups(us, fused):
         bufs = [slots[i].momentum_buffer for i in ids]
-        ws, ms = _foreach_update([params[i] for i in ids], [us[i] for i in ids], bufs, o, False)
+        ws, ms = _foreach_update([params[i] for i in ids], [us[i] for i in ids], bufs, o, inplace)
         for i, w, m in zip(ids, ws, ms):
             new_p[i] = w
-            new_s[i] = slots[i] if m is None else type(slots[i])(m, *slots[i][1:])
+            new_s[i] = slots[i] if m is None or inplace else type(slots[i])(m, *slots[i][1:])
     return new_p, new_s
-
-
-def update_params_(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    us: list[torch.Tensor],
-    slots: list[Any],
-    steps: list[int],
-    options: Any,
-) -> None:
-    """:func:`update_params` in place: the parameters and the slots' tensors take the new
-    values (the fused ones are updated by the kernels themselves: no new tensors, no copies).
-    The torch optimizer's end of a step; the same arithmetic, bit for bit."""
-    from ..optim import update_param
-
-    o = options
-    fused = _fusable(params, us, o)
-    for i in sorted(set(range(len(params))) - set(fused)):
-        new, sl = update_param(params[i], grads[i], us[i], slots[i], step=steps[i], options=o)
-        params[i].copy_(new)
-        for dst, src in zip(slots[i], sl):
-            if dst is not None and src is not dst:
-                dst.copy_(src)
-    for ids in _groups(us, fused):
-        bufs = [slots[i].momentum_buffer for i in ids]
-        _foreach_update([params[i] for i in ids], [us[i] for i in ids], bufs, o, True)
 
 
 def _foreach_update(
     fp: list[torch.Tensor], fu: list[torch.Tensor], bufs: list[torch.Tensor], o: Any, inplace: bool
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | list[None]]:
-    """The kernels of :func:`update_params` (``inplace``: of :func:`update_params_`, into
-    ``fp`` and ``bufs``) for parameters of one device and dtype: the new parameters and
-    momentum buffers (None without momentum)."""
+    """The kernels of :func:`update_params` for parameters of one device and dtype: the new
+    parameters and momentum buffers (None without momentum); ``inplace``: into ``fp`` and
+    ``bufs``."""
     scale = None
     if o.max_update_rms is not None:  # optim.clip_rms: U·c/max(rms(U), c), as U·scale
         c, wide = o.max_update_rms, torch.float64

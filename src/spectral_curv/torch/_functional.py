@@ -115,7 +115,7 @@ def _finish(
     torch._foreach_add_([s["step"] for s in states], 1)
     gs = [g if g.dtype == u.dtype else g.to(u.dtype) for g, u in zip(grads, us)]
     slots = [optim.slots_of(s) for s in states]
-    _torch_fast_paths.update_params_(params, gs, us, slots, steps, o)
+    _torch_fast_paths.update_params(params, gs, us, slots, steps, o, inplace=True)
 
 
 def spectral_kron(
