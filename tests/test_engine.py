@@ -322,6 +322,8 @@ def test_rms_clip_of_a_huge_finite_update_clips_it():
         np.testing.assert_allclose(new[0].numpy(), -want, rtol=1e-6)
     jnp = pytest.importorskip("jax.numpy")
     np.testing.assert_allclose(np.asarray(optim.clip_rms(jnp.asarray(u), 3.0)), want, rtol=1e-5)
+    for empty in (np.zeros((0,), np.float32), jnp.zeros((3, 0))):  # no largest entry
+        assert optim.clip_rms(empty, 3.0).shape == empty.shape
 
 
 def test_foreach_end_of_step_keeps_each_parameter_dtype():

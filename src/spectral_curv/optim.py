@@ -1019,6 +1019,8 @@ def clip_rms(u: Array, max_rms: Any) -> Array:
         [0.5, 0.5, 0.5, 0.5]
     """
     xp = array_namespace(u)
+    if math.prod(u.shape) == 0:  # nothing to clip (and no largest entry)
+        return u
     rms = xp.sqrt(xp.mean(u * u))
     # a finite update whose squares overflow: its RMS from the entries scaled by the largest
     big = xp.max(xp.abs(u))
