@@ -280,6 +280,28 @@ def test_update_params_fast_path_equals_generic_route(be, opts):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_update_params_in_place_keeps_the_pure_bits_in_low_precision(dtype):
+    """``precond_dtype=torch.bfloat16``: in-place foreach ops round the momentum and decay
+    factors to bf16 (0.9 → 0.8984), out-of-place ones do not; the torch optimizer's in-place
+    end of a step gave other bits than the pure form (found by a review)."""
+    torch = pytest.importorskip("torch")
+    from spectral_curv.backends import torch as fast_paths
+
+    dt = getattr(torch, dtype)
+    o = optim.Options(lr=0.1, momentum=0.9, weight_decay=0.3, max_update_rms=0.5)
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.randn(s, generator=gen).to(dt) for s in ((3, 4), (5,))]
+    sl = [optim.Slots(torch.randn(p.shape, generator=gen).to(dt)) for p in ps]
+    us = [torch.randn(p.shape, generator=gen).to(dt) for p in ps]
+    pure, pure_sl = fast_paths.update_params(ps, us, us, sl, [2, 2], o)
+    fast_paths.update_params(ps, us, us, sl, [2, 2], o, inplace=True)
+    for a, b in zip(
+        pure + [s.momentum_buffer for s in pure_sl], ps + [s.momentum_buffer for s in sl]
+    ):
+        assert torch.equal(a, b)
+
+
 def test_known_all_reads_only_host_values(xp):
     """``_array.known_all`` says True only for all-true flags it can read without a device
     sync or a traced value (NumPy, array-api-strict, torch on the CPU outside compile), so

@@ -341,6 +341,15 @@ def _foreach_update(
     """The kernels of :func:`update_params` for parameters of one device and dtype: the new
     parameters and momentum buffers (None without momentum); ``inplace``: into ``fp`` and
     ``bufs``."""
+    if inplace and fu[0].dtype in (torch.bfloat16, torch.float16):
+        # in-place foreach ops round a Python scalar (μ, 1 − lr·wd) to the tensor's dtype
+        # first (0.9 → 0.8984 in bf16); the out-of-place ones do not: the pure form's bits
+        new, ms = _foreach_update(fp, fu, bufs, o, False)
+        torch._foreach_copy_(fp, new)
+        if o.momentum:
+            torch._foreach_copy_(bufs, [m for m in ms if m is not None])
+            return fp, bufs
+        return fp, [None] * len(fp)
     scale = None
     if o.max_update_rms is not None:  # optim.clip_rms: U·c/max(rms(U), c), as U·scale
         c, wide = o.max_update_rms, torch.float64
