@@ -1364,6 +1364,7 @@ def bucket_step(
     (new,), (ok,), (u,) = precondition_step(
         [st], [G], first=key.first, refresh=key.refresh, reorth=key.reorth, options=o
     )
+    changed = key.first or key.refresh  # else the factors are the ones given (no reorth)
     rejected = None
     if key.refresh and not A.known_all(xp, ok):
         bad = ~ok
@@ -1375,25 +1376,20 @@ def bucket_step(
             rejected = _segment_any(xp, bad, sizes)
     if pl.kind == "kron":
         us = A.unstacker(xp)(u)
-        return BucketStep(
-            unstack_precond(new), [shaped(x, sh) for x, sh in zip(us, shapes)], rejected
-        )
+        outs = unstack_precond(new) if changed else list(states)
+        return BucketStep(outs, [shaped(x, sh) for x, sh in zip(us, shapes)], rejected)
     d = typing.cast(diag.DiagState, new).d
     if own_norm:
         u = segment_direction(d, G, sizes, p=options.p, ref=u)
     if n == 1:
-        return BucketStep(
-            [diag.DiagState(shaped(d, tuple(dss[0].d.shape)))],
-            [shaped(u, shapes[0])],
-            rejected,
-        )
-    ends = [0, *itertools.accumulate(sizes)]
-    cut = list(itertools.pairwise(ends))
-    return BucketStep(
-        [diag.DiagState(shaped(d[a:b], tuple(s.d.shape))) for (a, b), s in zip(cut, dss)],
-        [shaped(u[a:b], sh) for (a, b), sh in zip(cut, shapes)],
-        rejected,
+        return BucketStep([new if changed else dss[0]], [shaped(u, shapes[0])], rejected)
+    cut = list(itertools.pairwise([0, *itertools.accumulate(sizes)]))
+    outs = (
+        [diag.DiagState(shaped(d[a:b], tuple(s.d.shape))) for (a, b), s in zip(cut, dss)]
+        if changed
+        else list(states)
     )
+    return BucketStep(outs, [shaped(u[a:b], sh) for (a, b), sh in zip(cut, shapes)], rejected)
 
 
 class Slots(NamedTuple):

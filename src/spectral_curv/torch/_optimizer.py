@@ -128,7 +128,8 @@ class SpectralKron(Optimizer):
             finite, rejected = _host_flags(grads, self.state)
             seen, self._rejected_seen = getattr(self, "_rejected_seen", 0), rejected
             warned = getattr(self, "_warned", False)
-            level = _caller_level()
+            due = not warned and rejected > seen  # the frame walk only when a warning is given
+            level = _caller_level() if due else 2
             self._warned = optim.warn_rejected_once(warned, seen, rejected, stacklevel=level)
             if not finite:
                 if self.nonfinite == "raise":
